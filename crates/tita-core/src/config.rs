@@ -1,0 +1,524 @@
+//! Hugging Face `config.json` parsing for `llava` and `llama` checkpoints.
+//!
+//! Hub configs are sparse: every missing field takes the default of the matching transformers
+//! class (`LlamaConfig`, `CLIPVisionConfig`, `LlavaConfig`), so a config written by any
+//! transformers version reads the same here as it does there.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use crate::error::{read_json, Error, Result};
+
+/// Activation functions that appear in the supported configs (`hidden_act`, `projector_hidden_act`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    /// Exact (erf) GELU, transformers' `gelu`.
+    Gelu,
+    /// tanh approximation: `gelu_new`, `gelu_pytorch_tanh`.
+    GeluTanh,
+    /// CLIP's `x * sigmoid(1.702 x)`.
+    QuickGelu,
+    Relu,
+}
+
+impl Activation {
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "silu" | "swish" => Activation::Silu,
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "quick_gelu" => Activation::QuickGelu,
+            "relu" => Activation::Relu,
+            _ => return None,
+        })
+    }
+}
+
+/// `vision_feature_select_strategy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelectStrategy {
+    /// Drop the CLS token (`default`).
+    Default,
+    /// Keep every token (`full`).
+    Full,
+}
+
+/// The decoder of `LlamaForCausalLM` (also LLaVA's `text_config`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub hidden_act: Activation,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub tie_word_embeddings: bool,
+    pub attention_bias: bool,
+    pub mlp_bias: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    pub pad_token_id: Option<u32>,
+    /// `torch_dtype` / `dtype` as written (informative: weights are read in their stored dtype).
+    pub dtype: Option<String>,
+}
+
+/// `CLIPVisionConfig`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClipVisionConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_channels: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub hidden_act: Activation,
+    pub layer_norm_eps: f64,
+}
+
+impl ClipVisionConfig {
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+    pub fn num_patches(&self) -> usize {
+        (self.image_size / self.patch_size).pow(2)
+    }
+}
+
+/// `LlavaConfig`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlavaConfig {
+    pub text: LlamaConfig,
+    pub vision: ClipVisionConfig,
+    pub image_token_id: u32,
+    pub projector_hidden_act: Activation,
+    /// One or several layers of the vision tower's hidden states (index into the
+    /// `num_hidden_layers + 1` states, negative counts from the end); several are concatenated.
+    pub vision_feature_layers: Vec<i64>,
+    pub vision_feature_select_strategy: SelectStrategy,
+    pub multimodal_projector_bias: bool,
+}
+
+impl LlavaConfig {
+    /// Number of `<image>` positions one image fills in the prompt.
+    pub fn image_tokens(&self) -> usize {
+        let n = self.vision.num_patches();
+        match self.vision_feature_select_strategy {
+            SelectStrategy::Default => n,
+            SelectStrategy::Full => n + 1,
+        }
+    }
+
+    /// The hidden-state indices (0 = embeddings, `num_hidden_layers` = last layer) that feed the projector.
+    pub fn feature_layer_indices(&self) -> Vec<usize> {
+        let n = self.vision.num_hidden_layers as i64 + 1;
+        self.vision_feature_layers
+            .iter()
+            .map(|&l| if l < 0 { (n + l) as usize } else { l as usize })
+            .collect()
+    }
+}
+
+/// What a checkpoint directory holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelConfig {
+    Llava(LlavaConfig),
+    Llama(LlamaConfig),
+}
+
+impl ModelConfig {
+    /// Reads and validates `config.json` (a file, or a directory that holds one).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let path = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
+        let value = read_json(&path)?;
+        Self::from_value(&value, &path)
+    }
+
+    /// Parses an already loaded config; `path` is only used in error messages.
+    pub fn from_value(value: &Value, path: &Path) -> Result<Self> {
+        let root = Fields::root(value, path)?;
+        match root.opt_str("model_type")?.as_deref() {
+            Some("llava") => Ok(ModelConfig::Llava(parse_llava(&root)?)),
+            Some("llama") => Ok(ModelConfig::Llama(parse_llama(&root, None)?)),
+            Some(other) => Err(root.err(
+                "model_type",
+                format!("`{other}` is not supported (expected `llava` or `llama`)"),
+            )),
+            None => Err(root.err("model_type", "missing (expected `llava` or `llama`)")),
+        }
+    }
+
+    /// The language model's config.
+    pub fn text(&self) -> &LlamaConfig {
+        match self {
+            ModelConfig::Llava(c) => &c.text,
+            ModelConfig::Llama(c) => c,
+        }
+    }
+}
+
+/// A JSON object plus where it came from, so every error names file and dotted field.
+struct Fields<'a> {
+    obj: &'a Map<String, Value>,
+    path: &'a Path,
+    prefix: String,
+}
+
+static EMPTY: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
+
+impl<'a> Fields<'a> {
+    fn root(value: &'a Value, path: &'a Path) -> Result<Self> {
+        let obj = value
+            .as_object()
+            .ok_or_else(|| Error::config(path, "<root>", "expected a JSON object"))?;
+        Ok(Fields { obj, path, prefix: String::new() })
+    }
+
+    fn name(&self, field: &str) -> String {
+        format!("{}{field}", self.prefix)
+    }
+
+    fn err(&self, field: &str, msg: impl Into<String>) -> Error {
+        Error::config(PathBuf::from(self.path), self.name(field), msg)
+    }
+
+    fn get(&self, field: &str) -> Option<&'a Value> {
+        self.obj.get(field).filter(|v| !v.is_null())
+    }
+
+    /// A nested object; absent or null gives an empty one (all defaults).
+    fn child(&self, field: &str) -> Result<Fields<'a>> {
+        let obj = match self.get(field) {
+            None => &*EMPTY,
+            Some(Value::Object(o)) => o,
+            Some(_) => return Err(self.err(field, "expected an object")),
+        };
+        Ok(Fields { obj, path: self.path, prefix: format!("{}{field}.", self.prefix) })
+    }
+
+    fn usize(&self, field: &str, default: usize) -> Result<usize> {
+        match self.get(field) {
+            None => Ok(default),
+            Some(v) => v
+                .as_u64()
+                .map(|x| x as usize)
+                .ok_or_else(|| self.err(field, format!("expected a non-negative integer, found {v}"))),
+        }
+    }
+
+    fn opt_usize(&self, field: &str) -> Result<Option<usize>> {
+        self.get(field).map(|_| self.usize(field, 0)).transpose()
+    }
+
+    fn f64(&self, field: &str, default: f64) -> Result<f64> {
+        match self.get(field) {
+            None => Ok(default),
+            Some(v) => v.as_f64().ok_or_else(|| self.err(field, format!("expected a number, found {v}"))),
+        }
+    }
+
+    fn bool(&self, field: &str, default: bool) -> Result<bool> {
+        match self.get(field) {
+            None => Ok(default),
+            Some(v) => v.as_bool().ok_or_else(|| self.err(field, format!("expected true or false, found {v}"))),
+        }
+    }
+
+    fn opt_str(&self, field: &str) -> Result<Option<String>> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(v) => Err(self.err(field, format!("expected a string, found {v}"))),
+        }
+    }
+
+    fn activation(&self, field: &str, default: Activation) -> Result<Activation> {
+        match self.opt_str(field)? {
+            None => Ok(default),
+            Some(name) => Activation::parse(&name)
+                .ok_or_else(|| self.err(field, format!("unsupported activation `{name}`"))),
+        }
+    }
+
+    /// An id or a list of ids (`eos_token_id` may be either).
+    fn ids(&self, field: &str, default: &[u32]) -> Result<Vec<u32>> {
+        let as_id = |v: &Value| v.as_u64().filter(|&x| x <= u32::MAX as u64).map(|x| x as u32);
+        match self.get(field) {
+            None => Ok(default.to_vec()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| as_id(v).ok_or_else(|| self.err(field, format!("expected token ids, found {v}"))))
+                .collect(),
+            Some(v) => as_id(v)
+                .map(|x| vec![x])
+                .ok_or_else(|| self.err(field, format!("expected a token id, found {v}"))),
+        }
+    }
+}
+
+fn positive(f: &Fields, field: &str, value: usize) -> Result<usize> {
+    if value == 0 {
+        return Err(f.err(field, "must be greater than zero"));
+    }
+    Ok(value)
+}
+
+/// `LlamaConfig` with transformers' defaults. `parent` is the enclosing LLaVA config, whose
+/// top-level ids and dtype stand in when the text config leaves them out.
+fn parse_llama(f: &Fields, parent: Option<&Fields>) -> Result<LlamaConfig> {
+    if let Some(mt) = f.opt_str("model_type")? {
+        if mt != "llama" {
+            return Err(f.err("model_type", format!("`{mt}` is not supported (expected `llama`)")));
+        }
+    }
+    let hidden_size = positive(f, "hidden_size", f.usize("hidden_size", 4096)?)?;
+    let num_attention_heads = positive(f, "num_attention_heads", f.usize("num_attention_heads", 32)?)?;
+    let num_key_value_heads =
+        positive(f, "num_key_value_heads", f.usize("num_key_value_heads", num_attention_heads)?)?;
+    if num_attention_heads % num_key_value_heads != 0 {
+        return Err(f.err(
+            "num_key_value_heads",
+            format!("{num_key_value_heads} does not divide num_attention_heads = {num_attention_heads}"),
+        ));
+    }
+    let head_dim = match f.opt_usize("head_dim")? {
+        Some(d) => positive(f, "head_dim", d)?,
+        None => {
+            if hidden_size % num_attention_heads != 0 {
+                return Err(f.err(
+                    "num_attention_heads",
+                    format!("{num_attention_heads} heads do not divide hidden_size = {hidden_size}"),
+                ));
+            }
+            hidden_size / num_attention_heads
+        }
+    };
+    if head_dim % 2 != 0 {
+        return Err(f.err("head_dim", format!("{head_dim} must be even for rotary embeddings")));
+    }
+
+    // transformers < 5 writes `rope_theta` (+ `rope_scaling`); 5 writes `rope_parameters`.
+    let rope = f.child("rope_parameters")?;
+    let rope_theta = rope.f64("rope_theta", f.f64("rope_theta", 10000.0)?)?;
+    for (block, fields) in [("rope_scaling", f.child("rope_scaling")?), ("rope_parameters", rope)] {
+        let kind = match fields.opt_str("rope_type")? {
+            Some(k) => Some(k),
+            None => fields.opt_str("type")?,
+        };
+        if let Some(kind) = kind.filter(|k| k != "default") {
+            return Err(f.err(block, format!("rope type `{kind}` is not supported (only `default`)")));
+        }
+    }
+
+    let hidden_act = f.activation("hidden_act", Activation::Silu)?;
+    let pick = |field: &str| -> Result<Option<Vec<u32>>> {
+        if f.get(field).is_some() {
+            return f.ids(field, &[]).map(Some);
+        }
+        match parent {
+            Some(p) if p.get(field).is_some() => p.ids(field, &[]).map(Some),
+            _ => Ok(None),
+        }
+    };
+    let dtype = match f.opt_str("torch_dtype")?.or(f.opt_str("dtype")?) {
+        Some(d) => Some(d),
+        None => match parent {
+            Some(p) => p.opt_str("torch_dtype")?.or(p.opt_str("dtype")?),
+            None => None,
+        },
+    };
+    Ok(LlamaConfig {
+        vocab_size: positive(f, "vocab_size", f.usize("vocab_size", 32000)?)?,
+        hidden_size,
+        intermediate_size: positive(f, "intermediate_size", f.usize("intermediate_size", 11008)?)?,
+        num_hidden_layers: f.usize("num_hidden_layers", 32)?,
+        num_attention_heads,
+        num_key_value_heads,
+        head_dim,
+        hidden_act,
+        max_position_embeddings: positive(
+            f,
+            "max_position_embeddings",
+            f.usize("max_position_embeddings", 2048)?,
+        )?,
+        rms_norm_eps: f.f64("rms_norm_eps", 1e-6)?,
+        rope_theta,
+        tie_word_embeddings: f.bool("tie_word_embeddings", false)?,
+        attention_bias: f.bool("attention_bias", false)?,
+        mlp_bias: f.bool("mlp_bias", false)?,
+        bos_token_id: pick("bos_token_id")?.map_or(Some(1), |v| v.first().copied()),
+        eos_token_ids: pick("eos_token_id")?.unwrap_or_else(|| vec![2]),
+        pad_token_id: pick("pad_token_id")?.and_then(|v| v.first().copied()),
+        dtype,
+    })
+}
+
+/// `CLIPVisionConfig` with transformers' defaults (`LlavaConfig` fills a missing
+/// `vision_config` with the CLIP ViT-L/14-336 values, handled by the caller).
+fn parse_clip(f: &Fields, defaults: &ClipVisionConfig) -> Result<ClipVisionConfig> {
+    if let Some(mt) = f.opt_str("model_type")? {
+        if mt != "clip_vision_model" {
+            return Err(f.err("model_type", format!("`{mt}` is not supported (expected `clip_vision_model`)")));
+        }
+    }
+    let hidden_size = positive(f, "hidden_size", f.usize("hidden_size", defaults.hidden_size)?)?;
+    let heads = positive(f, "num_attention_heads", f.usize("num_attention_heads", defaults.num_attention_heads)?)?;
+    if hidden_size % heads != 0 {
+        return Err(f.err("num_attention_heads", format!("{heads} heads do not divide hidden_size = {hidden_size}")));
+    }
+    let image_size = positive(f, "image_size", f.usize("image_size", defaults.image_size)?)?;
+    let patch_size = positive(f, "patch_size", f.usize("patch_size", defaults.patch_size)?)?;
+    if image_size % patch_size != 0 {
+        return Err(f.err("patch_size", format!("{patch_size} does not divide image_size = {image_size}")));
+    }
+    Ok(ClipVisionConfig {
+        hidden_size,
+        intermediate_size: positive(f, "intermediate_size", f.usize("intermediate_size", defaults.intermediate_size)?)?,
+        num_hidden_layers: f.usize("num_hidden_layers", defaults.num_hidden_layers)?,
+        num_attention_heads: heads,
+        num_channels: positive(f, "num_channels", f.usize("num_channels", defaults.num_channels)?)?,
+        image_size,
+        patch_size,
+        hidden_act: f.activation("hidden_act", defaults.hidden_act)?,
+        layer_norm_eps: f.f64("layer_norm_eps", defaults.layer_norm_eps)?,
+    })
+}
+
+impl Default for ClipVisionConfig {
+    /// `CLIPVisionConfig()` in transformers.
+    fn default() -> Self {
+        ClipVisionConfig {
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            num_channels: 3,
+            image_size: 224,
+            patch_size: 32,
+            hidden_act: Activation::QuickGelu,
+            layer_norm_eps: 1e-5,
+        }
+    }
+}
+
+fn parse_llava(f: &Fields) -> Result<LlavaConfig> {
+    // LlavaConfig builds CLIPVisionConfig(ViT-L/14-336 shape) when `vision_config` is absent.
+    let vision = if f.get("vision_config").is_some() {
+        parse_clip(&f.child("vision_config")?, &ClipVisionConfig::default())?
+    } else {
+        ClipVisionConfig {
+            hidden_size: 1024,
+            intermediate_size: 4096,
+            num_hidden_layers: 24,
+            num_attention_heads: 16,
+            image_size: 336,
+            patch_size: 14,
+            ..ClipVisionConfig::default()
+        }
+    };
+    let text = parse_llama(&f.child("text_config")?, Some(f))?;
+    let image_token_id = match f.ids("image_token_index", &[])?.first() {
+        Some(&id) => id,
+        None => *f.ids("image_token_id", &[32000])?.first().unwrap_or(&32000),
+    };
+    let vision_feature_layers = match f.get("vision_feature_layer") {
+        None => vec![-2],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_i64().ok_or_else(|| f.err("vision_feature_layer", "expected integers")))
+            .collect::<Result<_>>()?,
+        Some(v) => vec![v.as_i64().ok_or_else(|| f.err("vision_feature_layer", format!("expected an integer, found {v}")))?],
+    };
+    let n_states = vision.num_hidden_layers as i64 + 1;
+    for &l in &vision_feature_layers {
+        if l >= n_states || l < -n_states {
+            return Err(f.err(
+                "vision_feature_layer",
+                format!("{l} is outside the {n_states} hidden states of a {}-layer vision tower", vision.num_hidden_layers),
+            ));
+        }
+    }
+    if vision_feature_layers.is_empty() {
+        return Err(f.err("vision_feature_layer", "empty list"));
+    }
+    let vision_feature_select_strategy = match f.opt_str("vision_feature_select_strategy")?.as_deref() {
+        None | Some("default") => SelectStrategy::Default,
+        Some("full") => SelectStrategy::Full,
+        Some(other) => {
+            return Err(f.err("vision_feature_select_strategy", format!("`{other}` (expected `default` or `full`)")))
+        }
+    };
+    if image_token_id as usize >= text.vocab_size {
+        return Err(f.err(
+            "image_token_index",
+            format!("{image_token_id} is outside the vocabulary of {} ids", text.vocab_size),
+        ));
+    }
+    Ok(LlavaConfig {
+        text,
+        vision,
+        image_token_id,
+        projector_hidden_act: f.activation("projector_hidden_act", Activation::Gelu)?,
+        vision_feature_layers,
+        vision_feature_select_strategy,
+        multimodal_projector_bias: f.bool("multimodal_projector_bias", true)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<ModelConfig> {
+        ModelConfig::from_value(&serde_json::from_str(json).unwrap(), Path::new("config.json"))
+    }
+
+    #[test]
+    fn sparse_llava_takes_transformers_defaults() {
+        let c = match parse(r#"{"model_type": "llava", "text_config": {"model_type": "llama"}}"#).unwrap() {
+            ModelConfig::Llava(c) => c,
+            other => panic!("expected llava, got {other:?}"),
+        };
+        assert_eq!(c.text.hidden_size, 4096);
+        assert_eq!(c.text.num_key_value_heads, 32);
+        assert_eq!(c.text.rope_theta, 10000.0);
+        assert_eq!(c.text.rms_norm_eps, 1e-6);
+        assert_eq!(c.vision.image_size, 336);
+        assert_eq!(c.vision.hidden_act, Activation::QuickGelu);
+        assert_eq!(c.vision.layer_norm_eps, 1e-5);
+        assert_eq!(c.vision_feature_layers, vec![-2]);
+        assert_eq!(c.image_tokens(), 576);
+        assert_eq!(c.feature_layer_indices(), vec![23]);
+        assert_eq!(c.image_token_id, 32000);
+    }
+
+    #[test]
+    fn rope_parameters_and_dtype_of_transformers_5() {
+        let c = parse(r#"{"model_type": "llama", "dtype": "bfloat16", "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}}"#).unwrap();
+        assert_eq!(c.text().rope_theta, 500000.0);
+        assert_eq!(c.text().dtype.as_deref(), Some("bfloat16"));
+    }
+
+    #[test]
+    fn invalid_configs_name_the_field() {
+        let e = parse(r#"{"model_type": "llama", "hidden_size": 30, "num_attention_heads": 4}"#).unwrap_err();
+        assert!(e.to_string().contains("num_attention_heads"), "{e}");
+        let e = parse(r#"{"model_type": "llama", "num_attention_heads": 8, "num_key_value_heads": 3}"#).unwrap_err();
+        assert!(e.to_string().contains("num_key_value_heads"), "{e}");
+        let e = parse(r#"{"model_type": "llava", "text_config": {"hidden_size": "big"}}"#).unwrap_err();
+        assert!(e.to_string().contains("text_config.hidden_size"), "{e}");
+        let e = parse(r#"{"model_type": "llava", "vision_feature_layer": -30}"#).unwrap_err();
+        assert!(e.to_string().contains("vision_feature_layer"), "{e}");
+        let e = parse(r#"{"model_type": "llama", "rope_scaling": {"type": "yarn", "factor": 2.0}}"#).unwrap_err();
+        assert!(e.to_string().contains("rope_scaling"), "{e}");
+        let e = parse(r#"{"model_type": "bert"}"#).unwrap_err();
+        assert!(e.to_string().contains("model_type"), "{e}");
+    }
+}

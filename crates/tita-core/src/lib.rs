@@ -1,0 +1,12 @@
+//! tita-core: configs, tokenizer and chat template, image preprocessing, fusion math and
+//! sampling for TITA. No model code lives here.
+
+pub mod config;
+pub mod error;
+pub mod image;
+pub mod sampling;
+pub mod tokenizer;
+
+pub use config::{Activation, ClipVisionConfig, LlamaConfig, LlavaConfig, ModelConfig, SelectStrategy};
+pub use error::{Error, Result};
+pub use tokenizer::Tokenizer;

@@ -1,0 +1,218 @@
+//! The decoding loop: prefill once, then one KV-cached step per token, with greedy or seeded
+//! sampling, max-new-tokens, EOS and stop strings, streaming, and batches of requests.
+
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use serde::Serialize;
+use tita_core::sampling::{Sampler, SamplingConfig};
+use tita_core::{Result, Tokenizer};
+
+use crate::pipeline::{Pipeline, Prompt};
+use crate::session::Session;
+
+/// When to stop and how to pick tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationConfig {
+    pub max_new_tokens: usize,
+    pub sampling: SamplingConfig,
+    /// Generation stops once the decoded text contains one of these; the text is cut before it.
+    pub stop_strings: Vec<String>,
+    /// EOS ids; `None` takes the model config's `eos_token_id`.
+    pub eos_token_ids: Option<Vec<u32>>,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        GenerationConfig { max_new_tokens: 64, sampling: SamplingConfig::greedy(), stop_strings: Vec::new(), eos_token_ids: None }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Eos,
+    StopString,
+    MaxNewTokens,
+    /// The model's `max_position_embeddings` was reached.
+    Context,
+}
+
+/// Wall-clock split of one generation call (shared by every row of a batch).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Timings {
+    /// Image encoding and prompt prefill.
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens_per_s: f64,
+}
+
+/// The result for one request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Generation {
+    /// Generated ids (the EOS that ended it included).
+    pub token_ids: Vec<u32>,
+    /// Decoded text of `token_ids`, special tokens skipped, cut before a stop string.
+    pub text: String,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub finish_reason: FinishReason,
+    pub timings: Timings,
+}
+
+/// A streamed token: which row of the batch, the id, and the text it added.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenEvent<'a> {
+    pub row: usize,
+    pub token: u32,
+    pub text_delta: &'a str,
+}
+
+/// Per-row bookkeeping of the decoding loop.
+struct Row {
+    tokens: Vec<u32>,
+    text: String,
+    finish: Option<FinishReason>,
+    sampler: Sampler,
+}
+
+/// Runs the loop on top of any source of next-token scores: `first` are the scores after the
+/// prefill; `step` feeds one token per row and returns the next scores. Used by the plain
+/// generator and by every fused sampler, so stop conditions and streaming behave the same.
+pub fn decode_loop(
+    tokenizer: &Tokenizer,
+    config: &GenerationConfig,
+    default_eos: &[u32],
+    first: Vec<Vec<f32>>,
+    mut has_room: impl FnMut() -> bool,
+    mut step: impl FnMut(&[u32]) -> Result<Vec<Vec<f32>>>,
+    on_token: &mut dyn FnMut(TokenEvent),
+) -> Result<Vec<(Vec<u32>, String, FinishReason)>> {
+    let eos = config.eos_token_ids.clone().unwrap_or_else(|| default_eos.to_vec());
+    let mut rows: Vec<Row> = (0..first.len())
+        .map(|_| {
+            Ok(Row { tokens: Vec::new(), text: String::new(), finish: None, sampler: Sampler::new(config.sampling.clone())? })
+        })
+        .collect::<Result<_>>()?;
+    let mut scores = first;
+    if config.max_new_tokens == 0 {
+        rows.iter_mut().for_each(|r| r.finish = Some(FinishReason::MaxNewTokens));
+    }
+    while rows.iter().any(|r| r.finish.is_none()) {
+        let mut fed = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter_mut().enumerate() {
+            if row.finish.is_some() {
+                // Finished rows keep stepping with a harmless id; their outputs are ignored.
+                fed.push(*row.tokens.last().unwrap_or(&eos.first().copied().unwrap_or(0)));
+                continue;
+            }
+            let token = row.sampler.sample(&scores[i]);
+            row.tokens.push(token);
+            fed.push(token);
+            let full = tokenizer.decode(&row.tokens, true)?;
+            let delta = full.strip_prefix(row.text.as_str()).unwrap_or(&full).to_string();
+            row.text = full;
+            on_token(TokenEvent { row: i, token, text_delta: &delta });
+            if eos.contains(&token) {
+                row.finish = Some(FinishReason::Eos);
+            } else if let Some(pos) = config.stop_strings.iter().filter_map(|s| row.text.find(s.as_str())).min() {
+                row.text.truncate(pos);
+                row.finish = Some(FinishReason::StopString);
+            } else if row.tokens.len() >= config.max_new_tokens {
+                row.finish = Some(FinishReason::MaxNewTokens);
+            }
+        }
+        if rows.iter().all(|r| r.finish.is_some()) {
+            break;
+        }
+        if !has_room() {
+            rows.iter_mut().filter(|r| r.finish.is_none()).for_each(|r| r.finish = Some(FinishReason::Context));
+            break;
+        }
+        scores = step(&fed)?;
+    }
+    Ok(rows.into_iter().map(|r| (r.tokens, r.text, r.finish.expect("every row finished"))).collect())
+}
+
+/// Plain generation with one model.
+pub struct Generator<'p, B: Backend> {
+    pub pipeline: &'p Pipeline<B>,
+    pub config: GenerationConfig,
+}
+
+impl<'p, B: Backend> Generator<'p, B> {
+    pub fn new(pipeline: &'p Pipeline<B>, config: GenerationConfig) -> Self {
+        Generator { pipeline, config }
+    }
+
+    /// Generates for one prompt.
+    pub fn generate(&self, prompt: &Prompt) -> Result<Generation> {
+        self.generate_streaming(prompt, &mut |_| {})
+    }
+
+    /// Generates for one prompt, calling `on_token` as each token is chosen.
+    pub fn generate_streaming(&self, prompt: &Prompt, on_token: &mut dyn FnMut(TokenEvent)) -> Result<Generation> {
+        Ok(self.generate_batch_streaming(&[prompt], on_token)?.remove(0))
+    }
+
+    /// Decodes several prompts together (left-padded, masked); each row's tokens equal what
+    /// decoding it alone gives.
+    pub fn generate_batch(&self, prompts: &[&Prompt]) -> Result<Vec<Generation>> {
+        self.generate_batch_streaming(prompts, &mut |_| {})
+    }
+
+    pub fn generate_batch_streaming(
+        &self,
+        prompts: &[&Prompt],
+        on_token: &mut dyn FnMut(TokenEvent),
+    ) -> Result<Vec<Generation>> {
+        let p = self.pipeline;
+        let start = Instant::now();
+        let (session, first) = Session::prefill(&p.model, prompts, &p.device)?;
+        let prefill_s = start.elapsed().as_secs_f64();
+        let session = std::cell::RefCell::new(session);
+        let start = Instant::now();
+        let rows = decode_loop(
+            &p.tokenizer,
+            &self.config,
+            &p.model.language_model.config.eos_token_ids,
+            first,
+            || session.borrow().has_room(),
+            |tokens| session.borrow_mut().step(tokens),
+            on_token,
+        )?;
+        let decode_s = start.elapsed().as_secs_f64();
+        Ok(finish(rows, prompts, prefill_s, decode_s))
+    }
+}
+
+/// Wraps loop results with counts and timings.
+pub(crate) fn finish(
+    rows: Vec<(Vec<u32>, String, FinishReason)>,
+    prompts: &[&Prompt],
+    prefill_s: f64,
+    decode_s: f64,
+) -> Vec<Generation> {
+    let prompt_total: usize = prompts.iter().map(|p| p.ids.len()).sum();
+    // Every token after the first of each row costs one decode step.
+    let steps = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).saturating_sub(1);
+    let decoded: usize = rows.iter().map(|r| r.0.len().saturating_sub(1)).sum();
+    let timings = Timings {
+        prefill_ms: prefill_s * 1e3,
+        decode_ms: decode_s * 1e3,
+        prefill_tokens_per_s: prompt_total as f64 / prefill_s.max(1e-9),
+        decode_tokens_per_s: if steps == 0 { 0.0 } else { decoded as f64 / decode_s.max(1e-9) },
+    };
+    rows.into_iter()
+        .zip(prompts)
+        .map(|((token_ids, text, finish_reason), p)| Generation {
+            generated_tokens: token_ids.len(),
+            token_ids,
+            text,
+            prompt_tokens: p.ids.len(),
+            finish_reason,
+            timings: timings.clone(),
+        })
+        .collect()
+}

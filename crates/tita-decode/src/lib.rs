@@ -1,0 +1,13 @@
+//! tita-decode: generation over loaded VLMs. [`Pipeline`] loads a checkpoint directory,
+//! [`Generator`] decodes with a KV cache (greedy or seeded sampling, stop conditions,
+//! streaming, batches).
+
+pub mod backend;
+pub mod generator;
+pub mod pipeline;
+pub mod session;
+
+pub use generator::{decode_loop, FinishReason, Generation, GenerationConfig, Generator, TokenEvent, Timings};
+pub use pipeline::{Pipeline, Prompt};
+pub use session::Session;
+pub use tita_core::sampling::SamplingConfig;

@@ -1,0 +1,91 @@
+//! One model's decoding state: its KV cache after a prefill, advanced one token at a time.
+
+use burn::tensor::{backend::Backend, Tensor};
+use tita_core::{Error, Result};
+use tita_models::{KvCache, Vlm};
+
+use crate::pipeline::Prompt;
+
+/// Copies `[rows, vocab]` logits to the host, one `Vec` per row.
+pub(crate) fn rows_to_host<B: Backend>(logits: Tensor<B, 2>) -> Vec<Vec<f32>> {
+    let [_, v] = logits.dims();
+    let flat: Vec<f32> = logits.into_data().convert::<f32>().into_vec().expect("float tensor");
+    flat.chunks(v).map(<[f32]>::to_vec).collect()
+}
+
+/// A prefilled KV cache of one model for a batch of sequences.
+pub struct Session<'m, B: Backend> {
+    model: &'m Vlm<B>,
+    cache: KvCache<B>,
+    device: B::Device,
+}
+
+impl<'m, B: Backend> Session<'m, B> {
+    /// Encodes the images, runs every prompt once (left-padded to a common length) and returns
+    /// the session with the next-token logits of each row.
+    pub fn prefill(model: &'m Vlm<B>, prompts: &[&Prompt], device: &B::Device) -> Result<(Self, Vec<Vec<f32>>)> {
+        if prompts.is_empty() {
+            return Err(Error::argument("prompts", "empty batch"));
+        }
+        let context = model.language_model.config.max_position_embeddings;
+        let len = prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0);
+        if prompts.iter().any(|p| p.ids.is_empty()) {
+            return Err(Error::argument("prompt", "no tokens"));
+        }
+        if len >= context {
+            return Err(Error::ContextOverflow { tokens: len, context });
+        }
+        let with_image = prompts.iter().filter(|p| p.pixels.is_some()).count();
+        if with_image != 0 && with_image != prompts.len() {
+            return Err(Error::argument("prompts", "a batch must be all with images or all without"));
+        }
+        let images = if with_image > 0 {
+            let pixels: Vec<_> = prompts.iter().filter_map(|p| p.pixels.as_ref()).collect();
+            Some(model.encode_images(model.pixels_tensor(&pixels, device)?)?)
+        } else {
+            None
+        };
+        // Left padding keeps every row's last prompt token in the same column.
+        let pad_id = model.language_model.config.pad_token_id.unwrap_or(0);
+        let pad_left: Vec<usize> = prompts.iter().map(|p| len - p.ids.len()).collect();
+        let ids: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| std::iter::repeat_n(pad_id, len - p.ids.len()).chain(p.ids.iter().copied()).collect())
+            .collect();
+        let embeds = model.embed(&ids, images, device)?;
+        let mut cache = KvCache::with_left_padding(model.language_model.layers.len(), pad_left);
+        let hidden = model.forward(embeds, &mut cache);
+        let logits = rows_to_host(model.last_logits(hidden));
+        Ok((Session { model, cache, device: device.clone() }, logits))
+    }
+
+    /// Positions the cache holds (padding included).
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+
+    /// Whether another token still fits in the model's context.
+    pub fn has_room(&self) -> bool {
+        self.cache.len() < self.model.language_model.config.max_position_embeddings
+    }
+
+    /// Feeds one token per row and returns each row's next-token logits.
+    pub fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        if tokens.len() != self.cache.batch() {
+            return Err(Error::argument("tokens", format!("{} tokens for a batch of {}", tokens.len(), self.cache.batch())));
+        }
+        if !self.has_room() {
+            let context = self.model.language_model.config.max_position_embeddings;
+            return Err(Error::ContextOverflow { tokens: self.cache.len() + 1, context });
+        }
+        let ids: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();
+        // Straight to the embedding table: a generated id is text, whatever its value.
+        let embeds = self.model.language_model.embed(&ids, &self.device);
+        let hidden = self.model.forward(embeds, &mut self.cache);
+        Ok(rows_to_host(self.model.last_logits(hidden)))
+    }
+}

@@ -1,0 +1,296 @@
+//! LLaMA decoder (`LlamaForCausalLM`, also LLaVA's language model): RMSNorm, rotary position
+//! embeddings in transformers' `rotate_half` form, grouped-query attention, SwiGLU MLP, and a
+//! KV cache so that a prompt is prefilled once and every further token costs one step.
+
+use burn::module::{Module, Param};
+use burn::nn;
+use burn::tensor::{activation, backend::Backend, Tensor, TensorData};
+use tita_core::{LlamaConfig, Result};
+
+use crate::layers::{activate, linear, rms_norm};
+use crate::weights::Weights;
+
+/// Keys and values of every layer for a batch of sequences, plus the left padding of each
+/// sequence (padded positions are never attended to).
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    len: usize,
+    pad_left: Vec<usize>,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// An empty cache for `batch` unpadded sequences.
+    pub fn new(num_layers: usize, batch: usize) -> Self {
+        Self::with_left_padding(num_layers, vec![0; batch])
+    }
+
+    /// An empty cache for sequences left-padded by `pad_left[b]` positions.
+    pub fn with_left_padding(num_layers: usize, pad_left: Vec<usize>) -> Self {
+        KvCache { layers: vec![None; num_layers], len: 0, pad_left }
+    }
+
+    /// Positions held, padding included.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn batch(&self) -> usize {
+        self.pad_left.len()
+    }
+
+    pub fn pad_left(&self) -> &[usize] {
+        &self.pad_left
+    }
+
+    fn append(&mut self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let kv = match self.layers[layer].take() {
+            None => (k, v),
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+        };
+        self.layers[layer] = Some(kv.clone());
+        kv
+    }
+}
+
+/// Rotary tables for the given positions, as transformers computes them in float32:
+/// `inv_freq = 1 / theta^(2i/d)`, angle = position · inv_freq, duplicated over both halves.
+fn rope_tables<B: Backend>(
+    positions: &[Vec<usize>],
+    head_dim: usize,
+    theta: f64,
+    device: &B::Device,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let half = head_dim / 2;
+    let inv_freq: Vec<f32> =
+        (0..half).map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
+    let (b, s) = (positions.len(), positions[0].len());
+    let mut cos = Vec::with_capacity(b * s * head_dim);
+    let mut sin = Vec::with_capacity(b * s * head_dim);
+    for row in positions {
+        for &p in row {
+            for _half in 0..2 {
+                for f in &inv_freq {
+                    let angle = p as f32 * f;
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+    }
+    let shape = [b, 1, s, head_dim];
+    (
+        Tensor::from_data(TensorData::new(cos, shape), device),
+        Tensor::from_data(TensorData::new(sin, shape), device),
+    )
+}
+
+/// `x · cos + rotate_half(x) · sin` with `rotate_half(x) = [-x2, x1]`.
+fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, h, s, d] = x.dims();
+    let x1 = x.clone().slice([0..b, 0..h, 0..s, 0..d / 2]);
+    let x2 = x.clone().slice([0..b, 0..h, 0..s, d / 2..d]);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos.clone() + rotated * sin.clone()
+}
+
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub q_proj: nn::Linear<B>,
+    pub k_proj: nn::Linear<B>,
+    pub v_proj: nn::Linear<B>,
+    pub o_proj: nn::Linear<B>,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &(Tensor<B, 4>, Tensor<B, 4>),
+        bias: Option<&Tensor<B, 5>>,
+        cache: &mut KvCache<B>,
+        layer: usize,
+    ) -> Tensor<B, 3> {
+        let [b, s, _] = x.dims();
+        let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let rep = h / kvh;
+        let q = self.q_proj.forward(x.clone()).reshape([b, s, h, d]).swap_dims(1, 2);
+        let k = self.k_proj.forward(x.clone()).reshape([b, s, kvh, d]).swap_dims(1, 2);
+        let v = self.v_proj.forward(x).reshape([b, s, kvh, d]).swap_dims(1, 2);
+        let q = apply_rope(q, &rope.0, &rope.1);
+        let k = apply_rope(k, &rope.0, &rope.1);
+        let (k, v) = cache.append(layer, k, v);
+        let t = k.dims()[2];
+
+        // Grouped-query attention without copying K/V: the `rep` query heads that share a KV
+        // head are stacked along the sequence axis (heads are grouped as in `repeat_kv`).
+        let q = q.reshape([b, kvh, rep * s, d]);
+        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar((d as f64).powf(-0.5));
+        let mut scores = scores.reshape([b, kvh, rep, s, t]);
+        if let Some(bias) = bias {
+            scores = scores + bias.clone();
+        }
+        let probs = activation::softmax(scores, 4).reshape([b, kvh, rep * s, t]);
+        let out = probs.matmul(v).reshape([b, h, s, d]).swap_dims(1, 2).reshape([b, s, h * d]);
+        self.o_proj.forward(out)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    pub gate_proj: nn::Linear<B>,
+    pub up_proj: nn::Linear<B>,
+    pub down_proj: nn::Linear<B>,
+    #[module(skip)]
+    pub act: tita_core::Activation,
+}
+
+impl<B: Backend> Mlp<B> {
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let gate = activate(self.gate_proj.forward(x.clone()), self.act);
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    pub input_layernorm: nn::RmsNorm<B>,
+    pub self_attn: Attention<B>,
+    pub post_attention_layernorm: nn::RmsNorm<B>,
+    pub mlp: Mlp<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct Llama<B: Backend> {
+    pub embed_tokens: Param<Tensor<B, 2>>,
+    pub layers: Vec<DecoderLayer<B>>,
+    pub norm: nn::RmsNorm<B>,
+    /// `None` when the output projection is tied to `embed_tokens`.
+    pub lm_head: Option<nn::Linear<B>>,
+    #[module(skip)]
+    pub config: LlamaConfig,
+}
+
+/// Where the decoder's tensors live in a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LlamaKeys {
+    /// Prefix of `embed_tokens`, `layers.N`, `norm` (e.g. `model.` or `language_model.model.`).
+    pub decoder: String,
+    /// Full name of the output projection weight (e.g. `lm_head.weight`).
+    pub lm_head: String,
+}
+
+impl<B: Backend> Llama<B> {
+    /// Builds the decoder from a checkpoint, checking every tensor against `config`.
+    pub fn load(w: &mut Weights, keys: &LlamaKeys, config: &LlamaConfig, device: &B::Device) -> Result<Self> {
+        let c = config;
+        let p = &keys.decoder;
+        let (hid, hd) = (c.hidden_size, c.head_dim);
+        let embed_tokens = Param::from_tensor(w.take(&format!("{p}embed_tokens.weight"), [c.vocab_size, hid], device)?);
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let l = format!("{p}layers.{i}");
+            let ab = c.attention_bias;
+            let mb = c.mlp_bias;
+            layers.push(DecoderLayer {
+                input_layernorm: rms_norm(w, &format!("{l}.input_layernorm"), hid, c.rms_norm_eps, device)?,
+                self_attn: Attention {
+                    q_proj: linear(w, &format!("{l}.self_attn.q_proj"), hid, c.num_attention_heads * hd, ab, device)?,
+                    k_proj: linear(w, &format!("{l}.self_attn.k_proj"), hid, c.num_key_value_heads * hd, ab, device)?,
+                    v_proj: linear(w, &format!("{l}.self_attn.v_proj"), hid, c.num_key_value_heads * hd, ab, device)?,
+                    o_proj: linear(w, &format!("{l}.self_attn.o_proj"), c.num_attention_heads * hd, hid, ab, device)?,
+                    n_heads: c.num_attention_heads,
+                    n_kv_heads: c.num_key_value_heads,
+                    head_dim: hd,
+                },
+                post_attention_layernorm: rms_norm(w, &format!("{l}.post_attention_layernorm"), hid, c.rms_norm_eps, device)?,
+                mlp: Mlp {
+                    gate_proj: linear(w, &format!("{l}.mlp.gate_proj"), hid, c.intermediate_size, mb, device)?,
+                    up_proj: linear(w, &format!("{l}.mlp.up_proj"), hid, c.intermediate_size, mb, device)?,
+                    down_proj: linear(w, &format!("{l}.mlp.down_proj"), c.intermediate_size, hid, mb, device)?,
+                    act: c.hidden_act,
+                },
+            });
+            // Old checkpoints carry the rotary buffer; it is recomputed from `rope_theta`.
+            w.skip(&format!("{l}.self_attn.rotary_emb.inv_freq"));
+        }
+        let norm = rms_norm(w, &format!("{p}norm"), hid, c.rms_norm_eps, device)?;
+        let lm_head = if c.tie_word_embeddings {
+            w.skip(&keys.lm_head);
+            None
+        } else {
+            let prefix = keys.lm_head.trim_end_matches(".weight");
+            Some(linear(w, prefix, hid, c.vocab_size, false, device)?)
+        };
+        Ok(Llama { embed_tokens, layers, norm, lm_head, config: config.clone() })
+    }
+
+    pub fn new_cache(&self, batch: usize) -> KvCache<B> {
+        KvCache::new(self.layers.len(), batch)
+    }
+
+    /// Embedding rows of `ids` for a batch: `[batch, seq, hidden]`.
+    pub fn embed(&self, ids: &[Vec<u32>], device: &B::Device) -> Tensor<B, 3> {
+        let (b, s) = (ids.len(), ids[0].len());
+        let flat: Vec<i64> = ids.iter().flatten().map(|&t| t as i64).collect();
+        let idx = Tensor::from_data(TensorData::new(flat, [b * s]), device);
+        self.embed_tokens.val().select(0, idx).reshape([b, s, self.config.hidden_size])
+    }
+
+    /// Runs `x` (`[batch, seq, hidden]` input embeddings) after what `cache` holds and returns
+    /// the final-normed hidden states; the cache grows by `seq`.
+    pub fn forward(&self, x: Tensor<B, 3>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
+        let [b, s, _] = x.dims();
+        let device = x.device();
+        let past = cache.len;
+        let t = past + s;
+        let positions: Vec<Vec<usize>> =
+            cache.pad_left.iter().map(|&p| (past..t).map(|i| i.saturating_sub(p)).collect()).collect();
+        let rope = rope_tables::<B>(&positions, self.config.head_dim, self.config.rope_theta, &device);
+
+        // Additive mask over keys: causal within the new block, and never a padded position.
+        // A lowest-finite value (not -inf) keeps fully padded query rows finite, as transformers does.
+        let padded = cache.pad_left.iter().any(|&p| p > 0);
+        let bias = (s > 1 || padded).then(|| {
+            let mut m = vec![0f32; b * s * t];
+            for (bi, &pad) in cache.pad_left.iter().enumerate() {
+                for i in 0..s {
+                    for j in 0..t {
+                        if j > past + i || j < pad {
+                            m[(bi * s + i) * t + j] = f32::MIN;
+                        }
+                    }
+                }
+            }
+            Tensor::<B, 5>::from_data(TensorData::new(m, [b, 1, 1, s, t]), &device)
+        });
+
+        let mut x = x;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = layer.self_attn.forward(layer.input_layernorm.forward(x.clone()), &rope, bias.as_ref(), cache, i);
+            let x1 = x + h;
+            x = x1.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x1));
+        }
+        cache.len = t;
+        self.norm.forward(x)
+    }
+
+    /// Vocabulary logits of hidden states: `[batch, seq, vocab]`.
+    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => {
+                let [b, s, h] = hidden.dims();
+                let w = self.embed_tokens.val().transpose();
+                hidden.reshape([b * s, h]).matmul(w).reshape([b, s, self.config.vocab_size])
+            }
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! LLaVA composition (`LlavaForConditionalGeneration`): CLIP vision tower -> selected hidden
+//! state(s) -> MLP projector -> features placed at the `<image>` positions of the prompt ->
+//! LLaMA decoder. A plain `LlamaForCausalLM` checkpoint loads into the same type without the
+//! vision part, for text-only use.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::nn;
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+use tita_core::image::PixelValues;
+use tita_core::{Activation, Error, LlavaConfig, ModelConfig, Result, SelectStrategy};
+
+use crate::clip::ClipVision;
+use crate::layers::{activate, linear};
+use crate::llama::{KvCache, Llama, LlamaKeys};
+use crate::weights::Weights;
+
+#[derive(Module, Debug)]
+pub struct Projector<B: Backend> {
+    pub linear_1: nn::Linear<B>,
+    pub linear_2: nn::Linear<B>,
+    #[module(skip)]
+    pub act: Activation,
+}
+
+impl<B: Backend> Projector<B> {
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.linear_2.forward(activate(self.linear_1.forward(x), self.act))
+    }
+}
+
+/// The vision half of a LLaVA model.
+#[derive(Module, Debug)]
+pub struct VisionPart<B: Backend> {
+    pub vision_tower: ClipVision<B>,
+    pub multi_modal_projector: Projector<B>,
+    #[module(skip)]
+    pub config: LlavaConfig,
+}
+
+/// Where each part's tensors live in the checkpoint, detected from the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyLayout {
+    pub text: LlamaKeys,
+    /// Prefix of `embeddings.*`, `encoder.layers.N.*` (with or without `vision_model.`).
+    pub vision: Option<String>,
+    /// Prefix of `linear_1`, `linear_2`.
+    pub projector: Option<String>,
+}
+
+fn first_present(w: &Weights, candidates: &[&str], suffix: &str) -> Option<String> {
+    candidates.iter().find(|p| w.contains(&format!("{p}{suffix}"))).map(|p| p.to_string())
+}
+
+impl KeyLayout {
+    /// Recognises the hub layout (`language_model.model.*`, `vision_tower.vision_model.*`), the
+    /// transformers >= 4.52 layout (`model.language_model.*`, `lm_head.weight`) and the
+    /// transformers 5 vision layout (`vision_tower.*` without `vision_model.`).
+    pub fn detect(w: &Weights, config: &ModelConfig) -> Result<Self> {
+        let not_found = |what: &str, tried: &[&str], suffix: &str| {
+            let tried: Vec<String> = tried.iter().map(|p| format!("`{p}{suffix}`")).collect();
+            Error::tensor(w.source(), suffix, format!("{what} not found; tried {}", tried.join(", ")))
+        };
+        match config {
+            ModelConfig::Llama(_) => {
+                let decoder = first_present(w, &["model.", ""], "embed_tokens.weight")
+                    .ok_or_else(|| not_found("the token embedding", &["model.", ""], "embed_tokens.weight"))?;
+                Ok(KeyLayout {
+                    text: LlamaKeys { decoder, lm_head: "lm_head.weight".into() },
+                    vision: None,
+                    projector: None,
+                })
+            }
+            ModelConfig::Llava(_) => {
+                let text = ["language_model.model.", "model.language_model.", "language_model."];
+                let decoder = first_present(w, &text, "embed_tokens.weight")
+                    .ok_or_else(|| not_found("the language model", &text, "embed_tokens.weight"))?;
+                let heads = ["language_model.lm_head.", "lm_head."];
+                let lm_head = first_present(w, &heads, "weight").unwrap_or_else(|| {
+                    if decoder == "language_model.model." { heads[0] } else { heads[1] }.to_string()
+                }) + "weight";
+                let vis = ["vision_tower.vision_model.", "model.vision_tower.vision_model.", "vision_tower.", "model.vision_tower."];
+                let vision = first_present(w, &vis, "embeddings.patch_embedding.weight")
+                    .ok_or_else(|| not_found("the vision tower", &vis, "embeddings.patch_embedding.weight"))?;
+                let proj = ["multi_modal_projector.", "model.multi_modal_projector."];
+                let projector = first_present(w, &proj, "linear_1.weight")
+                    .ok_or_else(|| not_found("the projector", &proj, "linear_1.weight"))?;
+                Ok(KeyLayout { text: LlamaKeys { decoder, lm_head }, vision: Some(vision), projector: Some(projector) })
+            }
+        }
+    }
+}
+
+/// A loaded checkpoint: the language model and, for LLaVA, the vision part.
+#[derive(Module, Debug)]
+pub struct Vlm<B: Backend> {
+    pub language_model: Llama<B>,
+    pub vision: Option<VisionPart<B>>,
+    #[module(skip)]
+    pub config: ModelConfig,
+    #[module(skip)]
+    pub keys: KeyLayout,
+}
+
+impl<B: Backend> Vlm<B> {
+    /// Loads `config.json` and the safetensors weights of a checkpoint directory. Every tensor
+    /// the config implies must be present with its shape, and nothing else may be.
+    pub fn load(dir: &Path, device: &B::Device) -> Result<Self> {
+        let config = ModelConfig::from_file(dir)?;
+        let mut w = Weights::open(dir)?;
+        let model = Self::from_weights(&mut w, config, device)?;
+        w.finish()?;
+        Ok(model)
+    }
+
+    pub fn from_weights(w: &mut Weights, config: ModelConfig, device: &B::Device) -> Result<Self> {
+        let keys = KeyLayout::detect(w, &config)?;
+        let language_model = Llama::load(w, &keys.text, config.text(), device)?;
+        let vision = match &config {
+            ModelConfig::Llama(_) => None,
+            ModelConfig::Llava(c) => {
+                let vision_tower = ClipVision::load(w, keys.vision.as_deref().unwrap_or_default(), &c.vision, device)?;
+                let p = keys.projector.as_deref().unwrap_or_default();
+                let feat = c.vision.hidden_size * c.vision_feature_layers.len();
+                let th = c.text.hidden_size;
+                let bias = c.multimodal_projector_bias;
+                let multi_modal_projector = Projector {
+                    linear_1: linear(w, &format!("{p}linear_1"), feat, th, bias, device)?,
+                    linear_2: linear(w, &format!("{p}linear_2"), th, th, bias, device)?,
+                    act: c.projector_hidden_act,
+                };
+                Some(VisionPart { vision_tower, multi_modal_projector, config: c.clone() })
+            }
+        };
+        Ok(Vlm { language_model, vision, config, keys })
+    }
+
+    pub fn llava_config(&self) -> Option<&LlavaConfig> {
+        self.vision.as_ref().map(|v| &v.config)
+    }
+
+    /// Positions one image occupies in the prompt (None for a text-only model).
+    pub fn image_tokens(&self) -> Option<usize> {
+        self.llava_config().map(LlavaConfig::image_tokens)
+    }
+
+    pub fn new_cache(&self, batch: usize) -> KvCache<B> {
+        self.language_model.new_cache(batch)
+    }
+
+    /// Stacks preprocessed images into `[n, channels, size, size]`, checking their size against
+    /// the vision config.
+    pub fn pixels_tensor(&self, images: &[&PixelValues], device: &B::Device) -> Result<Tensor<B, 4>> {
+        let c = self
+            .llava_config()
+            .ok_or_else(|| Error::argument("image", "this is a text-only model; it takes no image"))?;
+        let (ch, s) = (c.vision.num_channels, c.vision.image_size);
+        let mut data = Vec::with_capacity(images.len() * ch * s * s);
+        for img in images {
+            if img.height != s || img.width != s || img.data.len() != ch * s * s {
+                return Err(Error::argument(
+                    "image",
+                    format!(
+                        "preprocessed to {}x{} ({} values) but vision_config.image_size is {s} with {ch} channels",
+                        img.height,
+                        img.width,
+                        img.data.len()
+                    ),
+                ));
+            }
+            data.extend_from_slice(&img.data);
+        }
+        Ok(Tensor::from_data(TensorData::new(data, [images.len(), ch, s, s]), device))
+    }
+
+    /// Projected image features `[n, image_tokens, text_hidden]` of `[n, C, H, W]` pixels.
+    pub fn encode_images(&self, pixels: Tensor<B, 4>) -> Result<Tensor<B, 3>> {
+        let v = self
+            .vision
+            .as_ref()
+            .ok_or_else(|| Error::argument("image", "this is a text-only model; it takes no image"))?;
+        let layers = v.config.feature_layer_indices();
+        let up_to = *layers.iter().max().expect("validated non-empty");
+        let states = v.vision_tower.hidden_states(pixels, up_to);
+        let selected: Vec<Tensor<B, 3>> = layers
+            .iter()
+            .map(|&i| {
+                let h = states[i].clone();
+                match v.config.vision_feature_select_strategy {
+                    SelectStrategy::Full => h,
+                    SelectStrategy::Default => {
+                        let [b, s, d] = h.dims();
+                        h.slice([0..b, 1..s, 0..d])
+                    }
+                }
+            })
+            .collect();
+        Ok(v.multi_modal_projector.forward(Tensor::cat(selected, 2)))
+    }
+
+    /// Input embeddings of a batch of equal-length id rows; row `b`'s `<image>` positions are
+    /// filled, in order, with `images[b]` (`[n, image_tokens, hidden]`, one image per row).
+    pub fn embed(&self, ids: &[Vec<u32>], images: Option<Tensor<B, 3>>, device: &B::Device) -> Result<Tensor<B, 3>> {
+        let lm = &self.language_model;
+        let text = lm.embed(ids, device);
+        let Some(images) = images else {
+            if let Some(c) = self.llava_config() {
+                if ids.iter().flatten().any(|&t| t == c.image_token_id) {
+                    return Err(Error::argument("input_ids", "the prompt holds image tokens but no image was given"));
+                }
+            }
+            return Ok(text);
+        };
+        let c = self.llava_config().ok_or_else(|| Error::argument("image", "this is a text-only model"))?;
+        let [n, per, hid] = images.dims();
+        let (b, s) = (ids.len(), ids[0].len());
+        if n != b {
+            return Err(Error::argument("image", format!("{n} images for {b} prompts (one each expected)")));
+        }
+        // One gather over [text rows; image rows] puts every feature in place (and keeps autodiff).
+        let mut idx = Vec::with_capacity(b * s);
+        for (bi, row) in ids.iter().enumerate() {
+            let mut k = 0;
+            for (i, &t) in row.iter().enumerate() {
+                if t == c.image_token_id {
+                    idx.push((b * s + bi * per + k.min(per - 1)) as i64);
+                    k += 1;
+                } else {
+                    idx.push((bi * s + i) as i64);
+                }
+            }
+            if k != per {
+                return Err(Error::argument(
+                    "input_ids",
+                    format!("prompt {bi} holds {k} `<image>` tokens (id {}) but the image yields {per} features", c.image_token_id),
+                ));
+            }
+        }
+        let table = Tensor::cat(vec![text.reshape([b * s, hid]), images.reshape([n * per, hid])], 0);
+        let idx = Tensor::from_data(TensorData::new(idx, [b * s]), device);
+        Ok(table.select(0, idx).reshape([b, s, hid]))
+    }
+
+    /// Runs input embeddings through the decoder after what `cache` holds: final hidden states.
+    pub fn forward(&self, embeds: Tensor<B, 3>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
+        self.language_model.forward(embeds, cache)
+    }
+
+    /// Vocabulary logits of hidden states.
+    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.language_model.logits(hidden)
+    }
+
+    /// Logits of the last position of every row: `[batch, vocab]`.
+    pub fn last_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 2> {
+        let [b, s, h] = hidden.dims();
+        let last = hidden.slice([0..b, s - 1..s, 0..h]);
+        self.logits(last).reshape([b, self.language_model.config.vocab_size])
+    }
+}
