@@ -482,7 +482,7 @@ mod tests {
 
     #[test]
     fn sparse_llava_takes_transformers_defaults() {
-        let c = match parse(r#"{"model_type": "llava", "text_config": {"model_type": "llama"}}"#).unwrap() {
+        let c = match parse(r#"{"model_type": "llava", "text_config": {"model_type": "llama", "vocab_size": 32064}}"#).unwrap() {
             ModelConfig::Llava(c) => c,
             other => panic!("expected llava, got {other:?}"),
         };

@@ -1,0 +1,79 @@
+//! Numeric parity with transformers on the reference fixtures (tolerance 1e-4 on logits).
+
+mod common;
+
+use common::*;
+use tita_models::Vlm;
+
+const TOL: f32 = 1e-4;
+
+#[test]
+fn target_and_reward_logits_match_transformers() {
+    let exp = fixtures().join("expected.safetensors");
+    let target_dir = fixtures().join("llava-target");
+    let reward_dir = fixtures().join("llava-reward");
+    let target = Vlm::<B>::load(&target_dir, &device()).unwrap();
+    let reward = Vlm::<B>::load(&reward_dir, &device()).unwrap();
+    for (i, case) in cases().iter().enumerate() {
+        let (ids, pixels) = prepare(&target_dir, &target, case);
+        assert_eq!(ids, ids_of(&case["input_ids"]), "case {i} input_ids");
+
+        let logits = all_logits(&target, &ids, Some(&pixels), &mut target.new_cache(1));
+        let head = expected(&exp, &format!("case{i}.target.logits_head"));
+        assert_eq!(head.len(), ids.len() * 256);
+        for (pos, row) in logits.iter().enumerate() {
+            let d = max_abs_diff(&row[..256], &head[pos * 256..(pos + 1) * 256]);
+            assert!(d <= TOL, "case {i} target logits_head position {pos}: max |Δ| {d}");
+        }
+        let last = expected(&exp, &format!("case{i}.target.logits_last"));
+        let d = max_abs_diff(logits.last().unwrap(), &last);
+        assert!(d <= TOL, "case {i} target logits_last: max |Δ| {d}");
+
+        let (rids, rpix) = prepare(&reward_dir, &reward, case);
+        let rlogits = all_logits(&reward, &rids, Some(&rpix), &mut reward.new_cache(1));
+        let d = max_abs_diff(rlogits.last().unwrap(), &expected(&exp, &format!("case{i}.reward.logits_last")));
+        assert!(d <= TOL, "case {i} reward logits_last: max |Δ| {d}");
+    }
+}
+
+#[test]
+fn prefill_all_equals_step_by_step() {
+    let dir = fixtures().join("llava-reward-ref");
+    let model = Vlm::<B>::load(&dir, &device()).unwrap();
+    let case = &cases()[1];
+    let (ids, pixels) = prepare(&dir, &model, case);
+    let full = all_logits(&model, &ids, Some(&pixels), &mut model.new_cache(1));
+    // Prefill up to just past the image, then feed the rest one token at a time.
+    let split = ids.iter().rposition(|&t| t == 32000).unwrap() + 2;
+    let mut cache = model.new_cache(1);
+    let mut stepped = all_logits(&model, &ids[..split], Some(&pixels), &mut cache);
+    for &t in &ids[split..] {
+        stepped.extend(all_logits(&model, &[t], None, &mut cache));
+    }
+    assert_eq!(cache.len(), ids.len());
+    for (pos, (a, b)) in full.iter().zip(&stepped).enumerate() {
+        let d = max_abs_diff(a, b);
+        assert!(d <= TOL, "position {pos}: prefill vs step max |Δ| {d}");
+    }
+}
+
+#[test]
+fn text_only_llama_with_tied_embeddings() {
+    let dir = fixtures().join("llama-text");
+    let model = Vlm::<B>::load(&dir, &device()).unwrap();
+    assert!(model.vision.is_none() && model.language_model.lm_head.is_none());
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("llama-text.json")).unwrap()).unwrap();
+    let exp = fixtures().join("llama-text.safetensors");
+    for (i, case) in meta["cases"].as_array().unwrap().iter().enumerate() {
+        let ids = ids_of(&case["input_ids"]);
+        let logits = all_logits(&model, &ids, None, &mut model.new_cache(1));
+        let head = expected(&exp, &format!("case{i}.logits_head"));
+        for (pos, row) in logits.iter().enumerate() {
+            let d = max_abs_diff(&row[..256], &head[pos * 256..(pos + 1) * 256]);
+            assert!(d <= TOL, "case {i} position {pos}: max |Δ| {d}");
+        }
+        let d = max_abs_diff(logits.last().unwrap(), &expected(&exp, &format!("case{i}.logits_last")));
+        assert!(d <= TOL, "case {i} logits_last: max |Δ| {d}");
+    }
+}
