@@ -8,7 +8,7 @@ use burn::tensor::{activation, backend::Backend, Tensor};
 use tita_core::{ClipVisionConfig, Result};
 
 use crate::layers::{activate, layer_norm, linear};
-use crate::weights::Weights;
+use crate::weights::{transpose, TensorSource};
 
 #[derive(Module, Debug)]
 pub struct ClipAttention<B: Backend> {
@@ -68,18 +68,13 @@ pub struct ClipVision<B: Backend> {
 
 impl<B: Backend> ClipVision<B> {
     /// `prefix` is e.g. `vision_tower.vision_model.` (hub) or `vision_tower.` (transformers 5).
-    pub fn load(w: &mut Weights, prefix: &str, config: &ClipVisionConfig, device: &B::Device) -> Result<Self> {
+    pub fn load(w: &mut impl TensorSource, prefix: &str, config: &ClipVisionConfig, device: &B::Device) -> Result<Self> {
         let c = config;
         let (hid, ch, p) = (c.hidden_size, c.num_channels, c.patch_size);
         let conv = w.take_vec(&format!("{prefix}embeddings.patch_embedding.weight"), &[hid, ch, p, p])?;
         // [hidden, C·p·p] row-major -> [C·p·p, hidden] so that patches · W gives the conv output.
         let k = ch * p * p;
-        let mut mat = vec![0f32; k * hid];
-        for o in 0..hid {
-            for i in 0..k {
-                mat[i * hid + o] = conv[o * k + i];
-            }
-        }
+        let mat = transpose(&conv, hid, k);
         let patch_embedding = Param::from_tensor(Tensor::from_data(burn::tensor::TensorData::new(mat, [k, hid]), device));
         let class_embedding = Param::from_tensor(w.take(&format!("{prefix}embeddings.class_embedding"), [hid], device)?);
         let position_embedding = Param::from_tensor(w.take(

@@ -6,11 +6,11 @@ use burn::nn;
 use burn::tensor::{activation, backend::Backend, Tensor};
 use tita_core::{Activation, Result};
 
-use crate::weights::Weights;
+use crate::weights::TensorSource;
 
 /// `nn::Linear` from a PyTorch `[out, in]` weight (and `.bias` when `bias`).
 pub fn linear<B: Backend>(
-    w: &mut Weights,
+    w: &mut impl TensorSource,
     prefix: &str,
     in_features: usize,
     out_features: usize,
@@ -24,7 +24,7 @@ pub fn linear<B: Backend>(
 
 /// `nn::LayerNorm` from `.weight` and `.bias`.
 pub fn layer_norm<B: Backend>(
-    w: &mut Weights,
+    w: &mut impl TensorSource,
     prefix: &str,
     dim: usize,
     eps: f64,
@@ -39,7 +39,7 @@ pub fn layer_norm<B: Backend>(
 
 /// `nn::RmsNorm` (LLaMA's: `x / sqrt(mean(x²) + eps) · weight`, computed in f32).
 pub fn rms_norm<B: Backend>(
-    w: &mut Weights,
+    w: &mut impl TensorSource,
     prefix: &str,
     dim: usize,
     eps: f64,

@@ -9,4 +9,4 @@ pub mod weights;
 
 pub use llama::{KvCache, Llama, LlamaKeys};
 pub use llava::{KeyLayout, Vlm};
-pub use weights::{StoredDtype, Weights};
+pub use weights::{RandomWeights, StoredDtype, TensorSource, Weights};

@@ -8,7 +8,7 @@ use burn::tensor::{activation, backend::Backend, Tensor, TensorData};
 use tita_core::{LlamaConfig, Result};
 
 use crate::layers::{activate, linear, rms_norm};
-use crate::weights::Weights;
+use crate::weights::TensorSource;
 
 /// Keys and values of every layer for a batch of sequences, plus the left padding of each
 /// sequence (padded positions are never attended to).
@@ -189,7 +189,7 @@ pub struct LlamaKeys {
 
 impl<B: Backend> Llama<B> {
     /// Builds the decoder from a checkpoint, checking every tensor against `config`.
-    pub fn load(w: &mut Weights, keys: &LlamaKeys, config: &LlamaConfig, device: &B::Device) -> Result<Self> {
+    pub fn load(w: &mut impl TensorSource, keys: &LlamaKeys, config: &LlamaConfig, device: &B::Device) -> Result<Self> {
         let c = config;
         let p = &keys.decoder;
         let (hid, hd) = (c.hidden_size, c.head_dim);

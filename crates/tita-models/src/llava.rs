@@ -14,7 +14,7 @@ use tita_core::{Activation, Error, LlavaConfig, ModelConfig, Result, SelectStrat
 use crate::clip::ClipVision;
 use crate::layers::{activate, linear};
 use crate::llama::{KvCache, Llama, LlamaKeys};
-use crate::weights::Weights;
+use crate::weights::{RandomWeights, TensorSource, Weights};
 
 #[derive(Module, Debug)]
 pub struct Projector<B: Backend> {
@@ -54,6 +54,22 @@ fn first_present(w: &Weights, candidates: &[&str], suffix: &str) -> Option<Strin
 }
 
 impl KeyLayout {
+    /// The layout of `llava-hf` hub checkpoints (and of plain `LlamaForCausalLM`).
+    pub fn hub(config: &ModelConfig) -> Self {
+        match config {
+            ModelConfig::Llama(_) => KeyLayout {
+                text: LlamaKeys { decoder: "model.".into(), lm_head: "lm_head.weight".into() },
+                vision: None,
+                projector: None,
+            },
+            ModelConfig::Llava(_) => KeyLayout {
+                text: LlamaKeys { decoder: "language_model.model.".into(), lm_head: "language_model.lm_head.weight".into() },
+                vision: Some("vision_tower.vision_model.".into()),
+                projector: Some("multi_modal_projector.".into()),
+            },
+        }
+    }
+
     /// Recognises the hub layout (`language_model.model.*`, `vision_tower.vision_model.*`), the
     /// transformers >= 4.52 layout (`model.language_model.*`, `lm_head.weight`) and the
     /// transformers 5 vision layout (`vision_tower.*` without `vision_model.`).
@@ -109,13 +125,25 @@ impl<B: Backend> Vlm<B> {
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self> {
         let config = ModelConfig::from_file(dir)?;
         let mut w = Weights::open(dir)?;
-        let model = Self::from_weights(&mut w, config, device)?;
+        let keys = KeyLayout::detect(&w, &config)?;
+        let model = Self::from_source(&mut w, config, keys, device)?;
         w.finish()?;
         Ok(model)
     }
 
-    pub fn from_weights(w: &mut Weights, config: ModelConfig, device: &B::Device) -> Result<Self> {
-        let keys = KeyLayout::detect(w, &config)?;
+    /// A model of `config`'s shapes with random weights (benchmarks at real sizes).
+    pub fn random(config: ModelConfig, seed: u64, device: &B::Device) -> Result<Self> {
+        let keys = KeyLayout::hub(&config);
+        Self::from_source(&mut RandomWeights::new(0.02, seed), config, keys, device)
+    }
+
+    /// Builds the model from any tensor source whose names follow `keys`.
+    pub fn from_source(
+        w: &mut impl TensorSource,
+        config: ModelConfig,
+        keys: KeyLayout,
+        device: &B::Device,
+    ) -> Result<Self> {
         let language_model = Llama::load(w, &keys.text, config.text(), device)?;
         let vision = match &config {
             ModelConfig::Llama(_) => None,

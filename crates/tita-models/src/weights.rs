@@ -109,10 +109,6 @@ impl Weights {
         }
     }
 
-    pub fn contains(&self, name: &str) -> bool {
-        self.entries.contains_key(name)
-    }
-
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.entries.keys().map(String::as_str)
     }
@@ -140,7 +136,7 @@ impl Weights {
     }
 
     /// The values of `name` as f32, after checking that its shape is `expected`.
-    pub fn take_vec(&mut self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+    fn read(&mut self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
         let entry = self.entries.get(name).ok_or_else(|| {
             Error::tensor(self.source(), name, format!("missing from the checkpoint (expected shape {expected:?})"))
         })?;
@@ -169,41 +165,6 @@ impl Weights {
         Ok(values)
     }
 
-    /// `name` as a burn tensor of shape `expected`.
-    pub fn take<B: Backend, const D: usize>(
-        &mut self,
-        name: &str,
-        expected: [usize; D],
-        device: &B::Device,
-    ) -> Result<Tensor<B, D>> {
-        let values = self.take_vec(name, &expected)?;
-        Ok(Tensor::from_data(TensorData::new(values, expected), device))
-    }
-
-    /// A `[out, in]` PyTorch linear weight, transposed to burn's `[in, out]`.
-    pub fn take_linear<B: Backend>(
-        &mut self,
-        name: &str,
-        out_features: usize,
-        in_features: usize,
-        device: &B::Device,
-    ) -> Result<Tensor<B, 2>> {
-        let values = self.take_vec(name, &[out_features, in_features])?;
-        let mut t = vec![0f32; values.len()];
-        for o in 0..out_features {
-            for i in 0..in_features {
-                t[i * out_features + o] = values[o * in_features + i];
-            }
-        }
-        Ok(Tensor::from_data(TensorData::new(t, [in_features, out_features]), device))
-    }
-
-    /// Marks `name` as accounted for without loading it (buffers the model recomputes).
-    pub fn skip(&mut self, name: &str) {
-        if self.entries.contains_key(name) {
-            self.taken.insert(name.to_string());
-        }
-    }
 
     /// Fails if the checkpoint holds tensors no module asked for, naming them.
     pub fn finish(self) -> Result<()> {
@@ -222,5 +183,136 @@ impl Weights {
                 shown.join(", ")
             ),
         ))
+    }
+}
+
+/// Where model constructors get their tensors: a checkpoint ([`Weights`]) or random
+/// initialisation ([`RandomWeights`]) for benchmarks at real shapes without real weights.
+pub trait TensorSource {
+    /// The values of `name` (f32, row-major), which must have shape `expected`.
+    fn take_vec(&mut self, name: &str, expected: &[usize]) -> Result<Vec<f32>>;
+
+    /// Marks `name` as accounted for without loading it (buffers the model recomputes).
+    fn skip(&mut self, name: &str);
+
+    /// Whether the source holds `name` (used to detect key layouts).
+    fn contains(&self, name: &str) -> bool;
+
+    /// `name` as a burn tensor of shape `expected`.
+    fn take<B: Backend, const D: usize>(
+        &mut self,
+        name: &str,
+        expected: [usize; D],
+        device: &B::Device,
+    ) -> Result<Tensor<B, D>> {
+        let values = self.take_vec(name, &expected)?;
+        Ok(Tensor::from_data(TensorData::new(values, expected), device))
+    }
+
+    /// A `[out, in]` PyTorch linear weight, transposed to burn's `[in, out]`.
+    fn take_linear<B: Backend>(
+        &mut self,
+        name: &str,
+        out_features: usize,
+        in_features: usize,
+        device: &B::Device,
+    ) -> Result<Tensor<B, 2>> {
+        let values = self.take_vec(name, &[out_features, in_features])?;
+        Ok(Tensor::from_data(TensorData::new(transpose(&values, out_features, in_features), [in_features, out_features]), device))
+    }
+}
+
+/// Row-major `[rows, cols]` -> `[cols, rows]`.
+pub fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = values[r * cols + c];
+        }
+    }
+    t
+}
+
+impl TensorSource for Weights {
+    fn take_vec(&mut self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+        self.read(name, expected)
+    }
+
+    fn skip(&mut self, name: &str) {
+        if self.entries.contains_key(name) {
+            self.taken.insert(name.to_string());
+        }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+}
+
+/// Random weights for any config: N(0, std) matrices, unit norm scales, zero biases. Tensors
+/// are drawn on the device, so a 7B-shaped model costs no host memory.
+pub struct RandomWeights {
+    pub std: f64,
+    rng: rand::rngs::StdRng,
+}
+
+impl RandomWeights {
+    pub fn new(std: f64, seed: u64) -> Self {
+        use rand::SeedableRng;
+        RandomWeights { std, rng: rand::rngs::StdRng::seed_from_u64(seed) }
+    }
+
+    fn fill(name: &str) -> Option<f32> {
+        let norm = name.contains("norm") || name.contains("layrnorm");
+        if name.ends_with(".bias") || name.contains("position_embedding") {
+            Some(0.0)
+        } else if norm {
+            Some(1.0)
+        } else {
+            None
+        }
+    }
+}
+
+impl TensorSource for RandomWeights {
+    fn take_vec(&mut self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+        use rand::Rng;
+        let n: usize = expected.iter().product();
+        Ok(match Self::fill(name) {
+            Some(v) => vec![v; n],
+            // Uniform with the same variance as N(0, std): cheap and good enough for timing.
+            None => {
+                let a = (self.std * 3f64.sqrt()) as f32;
+                (0..n).map(|_| self.rng.random_range(-a..a)).collect()
+            }
+        })
+    }
+
+    fn skip(&mut self, _name: &str) {}
+
+    fn contains(&self, _name: &str) -> bool {
+        false
+    }
+
+    fn take<B: Backend, const D: usize>(
+        &mut self,
+        name: &str,
+        expected: [usize; D],
+        device: &B::Device,
+    ) -> Result<Tensor<B, D>> {
+        Ok(match Self::fill(name) {
+            Some(v) => Tensor::full(expected, v, device),
+            None => Tensor::random(expected, burn::tensor::Distribution::Normal(0.0, self.std), device),
+        })
+    }
+
+    fn take_linear<B: Backend>(
+        &mut self,
+        name: &str,
+        out_features: usize,
+        in_features: usize,
+        device: &B::Device,
+    ) -> Result<Tensor<B, 2>> {
+        self.take(name, [in_features, out_features], device)
     }
 }

@@ -7,7 +7,7 @@ use burn::tensor::{Tensor, TensorData};
 use tita_core::image::{ImageProcessor, PixelValues};
 use tita_core::tokenizer::llava_prompt;
 use tita_core::Tokenizer;
-use tita_models::{KvCache, Vlm, Weights};
+use tita_models::{KvCache, TensorSource, Vlm, Weights};
 
 #[cfg(feature = "test-wgpu")]
 pub type B = burn::backend::Wgpu;
