@@ -1,1 +1,191 @@
-fn main(){}
+//! `cargo xtask`: the project's commands. Picks the backend cargo feature and the release
+//! profile, builds, and forwards arguments to the binaries of the crates.
+//!
+//! ```text
+//! cargo xtask generate --model DIR [--image PATH] --prompt TEXT [--backend flex|ndarray|wgpu|cuda] ...
+//! cargo xtask bench [speed ...] [--backend ...]
+//! cargo xtask ci [--skip-wgpu]
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+const BACKENDS: [&str; 4] = ["flex", "ndarray", "wgpu", "cuda"];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("$ {:?}", cmd);
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// The cargo features for the `--backend` values among `args` (flex when none is given).
+fn backend_features(args: &[String]) -> Result<String> {
+    let mut features = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let value = if a == "--backend" {
+            it.next().cloned()
+        } else {
+            a.strip_prefix("--backend=").map(str::to_string)
+        };
+        if let Some(v) = value {
+            for b in v.split(',') {
+                if !BACKENDS.contains(&b) {
+                    bail!(
+                        "unknown backend `{b}` (expected one of {})",
+                        BACKENDS.join(", ")
+                    );
+                }
+                features.push(b.to_string());
+            }
+        }
+    }
+    if features.is_empty() {
+        features.push("flex".into());
+    }
+    Ok(features.join(","))
+}
+
+/// Builds and runs `bin` of `package` with the backend features that `args` ask for.
+fn run_binary(package: &str, bin: &str, args: &[String]) -> Result<()> {
+    let features = backend_features(args)?;
+    run(cargo()
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            package,
+            "--no-default-features",
+            "--features",
+            &features,
+            "--bin",
+            bin,
+            "--",
+        ])
+        .args(args))
+}
+
+/// Whether a Vulkan driver (lavapipe on CPU-only machines) is installed for the wgpu tests.
+fn has_vulkan_driver() -> bool {
+    ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"]
+        .iter()
+        .any(|d| {
+            std::fs::read_dir(d)
+                .map(|mut e| e.next().is_some())
+                .unwrap_or(false)
+        })
+}
+
+fn ensure_lavapipe() -> Result<()> {
+    if has_vulkan_driver() {
+        return Ok(());
+    }
+    eprintln!("no Vulkan driver found: installing Mesa's lavapipe (mesa-vulkan-drivers) for the wgpu tests");
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "mesa-vulkan-drivers"])
+            .status()
+    };
+    if !install().map(|s| s.success()).unwrap_or(false) {
+        let _ = Command::new("apt-get").args(["update", "-q"]).status();
+        install()
+            .context("apt-get is needed to install mesa-vulkan-drivers (or pass --skip-wgpu)")?;
+    }
+    if !has_vulkan_driver() {
+        bail!("mesa-vulkan-drivers could not be installed; install a Vulkan driver or pass --skip-wgpu");
+    }
+    Ok(())
+}
+
+/// Formatting, lints with warnings denied, every test on the CPU backend, the model and
+/// decoding tests again on wgpu (lavapipe), and a compile check of the CUDA backend.
+fn ci(args: &[String]) -> Result<()> {
+    let skip_wgpu = args.iter().any(|a| a == "--skip-wgpu");
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--release",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo().args(["test", "--release", "--workspace"]))?;
+    if skip_wgpu {
+        eprintln!("--skip-wgpu: the wgpu leg was NOT run");
+    } else {
+        ensure_lavapipe()?;
+        run(cargo().args([
+            "test",
+            "--release",
+            "-p",
+            "tita-models",
+            "--features",
+            "test-wgpu",
+        ]))?;
+        run(cargo().args([
+            "test",
+            "--release",
+            "-p",
+            "tita-decode",
+            "--no-default-features",
+            "--features",
+            "wgpu",
+            "--test",
+            "generate",
+        ]))?;
+    }
+    run(cargo().args([
+        "check",
+        "--release",
+        "-p",
+        "tita-decode",
+        "-p",
+        "tita-bench",
+        "--no-default-features",
+        "--features",
+        "cuda",
+    ]))?;
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((cmd, rest)) = args.split_first() else {
+        bail!("usage: cargo xtask <generate|bench|ci> [args]");
+    };
+    match cmd.as_str() {
+        "generate" => run_binary("tita-decode", "tita-generate", rest),
+        "bench" => {
+            let rest: Vec<String> = if rest.is_empty() {
+                vec!["speed".into(), "--preset".into(), "tiny".into()]
+            } else {
+                rest.to_vec()
+            };
+            run_binary("tita-bench", "tita-bench", &rest)
+        }
+        "ci" => ci(rest),
+        other => bail!("unknown command `{other}` (expected generate, bench or ci)"),
+    }
+}

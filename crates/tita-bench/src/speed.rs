@@ -9,7 +9,9 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Distribution, Tensor};
 use serde::Serialize;
-use tita_core::{Activation, ClipVisionConfig, LlamaConfig, LlavaConfig, ModelConfig, Result, SelectStrategy};
+use tita_core::{
+    Activation, ClipVisionConfig, LlamaConfig, LlavaConfig, ModelConfig, Result, SelectStrategy,
+};
 use tita_decode::{Prompt, Session};
 use tita_models::Vlm;
 
@@ -69,12 +71,28 @@ impl Preset {
         match self {
             Preset::Tiny => llava(
                 llama(32, 2, 4, 4, 96),
-                ClipVisionConfig { hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4, image_size: 56, patch_size: 14, ..Default::default() },
+                ClipVisionConfig {
+                    hidden_size: 32,
+                    intermediate_size: 64,
+                    num_hidden_layers: 2,
+                    num_attention_heads: 4,
+                    image_size: 56,
+                    patch_size: 14,
+                    ..Default::default()
+                },
             ),
             Preset::M150 => ModelConfig::Llama(llama(1024, 8, 16, 4, 2816)),
             Preset::Llava7b => llava(
                 llama(4096, 32, 32, 32, 11008),
-                ClipVisionConfig { hidden_size: 1024, intermediate_size: 4096, num_hidden_layers: 24, num_attention_heads: 16, image_size: 336, patch_size: 14, ..Default::default() },
+                ClipVisionConfig {
+                    hidden_size: 1024,
+                    intermediate_size: 4096,
+                    num_hidden_layers: 24,
+                    num_attention_heads: 16,
+                    image_size: 336,
+                    patch_size: 14,
+                    ..Default::default()
+                },
             ),
         }
     }
@@ -133,7 +151,11 @@ pub struct SpeedReport {
 /// Bytes of f32 weights read by one batch-1 decode step of `model`'s language model.
 pub fn decode_weight_bytes<B: Backend>(model: &Vlm<B>) -> usize {
     let lm = &model.language_model;
-    let embed = if lm.lm_head.is_some() { lm.embed_tokens.val().dims().iter().product() } else { 0 };
+    let embed = if lm.lm_head.is_some() {
+        lm.embed_tokens.val().dims().iter().product()
+    } else {
+        0
+    };
     (lm.num_params() - embed) * 4
 }
 
@@ -147,13 +169,20 @@ pub fn run<B: Backend>(
     device: &B::Device,
 ) -> Result<SpeedReport> {
     let model = Vlm::<B>::random(preset.config(), 0, device)?;
-    let (bandwidth_gbs, bandwidth_source) =
-        if on_gpu { (device_bandwidth_gbs::<B>(device), "device elementwise op") } else { (host_bandwidth_gbs(), "host memcpy") };
+    let (bandwidth_gbs, bandwidth_source) = if on_gpu {
+        (device_bandwidth_gbs::<B>(device), "device elementwise op")
+    } else {
+        (host_bandwidth_gbs(), "host memcpy")
+    };
     let image_encode_ms = match model.llava_config() {
         None => None,
         Some(c) => {
             let s = c.vision.image_size;
-            let pixels = Tensor::<B, 4>::random([1, c.vision.num_channels, s, s], Distribution::Default, device);
+            let pixels = Tensor::<B, 4>::random(
+                [1, c.vision.num_channels, s, s],
+                Distribution::Default,
+                device,
+            );
             let _ = model.encode_images(pixels.clone())?; // warm-up
             let _ = B::sync(device);
             let t = Instant::now();
@@ -163,7 +192,9 @@ pub fn run<B: Backend>(
         }
     };
     let vocab = model.language_model.config.vocab_size as u32;
-    let ids: Vec<u32> = (0..prompt_tokens as u32).map(|i| 3 + (i * 7919) % (vocab.min(32000) - 3)).collect();
+    let ids: Vec<u32> = (0..prompt_tokens as u32)
+        .map(|i| 3 + (i * 7919) % (vocab.min(32000) - 3))
+        .collect();
     let prompt = Prompt { ids, pixels: None };
     // Warm-up (kernel compilation / autotuning on GPU backends).
     {
@@ -200,11 +231,35 @@ pub fn run<B: Backend>(
 
 impl std::fmt::Display for SpeedReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "preset {:?} on {} ({:.1}M parameters, {:.1} MB read per decode step)", self.preset, self.backend, self.parameters as f64 / 1e6, self.decode_weight_bytes as f64 / 1e6)?;
-        writeln!(f, "  bandwidth        {:>10.1} GB/s ({})", self.bandwidth_gbs, self.bandwidth_source)?;
-        writeln!(f, "  bound            {:>10.1} tok/s", self.bound_tokens_per_s)?;
-        writeln!(f, "  decode           {:>10.1} tok/s  = {:.0}% of the bound", self.decode_tokens_per_s, 100.0 * self.decode_vs_bound)?;
-        write!(f, "  prefill          {:>10.1} tok/s  ({} prompt tokens)", self.prefill_tokens_per_s, self.prompt_tokens)?;
+        writeln!(
+            f,
+            "preset {:?} on {} ({:.1}M parameters, {:.1} MB read per decode step)",
+            self.preset,
+            self.backend,
+            self.parameters as f64 / 1e6,
+            self.decode_weight_bytes as f64 / 1e6
+        )?;
+        writeln!(
+            f,
+            "  bandwidth        {:>10.1} GB/s ({})",
+            self.bandwidth_gbs, self.bandwidth_source
+        )?;
+        writeln!(
+            f,
+            "  bound            {:>10.1} tok/s",
+            self.bound_tokens_per_s
+        )?;
+        writeln!(
+            f,
+            "  decode           {:>10.1} tok/s  = {:.0}% of the bound",
+            self.decode_tokens_per_s,
+            100.0 * self.decode_vs_bound
+        )?;
+        write!(
+            f,
+            "  prefill          {:>10.1} tok/s  ({} prompt tokens)",
+            self.prefill_tokens_per_s, self.prompt_tokens
+        )?;
         if let Some(ms) = self.image_encode_ms {
             write!(f, "\n  image encoding   {ms:>10.1} ms")?;
         }

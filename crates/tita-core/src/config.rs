@@ -136,7 +136,11 @@ pub enum ModelConfig {
 impl ModelConfig {
     /// Reads and validates `config.json` (a file, or a directory that holds one).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let path = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
+        let path = if path.is_dir() {
+            path.join("config.json")
+        } else {
+            path.to_path_buf()
+        };
         let value = read_json(&path)?;
         Self::from_value(&value, &path)
     }
@@ -178,7 +182,11 @@ impl<'a> Fields<'a> {
         let obj = value
             .as_object()
             .ok_or_else(|| Error::config(path, "<root>", "expected a JSON object"))?;
-        Ok(Fields { obj, path, prefix: String::new() })
+        Ok(Fields {
+            obj,
+            path,
+            prefix: String::new(),
+        })
     }
 
     fn name(&self, field: &str) -> String {
@@ -200,16 +208,19 @@ impl<'a> Fields<'a> {
             Some(Value::Object(o)) => o,
             Some(_) => return Err(self.err(field, "expected an object")),
         };
-        Ok(Fields { obj, path: self.path, prefix: format!("{}{field}.", self.prefix) })
+        Ok(Fields {
+            obj,
+            path: self.path,
+            prefix: format!("{}{field}.", self.prefix),
+        })
     }
 
     fn usize(&self, field: &str, default: usize) -> Result<usize> {
         match self.get(field) {
             None => Ok(default),
-            Some(v) => v
-                .as_u64()
-                .map(|x| x as usize)
-                .ok_or_else(|| self.err(field, format!("expected a non-negative integer, found {v}"))),
+            Some(v) => v.as_u64().map(|x| x as usize).ok_or_else(|| {
+                self.err(field, format!("expected a non-negative integer, found {v}"))
+            }),
         }
     }
 
@@ -220,14 +231,18 @@ impl<'a> Fields<'a> {
     fn f64(&self, field: &str, default: f64) -> Result<f64> {
         match self.get(field) {
             None => Ok(default),
-            Some(v) => v.as_f64().ok_or_else(|| self.err(field, format!("expected a number, found {v}"))),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| self.err(field, format!("expected a number, found {v}"))),
         }
     }
 
     fn bool(&self, field: &str, default: bool) -> Result<bool> {
         match self.get(field) {
             None => Ok(default),
-            Some(v) => v.as_bool().ok_or_else(|| self.err(field, format!("expected true or false, found {v}"))),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| self.err(field, format!("expected true or false, found {v}"))),
         }
     }
 
@@ -249,12 +264,19 @@ impl<'a> Fields<'a> {
 
     /// An id or a list of ids (`eos_token_id` may be either).
     fn ids(&self, field: &str, default: &[u32]) -> Result<Vec<u32>> {
-        let as_id = |v: &Value| v.as_u64().filter(|&x| x <= u32::MAX as u64).map(|x| x as u32);
+        let as_id = |v: &Value| {
+            v.as_u64()
+                .filter(|&x| x <= u32::MAX as u64)
+                .map(|x| x as u32)
+        };
         match self.get(field) {
             None => Ok(default.to_vec()),
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|v| as_id(v).ok_or_else(|| self.err(field, format!("expected token ids, found {v}"))))
+                .map(|v| {
+                    as_id(v)
+                        .ok_or_else(|| self.err(field, format!("expected token ids, found {v}")))
+                })
                 .collect(),
             Some(v) => as_id(v)
                 .map(|x| vec![x])
@@ -275,17 +297,29 @@ fn positive(f: &Fields, field: &str, value: usize) -> Result<usize> {
 fn parse_llama(f: &Fields, parent: Option<&Fields>) -> Result<LlamaConfig> {
     if let Some(mt) = f.opt_str("model_type")? {
         if mt != "llama" {
-            return Err(f.err("model_type", format!("`{mt}` is not supported (expected `llama`)")));
+            return Err(f.err(
+                "model_type",
+                format!("`{mt}` is not supported (expected `llama`)"),
+            ));
         }
     }
     let hidden_size = positive(f, "hidden_size", f.usize("hidden_size", 4096)?)?;
-    let num_attention_heads = positive(f, "num_attention_heads", f.usize("num_attention_heads", 32)?)?;
-    let num_key_value_heads =
-        positive(f, "num_key_value_heads", f.usize("num_key_value_heads", num_attention_heads)?)?;
+    let num_attention_heads = positive(
+        f,
+        "num_attention_heads",
+        f.usize("num_attention_heads", 32)?,
+    )?;
+    let num_key_value_heads = positive(
+        f,
+        "num_key_value_heads",
+        f.usize("num_key_value_heads", num_attention_heads)?,
+    )?;
     if num_attention_heads % num_key_value_heads != 0 {
         return Err(f.err(
             "num_key_value_heads",
-            format!("{num_key_value_heads} does not divide num_attention_heads = {num_attention_heads}"),
+            format!(
+                "{num_key_value_heads} does not divide num_attention_heads = {num_attention_heads}"
+            ),
         ));
     }
     let head_dim = match f.opt_usize("head_dim")? {
@@ -294,26 +328,37 @@ fn parse_llama(f: &Fields, parent: Option<&Fields>) -> Result<LlamaConfig> {
             if hidden_size % num_attention_heads != 0 {
                 return Err(f.err(
                     "num_attention_heads",
-                    format!("{num_attention_heads} heads do not divide hidden_size = {hidden_size}"),
+                    format!(
+                        "{num_attention_heads} heads do not divide hidden_size = {hidden_size}"
+                    ),
                 ));
             }
             hidden_size / num_attention_heads
         }
     };
     if head_dim % 2 != 0 {
-        return Err(f.err("head_dim", format!("{head_dim} must be even for rotary embeddings")));
+        return Err(f.err(
+            "head_dim",
+            format!("{head_dim} must be even for rotary embeddings"),
+        ));
     }
 
     // transformers < 5 writes `rope_theta` (+ `rope_scaling`); 5 writes `rope_parameters`.
     let rope = f.child("rope_parameters")?;
     let rope_theta = rope.f64("rope_theta", f.f64("rope_theta", 10000.0)?)?;
-    for (block, fields) in [("rope_scaling", f.child("rope_scaling")?), ("rope_parameters", rope)] {
+    for (block, fields) in [
+        ("rope_scaling", f.child("rope_scaling")?),
+        ("rope_parameters", rope),
+    ] {
         let kind = match fields.opt_str("rope_type")? {
             Some(k) => Some(k),
             None => fields.opt_str("type")?,
         };
         if let Some(kind) = kind.filter(|k| k != "default") {
-            return Err(f.err(block, format!("rope type `{kind}` is not supported (only `default`)")));
+            return Err(f.err(
+                block,
+                format!("rope type `{kind}` is not supported (only `default`)"),
+            ));
         }
     }
 
@@ -365,25 +410,50 @@ fn parse_llama(f: &Fields, parent: Option<&Fields>) -> Result<LlamaConfig> {
 fn parse_clip(f: &Fields, defaults: &ClipVisionConfig) -> Result<ClipVisionConfig> {
     if let Some(mt) = f.opt_str("model_type")? {
         if mt != "clip_vision_model" {
-            return Err(f.err("model_type", format!("`{mt}` is not supported (expected `clip_vision_model`)")));
+            return Err(f.err(
+                "model_type",
+                format!("`{mt}` is not supported (expected `clip_vision_model`)"),
+            ));
         }
     }
-    let hidden_size = positive(f, "hidden_size", f.usize("hidden_size", defaults.hidden_size)?)?;
-    let heads = positive(f, "num_attention_heads", f.usize("num_attention_heads", defaults.num_attention_heads)?)?;
+    let hidden_size = positive(
+        f,
+        "hidden_size",
+        f.usize("hidden_size", defaults.hidden_size)?,
+    )?;
+    let heads = positive(
+        f,
+        "num_attention_heads",
+        f.usize("num_attention_heads", defaults.num_attention_heads)?,
+    )?;
     if hidden_size % heads != 0 {
-        return Err(f.err("num_attention_heads", format!("{heads} heads do not divide hidden_size = {hidden_size}")));
+        return Err(f.err(
+            "num_attention_heads",
+            format!("{heads} heads do not divide hidden_size = {hidden_size}"),
+        ));
     }
     let image_size = positive(f, "image_size", f.usize("image_size", defaults.image_size)?)?;
     let patch_size = positive(f, "patch_size", f.usize("patch_size", defaults.patch_size)?)?;
     if image_size % patch_size != 0 {
-        return Err(f.err("patch_size", format!("{patch_size} does not divide image_size = {image_size}")));
+        return Err(f.err(
+            "patch_size",
+            format!("{patch_size} does not divide image_size = {image_size}"),
+        ));
     }
     Ok(ClipVisionConfig {
         hidden_size,
-        intermediate_size: positive(f, "intermediate_size", f.usize("intermediate_size", defaults.intermediate_size)?)?,
+        intermediate_size: positive(
+            f,
+            "intermediate_size",
+            f.usize("intermediate_size", defaults.intermediate_size)?,
+        )?,
         num_hidden_layers: f.usize("num_hidden_layers", defaults.num_hidden_layers)?,
         num_attention_heads: heads,
-        num_channels: positive(f, "num_channels", f.usize("num_channels", defaults.num_channels)?)?,
+        num_channels: positive(
+            f,
+            "num_channels",
+            f.usize("num_channels", defaults.num_channels)?,
+        )?,
         image_size,
         patch_size,
         hidden_act: f.activation("hidden_act", defaults.hidden_act)?,
@@ -432,33 +502,51 @@ fn parse_llava(f: &Fields) -> Result<LlavaConfig> {
         None => vec![-2],
         Some(Value::Array(items)) => items
             .iter()
-            .map(|v| v.as_i64().ok_or_else(|| f.err("vision_feature_layer", "expected integers")))
+            .map(|v| {
+                v.as_i64()
+                    .ok_or_else(|| f.err("vision_feature_layer", "expected integers"))
+            })
             .collect::<Result<_>>()?,
-        Some(v) => vec![v.as_i64().ok_or_else(|| f.err("vision_feature_layer", format!("expected an integer, found {v}")))?],
+        Some(v) => vec![v.as_i64().ok_or_else(|| {
+            f.err(
+                "vision_feature_layer",
+                format!("expected an integer, found {v}"),
+            )
+        })?],
     };
     let n_states = vision.num_hidden_layers as i64 + 1;
     for &l in &vision_feature_layers {
         if l >= n_states || l < -n_states {
             return Err(f.err(
                 "vision_feature_layer",
-                format!("{l} is outside the {n_states} hidden states of a {}-layer vision tower", vision.num_hidden_layers),
+                format!(
+                    "{l} is outside the {n_states} hidden states of a {}-layer vision tower",
+                    vision.num_hidden_layers
+                ),
             ));
         }
     }
     if vision_feature_layers.is_empty() {
         return Err(f.err("vision_feature_layer", "empty list"));
     }
-    let vision_feature_select_strategy = match f.opt_str("vision_feature_select_strategy")?.as_deref() {
-        None | Some("default") => SelectStrategy::Default,
-        Some("full") => SelectStrategy::Full,
-        Some(other) => {
-            return Err(f.err("vision_feature_select_strategy", format!("`{other}` (expected `default` or `full`)")))
-        }
-    };
+    let vision_feature_select_strategy =
+        match f.opt_str("vision_feature_select_strategy")?.as_deref() {
+            None | Some("default") => SelectStrategy::Default,
+            Some("full") => SelectStrategy::Full,
+            Some(other) => {
+                return Err(f.err(
+                    "vision_feature_select_strategy",
+                    format!("`{other}` (expected `default` or `full`)"),
+                ))
+            }
+        };
     if image_token_id as usize >= text.vocab_size {
         return Err(f.err(
             "image_token_index",
-            format!("{image_token_id} is outside the vocabulary of {} ids", text.vocab_size),
+            format!(
+                "{image_token_id} is outside the vocabulary of {} ids",
+                text.vocab_size
+            ),
         ));
     }
     Ok(LlavaConfig {
@@ -477,7 +565,10 @@ mod tests {
     use super::*;
 
     fn parse(json: &str) -> Result<ModelConfig> {
-        ModelConfig::from_value(&serde_json::from_str(json).unwrap(), Path::new("config.json"))
+        ModelConfig::from_value(
+            &serde_json::from_str(json).unwrap(),
+            Path::new("config.json"),
+        )
     }
 
     #[test]
@@ -508,15 +599,21 @@ mod tests {
 
     #[test]
     fn invalid_configs_name_the_field() {
-        let e = parse(r#"{"model_type": "llama", "hidden_size": 30, "num_attention_heads": 4}"#).unwrap_err();
+        let e = parse(r#"{"model_type": "llama", "hidden_size": 30, "num_attention_heads": 4}"#)
+            .unwrap_err();
         assert!(e.to_string().contains("num_attention_heads"), "{e}");
-        let e = parse(r#"{"model_type": "llama", "num_attention_heads": 8, "num_key_value_heads": 3}"#).unwrap_err();
+        let e =
+            parse(r#"{"model_type": "llama", "num_attention_heads": 8, "num_key_value_heads": 3}"#)
+                .unwrap_err();
         assert!(e.to_string().contains("num_key_value_heads"), "{e}");
-        let e = parse(r#"{"model_type": "llava", "text_config": {"hidden_size": "big"}}"#).unwrap_err();
+        let e =
+            parse(r#"{"model_type": "llava", "text_config": {"hidden_size": "big"}}"#).unwrap_err();
         assert!(e.to_string().contains("text_config.hidden_size"), "{e}");
         let e = parse(r#"{"model_type": "llava", "vision_feature_layer": -30}"#).unwrap_err();
         assert!(e.to_string().contains("vision_feature_layer"), "{e}");
-        let e = parse(r#"{"model_type": "llama", "rope_scaling": {"type": "yarn", "factor": 2.0}}"#).unwrap_err();
+        let e =
+            parse(r#"{"model_type": "llama", "rope_scaling": {"type": "yarn", "factor": 2.0}}"#)
+                .unwrap_err();
         assert!(e.to_string().contains("rope_scaling"), "{e}");
         let e = parse(r#"{"model_type": "bert"}"#).unwrap_err();
         assert!(e.to_string().contains("model_type"), "{e}");

@@ -9,13 +9,23 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{}: cannot read: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     #[error("{}: invalid JSON: {source}", path.display())]
-    Json { path: PathBuf, source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 
     #[error("{}: field `{field}`: {msg}", path.display())]
-    Config { path: PathBuf, field: String, msg: String },
+    Config {
+        path: PathBuf,
+        field: String,
+        msg: String,
+    },
 
     #[error("{}: tokenizer: {msg}", path.display())]
     Tokenizer { path: PathBuf, msg: String },
@@ -24,7 +34,11 @@ pub enum Error {
     Image { path: PathBuf, msg: String },
 
     #[error("{}: tensor `{name}`: {msg}", path.display())]
-    Tensor { path: PathBuf, name: String, msg: String },
+    Tensor {
+        path: PathBuf,
+        name: String,
+        msg: String,
+    },
 
     #[error("{}: {msg}", path.display())]
     Checkpoint { path: PathBuf, msg: String },
@@ -38,24 +52,52 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
-    pub fn config(path: impl Into<PathBuf>, field: impl Into<String>, msg: impl Into<String>) -> Self {
-        Error::Config { path: path.into(), field: field.into(), msg: msg.into() }
+    pub fn config(
+        path: impl Into<PathBuf>,
+        field: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> Self {
+        Error::Config {
+            path: path.into(),
+            field: field.into(),
+            msg: msg.into(),
+        }
     }
-    pub fn tensor(path: impl Into<PathBuf>, name: impl Into<String>, msg: impl Into<String>) -> Self {
-        Error::Tensor { path: path.into(), name: name.into(), msg: msg.into() }
+    pub fn tensor(
+        path: impl Into<PathBuf>,
+        name: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> Self {
+        Error::Tensor {
+            path: path.into(),
+            name: name.into(),
+            msg: msg.into(),
+        }
     }
     pub fn checkpoint(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        Error::Checkpoint { path: path.into(), msg: msg.into() }
+        Error::Checkpoint {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
     pub fn argument(name: impl Into<String>, msg: impl Into<String>) -> Self {
-        Error::Argument { name: name.into(), msg: msg.into() }
+        Error::Argument {
+            name: name.into(),
+            msg: msg.into(),
+        }
     }
 }
 
 /// Reads a JSON file into a `serde_json::Value`, with the path in any error.
 pub fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|source| Error::Json { path: path.into(), source })
+    serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: path.into(),
+        source,
+    })
 }

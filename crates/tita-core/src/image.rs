@@ -72,7 +72,11 @@ impl Default for ImageProcessor {
 impl ImageProcessor {
     /// Reads `preprocessor_config.json` (a file, or a checkpoint directory that holds one).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let path = if path.is_dir() { path.join("preprocessor_config.json") } else { path.to_path_buf() };
+        let path = if path.is_dir() {
+            path.join("preprocessor_config.json")
+        } else {
+            path.to_path_buf()
+        };
         Self::from_value(&read_json(&path)?, &path)
     }
 
@@ -86,16 +90,29 @@ impl ImageProcessor {
             }
         };
         let num = |x: &Value, k: &str| -> Result<usize> {
-            x.as_u64().filter(|&n| n > 0).map(|n| n as usize).ok_or_else(|| err(k, "expected a positive integer"))
+            x.as_u64()
+                .filter(|&n| n > 0)
+                .map(|n| n as usize)
+                .ok_or_else(|| err(k, "expected a positive integer"))
         };
         let size = match v.get("size") {
             None | Some(Value::Null) => d.size,
             Some(s @ Value::Number(_)) => ResizeTo::ShortestEdge(num(s, "size")?),
-            Some(Value::Object(o)) => match (o.get("shortest_edge"), o.get("height"), o.get("width")) {
-                (Some(s), _, _) => ResizeTo::ShortestEdge(num(s, "size.shortest_edge")?),
-                (None, Some(h), Some(w)) => ResizeTo::Exact { height: num(h, "size.height")?, width: num(w, "size.width")? },
-                _ => return Err(err("size", "expected `shortest_edge` or `height` and `width`")),
-            },
+            Some(Value::Object(o)) => {
+                match (o.get("shortest_edge"), o.get("height"), o.get("width")) {
+                    (Some(s), _, _) => ResizeTo::ShortestEdge(num(s, "size.shortest_edge")?),
+                    (None, Some(h), Some(w)) => ResizeTo::Exact {
+                        height: num(h, "size.height")?,
+                        width: num(w, "size.width")?,
+                    },
+                    _ => {
+                        return Err(err(
+                            "size",
+                            "expected `shortest_edge` or `height` and `width`",
+                        ))
+                    }
+                }
+            }
             Some(_) => return Err(err("size", "expected an integer or an object")),
         };
         let crop_size = match v.get("crop_size") {
@@ -115,7 +132,10 @@ impl ImageProcessor {
             Some(3) => Resample::Bicubic,
             Some(2) => Resample::Bilinear,
             Some(other) => {
-                return Err(err("resample", &format!("{other} is not supported (2 = bilinear, 3 = bicubic)")))
+                return Err(err(
+                    "resample",
+                    &format!("{other} is not supported (2 = bilinear, 3 = bicubic)"),
+                ))
             }
         };
         let triple = |k: &str, def: [f64; 3]| -> Result<[f64; 3]> {
@@ -132,7 +152,7 @@ impl ImageProcessor {
             }
         };
         let image_std = triple("image_std", d.image_std)?;
-        if image_std.iter().any(|&s| s == 0.0) {
+        if image_std.contains(&0.0) {
             return Err(err("image_std", "must not contain zero"));
         }
         Ok(ImageProcessor {
@@ -145,7 +165,9 @@ impl ImageProcessor {
             do_rescale: flag("do_rescale", true)?,
             rescale_factor: match v.get("rescale_factor") {
                 None | Some(Value::Null) => d.rescale_factor,
-                Some(x) => x.as_f64().ok_or_else(|| err("rescale_factor", "expected a number"))?,
+                Some(x) => x
+                    .as_f64()
+                    .ok_or_else(|| err("rescale_factor", "expected a number"))?,
             },
             do_normalize: flag("do_normalize", true)?,
             image_mean: triple("image_mean", d.image_mean)?,
@@ -160,7 +182,11 @@ impl ImageProcessor {
 
     /// Full pipeline on an RGB image; `pad` first expands it to a square of the mean colour.
     pub fn preprocess(&self, img: &RgbImage, pad: bool) -> PixelValues {
-        let mut img = if pad { expand_to_square(img, self.pad_color()) } else { img.clone() };
+        let mut img = if pad {
+            expand_to_square(img, self.pad_color())
+        } else {
+            img.clone()
+        };
         if self.do_resize {
             let (w, h) = (img.width() as usize, img.height() as usize);
             let (nh, nw) = match self.size {
@@ -186,7 +212,11 @@ impl ImageProcessor {
                 data[c * h * w + y as usize * w + x as usize] = v;
             }
         }
-        PixelValues { data, height: h, width: w }
+        PixelValues {
+            data,
+            height: h,
+            width: w,
+        }
     }
 
     /// Opens an image file and preprocesses it.
@@ -199,8 +229,10 @@ impl ImageProcessor {
 /// grey replicated).
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let img = image::load_from_memory(&bytes)
-        .map_err(|e| Error::Image { path: PathBuf::from(path), msg: format!("not a readable image: {e}") })?;
+    let img = image::load_from_memory(&bytes).map_err(|e| Error::Image {
+        path: PathBuf::from(path),
+        msg: format!("not a readable image: {e}"),
+    })?;
     Ok(img.to_rgb8())
 }
 
@@ -224,7 +256,11 @@ pub fn expand_to_square(img: &RgbImage, color: [u8; 3]) -> RgbImage {
     }
     let s = w.max(h);
     let mut out = RgbImage::from_pixel(s, s, image::Rgb(color));
-    let (ox, oy) = if w > h { (0, (w - h) / 2) } else { ((h - w) / 2, 0) };
+    let (ox, oy) = if w > h {
+        (0, (w - h) / 2)
+    } else {
+        ((h - w) / 2, 0)
+    };
     image::imageops::replace(&mut out, img, ox as i64, oy as i64);
     out
 }
@@ -297,8 +333,9 @@ fn coefficients(in_size: usize, out_size: usize, resample: Resample) -> Vec<(usi
             let center = (xx as f64 + 0.5) * scale;
             let xmin = ((center - sup + 0.5) as i64).max(0) as usize;
             let xmax = ((center + sup + 0.5) as i64).min(in_size as i64) as usize;
-            let w: Vec<f64> =
-                (xmin..xmax).map(|x| filter(resample, (x as f64 - center + 0.5) * ss)).collect();
+            let w: Vec<f64> = (xmin..xmax)
+                .map(|x| filter(resample, (x as f64 - center + 0.5) * ss))
+                .collect();
             let total: f64 = w.iter().sum();
             let k = w
                 .iter()

@@ -3,10 +3,14 @@
 
 pub mod config;
 pub mod error;
+pub mod fusion;
 pub mod image;
+pub mod noise;
 pub mod sampling;
 pub mod tokenizer;
 
-pub use config::{Activation, ClipVisionConfig, LlamaConfig, LlavaConfig, ModelConfig, SelectStrategy};
+pub use config::{
+    Activation, ClipVisionConfig, LlamaConfig, LlavaConfig, ModelConfig, SelectStrategy,
+};
 pub use error::{Error, Result};
 pub use tokenizer::Tokenizer;

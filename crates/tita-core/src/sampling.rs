@@ -36,7 +36,12 @@ pub struct SamplingConfig {
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        SamplingConfig { temperature: 0.0, top_k: None, top_p: None, seed: 0 }
+        SamplingConfig {
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            seed: 0,
+        }
     }
 }
 
@@ -47,7 +52,10 @@ impl SamplingConfig {
 
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(Error::argument("temperature", format!("{} must be >= 0", self.temperature)));
+            return Err(Error::argument(
+                "temperature",
+                format!("{} must be >= 0", self.temperature),
+            ));
         }
         if let Some(p) = self.top_p {
             if !(p > 0.0 && p <= 1.0) {
@@ -85,8 +93,12 @@ impl Sampler {
             return argmax(scores);
         }
         let t = self.config.temperature;
-        let mut cand: Vec<(u32, f32)> =
-            scores.iter().enumerate().filter(|(_, s)| s.is_finite()).map(|(i, &s)| (i as u32, s / t)).collect();
+        let mut cand: Vec<(u32, f32)> = scores
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_finite())
+            .map(|(i, &s)| (i as u32, s / t))
+            .collect();
         if cand.is_empty() {
             return argmax(scores);
         }
@@ -95,7 +107,10 @@ impl Sampler {
             cand.truncate(k.max(1));
         }
         let max = cand[0].1;
-        let mut probs: Vec<f64> = cand.iter().map(|&(_, s)| ((s - max) as f64).exp()).collect();
+        let mut probs: Vec<f64> = cand
+            .iter()
+            .map(|&(_, s)| ((s - max) as f64).exp())
+            .collect();
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= total);
         if let Some(top_p) = self.config.top_p {
@@ -138,7 +153,12 @@ mod tests {
     #[test]
     fn seeded_sampling_is_reproducible_and_respects_top_k() {
         let scores: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
-        let cfg = SamplingConfig { temperature: 0.8, top_k: Some(3), top_p: Some(0.9), seed: 7 };
+        let cfg = SamplingConfig {
+            temperature: 0.8,
+            top_k: Some(3),
+            top_p: Some(0.9),
+            seed: 7,
+        };
         let run = || {
             let mut s = Sampler::new(cfg.clone()).unwrap();
             (0..20).map(|_| s.sample(&scores)).collect::<Vec<_>>()
@@ -147,7 +167,10 @@ mod tests {
         assert_eq!(a, run());
         let mut order: Vec<usize> = (0..50).collect();
         order.sort_by(|&i, &j| scores[j].total_cmp(&scores[i]));
-        assert!(a.iter().all(|t| order[..3].contains(&(*t as usize))), "{a:?}");
+        assert!(
+            a.iter().all(|t| order[..3].contains(&(*t as usize))),
+            "{a:?}"
+        );
     }
 
     #[test]
@@ -161,7 +184,16 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused() {
-        assert!(Sampler::new(SamplingConfig { temperature: -1.0, ..Default::default() }).is_err());
-        assert!(Sampler::new(SamplingConfig { top_p: Some(1.5), temperature: 1.0, ..Default::default() }).is_err());
+        assert!(Sampler::new(SamplingConfig {
+            temperature: -1.0,
+            ..Default::default()
+        })
+        .is_err());
+        assert!(Sampler::new(SamplingConfig {
+            top_p: Some(1.5),
+            temperature: 1.0,
+            ..Default::default()
+        })
+        .is_err());
     }
 }

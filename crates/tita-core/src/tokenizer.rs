@@ -22,12 +22,21 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Loads `tokenizer.json` (a file, or a checkpoint directory that holds one).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let path = if path.is_dir() { path.join("tokenizer.json") } else { path.to_path_buf() };
+        let path = if path.is_dir() {
+            path.join("tokenizer.json")
+        } else {
+            path.to_path_buf()
+        };
         if !path.exists() {
-            return Err(Error::Tokenizer { path, msg: "file not found (a `tokenizer.json` is required)".into() });
+            return Err(Error::Tokenizer {
+                path,
+                msg: "file not found (a `tokenizer.json` is required)".into(),
+            });
         }
-        let inner = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| Error::Tokenizer { path: path.clone(), msg: e.to_string() })?;
+        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
         Ok(Tokenizer { inner, path })
     }
 
@@ -36,18 +45,26 @@ impl Tokenizer {
     }
 
     fn err(&self, msg: impl Into<String>) -> Error {
-        Error::Tokenizer { path: self.path.clone(), msg: msg.into() }
+        Error::Tokenizer {
+            path: self.path.clone(),
+            msg: msg.into(),
+        }
     }
 
     /// Token ids of `text`; `add_special_tokens` adds BOS as the tokenizer's post-processor says.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, add_special_tokens).map_err(|e| self.err(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(|e| self.err(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Text of `ids`; `skip_special_tokens` drops BOS/EOS/`<image>`/pad as transformers does.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special_tokens).map_err(|e| self.err(e.to_string()))
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| self.err(e.to_string()))
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
@@ -65,7 +82,12 @@ impl Tokenizer {
 
     /// Tokenises a prompt that contains exactly one `<image>` and expands that id to
     /// `image_tokens` copies, one per image feature the vision tower yields.
-    pub fn encode_with_image(&self, text: &str, image_token_id: u32, image_tokens: usize) -> Result<Vec<u32>> {
+    pub fn encode_with_image(
+        &self,
+        text: &str,
+        image_token_id: u32,
+        image_tokens: usize,
+    ) -> Result<Vec<u32>> {
         let ids = self.encode(text, true)?;
         let count = ids.iter().filter(|&&t| t == image_token_id).count();
         if count != 1 {
@@ -86,6 +108,8 @@ impl Tokenizer {
 
     /// The token strings for every id, used to compare two models' vocabularies.
     pub fn tokens(&self) -> Vec<Option<String>> {
-        (0..self.vocab_size() as u32).map(|id| self.id_to_token(id)).collect()
+        (0..self.vocab_size() as u32)
+            .map(|id| self.id_to_token(id))
+            .collect()
     }
 }

@@ -19,8 +19,10 @@ fn llama_cpp_vectors() {
     let inp = std::fs::read_to_string(fixtures().join("tokenizer/llama-spm-cases.inp")).unwrap();
     let out = std::fs::read_to_string(fixtures().join("tokenizer/llama-spm-cases.out")).unwrap();
     let inputs: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
-    let expected: Vec<Vec<u32>> =
-        out.lines().map(|l| l.split_whitespace().map(|t| t.parse().unwrap()).collect()).collect();
+    let expected: Vec<Vec<u32>> = out
+        .lines()
+        .map(|l| l.split_whitespace().map(|t| t.parse().unwrap()).collect())
+        .collect();
     // The input file ends with a separator, which leaves one empty trailing piece.
     let inputs = &inputs[..expected.len()];
     assert_eq!(expected.len(), 46);
@@ -33,33 +35,59 @@ fn llama_cpp_vectors() {
 #[test]
 fn transformers_cases_encode_and_decode() {
     let tok = tokenizer();
-    let cases: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("tokenizer/cases.json")).unwrap()).unwrap();
+    let cases: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("tokenizer/cases.json")).unwrap(),
+    )
+    .unwrap();
     let cases = cases.as_array().unwrap();
     assert!(!cases.is_empty());
     for case in cases {
         let text = case["text"].as_str().unwrap();
-        let ids: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let ids: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         assert_eq!(tok.encode(text, true).unwrap(), ids, "encode {text:?}");
-        assert_eq!(tok.decode(&ids, true).unwrap(), case["decoded"].as_str().unwrap(), "decode {text:?}");
+        assert_eq!(
+            tok.decode(&ids, true).unwrap(),
+            case["decoded"].as_str().unwrap(),
+            "decode {text:?}"
+        );
     }
 }
 
 #[test]
 fn image_placeholder_expands_to_feature_count() {
     let tok = tokenizer();
-    let ids = tok.encode_with_image(&llava_prompt("Is there a dog in the image?"), 32000, 16).unwrap();
-    let plain = tok.encode(&llava_prompt("Is there a dog in the image?"), true).unwrap();
+    let ids = tok
+        .encode_with_image(&llava_prompt("Is there a dog in the image?"), 32000, 16)
+        .unwrap();
+    let plain = tok
+        .encode(&llava_prompt("Is there a dog in the image?"), true)
+        .unwrap();
     assert_eq!(ids.len(), plain.len() + 15);
     assert_eq!(ids.iter().filter(|&&t| t == 32000).count(), 16);
     // No placeholder, or two of them, for one image: refused.
-    assert!(tok.encode_with_image("USER: hi ASSISTANT:", 32000, 16).is_err());
-    let err = tok.encode_with_image("<image> <image>", 32000, 16).unwrap_err().to_string();
+    assert!(tok
+        .encode_with_image("USER: hi ASSISTANT:", 32000, 16)
+        .is_err());
+    let err = tok
+        .encode_with_image("<image> <image>", 32000, 16)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("found 2"), "{err}");
 }
 
 #[test]
 fn missing_tokenizer_names_the_file() {
-    let err = Tokenizer::from_file(&fixtures().join("images")).err().unwrap().to_string();
-    assert!(err.contains("tokenizer.json") && err.contains("not found"), "{err}");
+    let err = Tokenizer::from_file(&fixtures().join("images"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("tokenizer.json") && err.contains("not found"),
+        "{err}"
+    );
 }

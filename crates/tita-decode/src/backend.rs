@@ -57,7 +57,9 @@ pub fn dispatch<T: BackendTask>(kind: Option<BackendKind>, task: T) -> Result<T:
     let compiled = BackendKind::compiled();
     let kind = match kind {
         Some(k) => k,
-        None => *compiled.first().ok_or("no backend compiled in: enable a feature (flex, ndarray, wgpu, cuda)")?,
+        None => *compiled
+            .first()
+            .ok_or("no backend compiled in: enable a feature (flex, ndarray, wgpu, cuda)")?,
     };
     match kind {
         #[cfg(feature = "flex")]

@@ -24,7 +24,12 @@ pub struct GenerationConfig {
 
 impl Default for GenerationConfig {
     fn default() -> Self {
-        GenerationConfig { max_new_tokens: 64, sampling: SamplingConfig::greedy(), stop_strings: Vec::new(), eos_token_ids: None }
+        GenerationConfig {
+            max_new_tokens: 64,
+            sampling: SamplingConfig::greedy(),
+            stop_strings: Vec::new(),
+            eos_token_ids: None,
+        }
     }
 }
 
@@ -89,34 +94,59 @@ pub fn decode_loop(
     mut step: impl FnMut(&[u32]) -> Result<Vec<Vec<f32>>>,
     on_token: &mut dyn FnMut(TokenEvent),
 ) -> Result<Vec<(Vec<u32>, String, FinishReason)>> {
-    let eos = config.eos_token_ids.clone().unwrap_or_else(|| default_eos.to_vec());
+    let eos = config
+        .eos_token_ids
+        .clone()
+        .unwrap_or_else(|| default_eos.to_vec());
     let mut rows: Vec<Row> = (0..first.len())
         .map(|_| {
-            Ok(Row { tokens: Vec::new(), text: String::new(), finish: None, sampler: Sampler::new(config.sampling.clone())? })
+            Ok(Row {
+                tokens: Vec::new(),
+                text: String::new(),
+                finish: None,
+                sampler: Sampler::new(config.sampling.clone())?,
+            })
         })
         .collect::<Result<_>>()?;
     let mut scores = first;
     if config.max_new_tokens == 0 {
-        rows.iter_mut().for_each(|r| r.finish = Some(FinishReason::MaxNewTokens));
+        rows.iter_mut()
+            .for_each(|r| r.finish = Some(FinishReason::MaxNewTokens));
     }
     while rows.iter().any(|r| r.finish.is_none()) {
         let mut fed = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter_mut().enumerate() {
             if row.finish.is_some() {
                 // Finished rows keep stepping with a harmless id; their outputs are ignored.
-                fed.push(*row.tokens.last().unwrap_or(&eos.first().copied().unwrap_or(0)));
+                fed.push(
+                    *row.tokens
+                        .last()
+                        .unwrap_or(&eos.first().copied().unwrap_or(0)),
+                );
                 continue;
             }
             let token = row.sampler.sample(&scores[i]);
             row.tokens.push(token);
             fed.push(token);
             let full = tokenizer.decode(&row.tokens, true)?;
-            let delta = full.strip_prefix(row.text.as_str()).unwrap_or(&full).to_string();
+            let delta = full
+                .strip_prefix(row.text.as_str())
+                .unwrap_or(&full)
+                .to_string();
             row.text = full;
-            on_token(TokenEvent { row: i, token, text_delta: &delta });
+            on_token(TokenEvent {
+                row: i,
+                token,
+                text_delta: &delta,
+            });
             if eos.contains(&token) {
                 row.finish = Some(FinishReason::Eos);
-            } else if let Some(pos) = config.stop_strings.iter().filter_map(|s| row.text.find(s.as_str())).min() {
+            } else if let Some(pos) = config
+                .stop_strings
+                .iter()
+                .filter_map(|s| row.text.find(s.as_str()))
+                .min()
+            {
                 row.text.truncate(pos);
                 row.finish = Some(FinishReason::StopString);
             } else if row.tokens.len() >= config.max_new_tokens {
@@ -127,12 +157,17 @@ pub fn decode_loop(
             break;
         }
         if !has_room() {
-            rows.iter_mut().filter(|r| r.finish.is_none()).for_each(|r| r.finish = Some(FinishReason::Context));
+            rows.iter_mut()
+                .filter(|r| r.finish.is_none())
+                .for_each(|r| r.finish = Some(FinishReason::Context));
             break;
         }
         scores = step(&fed)?;
     }
-    Ok(rows.into_iter().map(|r| (r.tokens, r.text, r.finish.expect("every row finished"))).collect())
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.tokens, r.text, r.finish.expect("every row finished")))
+        .collect())
 }
 
 /// Plain generation with one model.
@@ -152,8 +187,14 @@ impl<'p, B: Backend> Generator<'p, B> {
     }
 
     /// Generates for one prompt, calling `on_token` as each token is chosen.
-    pub fn generate_streaming(&self, prompt: &Prompt, on_token: &mut dyn FnMut(TokenEvent)) -> Result<Generation> {
-        Ok(self.generate_batch_streaming(&[prompt], on_token)?.remove(0))
+    pub fn generate_streaming(
+        &self,
+        prompt: &Prompt,
+        on_token: &mut dyn FnMut(TokenEvent),
+    ) -> Result<Generation> {
+        Ok(self
+            .generate_batch_streaming(&[prompt], on_token)?
+            .remove(0))
     }
 
     /// Decodes several prompts together (left-padded, masked); each row's tokens equal what
@@ -196,13 +237,22 @@ pub(crate) fn finish(
 ) -> Vec<Generation> {
     let prompt_total: usize = prompts.iter().map(|p| p.ids.len()).sum();
     // Every token after the first of each row costs one decode step.
-    let steps = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).saturating_sub(1);
+    let steps = rows
+        .iter()
+        .map(|r| r.0.len())
+        .max()
+        .unwrap_or(0)
+        .saturating_sub(1);
     let decoded: usize = rows.iter().map(|r| r.0.len().saturating_sub(1)).sum();
     let timings = Timings {
         prefill_ms: prefill_s * 1e3,
         decode_ms: decode_s * 1e3,
         prefill_tokens_per_s: prompt_total as f64 / prefill_s.max(1e-9),
-        decode_tokens_per_s: if steps == 0 { 0.0 } else { decoded as f64 / decode_s.max(1e-9) },
+        decode_tokens_per_s: if steps == 0 {
+            0.0
+        } else {
+            decoded as f64 / decode_s.max(1e-9)
+        },
     };
     rows.into_iter()
         .zip(prompts)

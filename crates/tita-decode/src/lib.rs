@@ -6,8 +6,13 @@ pub mod backend;
 pub mod generator;
 pub mod pipeline;
 pub mod session;
+pub mod tita;
 
-pub use generator::{decode_loop, FinishReason, Generation, GenerationConfig, Generator, TokenEvent, Timings};
+pub use generator::{
+    decode_loop, FinishReason, Generation, GenerationConfig, Generator, Timings, TokenEvent,
+};
 pub use pipeline::{Pipeline, Prompt};
 pub use session::Session;
+pub use tita::{Request, Tita, TitaConfig, TitaGeneration, TokenExplanation};
+pub use tita_core::fusion::Fusion;
 pub use tita_core::sampling::SamplingConfig;

@@ -36,7 +36,13 @@ impl<B: Backend> Pipeline<B> {
             Some(_) => Some(ImageProcessor::from_file(dir)?),
             None => None,
         };
-        Ok(Pipeline { model, tokenizer, processor, device: device.clone(), dir: dir.to_path_buf() })
+        Ok(Pipeline {
+            model,
+            tokenizer,
+            processor,
+            device: device.clone(),
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// The ids of a request. With an image the prompt goes through the LLaVA-1.5 template
@@ -44,14 +50,28 @@ impl<B: Backend> Pipeline<B> {
     pub fn prompt(&self, text: &str, image: Option<&Path>, pad: bool) -> Result<Prompt> {
         match image {
             None => {
-                if self.model.llava_config().is_some() && text.contains(tita_core::tokenizer::IMAGE_PLACEHOLDER) {
-                    return Err(Error::argument("image", "the prompt holds `<image>` but no image was given"));
+                if self.model.llava_config().is_some()
+                    && text.contains(tita_core::tokenizer::IMAGE_PLACEHOLDER)
+                {
+                    return Err(Error::argument(
+                        "image",
+                        "the prompt holds `<image>` but no image was given",
+                    ));
                 }
-                Ok(Prompt { ids: self.tokenizer.encode(text, true)?, pixels: None })
+                Ok(Prompt {
+                    ids: self.tokenizer.encode(text, true)?,
+                    pixels: None,
+                })
             }
             Some(path) => {
                 let processor = self.processor.as_ref().ok_or_else(|| {
-                    Error::argument("image", format!("{} is a text-only model; it takes no image", self.dir.display()))
+                    Error::argument(
+                        "image",
+                        format!(
+                            "{} is a text-only model; it takes no image",
+                            self.dir.display()
+                        ),
+                    )
                 })?;
                 let pixels = processor.preprocess_file(path, pad)?;
                 self.prompt_with_pixels(text, pixels)
@@ -61,16 +81,20 @@ impl<B: Backend> Pipeline<B> {
 
     /// As [`Pipeline::prompt`] with an already preprocessed image.
     pub fn prompt_with_pixels(&self, text: &str, pixels: PixelValues) -> Result<Prompt> {
-        let c = self
-            .model
-            .llava_config()
-            .ok_or_else(|| Error::argument("image", "this is a text-only model; it takes no image"))?;
+        let c = self.model.llava_config().ok_or_else(|| {
+            Error::argument("image", "this is a text-only model; it takes no image")
+        })?;
         let templated = if text.contains(tita_core::tokenizer::IMAGE_PLACEHOLDER) {
             text.to_string()
         } else {
             llava_prompt(text)
         };
-        let ids = self.tokenizer.encode_with_image(&templated, c.image_token_id, c.image_tokens())?;
-        Ok(Prompt { ids, pixels: Some(pixels) })
+        let ids =
+            self.tokenizer
+                .encode_with_image(&templated, c.image_token_id, c.image_tokens())?;
+        Ok(Prompt {
+            ids,
+            pixels: Some(pixels),
+        })
     }
 }

@@ -9,7 +9,11 @@ use crate::pipeline::Prompt;
 /// Copies `[rows, vocab]` logits to the host, one `Vec` per row.
 pub(crate) fn rows_to_host<B: Backend>(logits: Tensor<B, 2>) -> Vec<Vec<f32>> {
     let [_, v] = logits.dims();
-    let flat: Vec<f32> = logits.into_data().convert::<f32>().into_vec().expect("float tensor");
+    let flat: Vec<f32> = logits
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .expect("float tensor");
     flat.chunks(v).map(<[f32]>::to_vec).collect()
 }
 
@@ -23,7 +27,11 @@ pub struct Session<'m, B: Backend> {
 impl<'m, B: Backend> Session<'m, B> {
     /// Encodes the images, runs every prompt once (left-padded to a common length) and returns
     /// the session with the next-token logits of each row.
-    pub fn prefill(model: &'m Vlm<B>, prompts: &[&Prompt], device: &B::Device) -> Result<(Self, Vec<Vec<f32>>)> {
+    pub fn prefill(
+        model: &'m Vlm<B>,
+        prompts: &[&Prompt],
+        device: &B::Device,
+    ) -> Result<(Self, Vec<Vec<f32>>)> {
         if prompts.is_empty() {
             return Err(Error::argument("prompts", "empty batch"));
         }
@@ -33,11 +41,17 @@ impl<'m, B: Backend> Session<'m, B> {
             return Err(Error::argument("prompt", "no tokens"));
         }
         if len >= context {
-            return Err(Error::ContextOverflow { tokens: len, context });
+            return Err(Error::ContextOverflow {
+                tokens: len,
+                context,
+            });
         }
         let with_image = prompts.iter().filter(|p| p.pixels.is_some()).count();
         if with_image != 0 && with_image != prompts.len() {
-            return Err(Error::argument("prompts", "a batch must be all with images or all without"));
+            return Err(Error::argument(
+                "prompts",
+                "a batch must be all with images or all without",
+            ));
         }
         let images = if with_image > 0 {
             let pixels: Vec<_> = prompts.iter().filter_map(|p| p.pixels.as_ref()).collect();
@@ -50,13 +64,24 @@ impl<'m, B: Backend> Session<'m, B> {
         let pad_left: Vec<usize> = prompts.iter().map(|p| len - p.ids.len()).collect();
         let ids: Vec<Vec<u32>> = prompts
             .iter()
-            .map(|p| std::iter::repeat_n(pad_id, len - p.ids.len()).chain(p.ids.iter().copied()).collect())
+            .map(|p| {
+                std::iter::repeat_n(pad_id, len - p.ids.len())
+                    .chain(p.ids.iter().copied())
+                    .collect()
+            })
             .collect();
         let embeds = model.embed(&ids, images, device)?;
         let mut cache = KvCache::with_left_padding(model.language_model.layers.len(), pad_left);
         let hidden = model.forward(embeds, &mut cache);
         let logits = rows_to_host(model.last_logits(hidden));
-        Ok((Session { model, cache, device: device.clone() }, logits))
+        Ok((
+            Session {
+                model,
+                cache,
+                device: device.clone(),
+            },
+            logits,
+        ))
     }
 
     /// Positions the cache holds (padding included).
@@ -76,11 +101,21 @@ impl<'m, B: Backend> Session<'m, B> {
     /// Feeds one token per row and returns each row's next-token logits.
     pub fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
         if tokens.len() != self.cache.batch() {
-            return Err(Error::argument("tokens", format!("{} tokens for a batch of {}", tokens.len(), self.cache.batch())));
+            return Err(Error::argument(
+                "tokens",
+                format!(
+                    "{} tokens for a batch of {}",
+                    tokens.len(),
+                    self.cache.batch()
+                ),
+            ));
         }
         if !self.has_room() {
             let context = self.model.language_model.config.max_position_embeddings;
-            return Err(Error::ContextOverflow { tokens: self.cache.len() + 1, context });
+            return Err(Error::ContextOverflow {
+                tokens: self.cache.len() + 1,
+                context,
+            });
         }
         let ids: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();
         // Straight to the embedding table: a generated id is text, whatever its value.

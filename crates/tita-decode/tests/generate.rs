@@ -5,9 +5,11 @@ use std::path::PathBuf;
 
 use tita_decode::{FinishReason, GenerationConfig, Generator, Pipeline, SamplingConfig};
 
-#[cfg(feature = "wgpu")]
+#[cfg(feature = "cuda")]
+type B = burn::backend::Cuda;
+#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
 type B = burn::backend::Wgpu;
-#[cfg(not(feature = "wgpu"))]
+#[cfg(not(any(feature = "wgpu", feature = "cuda")))]
 type B = burn::backend::Flex;
 
 fn fixtures() -> PathBuf {
@@ -23,12 +25,20 @@ fn json(name: &str) -> serde_json::Value {
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn greedy(n: usize) -> GenerationConfig {
     // The fixtures' greedy runs ignore EOS: 12 tokens, whatever they are.
-    GenerationConfig { max_new_tokens: n, eos_token_ids: Some(vec![]), ..Default::default() }
+    GenerationConfig {
+        max_new_tokens: n,
+        eos_token_ids: Some(vec![]),
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -36,13 +46,27 @@ fn greedy_tokens_match_transformers_for_every_case() {
     let p = load("llava-target");
     let gen = Generator::new(&p, greedy(12));
     for case in json("cases.json")["cases"].as_array().unwrap() {
-        let prompt = p.prompt(case["prompt"].as_str().unwrap(), Some(&fixtures().join(case["image"].as_str().unwrap())), false).unwrap();
+        let prompt = p
+            .prompt(
+                case["prompt"].as_str().unwrap(),
+                Some(&fixtures().join(case["image"].as_str().unwrap())),
+                false,
+            )
+            .unwrap();
         assert_eq!(prompt.ids, ids(&case["input_ids"]));
         let out = gen.generate(&prompt).unwrap();
-        assert_eq!(out.token_ids, ids(&case["greedy"]["token_ids"]), "{}", case["prompt"]);
+        assert_eq!(
+            out.token_ids,
+            ids(&case["greedy"]["token_ids"]),
+            "{}",
+            case["prompt"]
+        );
         assert_eq!(out.text, case["greedy"]["text"].as_str().unwrap());
         assert_eq!(out.finish_reason, FinishReason::MaxNewTokens);
-        assert_eq!((out.prompt_tokens, out.generated_tokens), (prompt.ids.len(), 12));
+        assert_eq!(
+            (out.prompt_tokens, out.generated_tokens),
+            (prompt.ids.len(), 12)
+        );
     }
 }
 
@@ -55,7 +79,14 @@ fn batched_generation_equals_one_by_one() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| p.prompt(c["prompt"].as_str().unwrap(), Some(&fixtures().join(c["image"].as_str().unwrap())), false).unwrap())
+        .map(|c| {
+            p.prompt(
+                c["prompt"].as_str().unwrap(),
+                Some(&fixtures().join(c["image"].as_str().unwrap())),
+                false,
+            )
+            .unwrap()
+        })
         .collect();
     // The cases differ in length (35 and 36 tokens), so the batch is ragged.
     assert!(prompts.iter().any(|q| q.ids.len() != prompts[0].ids.len()));
@@ -71,13 +102,20 @@ fn text_only_greedy_matches_transformers() {
     let p = load("llama-text");
     let gen = Generator::new(&p, greedy(12));
     for case in json("llama-text.json")["cases"].as_array().unwrap() {
-        let prompt = p.prompt(case["text"].as_str().unwrap(), None, false).unwrap();
+        let prompt = p
+            .prompt(case["text"].as_str().unwrap(), None, false)
+            .unwrap();
         assert_eq!(prompt.ids, ids(&case["input_ids"]));
-        assert_eq!(gen.generate(&prompt).unwrap().token_ids, ids(&case["greedy_token_ids"]));
+        assert_eq!(
+            gen.generate(&prompt).unwrap().token_ids,
+            ids(&case["greedy_token_ids"])
+        );
     }
     // Ragged text batch equals one-by-one too.
     let a = p.prompt("The quick brown fox", None, false).unwrap();
-    let b = p.prompt("Once upon a time, in a land far away,", None, false).unwrap();
+    let b = p
+        .prompt("Once upon a time, in a land far away,", None, false)
+        .unwrap();
     let both = gen.generate_batch(&[&a, &b]).unwrap();
     assert_eq!(both[0].token_ids, gen.generate(&a).unwrap().token_ids);
     assert_eq!(both[1].token_ids, gen.generate(&b).unwrap().token_ids);
@@ -91,14 +129,20 @@ fn eos_stop_strings_and_streaming() {
     // Treat the fifth greedy token (its first occurrence) as EOS: generation ends there, EOS included.
     let eos = full.token_ids[4];
     assert!(!full.token_ids[..4].contains(&eos));
-    let cfg = GenerationConfig { eos_token_ids: Some(vec![eos]), ..greedy(12) };
+    let cfg = GenerationConfig {
+        eos_token_ids: Some(vec![eos]),
+        ..greedy(12)
+    };
     let out = Generator::new(&p, cfg).generate(&prompt).unwrap();
     assert_eq!(out.token_ids, full.token_ids[..5]);
     assert_eq!(out.finish_reason, FinishReason::Eos);
     // Stop string: the text is cut before it.
     let stop = "titolo";
     assert!(full.text.contains(stop));
-    let cfg = GenerationConfig { stop_strings: vec![stop.into()], ..greedy(12) };
+    let cfg = GenerationConfig {
+        stop_strings: vec![stop.into()],
+        ..greedy(12)
+    };
     let out = Generator::new(&p, cfg).generate(&prompt).unwrap();
     assert_eq!(out.finish_reason, FinishReason::StopString);
     assert_eq!(out.text, full.text[..full.text.find(stop).unwrap()]);
@@ -118,9 +162,20 @@ fn eos_stop_strings_and_streaming() {
 fn seeded_sampling_is_reproducible() {
     let p = load("llava-target");
     let case = &json("cases.json")["cases"][1];
-    let prompt = p.prompt(case["prompt"].as_str().unwrap(), Some(&fixtures().join(case["image"].as_str().unwrap())), false).unwrap();
+    let prompt = p
+        .prompt(
+            case["prompt"].as_str().unwrap(),
+            Some(&fixtures().join(case["image"].as_str().unwrap())),
+            false,
+        )
+        .unwrap();
     let cfg = |seed| GenerationConfig {
-        sampling: SamplingConfig { temperature: 1.0, top_k: Some(50), top_p: Some(0.95), seed },
+        sampling: SamplingConfig {
+            temperature: 1.0,
+            top_k: Some(50),
+            top_p: Some(0.95),
+            seed,
+        },
         ..greedy(10)
     };
     let a = Generator::new(&p, cfg(3)).generate(&prompt).unwrap();
@@ -137,23 +192,42 @@ fn bad_requests_are_clear_errors() {
     // The fixture's context is 128 positions.
     let long = "word ".repeat(200);
     let prompt = p.prompt(&long, None, false).unwrap();
-    let err = Generator::new(&p, greedy(4)).generate(&prompt).unwrap_err().to_string();
-    assert!(err.contains("max_position_embeddings") && err.contains("128"), "{err}");
+    let err = Generator::new(&p, greedy(4))
+        .generate(&prompt)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("max_position_embeddings") && err.contains("128"),
+        "{err}"
+    );
     // Generation that runs into the context stops with `Context`.
     let near = p.prompt(&"word ".repeat(120), None, false).unwrap();
     let out = Generator::new(&p, greedy(50)).generate(&near).unwrap();
     assert_eq!(out.finish_reason, FinishReason::Context);
     assert_eq!(near.ids.len() + out.generated_tokens, 129);
 
-    let err = p.prompt("hi", Some(&fixtures().join("images/square56.png")), false).unwrap_err().to_string();
+    let err = p
+        .prompt("hi", Some(&fixtures().join("images/square56.png")), false)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("text-only"), "{err}");
     let v = load("llava-target");
-    let err = v.prompt("hi", Some(&fixtures().join("cases.json")), false).unwrap_err().to_string();
+    let err = v
+        .prompt("hi", Some(&fixtures().join("cases.json")), false)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("cases.json") && err.contains("image"), "{err}");
     let dir = tempfile::tempdir().unwrap();
-    for f in ["config.json", "model.safetensors", "preprocessor_config.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ] {
         std::fs::copy(fixtures().join("llava-target").join(f), dir.path().join(f)).unwrap();
     }
-    let err = Pipeline::<B>::load(dir.path(), &Default::default()).err().unwrap().to_string();
+    let err = Pipeline::<B>::load(dir.path(), &Default::default())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("tokenizer.json"), "{err}");
 }

@@ -27,9 +27,12 @@ impl<B: Backend> ClipAttention<B> {
         let q = split(self.q_proj.forward(x.clone()));
         let k = split(self.k_proj.forward(x.clone()));
         let v = split(self.v_proj.forward(x));
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar((d as f64).powf(-0.5));
+        let scores = q
+            .matmul(k.swap_dims(2, 3))
+            .mul_scalar((d as f64).powf(-0.5));
         let out = activation::softmax(scores, 3).matmul(v);
-        self.out_proj.forward(out.swap_dims(1, 2).reshape([b, s, hid]))
+        self.out_proj
+            .forward(out.swap_dims(1, 2).reshape([b, s, hid]))
     }
 }
 
@@ -47,7 +50,10 @@ pub struct ClipLayer<B: Backend> {
 impl<B: Backend> ClipLayer<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x));
-        let h = self.fc2.forward(activate(self.fc1.forward(self.layer_norm2.forward(x.clone())), self.act));
+        let h = self.fc2.forward(activate(
+            self.fc1.forward(self.layer_norm2.forward(x.clone())),
+            self.act,
+        ));
         x + h
     }
 }
@@ -68,15 +74,30 @@ pub struct ClipVision<B: Backend> {
 
 impl<B: Backend> ClipVision<B> {
     /// `prefix` is e.g. `vision_tower.vision_model.` (hub) or `vision_tower.` (transformers 5).
-    pub fn load(w: &mut impl TensorSource, prefix: &str, config: &ClipVisionConfig, device: &B::Device) -> Result<Self> {
+    pub fn load(
+        w: &mut impl TensorSource,
+        prefix: &str,
+        config: &ClipVisionConfig,
+        device: &B::Device,
+    ) -> Result<Self> {
         let c = config;
         let (hid, ch, p) = (c.hidden_size, c.num_channels, c.patch_size);
-        let conv = w.take_vec(&format!("{prefix}embeddings.patch_embedding.weight"), &[hid, ch, p, p])?;
+        let conv = w.take_vec(
+            &format!("{prefix}embeddings.patch_embedding.weight"),
+            &[hid, ch, p, p],
+        )?;
         // [hidden, C·p·p] row-major -> [C·p·p, hidden] so that patches · W gives the conv output.
         let k = ch * p * p;
         let mat = transpose(&conv, hid, k);
-        let patch_embedding = Param::from_tensor(Tensor::from_data(burn::tensor::TensorData::new(mat, [k, hid]), device));
-        let class_embedding = Param::from_tensor(w.take(&format!("{prefix}embeddings.class_embedding"), [hid], device)?);
+        let patch_embedding = Param::from_tensor(Tensor::from_data(
+            burn::tensor::TensorData::new(mat, [k, hid]),
+            device,
+        ));
+        let class_embedding = Param::from_tensor(w.take(
+            &format!("{prefix}embeddings.class_embedding"),
+            [hid],
+            device,
+        )?);
         let position_embedding = Param::from_tensor(w.take(
             &format!("{prefix}embeddings.position_embedding.weight"),
             [c.num_patches() + 1, hid],
@@ -94,12 +115,33 @@ impl<B: Backend> ClipVision<B> {
                     q_proj: linear(w, &format!("{l}.self_attn.q_proj"), hid, hid, true, device)?,
                     k_proj: linear(w, &format!("{l}.self_attn.k_proj"), hid, hid, true, device)?,
                     v_proj: linear(w, &format!("{l}.self_attn.v_proj"), hid, hid, true, device)?,
-                    out_proj: linear(w, &format!("{l}.self_attn.out_proj"), hid, hid, true, device)?,
+                    out_proj: linear(
+                        w,
+                        &format!("{l}.self_attn.out_proj"),
+                        hid,
+                        hid,
+                        true,
+                        device,
+                    )?,
                     n_heads: c.num_attention_heads,
                 },
                 layer_norm2: layer_norm(w, &format!("{l}.layer_norm2"), hid, eps, device)?,
-                fc1: linear(w, &format!("{l}.mlp.fc1"), hid, c.intermediate_size, true, device)?,
-                fc2: linear(w, &format!("{l}.mlp.fc2"), c.intermediate_size, hid, true, device)?,
+                fc1: linear(
+                    w,
+                    &format!("{l}.mlp.fc1"),
+                    hid,
+                    c.intermediate_size,
+                    true,
+                    device,
+                )?,
+                fc2: linear(
+                    w,
+                    &format!("{l}.mlp.fc2"),
+                    c.intermediate_size,
+                    hid,
+                    true,
+                    device,
+                )?,
                 act: c.hidden_act,
             });
         }
@@ -128,8 +170,13 @@ impl<B: Backend> ClipVision<B> {
             .permute([0, 2, 4, 1, 3, 5])
             .reshape([b, gh * gw, ch * p * p]);
         let patch_emb = patches.matmul(self.patch_embedding.val().unsqueeze::<3>());
-        let cls = self.class_embedding.val().reshape([1, 1, hid]).expand([b, 1, hid]);
-        let x = Tensor::cat(vec![cls, patch_emb], 1) + self.position_embedding.val().unsqueeze::<3>();
+        let cls = self
+            .class_embedding
+            .val()
+            .reshape([1, 1, hid])
+            .expand([b, 1, hid]);
+        let x =
+            Tensor::cat(vec![cls, patch_emb], 1) + self.position_embedding.val().unsqueeze::<3>();
         let mut states = vec![self.pre_layrnorm.forward(x)];
         for layer in self.layers.iter().take(up_to) {
             let next = layer.forward(states.last().expect("at least the embeddings").clone());

@@ -17,9 +17,25 @@ pub fn linear<B: Backend>(
     bias: bool,
     device: &B::Device,
 ) -> Result<nn::Linear<B>> {
-    let weight = w.take_linear(&format!("{prefix}.weight"), out_features, in_features, device)?;
-    let bias = if bias { Some(Param::from_tensor(w.take(&format!("{prefix}.bias"), [out_features], device)?)) } else { None };
-    Ok(nn::Linear { weight: Param::from_tensor(weight), bias })
+    let weight = w.take_linear(
+        &format!("{prefix}.weight"),
+        out_features,
+        in_features,
+        device,
+    )?;
+    let bias = if bias {
+        Some(Param::from_tensor(w.take(
+            &format!("{prefix}.bias"),
+            [out_features],
+            device,
+        )?))
+    } else {
+        None
+    };
+    Ok(nn::Linear {
+        weight: Param::from_tensor(weight),
+        bias,
+    })
 }
 
 /// `nn::LayerNorm` from `.weight` and `.bias`.
@@ -33,7 +49,11 @@ pub fn layer_norm<B: Backend>(
     // `epsilon` is private: build through the config, then put the stored values in.
     let mut norm = nn::LayerNormConfig::new(dim).with_epsilon(eps).init(device);
     norm.gamma = Param::from_tensor(w.take(&format!("{prefix}.weight"), [dim], device)?);
-    norm.beta = Some(Param::from_tensor(w.take(&format!("{prefix}.bias"), [dim], device)?));
+    norm.beta = Some(Param::from_tensor(w.take(
+        &format!("{prefix}.bias"),
+        [dim],
+        device,
+    )?));
     Ok(norm)
 }
 
@@ -45,7 +65,10 @@ pub fn rms_norm<B: Backend>(
     eps: f64,
     device: &B::Device,
 ) -> Result<nn::RmsNorm<B>> {
-    Ok(nn::RmsNorm { gamma: Param::from_tensor(w.take(&format!("{prefix}.weight"), [dim], device)?), epsilon: eps })
+    Ok(nn::RmsNorm {
+        gamma: Param::from_tensor(w.take(&format!("{prefix}.weight"), [dim], device)?),
+        epsilon: eps,
+    })
 }
 
 pub fn activate<B: Backend, const D: usize>(x: Tensor<B, D>, act: Activation) -> Tensor<B, D> {

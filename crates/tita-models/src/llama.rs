@@ -27,7 +27,11 @@ impl<B: Backend> KvCache<B> {
 
     /// An empty cache for sequences left-padded by `pad_left[b]` positions.
     pub fn with_left_padding(num_layers: usize, pad_left: Vec<usize>) -> Self {
-        KvCache { layers: vec![None; num_layers], len: 0, pad_left }
+        KvCache {
+            layers: vec![None; num_layers],
+            len: 0,
+            pad_left,
+        }
     }
 
     /// Positions held, padding included.
@@ -47,7 +51,12 @@ impl<B: Backend> KvCache<B> {
         &self.pad_left
     }
 
-    fn append(&mut self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    fn append(
+        &mut self,
+        layer: usize,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let kv = match self.layers[layer].take() {
             None => (k, v),
             Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
@@ -66,8 +75,9 @@ fn rope_tables<B: Backend>(
     device: &B::Device,
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
     let half = head_dim / 2;
-    let inv_freq: Vec<f32> =
-        (0..half).map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
+        .collect();
     let (b, s) = (positions.len(), positions[0].len());
     let mut cos = Vec::with_capacity(b * s * head_dim);
     let mut sin = Vec::with_capacity(b * s * head_dim);
@@ -121,9 +131,21 @@ impl<B: Backend> Attention<B> {
         let [b, s, _] = x.dims();
         let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let rep = h / kvh;
-        let q = self.q_proj.forward(x.clone()).reshape([b, s, h, d]).swap_dims(1, 2);
-        let k = self.k_proj.forward(x.clone()).reshape([b, s, kvh, d]).swap_dims(1, 2);
-        let v = self.v_proj.forward(x).reshape([b, s, kvh, d]).swap_dims(1, 2);
+        let q = self
+            .q_proj
+            .forward(x.clone())
+            .reshape([b, s, h, d])
+            .swap_dims(1, 2);
+        let k = self
+            .k_proj
+            .forward(x.clone())
+            .reshape([b, s, kvh, d])
+            .swap_dims(1, 2);
+        let v = self
+            .v_proj
+            .forward(x)
+            .reshape([b, s, kvh, d])
+            .swap_dims(1, 2);
         let q = apply_rope(q, &rope.0, &rope.1);
         let k = apply_rope(k, &rope.0, &rope.1);
         let (k, v) = cache.append(layer, k, v);
@@ -132,13 +154,19 @@ impl<B: Backend> Attention<B> {
         // Grouped-query attention without copying K/V: the `rep` query heads that share a KV
         // head are stacked along the sequence axis (heads are grouped as in `repeat_kv`).
         let q = q.reshape([b, kvh, rep * s, d]);
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar((d as f64).powf(-0.5));
+        let scores = q
+            .matmul(k.swap_dims(2, 3))
+            .mul_scalar((d as f64).powf(-0.5));
         let mut scores = scores.reshape([b, kvh, rep, s, t]);
         if let Some(bias) = bias {
             scores = scores + bias.clone();
         }
         let probs = activation::softmax(scores, 4).reshape([b, kvh, rep * s, t]);
-        let out = probs.matmul(v).reshape([b, h, s, d]).swap_dims(1, 2).reshape([b, s, h * d]);
+        let out = probs
+            .matmul(v)
+            .reshape([b, h, s, d])
+            .swap_dims(1, 2)
+            .reshape([b, s, h * d]);
         self.o_proj.forward(out)
     }
 }
@@ -189,32 +217,102 @@ pub struct LlamaKeys {
 
 impl<B: Backend> Llama<B> {
     /// Builds the decoder from a checkpoint, checking every tensor against `config`.
-    pub fn load(w: &mut impl TensorSource, keys: &LlamaKeys, config: &LlamaConfig, device: &B::Device) -> Result<Self> {
+    pub fn load(
+        w: &mut impl TensorSource,
+        keys: &LlamaKeys,
+        config: &LlamaConfig,
+        device: &B::Device,
+    ) -> Result<Self> {
         let c = config;
         let p = &keys.decoder;
         let (hid, hd) = (c.hidden_size, c.head_dim);
-        let embed_tokens = Param::from_tensor(w.take(&format!("{p}embed_tokens.weight"), [c.vocab_size, hid], device)?);
+        let embed_tokens = Param::from_tensor(w.take(
+            &format!("{p}embed_tokens.weight"),
+            [c.vocab_size, hid],
+            device,
+        )?);
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let l = format!("{p}layers.{i}");
             let ab = c.attention_bias;
             let mb = c.mlp_bias;
             layers.push(DecoderLayer {
-                input_layernorm: rms_norm(w, &format!("{l}.input_layernorm"), hid, c.rms_norm_eps, device)?,
+                input_layernorm: rms_norm(
+                    w,
+                    &format!("{l}.input_layernorm"),
+                    hid,
+                    c.rms_norm_eps,
+                    device,
+                )?,
                 self_attn: Attention {
-                    q_proj: linear(w, &format!("{l}.self_attn.q_proj"), hid, c.num_attention_heads * hd, ab, device)?,
-                    k_proj: linear(w, &format!("{l}.self_attn.k_proj"), hid, c.num_key_value_heads * hd, ab, device)?,
-                    v_proj: linear(w, &format!("{l}.self_attn.v_proj"), hid, c.num_key_value_heads * hd, ab, device)?,
-                    o_proj: linear(w, &format!("{l}.self_attn.o_proj"), c.num_attention_heads * hd, hid, ab, device)?,
+                    q_proj: linear(
+                        w,
+                        &format!("{l}.self_attn.q_proj"),
+                        hid,
+                        c.num_attention_heads * hd,
+                        ab,
+                        device,
+                    )?,
+                    k_proj: linear(
+                        w,
+                        &format!("{l}.self_attn.k_proj"),
+                        hid,
+                        c.num_key_value_heads * hd,
+                        ab,
+                        device,
+                    )?,
+                    v_proj: linear(
+                        w,
+                        &format!("{l}.self_attn.v_proj"),
+                        hid,
+                        c.num_key_value_heads * hd,
+                        ab,
+                        device,
+                    )?,
+                    o_proj: linear(
+                        w,
+                        &format!("{l}.self_attn.o_proj"),
+                        c.num_attention_heads * hd,
+                        hid,
+                        ab,
+                        device,
+                    )?,
                     n_heads: c.num_attention_heads,
                     n_kv_heads: c.num_key_value_heads,
                     head_dim: hd,
                 },
-                post_attention_layernorm: rms_norm(w, &format!("{l}.post_attention_layernorm"), hid, c.rms_norm_eps, device)?,
+                post_attention_layernorm: rms_norm(
+                    w,
+                    &format!("{l}.post_attention_layernorm"),
+                    hid,
+                    c.rms_norm_eps,
+                    device,
+                )?,
                 mlp: Mlp {
-                    gate_proj: linear(w, &format!("{l}.mlp.gate_proj"), hid, c.intermediate_size, mb, device)?,
-                    up_proj: linear(w, &format!("{l}.mlp.up_proj"), hid, c.intermediate_size, mb, device)?,
-                    down_proj: linear(w, &format!("{l}.mlp.down_proj"), c.intermediate_size, hid, mb, device)?,
+                    gate_proj: linear(
+                        w,
+                        &format!("{l}.mlp.gate_proj"),
+                        hid,
+                        c.intermediate_size,
+                        mb,
+                        device,
+                    )?,
+                    up_proj: linear(
+                        w,
+                        &format!("{l}.mlp.up_proj"),
+                        hid,
+                        c.intermediate_size,
+                        mb,
+                        device,
+                    )?,
+                    down_proj: linear(
+                        w,
+                        &format!("{l}.mlp.down_proj"),
+                        c.intermediate_size,
+                        hid,
+                        mb,
+                        device,
+                    )?,
                     act: c.hidden_act,
                 },
             });
@@ -229,7 +327,13 @@ impl<B: Backend> Llama<B> {
             let prefix = keys.lm_head.trim_end_matches(".weight");
             Some(linear(w, prefix, hid, c.vocab_size, false, device)?)
         };
-        Ok(Llama { embed_tokens, layers, norm, lm_head, config: config.clone() })
+        Ok(Llama {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            config: config.clone(),
+        })
     }
 
     pub fn new_cache(&self, batch: usize) -> KvCache<B> {
@@ -241,7 +345,10 @@ impl<B: Backend> Llama<B> {
         let (b, s) = (ids.len(), ids[0].len());
         let flat: Vec<i64> = ids.iter().flatten().map(|&t| t as i64).collect();
         let idx = Tensor::from_data(TensorData::new(flat, [b * s]), device);
-        self.embed_tokens.val().select(0, idx).reshape([b, s, self.config.hidden_size])
+        self.embed_tokens
+            .val()
+            .select(0, idx)
+            .reshape([b, s, self.config.hidden_size])
     }
 
     /// Runs `x` (`[batch, seq, hidden]` input embeddings) after what `cache` holds and returns
@@ -251,9 +358,17 @@ impl<B: Backend> Llama<B> {
         let device = x.device();
         let past = cache.len;
         let t = past + s;
-        let positions: Vec<Vec<usize>> =
-            cache.pad_left.iter().map(|&p| (past..t).map(|i| i.saturating_sub(p)).collect()).collect();
-        let rope = rope_tables::<B>(&positions, self.config.head_dim, self.config.rope_theta, &device);
+        let positions: Vec<Vec<usize>> = cache
+            .pad_left
+            .iter()
+            .map(|&p| (past..t).map(|i| i.saturating_sub(p)).collect())
+            .collect();
+        let rope = rope_tables::<B>(
+            &positions,
+            self.config.head_dim,
+            self.config.rope_theta,
+            &device,
+        );
 
         // Additive mask over keys: causal within the new block, and never a padded position.
         // A lowest-finite value (not -inf) keeps fully padded query rows finite, as transformers does.
@@ -274,9 +389,18 @@ impl<B: Backend> Llama<B> {
 
         let mut x = x;
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = layer.self_attn.forward(layer.input_layernorm.forward(x.clone()), &rope, bias.as_ref(), cache, i);
+            let h = layer.self_attn.forward(
+                layer.input_layernorm.forward(x.clone()),
+                &rope,
+                bias.as_ref(),
+                cache,
+                i,
+            );
             let x1 = x + h;
-            x = x1.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x1));
+            x = x1.clone()
+                + layer
+                    .mlp
+                    .forward(layer.post_attention_layernorm.forward(x1));
         }
         cache.len = t;
         self.norm.forward(x)
@@ -289,7 +413,10 @@ impl<B: Backend> Llama<B> {
             None => {
                 let [b, s, h] = hidden.dims();
                 let w = self.embed_tokens.val().transpose();
-                hidden.reshape([b * s, h]).matmul(w).reshape([b, s, self.config.vocab_size])
+                hidden
+                    .reshape([b * s, h])
+                    .matmul(w)
+                    .reshape([b, s, self.config.vocab_size])
             }
         }
     }

@@ -26,7 +26,8 @@ pub struct Projector<B: Backend> {
 
 impl<B: Backend> Projector<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.linear_2.forward(activate(self.linear_1.forward(x), self.act))
+        self.linear_2
+            .forward(activate(self.linear_1.forward(x), self.act))
     }
 }
 
@@ -50,7 +51,10 @@ pub struct KeyLayout {
 }
 
 fn first_present(w: &Weights, candidates: &[&str], suffix: &str) -> Option<String> {
-    candidates.iter().find(|p| w.contains(&format!("{p}{suffix}"))).map(|p| p.to_string())
+    candidates
+        .iter()
+        .find(|p| w.contains(&format!("{p}{suffix}")))
+        .map(|p| p.to_string())
 }
 
 impl KeyLayout {
@@ -58,12 +62,18 @@ impl KeyLayout {
     pub fn hub(config: &ModelConfig) -> Self {
         match config {
             ModelConfig::Llama(_) => KeyLayout {
-                text: LlamaKeys { decoder: "model.".into(), lm_head: "lm_head.weight".into() },
+                text: LlamaKeys {
+                    decoder: "model.".into(),
+                    lm_head: "lm_head.weight".into(),
+                },
                 vision: None,
                 projector: None,
             },
             ModelConfig::Llava(_) => KeyLayout {
-                text: LlamaKeys { decoder: "language_model.model.".into(), lm_head: "language_model.lm_head.weight".into() },
+                text: LlamaKeys {
+                    decoder: "language_model.model.".into(),
+                    lm_head: "language_model.lm_head.weight".into(),
+                },
                 vision: Some("vision_tower.vision_model.".into()),
                 projector: Some("multi_modal_projector.".into()),
             },
@@ -76,33 +86,70 @@ impl KeyLayout {
     pub fn detect(w: &Weights, config: &ModelConfig) -> Result<Self> {
         let not_found = |what: &str, tried: &[&str], suffix: &str| {
             let tried: Vec<String> = tried.iter().map(|p| format!("`{p}{suffix}`")).collect();
-            Error::tensor(w.source(), suffix, format!("{what} not found; tried {}", tried.join(", ")))
+            Error::tensor(
+                w.source(),
+                suffix,
+                format!("{what} not found; tried {}", tried.join(", ")),
+            )
         };
         match config {
             ModelConfig::Llama(_) => {
-                let decoder = first_present(w, &["model.", ""], "embed_tokens.weight")
-                    .ok_or_else(|| not_found("the token embedding", &["model.", ""], "embed_tokens.weight"))?;
+                let decoder =
+                    first_present(w, &["model.", ""], "embed_tokens.weight").ok_or_else(|| {
+                        not_found(
+                            "the token embedding",
+                            &["model.", ""],
+                            "embed_tokens.weight",
+                        )
+                    })?;
                 Ok(KeyLayout {
-                    text: LlamaKeys { decoder, lm_head: "lm_head.weight".into() },
+                    text: LlamaKeys {
+                        decoder,
+                        lm_head: "lm_head.weight".into(),
+                    },
                     vision: None,
                     projector: None,
                 })
             }
             ModelConfig::Llava(_) => {
-                let text = ["language_model.model.", "model.language_model.", "language_model."];
+                let text = [
+                    "language_model.model.",
+                    "model.language_model.",
+                    "language_model.",
+                ];
                 let decoder = first_present(w, &text, "embed_tokens.weight")
                     .ok_or_else(|| not_found("the language model", &text, "embed_tokens.weight"))?;
                 let heads = ["language_model.lm_head.", "lm_head."];
                 let lm_head = first_present(w, &heads, "weight").unwrap_or_else(|| {
-                    if decoder == "language_model.model." { heads[0] } else { heads[1] }.to_string()
+                    if decoder == "language_model.model." {
+                        heads[0]
+                    } else {
+                        heads[1]
+                    }
+                    .to_string()
                 }) + "weight";
-                let vis = ["vision_tower.vision_model.", "model.vision_tower.vision_model.", "vision_tower.", "model.vision_tower."];
+                let vis = [
+                    "vision_tower.vision_model.",
+                    "model.vision_tower.vision_model.",
+                    "vision_tower.",
+                    "model.vision_tower.",
+                ];
                 let vision = first_present(w, &vis, "embeddings.patch_embedding.weight")
-                    .ok_or_else(|| not_found("the vision tower", &vis, "embeddings.patch_embedding.weight"))?;
+                    .ok_or_else(|| {
+                        not_found(
+                            "the vision tower",
+                            &vis,
+                            "embeddings.patch_embedding.weight",
+                        )
+                    })?;
                 let proj = ["multi_modal_projector.", "model.multi_modal_projector."];
                 let projector = first_present(w, &proj, "linear_1.weight")
                     .ok_or_else(|| not_found("the projector", &proj, "linear_1.weight"))?;
-                Ok(KeyLayout { text: LlamaKeys { decoder, lm_head }, vision: Some(vision), projector: Some(projector) })
+                Ok(KeyLayout {
+                    text: LlamaKeys { decoder, lm_head },
+                    vision: Some(vision),
+                    projector: Some(projector),
+                })
             }
         }
     }
@@ -148,7 +195,12 @@ impl<B: Backend> Vlm<B> {
         let vision = match &config {
             ModelConfig::Llama(_) => None,
             ModelConfig::Llava(c) => {
-                let vision_tower = ClipVision::load(w, keys.vision.as_deref().unwrap_or_default(), &c.vision, device)?;
+                let vision_tower = ClipVision::load(
+                    w,
+                    keys.vision.as_deref().unwrap_or_default(),
+                    &c.vision,
+                    device,
+                )?;
                 let p = keys.projector.as_deref().unwrap_or_default();
                 let feat = c.vision.hidden_size * c.vision_feature_layers.len();
                 let th = c.text.hidden_size;
@@ -158,10 +210,19 @@ impl<B: Backend> Vlm<B> {
                     linear_2: linear(w, &format!("{p}linear_2"), th, th, bias, device)?,
                     act: c.projector_hidden_act,
                 };
-                Some(VisionPart { vision_tower, multi_modal_projector, config: c.clone() })
+                Some(VisionPart {
+                    vision_tower,
+                    multi_modal_projector,
+                    config: c.clone(),
+                })
             }
         };
-        Ok(Vlm { language_model, vision, config, keys })
+        Ok(Vlm {
+            language_model,
+            vision,
+            config,
+            keys,
+        })
     }
 
     pub fn llava_config(&self) -> Option<&LlavaConfig> {
@@ -179,10 +240,14 @@ impl<B: Backend> Vlm<B> {
 
     /// Stacks preprocessed images into `[n, channels, size, size]`, checking their size against
     /// the vision config.
-    pub fn pixels_tensor(&self, images: &[&PixelValues], device: &B::Device) -> Result<Tensor<B, 4>> {
-        let c = self
-            .llava_config()
-            .ok_or_else(|| Error::argument("image", "this is a text-only model; it takes no image"))?;
+    pub fn pixels_tensor(
+        &self,
+        images: &[&PixelValues],
+        device: &B::Device,
+    ) -> Result<Tensor<B, 4>> {
+        let c = self.llava_config().ok_or_else(|| {
+            Error::argument("image", "this is a text-only model; it takes no image")
+        })?;
         let (ch, s) = (c.vision.num_channels, c.vision.image_size);
         let mut data = Vec::with_capacity(images.len() * ch * s * s);
         for img in images {
@@ -199,15 +264,17 @@ impl<B: Backend> Vlm<B> {
             }
             data.extend_from_slice(&img.data);
         }
-        Ok(Tensor::from_data(TensorData::new(data, [images.len(), ch, s, s]), device))
+        Ok(Tensor::from_data(
+            TensorData::new(data, [images.len(), ch, s, s]),
+            device,
+        ))
     }
 
     /// Projected image features `[n, image_tokens, text_hidden]` of `[n, C, H, W]` pixels.
     pub fn encode_images(&self, pixels: Tensor<B, 4>) -> Result<Tensor<B, 3>> {
-        let v = self
-            .vision
-            .as_ref()
-            .ok_or_else(|| Error::argument("image", "this is a text-only model; it takes no image"))?;
+        let v = self.vision.as_ref().ok_or_else(|| {
+            Error::argument("image", "this is a text-only model; it takes no image")
+        })?;
         let layers = v.config.feature_layer_indices();
         let up_to = *layers.iter().max().expect("validated non-empty");
         let states = v.vision_tower.hidden_states(pixels, up_to);
@@ -229,22 +296,35 @@ impl<B: Backend> Vlm<B> {
 
     /// Input embeddings of a batch of equal-length id rows; row `b`'s `<image>` positions are
     /// filled, in order, with `images[b]` (`[n, image_tokens, hidden]`, one image per row).
-    pub fn embed(&self, ids: &[Vec<u32>], images: Option<Tensor<B, 3>>, device: &B::Device) -> Result<Tensor<B, 3>> {
+    pub fn embed(
+        &self,
+        ids: &[Vec<u32>],
+        images: Option<Tensor<B, 3>>,
+        device: &B::Device,
+    ) -> Result<Tensor<B, 3>> {
         let lm = &self.language_model;
         let text = lm.embed(ids, device);
         let Some(images) = images else {
             if let Some(c) = self.llava_config() {
                 if ids.iter().flatten().any(|&t| t == c.image_token_id) {
-                    return Err(Error::argument("input_ids", "the prompt holds image tokens but no image was given"));
+                    return Err(Error::argument(
+                        "input_ids",
+                        "the prompt holds image tokens but no image was given",
+                    ));
                 }
             }
             return Ok(text);
         };
-        let c = self.llava_config().ok_or_else(|| Error::argument("image", "this is a text-only model"))?;
+        let c = self
+            .llava_config()
+            .ok_or_else(|| Error::argument("image", "this is a text-only model"))?;
         let [n, per, hid] = images.dims();
         let (b, s) = (ids.len(), ids[0].len());
         if n != b {
-            return Err(Error::argument("image", format!("{n} images for {b} prompts (one each expected)")));
+            return Err(Error::argument(
+                "image",
+                format!("{n} images for {b} prompts (one each expected)"),
+            ));
         }
         // One gather over [text rows; image rows] puts every feature in place (and keeps autodiff).
         let mut idx = Vec::with_capacity(b * s);
@@ -265,7 +345,10 @@ impl<B: Backend> Vlm<B> {
                 ));
             }
         }
-        let table = Tensor::cat(vec![text.reshape([b * s, hid]), images.reshape([n * per, hid])], 0);
+        let table = Tensor::cat(
+            vec![text.reshape([b * s, hid]), images.reshape([n * per, hid])],
+            0,
+        );
         let idx = Tensor::from_data(TensorData::new(idx, [b * s]), device);
         Ok(table.select(0, idx).reshape([b, s, hid]))
     }
@@ -284,6 +367,7 @@ impl<B: Backend> Vlm<B> {
     pub fn last_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 2> {
         let [b, s, h] = hidden.dims();
         let last = hidden.slice([0..b, s - 1..s, 0..h]);
-        self.logits(last).reshape([b, self.language_model.config.vocab_size])
+        self.logits(last)
+            .reshape([b, self.language_model.config.vocab_size])
     }
 }

@@ -47,12 +47,18 @@ impl Weights {
             let map = index
                 .get("weight_map")
                 .and_then(|m| m.as_object())
-                .ok_or_else(|| Error::config(&index_path, "weight_map", "missing or not an object"))?;
+                .ok_or_else(|| {
+                    Error::config(&index_path, "weight_map", "missing or not an object")
+                })?;
             let mut shards = BTreeSet::new();
             for (k, v) in map {
-                let shard = v
-                    .as_str()
-                    .ok_or_else(|| Error::config(&index_path, format!("weight_map.{k}"), "expected a file name"))?;
+                let shard = v.as_str().ok_or_else(|| {
+                    Error::config(
+                        &index_path,
+                        format!("weight_map.{k}"),
+                        "expected a file name",
+                    )
+                })?;
                 shards.insert(shard.to_string());
             }
             shards.into_iter().map(|s| path.join(s)).collect()
@@ -65,7 +71,11 @@ impl Weights {
             ));
         };
 
-        let mut weights = Weights { files: Vec::new(), entries: HashMap::new(), taken: BTreeSet::new() };
+        let mut weights = Weights {
+            files: Vec::new(),
+            entries: HashMap::new(),
+            taken: BTreeSet::new(),
+        };
         for file in files {
             let f = File::open(&file).map_err(|e| Error::io(&file, e))?;
             // SAFETY: read-only map of a checkpoint file; the file is not modified while loaded.
@@ -73,7 +83,10 @@ impl Weights {
             let idx = weights.files.len();
             {
                 let st = SafeTensors::deserialize(&mmap).map_err(|e| {
-                    Error::checkpoint(&file, format!("not a valid safetensors file (truncated or corrupt?): {e}"))
+                    Error::checkpoint(
+                        &file,
+                        format!("not a valid safetensors file (truncated or corrupt?): {e}"),
+                    )
                 })?;
                 for (name, view) in st.tensors() {
                     let base = mmap.as_ptr() as usize;
@@ -138,43 +151,66 @@ impl Weights {
     /// The values of `name` as f32, after checking that its shape is `expected`.
     fn read(&mut self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
         let entry = self.entries.get(name).ok_or_else(|| {
-            Error::tensor(self.source(), name, format!("missing from the checkpoint (expected shape {expected:?})"))
+            Error::tensor(
+                self.source(),
+                name,
+                format!("missing from the checkpoint (expected shape {expected:?})"),
+            )
         })?;
         let path = &self.files[entry.file].0;
         if entry.shape != expected {
             return Err(Error::tensor(
                 path,
                 name,
-                format!("has shape {:?}, but the config implies {expected:?}", entry.shape),
+                format!(
+                    "has shape {:?}, but the config implies {expected:?}",
+                    entry.shape
+                ),
             ));
         }
         let bytes = &self.files[entry.file].1[entry.offsets.0..entry.offsets.1];
         let values = match entry.dtype {
-            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => {
-                bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-            }
-            Dtype::BF16 => {
-                bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-            }
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
             other => {
-                return Err(Error::tensor(path, name, format!("dtype {other:?} is not supported (f32, f16, bf16)")))
+                return Err(Error::tensor(
+                    path,
+                    name,
+                    format!("dtype {other:?} is not supported (f32, f16, bf16)"),
+                ))
             }
         };
         self.taken.insert(name.to_string());
         Ok(values)
     }
 
-
     /// Fails if the checkpoint holds tensors no module asked for, naming them.
     pub fn finish(self) -> Result<()> {
-        let mut unexpected: Vec<&String> = self.entries.keys().filter(|k| !self.taken.contains(*k)).collect();
+        let mut unexpected: Vec<&String> = self
+            .entries
+            .keys()
+            .filter(|k| !self.taken.contains(*k))
+            .collect();
         if unexpected.is_empty() {
             return Ok(());
         }
         unexpected.sort();
         let shown: Vec<&str> = unexpected.iter().take(8).map(|s| s.as_str()).collect();
-        let more = if unexpected.len() > 8 { format!(" and {} more", unexpected.len() - 8) } else { String::new() };
+        let more = if unexpected.len() > 8 {
+            format!(" and {} more", unexpected.len() - 8)
+        } else {
+            String::new()
+        };
         Err(Error::tensor(
             self.file_of(unexpected[0]),
             unexpected[0].clone(),
@@ -218,7 +254,13 @@ pub trait TensorSource {
         device: &B::Device,
     ) -> Result<Tensor<B, 2>> {
         let values = self.take_vec(name, &[out_features, in_features])?;
-        Ok(Tensor::from_data(TensorData::new(transpose(&values, out_features, in_features), [in_features, out_features]), device))
+        Ok(Tensor::from_data(
+            TensorData::new(
+                transpose(&values, out_features, in_features),
+                [in_features, out_features],
+            ),
+            device,
+        ))
     }
 }
 
@@ -259,7 +301,10 @@ pub struct RandomWeights {
 impl RandomWeights {
     pub fn new(std: f64, seed: u64) -> Self {
         use rand::SeedableRng;
-        RandomWeights { std, rng: rand::rngs::StdRng::seed_from_u64(seed) }
+        RandomWeights {
+            std,
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+        }
     }
 
     fn fill(name: &str) -> Option<f32> {
@@ -302,7 +347,11 @@ impl TensorSource for RandomWeights {
     ) -> Result<Tensor<B, D>> {
         Ok(match Self::fill(name) {
             Some(v) => Tensor::full(expected, v, device),
-            None => Tensor::random(expected, burn::tensor::Distribution::Normal(0.0, self.std), device),
+            None => Tensor::random(
+                expected,
+                burn::tensor::Distribution::Normal(0.0, self.std),
+                device,
+            ),
         })
     }
 

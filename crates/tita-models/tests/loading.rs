@@ -34,10 +34,20 @@ fn rewrite(
     let mut views: Vec<(String, TensorView)> = st
         .tensors()
         .into_iter()
-        .filter_map(|(name, v)| edit(&name).map(|n| (n, TensorView::new(v.dtype(), v.shape().to_vec(), v.data()).unwrap())))
+        .filter_map(|(name, v)| {
+            edit(&name).map(|n| {
+                (
+                    n,
+                    TensorView::new(v.dtype(), v.shape().to_vec(), v.data()).unwrap(),
+                )
+            })
+        })
         .collect();
     for (n, s, b) in &extra_bytes {
-        views.push((n.clone(), TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()));
+        views.push((
+            n.clone(),
+            TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap(),
+        ));
     }
     safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
     dir
@@ -47,11 +57,15 @@ fn last_logits(dir: &Path) -> Vec<f32> {
     let model = Vlm::<B>::load(dir, &device()).unwrap();
     let case = &cases()[0];
     let (ids, pixels) = prepare(dir, &model, case);
-    all_logits(&model, &ids, Some(&pixels), &mut model.new_cache(1)).pop().unwrap()
+    all_logits(&model, &ids, Some(&pixels), &mut model.new_cache(1))
+        .pop()
+        .unwrap()
 }
 
 fn load_err(dir: &Path) -> String {
-    Vlm::<B>::load(dir, &device()).err().expect("loading must fail").to_string()
+    Vlm::<B>::load(dir, &device())
+        .expect_err("loading must fail")
+        .to_string()
 }
 
 #[test]
@@ -59,18 +73,24 @@ fn newer_transformers_key_layouts_load_the_same_model() {
     let reference = last_logits(&fixtures().join("llava-target"));
     // transformers >= 4.52: `model.language_model.*`, `lm_head.weight`, `model.vision_tower.*`.
     let v452 = |n: &str| {
-        Some(if let Some(rest) = n.strip_prefix("language_model.model.") {
-            format!("model.language_model.{rest}")
-        } else if n == "language_model.lm_head.weight" {
-            "lm_head.weight".to_string()
-        } else {
-            format!("model.{n}")
-        })
+        Some(
+            if let Some(rest) = n.strip_prefix("language_model.model.") {
+                format!("model.language_model.{rest}")
+            } else if n == "language_model.lm_head.weight" {
+                "lm_head.weight".to_string()
+            } else {
+                format!("model.{n}")
+            },
+        )
     };
     let dir = rewrite("llava-target", v452, vec![]);
     assert_eq!(last_logits(dir.path()), reference);
     // transformers 5 also drops `vision_model.` from the vision tower.
-    let dir = rewrite("llava-target", |n| v452(&n.replace("vision_tower.vision_model.", "vision_tower.")), vec![]);
+    let dir = rewrite(
+        "llava-target",
+        |n| v452(&n.replace("vision_tower.vision_model.", "vision_tower.")),
+        vec![],
+    );
     assert_eq!(last_logits(dir.path()), reference);
     let model = Vlm::<B>::load(dir.path(), &device()).unwrap();
     assert_eq!(model.keys.vision.as_deref(), Some("model.vision_tower."));
@@ -91,14 +111,36 @@ fn sharded_checkpoint_with_index() {
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for (name, v) in st.tensors() {
         let view = TensorView::new(v.dtype(), v.shape().to_vec(), v.data()).unwrap();
-        let shard = if name.starts_with("language_model") { "model-00001-of-00002.safetensors" } else { "model-00002-of-00002.safetensors" };
+        let shard = if name.starts_with("language_model") {
+            "model-00001-of-00002.safetensors"
+        } else {
+            "model-00002-of-00002.safetensors"
+        };
         map.insert(name.clone(), serde_json::Value::from(shard));
-        if shard.contains("00001") { a.push((name, view)) } else { b.push((name, view)) }
+        if shard.contains("00001") {
+            a.push((name, view))
+        } else {
+            b.push((name, view))
+        }
     }
-    safetensors::serialize_to_file(a, None, &dir.path().join("model-00001-of-00002.safetensors")).unwrap();
-    safetensors::serialize_to_file(b, None, &dir.path().join("model-00002-of-00002.safetensors")).unwrap();
+    safetensors::serialize_to_file(
+        a,
+        None,
+        &dir.path().join("model-00001-of-00002.safetensors"),
+    )
+    .unwrap();
+    safetensors::serialize_to_file(
+        b,
+        None,
+        &dir.path().join("model-00002-of-00002.safetensors"),
+    )
+    .unwrap();
     let index = serde_json::json!({"metadata": {}, "weight_map": map});
-    std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
     assert_eq!(last_logits(dir.path()), reference);
 }
 
@@ -109,33 +151,67 @@ fn truncated_or_corrupt_safetensors() {
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
     let err = load_err(dir.path());
-    assert!(err.contains("model.safetensors") && err.contains("truncated or corrupt"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("truncated or corrupt"),
+        "{err}"
+    );
     std::fs::write(&file, b"definitely not safetensors").unwrap();
     let err = load_err(dir.path());
-    assert!(err.contains("model.safetensors") && err.contains("not a valid safetensors"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("not a valid safetensors"),
+        "{err}"
+    );
 }
 
 #[test]
 fn missing_tensor_is_named() {
     let gone = "language_model.model.layers.1.mlp.up_proj.weight";
-    let dir = rewrite("llava-target", |n| (n != gone).then(|| n.to_string()), vec![]);
+    let dir = rewrite(
+        "llava-target",
+        |n| (n != gone).then(|| n.to_string()),
+        vec![],
+    );
     let err = load_err(dir.path());
-    assert!(err.contains(gone) && err.contains("missing") && err.contains("[96, 32]"), "{err}");
+    assert!(
+        err.contains(gone) && err.contains("missing") && err.contains("[96, 32]"),
+        "{err}"
+    );
 }
 
 #[test]
 fn misshaped_tensor_is_named() {
     let bad = "vision_tower.vision_model.encoder.layers.0.self_attn.q_proj.bias";
-    let dir = rewrite("llava-target", |n| (n != bad).then(|| n.to_string()), vec![(bad.into(), vec![31], vec![0.0; 31])]);
+    let dir = rewrite(
+        "llava-target",
+        |n| (n != bad).then(|| n.to_string()),
+        vec![(bad.into(), vec![31], vec![0.0; 31])],
+    );
     let err = load_err(dir.path());
-    assert!(err.contains(bad) && err.contains("[31]") && err.contains("[32]") && err.contains("model.safetensors"), "{err}");
+    assert!(
+        err.contains(bad)
+            && err.contains("[31]")
+            && err.contains("[32]")
+            && err.contains("model.safetensors"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unexpected_tensor_is_named() {
-    let dir = rewrite("llava-target", |n| Some(n.to_string()), vec![("language_model.model.layers.7.extra.weight".into(), vec![2], vec![1.0, 2.0])]);
+    let dir = rewrite(
+        "llava-target",
+        |n| Some(n.to_string()),
+        vec![(
+            "language_model.model.layers.7.extra.weight".into(),
+            vec![2],
+            vec![1.0, 2.0],
+        )],
+    );
     let err = load_err(dir.path());
-    assert!(err.contains("language_model.model.layers.7.extra.weight") && err.contains("unexpected"), "{err}");
+    assert!(
+        err.contains("language_model.model.layers.7.extra.weight") && err.contains("unexpected"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -143,23 +219,36 @@ fn config_that_contradicts_the_weights() {
     let edit_config = |f: &dyn Fn(&mut serde_json::Value)| {
         let dir = rewrite("llava-target", |n| Some(n.to_string()), vec![]);
         let path = dir.path().join("config.json");
-        let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         f(&mut cfg);
         std::fs::write(&path, cfg.to_string()).unwrap();
         dir
     };
     let dir = edit_config(&|c| c["text_config"]["intermediate_size"] = 100.into());
     let err = load_err(dir.path());
-    assert!(err.contains("mlp.gate_proj.weight") && err.contains("[100, 32]"), "{err}");
+    assert!(
+        err.contains("mlp.gate_proj.weight") && err.contains("[100, 32]"),
+        "{err}"
+    );
     let dir = edit_config(&|c| c["text_config"]["num_hidden_layers"] = 3.into());
     let err = load_err(dir.path());
-    assert!(err.contains("language_model.model.layers.2.") && err.contains("missing"), "{err}");
+    assert!(
+        err.contains("language_model.model.layers.2.") && err.contains("missing"),
+        "{err}"
+    );
     let dir = edit_config(&|c| c["text_config"]["num_hidden_layers"] = 1.into());
     let err = load_err(dir.path());
-    assert!(err.contains("language_model.model.layers.1.") && err.contains("unexpected"), "{err}");
+    assert!(
+        err.contains("language_model.model.layers.1.") && err.contains("unexpected"),
+        "{err}"
+    );
     let dir = edit_config(&|c| c["text_config"]["num_attention_heads"] = 5.into());
     let err = load_err(dir.path());
-    assert!(err.contains("config.json") && err.contains("num_attention_heads"), "{err}");
+    assert!(
+        err.contains("config.json") && err.contains("num_attention_heads"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -167,7 +256,11 @@ fn missing_files_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let err = load_err(dir.path());
     assert!(err.contains("config.json"), "{err}");
-    std::fs::copy(fixtures().join("llava-target/config.json"), dir.path().join("config.json")).unwrap();
+    std::fs::copy(
+        fixtures().join("llava-target/config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
     let err = load_err(dir.path());
     assert!(err.contains("model.safetensors"), "{err}");
 }

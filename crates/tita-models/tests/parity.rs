@@ -23,7 +23,10 @@ fn target_and_reward_logits_match_transformers() {
         assert_eq!(head.len(), ids.len() * 256);
         for (pos, row) in logits.iter().enumerate() {
             let d = max_abs_diff(&row[..256], &head[pos * 256..(pos + 1) * 256]);
-            assert!(d <= TOL, "case {i} target logits_head position {pos}: max |Δ| {d}");
+            assert!(
+                d <= TOL,
+                "case {i} target logits_head position {pos}: max |Δ| {d}"
+            );
         }
         let last = expected(&exp, &format!("case{i}.target.logits_last"));
         let d = max_abs_diff(logits.last().unwrap(), &last);
@@ -31,7 +34,10 @@ fn target_and_reward_logits_match_transformers() {
 
         let (rids, rpix) = prepare(&reward_dir, &reward, case);
         let rlogits = all_logits(&reward, &rids, Some(&rpix), &mut reward.new_cache(1));
-        let d = max_abs_diff(rlogits.last().unwrap(), &expected(&exp, &format!("case{i}.reward.logits_last")));
+        let d = max_abs_diff(
+            rlogits.last().unwrap(),
+            &expected(&exp, &format!("case{i}.reward.logits_last")),
+        );
         assert!(d <= TOL, "case {i} reward logits_last: max |Δ| {d}");
     }
 }
@@ -63,7 +69,8 @@ fn text_only_llama_with_tied_embeddings() {
     let model = Vlm::<B>::load(&dir, &device()).unwrap();
     assert!(model.vision.is_none() && model.language_model.lm_head.is_none());
     let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("llama-text.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("llama-text.json")).unwrap())
+            .unwrap();
     let exp = fixtures().join("llama-text.safetensors");
     for (i, case) in meta["cases"].as_array().unwrap().iter().enumerate() {
         let ids = ids_of(&case["input_ids"]);
@@ -73,7 +80,10 @@ fn text_only_llama_with_tied_embeddings() {
             let d = max_abs_diff(&row[..256], &head[pos * 256..(pos + 1) * 256]);
             assert!(d <= TOL, "case {i} position {pos}: max |Δ| {d}");
         }
-        let d = max_abs_diff(logits.last().unwrap(), &expected(&exp, &format!("case{i}.logits_last")));
+        let d = max_abs_diff(
+            logits.last().unwrap(),
+            &expected(&exp, &format!("case{i}.logits_last")),
+        );
         assert!(d <= TOL, "case {i} logits_last: max |Δ| {d}");
     }
 }

@@ -44,17 +44,42 @@ impl BackendTask for SpeedTask {
     type Output = tita_core::Result<SpeedReport>;
     fn run<B: Backend>(self, device: B::Device, kind: BackendKind) -> Self::Output {
         let on_gpu = matches!(kind, BackendKind::Wgpu | BackendKind::Cuda);
-        speed::run::<B>(self.preset, kind.feature(), on_gpu, self.prompt_tokens, self.new_tokens, &device)
+        speed::run::<B>(
+            self.preset,
+            kind.feature(),
+            on_gpu,
+            self.prompt_tokens,
+            self.new_tokens,
+            &device,
+        )
     }
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Speed { preset, backend, prompt_tokens, new_tokens, out } => {
-            let kinds: Vec<Option<BackendKind>> = if backend.is_empty() { vec![None] } else { backend.into_iter().map(Some).collect() };
+        Command::Speed {
+            preset,
+            backend,
+            prompt_tokens,
+            new_tokens,
+            out,
+        } => {
+            let kinds: Vec<Option<BackendKind>> = if backend.is_empty() {
+                vec![None]
+            } else {
+                backend.into_iter().map(Some).collect()
+            };
             let mut reports = Vec::new();
             for kind in kinds {
-                let report = dispatch(kind, SpeedTask { preset, prompt_tokens, new_tokens }).map_err(|e| anyhow!(e))??;
+                let report = dispatch(
+                    kind,
+                    SpeedTask {
+                        preset,
+                        prompt_tokens,
+                        new_tokens,
+                    },
+                )
+                .map_err(|e| anyhow!(e))??;
                 println!("{report}");
                 reports.push(report);
             }

@@ -7,7 +7,10 @@ use anyhow::{anyhow, Context};
 use burn::tensor::backend::Backend;
 use clap::Parser;
 use tita_decode::backend::{dispatch, BackendKind, BackendTask};
-use tita_decode::{GenerationConfig, Generator, Pipeline, SamplingConfig};
+use tita_decode::{
+    Fusion, GenerationConfig, Generator, Pipeline, Request, SamplingConfig, Tita, TitaConfig,
+    TokenExplanation,
+};
 
 #[derive(Parser, Debug)]
 #[command(about = "Generate with a LLaVA (or LLaMA) checkpoint in Hugging Face layout")]
@@ -39,9 +42,80 @@ struct Args {
     pad: bool,
     #[arg(long, value_enum)]
     backend: Option<BackendKind>,
+    /// Reward VLM directory: turns on TITA (interpolate mode unless --mode says otherwise).
+    #[arg(long)]
+    reward: Option<PathBuf>,
+    /// Weight of the reward model in interpolate mode, in [0, 1].
+    #[arg(long, default_value_t = 0.3)]
+    lambda: f32,
+    /// The reward model's DPO reference: reference mode.
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// Weight of the implicit reward (reference mode) or of the contrast (contrastive mode).
+    #[arg(long, default_value_t = 1.0)]
+    alpha: f32,
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
+    /// Diffusion step (of 1000) of the noised image in contrastive mode.
+    #[arg(long, default_value_t = 500)]
+    noise_step: usize,
+    /// Plausibility cut: keep tokens with p_T >= tau * max p_T (interpolate / reference).
+    #[arg(long)]
+    tau: Option<f32>,
+    /// VCD's plausibility cut in contrastive mode.
+    #[arg(long, default_value_t = 0.1)]
+    vcd_beta: f32,
+    /// Print, per token, each model's favourite, the fused winner and the implicit reward.
+    #[arg(long)]
+    explain: bool,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    Interpolate,
+    Reference,
+    Contrastive,
+}
+
+impl Args {
+    /// The fusion the flags ask for, or None for plain decoding.
+    fn fusion(&self) -> Option<Fusion> {
+        let mode = self.mode.or(if self.reference.is_some() {
+            Some(Mode::Reference)
+        } else if self.reward.is_some() {
+            Some(Mode::Interpolate)
+        } else {
+            None
+        })?;
+        Some(match mode {
+            Mode::Interpolate => Fusion::Interpolate {
+                lambda: self.lambda,
+            },
+            Mode::Reference => Fusion::Reference { alpha: self.alpha },
+            Mode::Contrastive => Fusion::Contrastive { alpha: self.alpha },
+        })
+    }
+}
+
+fn print_explanation(rows: &[TokenExplanation]) {
+    eprintln!(
+        "{:>4}  {:<16} {:<16} {:<16} {:<16} {:>9}",
+        "step", "chosen", "target top", "reward top", "fused top", "log pR/pT"
+    );
+    for (i, e) in rows.iter().enumerate() {
+        eprintln!(
+            "{:>4}  {:<16} {:<16} {:<16} {:<16} {:>+9.3}",
+            i,
+            format!("{:?}", e.token.text),
+            format!("{:?}", e.target_top.text),
+            format!("{:?}", e.reward_top.text),
+            format!("{:?}", e.fused_top.text),
+            e.implicit_reward
+        );
+    }
 }
 
 struct Run(Args);
@@ -51,29 +125,84 @@ impl BackendTask for Run {
     fn run<B: Backend>(self, device: B::Device, kind: BackendKind) -> anyhow::Result<()> {
         let a = self.0;
         let t0 = Instant::now();
-        let pipeline = Pipeline::<B>::load(&a.model, &device).with_context(|| format!("loading {}", a.model.display()))?;
+        let pipeline = Pipeline::<B>::load(&a.model, &device)
+            .with_context(|| format!("loading {}", a.model.display()))?;
         let load_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let prompt = pipeline.prompt(&a.prompt, a.image.as_deref(), a.pad)?;
         let config = GenerationConfig {
             max_new_tokens: a.max_new_tokens,
-            sampling: SamplingConfig { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed },
+            sampling: SamplingConfig {
+                temperature: a.temperature,
+                top_k: a.top_k,
+                top_p: a.top_p,
+                seed: a.seed,
+            },
             stop_strings: a.stop.clone(),
             eos_token_ids: None,
         };
-        let generator = Generator::new(&pipeline, config);
-        let out = if a.json {
-            generator.generate(&prompt)?
-        } else {
+        let json = a.json;
+        let mut stream = |ev: tita_decode::TokenEvent| {
             use std::io::Write;
-            let out = generator.generate_streaming(&prompt, &mut |ev| {
+            if !json {
                 print!("{}", ev.text_delta);
                 let _ = std::io::stdout().flush();
-            })?;
-            println!();
-            out
+            }
         };
+        let (out, explain) = match a.fusion() {
+            None => {
+                let prompt = pipeline.prompt(&a.prompt, a.image.as_deref(), a.pad)?;
+                (
+                    Generator::new(&pipeline, config).generate_streaming(&prompt, &mut stream)?,
+                    Vec::new(),
+                )
+            }
+            Some(fusion) => {
+                let load = |dir: &Option<PathBuf>| -> anyhow::Result<Option<Pipeline<B>>> {
+                    dir.as_ref()
+                        .map(|d| {
+                            Pipeline::<B>::load(d, &device)
+                                .with_context(|| format!("loading {}", d.display()))
+                        })
+                        .transpose()
+                };
+                let (reward, reference) = (load(&a.reward)?, load(&a.reference)?);
+                let tita_config = TitaConfig {
+                    fusion,
+                    tau: a.tau,
+                    vcd_beta: a.vcd_beta,
+                    noise_step: a.noise_step,
+                    noise_seed: a.seed,
+                    explain: a.explain,
+                };
+                let tita = Tita::new(
+                    &pipeline,
+                    reward.as_ref(),
+                    reference.as_ref(),
+                    tita_config,
+                    config,
+                )?;
+                let request = Request {
+                    prompt: a.prompt.clone(),
+                    image: a.image.clone(),
+                    pad: a.pad,
+                };
+                let out = tita.generate_streaming(&request, &mut stream)?;
+                (out.generation, out.explain)
+            }
+        };
+        if !json {
+            println!();
+        }
+        if a.explain && !json {
+            print_explanation(&explain);
+        }
         if a.json {
             let mut v = serde_json::to_value(&out)?;
+            if a.explain {
+                v["explain"] = serde_json::to_value(&explain)?;
+            }
+            if let Some(f) = a.fusion() {
+                v["fusion"] = format!("{f:?}").into();
+            }
             v["timings"]["load_ms"] = load_ms.into();
             v["backend"] = serde_json::to_value(kind)?;
             v["model"] = a.model.display().to_string().into();

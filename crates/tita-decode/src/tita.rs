@@ -1,0 +1,324 @@
+//! The TITA sampler: a frozen target VLM steered token by token by a reward VLM (and
+//! optionally its DPO reference), or by the target's own view of a noised image (VCD).
+//! Every model keeps its own KV cache and encodes the image with its own vision tower, so a
+//! step costs one cached decode step per model.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use serde::Serialize;
+use tita_core::fusion::{fuse, log_softmax, Fusion};
+use tita_core::noise::add_diffusion_noise;
+use tita_core::sampling::argmax;
+use tita_core::{Error, Result, Tokenizer};
+
+use crate::generator::{decode_loop, finish, Generation, GenerationConfig, TokenEvent};
+use crate::pipeline::{Pipeline, Prompt};
+use crate::session::Session;
+
+/// Settings of the fused decoding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TitaConfig {
+    pub fusion: Fusion,
+    /// Plausibility cut τ for interpolate / reference (`p_T(y) >= τ·max p_T`); off by default.
+    pub tau: Option<f32>,
+    /// VCD's plausibility cut β (contrastive mode only).
+    pub vcd_beta: f32,
+    /// Diffusion step of the noised image (contrastive mode), of 1000.
+    pub noise_step: usize,
+    pub noise_seed: u64,
+    /// Record a per-token [`TokenExplanation`].
+    pub explain: bool,
+}
+
+impl Default for TitaConfig {
+    fn default() -> Self {
+        TitaConfig {
+            fusion: Fusion::Interpolate { lambda: 0.3 },
+            tau: None,
+            vcd_beta: 0.1,
+            noise_step: 500,
+            noise_seed: 0,
+            explain: false,
+        }
+    }
+}
+
+/// One request: the user's prompt and an optional image, prepared separately for every model.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: String,
+    pub image: Option<PathBuf>,
+    /// Pad the image to a square of the mean colour first (LLaVA-1.5 evaluation).
+    pub pad: bool,
+}
+
+/// A token id with its text.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Choice {
+    pub id: u32,
+    pub text: String,
+}
+
+/// Why a token was chosen: each model's own favourite, the fused winner, and the implicit
+/// reward `log p_R(y) - log p_T(y)` of the chosen token.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenExplanation {
+    pub token: Choice,
+    pub target_top: Choice,
+    /// The reward model's favourite (contrastive mode: the target's on the noised image).
+    pub reward_top: Choice,
+    pub fused_top: Choice,
+    pub target_logprob: f32,
+    pub reward_logprob: f32,
+    pub implicit_reward: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TitaGeneration {
+    #[serde(flatten)]
+    pub generation: Generation,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub explain: Vec<TokenExplanation>,
+}
+
+/// Fused decoding over a target and its guide models.
+pub struct Tita<'p, B: Backend> {
+    target: &'p Pipeline<B>,
+    reward: Option<&'p Pipeline<B>>,
+    reference: Option<&'p Pipeline<B>>,
+    pub config: TitaConfig,
+    pub generation: GenerationConfig,
+}
+
+/// Refuses guide models whose tokenizer disagrees with the target's on their common id range.
+pub fn check_vocabularies(target: &Tokenizer, other: &Tokenizer) -> Result<()> {
+    let (a, b) = (target.tokens(), other.tokens());
+    let common = a.len().min(b.len());
+    let differ: Vec<usize> = (0..common).filter(|&i| a[i] != b[i]).collect();
+    if differ.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = differ
+        .iter()
+        .take(5)
+        .map(|&i| {
+            format!(
+                "{i} ({:?} vs {:?})",
+                a[i].as_deref().unwrap_or("?"),
+                b[i].as_deref().unwrap_or("?")
+            )
+        })
+        .collect();
+    Err(Error::argument(
+        "reward",
+        format!(
+            "tokenizer {} differs from the target's {} at {} of the {common} common ids, e.g. {}; TITA needs a shared vocabulary",
+            other.path().display(),
+            target.path().display(),
+            differ.len(),
+            shown.join(", ")
+        ),
+    ))
+}
+
+impl<'p, B: Backend> Tita<'p, B> {
+    /// `reward` is required for interpolate and reference mode, `reference` for reference mode;
+    /// contrastive mode uses the target alone.
+    pub fn new(
+        target: &'p Pipeline<B>,
+        reward: Option<&'p Pipeline<B>>,
+        reference: Option<&'p Pipeline<B>>,
+        config: TitaConfig,
+        generation: GenerationConfig,
+    ) -> Result<Self> {
+        config.fusion.validate()?;
+        if let Some(tau) = config.tau {
+            if !(0.0..=1.0).contains(&tau) {
+                return Err(Error::argument("tau", format!("{tau} is outside [0, 1]")));
+            }
+        }
+        if !(config.vcd_beta > 0.0 && config.vcd_beta <= 1.0) {
+            return Err(Error::argument(
+                "vcd_beta",
+                format!("{} is outside (0, 1]", config.vcd_beta),
+            ));
+        }
+        let needs = match config.fusion {
+            Fusion::Interpolate { .. } => (true, false),
+            Fusion::Reference { .. } => (true, true),
+            Fusion::Contrastive { .. } => (false, false),
+        };
+        if needs.0 && reward.is_none() {
+            return Err(Error::argument("reward", "this mode needs a reward model"));
+        }
+        if needs.1 && reference.is_none() {
+            return Err(Error::argument(
+                "reference",
+                "reference mode needs the reward model's DPO reference",
+            ));
+        }
+        for guide in [reward, reference].into_iter().flatten() {
+            if guide.model.llava_config().is_some() != target.model.llava_config().is_some() {
+                return Err(Error::argument(
+                    "reward",
+                    format!(
+                        "{} and the target {} must both be VLMs or both text-only",
+                        guide.dir.display(),
+                        target.dir.display()
+                    ),
+                ));
+            }
+            check_vocabularies(&target.tokenizer, &guide.tokenizer)?;
+        }
+        Ok(Tita {
+            target,
+            reward: if needs.0 { reward } else { None },
+            reference: if needs.1 { reference } else { None },
+            config,
+            generation,
+        })
+    }
+
+    fn prompts(&self, pipeline: &Pipeline<B>, requests: &[Request]) -> Result<Vec<Prompt>> {
+        requests
+            .iter()
+            .map(|r| pipeline.prompt(&r.prompt, r.image.as_deref(), r.pad))
+            .collect()
+    }
+
+    pub fn generate(&self, request: &Request) -> Result<TitaGeneration> {
+        self.generate_streaming(request, &mut |_| {})
+    }
+
+    pub fn generate_streaming(
+        &self,
+        request: &Request,
+        on_token: &mut dyn FnMut(TokenEvent),
+    ) -> Result<TitaGeneration> {
+        Ok(self
+            .generate_batch_streaming(std::slice::from_ref(request), on_token)?
+            .remove(0))
+    }
+
+    pub fn generate_batch(&self, requests: &[Request]) -> Result<Vec<TitaGeneration>> {
+        self.generate_batch_streaming(requests, &mut |_| {})
+    }
+
+    /// Decodes a batch with fused scores; each row equals what decoding it alone gives.
+    pub fn generate_batch_streaming(
+        &self,
+        requests: &[Request],
+        on_token: &mut dyn FnMut(TokenEvent),
+    ) -> Result<Vec<TitaGeneration>> {
+        let start = Instant::now();
+        let target_prompts = self.prompts(self.target, requests)?;
+        let (guide, guide_prompts) = match (self.config.fusion, self.reward) {
+            (Fusion::Contrastive { .. }, _) => {
+                let mut noised = target_prompts.clone();
+                for p in &mut noised {
+                    if let Some(px) = &mut p.pixels {
+                        add_diffusion_noise(
+                            &mut px.data,
+                            self.config.noise_step,
+                            self.config.noise_seed,
+                        )?;
+                    }
+                }
+                (self.target, noised)
+            }
+            (_, Some(reward)) => (reward, self.prompts(reward, requests)?),
+            (_, None) => unreachable!("checked in Tita::new"),
+        };
+        let t_refs: Vec<&Prompt> = target_prompts.iter().collect();
+        let (target, first_t) = Session::prefill(&self.target.model, &t_refs, &self.target.device)?;
+        let (guide_session, first_g) = Session::prefill(
+            &guide.model,
+            &guide_prompts.iter().collect::<Vec<_>>(),
+            &guide.device,
+        )?;
+        let (reference, first_r) = match self.reference {
+            Some(r) => {
+                let ps = self.prompts(r, requests)?;
+                let (s, l) = Session::prefill(&r.model, &ps.iter().collect::<Vec<_>>(), &r.device)?;
+                (Some(s), Some(l))
+            }
+            None => (None, None),
+        };
+        let prefill_s = start.elapsed().as_secs_f64();
+
+        let cut = match self.config.fusion {
+            Fusion::Contrastive { .. } => Some(self.config.vcd_beta),
+            _ => self.config.tau,
+        };
+        let fusion = self.config.fusion;
+        let fuse_rows =
+            |t: &[Vec<f32>], g: &[Vec<f32>], r: Option<&Vec<Vec<f32>>>| -> Vec<Vec<f32>> {
+                (0..t.len())
+                    .map(|i| fuse(fusion, &t[i], &g[i], r.map(|r| r[i].as_slice()), cut))
+                    .collect()
+            };
+        let first = fuse_rows(&first_t, &first_g, first_r.as_ref());
+        // The scores each row's next token is chosen from, kept for the explanation view.
+        let last = RefCell::new((first_t, first_g, first.clone()));
+        let sessions = RefCell::new((target, guide_session, reference));
+        let explanations: RefCell<Vec<Vec<TokenExplanation>>> =
+            RefCell::new(vec![Vec::new(); requests.len()]);
+        let tok = &self.target.tokenizer;
+        let choice = |id: u32| Choice {
+            id,
+            text: tok.decode(&[id], false).unwrap_or_default(),
+        };
+
+        let t0 = Instant::now();
+        let rows = decode_loop(
+            tok,
+            &self.generation,
+            &self.target.model.language_model.config.eos_token_ids,
+            first,
+            || {
+                let s = sessions.borrow();
+                s.0.has_room() && s.1.has_room() && s.2.as_ref().is_none_or(Session::has_room)
+            },
+            |tokens| {
+                let mut s = sessions.borrow_mut();
+                let t = s.0.step(tokens)?;
+                let g = s.1.step(tokens)?;
+                let r = s.2.as_mut().map(|r| r.step(tokens)).transpose()?;
+                let fused = fuse_rows(&t, &g, r.as_ref());
+                *last.borrow_mut() = (t, g, fused.clone());
+                Ok(fused)
+            },
+            &mut |ev: TokenEvent| {
+                if self.config.explain {
+                    let l = last.borrow();
+                    let (lt, lg) = (log_softmax(&l.0[ev.row]), log_softmax(&l.1[ev.row]));
+                    let y = ev.token as usize;
+                    let reward_lp = lg.get(y).copied().unwrap_or(f32::NEG_INFINITY);
+                    explanations.borrow_mut()[ev.row].push(TokenExplanation {
+                        token: choice(ev.token),
+                        target_top: choice(argmax(&l.0[ev.row])),
+                        reward_top: choice(argmax(&l.1[ev.row])),
+                        fused_top: choice(argmax(&l.2[ev.row])),
+                        target_logprob: lt[y],
+                        reward_logprob: reward_lp,
+                        implicit_reward: reward_lp - lt[y],
+                    });
+                }
+                on_token(ev);
+            },
+        )?;
+        let decode_s = t0.elapsed().as_secs_f64();
+        let gens = finish(rows, &t_refs, prefill_s, decode_s);
+        Ok(gens
+            .into_iter()
+            .zip(explanations.into_inner())
+            .map(|(generation, explain)| TitaGeneration {
+                generation,
+                explain,
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,311 @@
+//! The TITA sampler against transformers' fused greedy outputs, batching, and its errors.
+
+use std::path::PathBuf;
+
+use tita_decode::{
+    Fusion, GenerationConfig, Generator, Pipeline, Request, SamplingConfig, Tita, TitaConfig,
+};
+
+#[cfg(feature = "cuda")]
+type B = burn::backend::Cuda;
+#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+type B = burn::backend::Wgpu;
+#[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+type B = burn::backend::Flex;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn load(name: &str) -> Pipeline<B> {
+    Pipeline::load(&fixtures().join(name), &Default::default()).unwrap()
+}
+
+fn cases() -> Vec<serde_json::Value> {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("cases.json")).unwrap())
+            .unwrap();
+    v["cases"].as_array().unwrap().clone()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn request(case: &serde_json::Value) -> Request {
+    Request {
+        prompt: case["prompt"].as_str().unwrap().into(),
+        image: Some(fixtures().join(case["image"].as_str().unwrap())),
+        pad: false,
+    }
+}
+
+fn greedy(n: usize) -> GenerationConfig {
+    GenerationConfig {
+        max_new_tokens: n,
+        eos_token_ids: Some(vec![]),
+        ..Default::default()
+    }
+}
+
+fn config(fusion: Fusion) -> TitaConfig {
+    TitaConfig {
+        fusion,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn fused_greedy_matches_transformers_single_and_batched() {
+    let (target, reward, reference) = (
+        load("llava-target"),
+        load("llava-reward"),
+        load("llava-reward-ref"),
+    );
+    let cases = cases();
+    let requests: Vec<Request> = cases.iter().map(request).collect();
+    let mut modes: Vec<(Fusion, &str, Option<&str>)> = vec![
+        (
+            Fusion::Interpolate { lambda: 0.3 },
+            "tita_interpolate",
+            Some("0.3"),
+        ),
+        (
+            Fusion::Interpolate { lambda: 0.6 },
+            "tita_interpolate",
+            Some("0.6"),
+        ),
+    ];
+    modes.push((Fusion::Reference { alpha: 1.0 }, "tita_reference", None));
+    for (fusion, key, sub) in modes {
+        let tita = Tita::new(
+            &target,
+            Some(&reward),
+            Some(&reference),
+            config(fusion),
+            greedy(12),
+        )
+        .unwrap();
+        let expected: Vec<Vec<u32>> = cases
+            .iter()
+            .map(|c| {
+                let e = &c[key];
+                ids(&sub.map_or(e, |s| &e[s])["token_ids"])
+            })
+            .collect();
+        for (req, want) in requests.iter().zip(&expected) {
+            assert_eq!(
+                &tita.generate(req).unwrap().generation.token_ids,
+                want,
+                "{fusion:?} single: {}",
+                req.prompt
+            );
+        }
+        let batched: Vec<Vec<u32>> = tita
+            .generate_batch(&requests)
+            .unwrap()
+            .into_iter()
+            .map(|g| g.generation.token_ids)
+            .collect();
+        assert_eq!(batched, expected, "{fusion:?} batched");
+    }
+}
+
+#[test]
+fn zero_weight_reproduces_plain_decoding() {
+    let (target, reward, reference) = (
+        load("llava-target"),
+        load("llava-reward"),
+        load("llava-reward-ref"),
+    );
+    for case in cases() {
+        let plain = Generator::new(&target, greedy(12))
+            .generate(
+                &target
+                    .prompt(
+                        case["prompt"].as_str().unwrap(),
+                        Some(&fixtures().join(case["image"].as_str().unwrap())),
+                        false,
+                    )
+                    .unwrap(),
+            )
+            .unwrap();
+        assert_eq!(plain.token_ids, ids(&case["greedy"]["token_ids"]));
+        for fusion in [
+            Fusion::Interpolate { lambda: 0.0 },
+            Fusion::Reference { alpha: 0.0 },
+            Fusion::Contrastive { alpha: 0.0 },
+        ] {
+            let tita = Tita::new(
+                &target,
+                Some(&reward),
+                Some(&reference),
+                TitaConfig {
+                    vcd_beta: 1e-9,
+                    ..config(fusion)
+                },
+                greedy(12),
+            )
+            .unwrap();
+            assert_eq!(
+                tita.generate(&request(&case)).unwrap().generation.token_ids,
+                plain.token_ids,
+                "{fusion:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn sampling_over_fused_scores_is_seeded_and_batch_equals_single() {
+    let (target, reward) = (load("llava-target"), load("llava-reward"));
+    let gen = GenerationConfig {
+        sampling: SamplingConfig {
+            temperature: 0.9,
+            top_k: Some(40),
+            top_p: Some(0.9),
+            seed: 11,
+        },
+        ..greedy(8)
+    };
+    let tita = Tita::new(
+        &target,
+        Some(&reward),
+        None,
+        config(Fusion::Interpolate { lambda: 0.5 }),
+        gen,
+    )
+    .unwrap();
+    let requests: Vec<Request> = cases().iter().map(request).collect();
+    let a = tita.generate(&requests[0]).unwrap().generation.token_ids;
+    assert_eq!(a, tita.generate(&requests[0]).unwrap().generation.token_ids);
+    let batch = tita.generate_batch(&requests).unwrap();
+    for (req, b) in requests.iter().zip(&batch) {
+        assert_eq!(
+            tita.generate(req).unwrap().generation.token_ids,
+            b.generation.token_ids
+        );
+    }
+}
+
+#[test]
+fn contrastive_mode_is_deterministic_for_a_seed() {
+    let target = load("llava-target");
+    let run = |seed| {
+        let cfg = TitaConfig {
+            noise_seed: seed,
+            ..config(Fusion::Contrastive { alpha: 1.0 })
+        };
+        Tita::new(&target, None, None, cfg, greedy(12))
+            .unwrap()
+            .generate(&request(&cases()[1]))
+            .unwrap()
+            .generation
+            .token_ids
+    };
+    let a = run(5);
+    assert_eq!(a, run(5));
+    assert_ne!(
+        a,
+        ids(&cases()[1]["greedy"]["token_ids"]),
+        "the contrast must change something on this case"
+    );
+}
+
+#[test]
+fn explanation_view_is_consistent() {
+    let (target, reward) = (load("llava-target"), load("llava-reward"));
+    let cfg = TitaConfig {
+        explain: true,
+        ..config(Fusion::Interpolate { lambda: 0.3 })
+    };
+    let out = Tita::new(&target, Some(&reward), None, cfg, greedy(12))
+        .unwrap()
+        .generate(&request(&cases()[0]))
+        .unwrap();
+    assert_eq!(out.explain.len(), 12);
+    for (e, &t) in out.explain.iter().zip(&out.generation.token_ids) {
+        assert_eq!(
+            (e.token.id, e.fused_top.id),
+            (t, t),
+            "greedy picks the fused top"
+        );
+        assert!((e.implicit_reward - (e.reward_logprob - e.target_logprob)).abs() < 1e-6);
+        assert!(e.target_logprob <= 0.0 && e.reward_logprob <= 0.0);
+    }
+    // The fixture's first greedy token of the target alone is the target's own favourite.
+    assert_eq!(
+        out.explain[0].target_top.id,
+        ids(&cases()[0]["greedy"]["token_ids"])[0]
+    );
+}
+
+#[test]
+fn bad_configurations_are_clear_errors() {
+    let (target, reward) = (load("llava-target"), load("llava-reward"));
+    let err = |r: Result<Tita<B>, tita_core::Error>| r.err().expect("must be refused").to_string();
+    let e = err(Tita::new(
+        &target,
+        Some(&reward),
+        None,
+        config(Fusion::Interpolate { lambda: 1.2 }),
+        greedy(4),
+    ));
+    assert!(e.contains("lambda") && e.contains("1.2"), "{e}");
+    let e = err(Tita::new(
+        &target,
+        None,
+        None,
+        config(Fusion::Interpolate { lambda: 0.3 }),
+        greedy(4),
+    ));
+    assert!(e.contains("reward"), "{e}");
+    let e = err(Tita::new(
+        &target,
+        Some(&reward),
+        None,
+        config(Fusion::Reference { alpha: 1.0 }),
+        greedy(4),
+    ));
+    assert!(e.contains("reference"), "{e}");
+    // A text-only guide for a VLM target.
+    let text = load("llama-text");
+    let e = err(Tita::new(
+        &target,
+        Some(&text),
+        None,
+        config(Fusion::Interpolate { lambda: 0.3 }),
+        greedy(4),
+    ));
+    assert!(e.contains("both be VLMs"), "{e}");
+    // A reward model whose tokenizer differs: its added token 32001 is another string.
+    let dir = tempfile::tempdir().unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "tokenizer_config.json",
+    ] {
+        std::fs::copy(fixtures().join("llava-reward").join(f), dir.path().join(f)).unwrap();
+    }
+    let tok = std::fs::read_to_string(fixtures().join("llava-reward/tokenizer.json")).unwrap();
+    let swapped = tok.replacen("\"content\":\"<pad>\"", "\"content\":\"<PAD_SWAP>\"", 1);
+    assert_ne!(tok, swapped);
+    std::fs::write(dir.path().join("tokenizer.json"), swapped).unwrap();
+    let other = Pipeline::<B>::load(dir.path(), &Default::default()).unwrap();
+    let e = err(Tita::new(
+        &target,
+        Some(&other),
+        None,
+        config(Fusion::Interpolate { lambda: 0.3 }),
+        greedy(4),
+    ));
+    assert!(
+        e.contains("differs") && e.contains("32001") && e.contains("PAD_SWAP"),
+        "{e}"
+    );
+}
