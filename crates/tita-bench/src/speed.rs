@@ -9,6 +9,7 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Distribution, Tensor};
 use serde::Serialize;
+use tita_core::sampling::argmax;
 use tita_core::{
     Activation, ClipVisionConfig, LlamaConfig, LlavaConfig, ModelConfig, Result, SelectStrategy,
 };
@@ -25,6 +26,10 @@ pub enum Preset {
     #[value(name = "150m")]
     #[serde(rename = "150m")]
     M150,
+    /// A ~25M-parameter LLaMA with the same vocabulary (the reward model of the TITA benchmark).
+    #[value(name = "25m")]
+    #[serde(rename = "25m")]
+    M25,
     /// LLaVA-1.5-7B: CLIP ViT-L/14-336 + LLaMA-7B (GPU machines).
     #[value(name = "llava-7b")]
     #[serde(rename = "llava-7b")]
@@ -82,6 +87,7 @@ impl Preset {
                 },
             ),
             Preset::M150 => ModelConfig::Llama(llama(1024, 8, 16, 4, 2816)),
+            Preset::M25 => ModelConfig::Llama(llama(320, 4, 5, 5, 864)),
             Preset::Llava7b => llava(
                 llama(4096, 32, 32, 32, 11008),
                 ClipVisionConfig {
@@ -206,7 +212,7 @@ pub fn run<B: Backend>(
     let prefill_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     for _ in 0..new_tokens {
-        let next = tita_core::sampling::argmax(&logits[0]);
+        let next = argmax(&logits[0]);
         logits = session.step(&[next])?;
     }
     let decode_s = t.elapsed().as_secs_f64();
@@ -262,6 +268,145 @@ impl std::fmt::Display for SpeedReport {
         )?;
         if let Some(ms) = self.image_encode_ms {
             write!(f, "\n  image encoding   {ms:>10.1} ms")?;
+        }
+        Ok(())
+    }
+}
+
+/// TITA's decode cost against plain decoding of the target alone, at several batch sizes.
+#[derive(Debug, Clone, Serialize)]
+pub struct TitaSpeedReport {
+    pub target: Preset,
+    pub reward: Preset,
+    pub backend: String,
+    pub target_bytes: usize,
+    pub reward_bytes: usize,
+    /// `1 + bytes(reward) / bytes(target)`: the slowdown if both steps are bandwidth-bound.
+    pub slowdown_bound: f64,
+    pub rows: Vec<TitaSpeedRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TitaSpeedRow {
+    pub batch: usize,
+    /// Generated tokens per second over the whole batch.
+    pub plain_tokens_per_s: f64,
+    pub tita_tokens_per_s: f64,
+    /// `plain / tita`.
+    pub slowdown: f64,
+    /// `slowdown / slowdown_bound` (1.0 = at the bound; the CPU target is <= 1.05).
+    pub slowdown_vs_bound: f64,
+}
+
+fn prompts(n: usize, len: usize, vocab: u32) -> Vec<Prompt> {
+    (0..n)
+        .map(|r| Prompt {
+            ids: (0..len as u32)
+                .map(|i| 3 + (i * 7919 + r as u32 * 104_729) % (vocab - 3))
+                .collect(),
+            pixels: None,
+        })
+        .collect()
+}
+
+/// Tokens/s of `steps` decode steps over `models` (one session each), fusing their logits per
+/// row as TITA does when there are two.
+fn decode_rate<B: Backend>(
+    models: &[&Vlm<B>],
+    prompts: &[Prompt],
+    steps: usize,
+    device: &B::Device,
+) -> Result<f64> {
+    let refs: Vec<&Prompt> = prompts.iter().collect();
+    let mut sessions = Vec::new();
+    let mut logits = Vec::new();
+    for m in models {
+        let (s, l) = Session::prefill(m, &refs, device)?;
+        sessions.push(s);
+        logits.push(l);
+    }
+    let fusion = tita_core::fusion::Fusion::Interpolate { lambda: 0.3 };
+    let t = Instant::now();
+    for _ in 0..steps {
+        let next: Vec<u32> = (0..refs.len())
+            .map(|r| match logits.as_slice() {
+                [t] => argmax(&t[r]),
+                [t, g, ..] => argmax(&tita_core::fusion::fuse(fusion, &t[r], &g[r], None, None)),
+                [] => 0,
+            })
+            .collect();
+        logits = sessions
+            .iter_mut()
+            .map(|s| s.step(&next))
+            .collect::<Result<_>>()?;
+    }
+    Ok((steps * refs.len()) as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Plain versus TITA decoding of random `target` and `reward` models at each batch size.
+pub fn run_tita<B: Backend>(
+    target: Preset,
+    reward: Preset,
+    backend: &str,
+    batches: &[usize],
+    prompt_tokens: usize,
+    new_tokens: usize,
+    device: &B::Device,
+) -> Result<TitaSpeedReport> {
+    let t = Vlm::<B>::random(target.config(), 0, device)?;
+    let r = Vlm::<B>::random(reward.config(), 1, device)?;
+    let vocab = t
+        .language_model
+        .config
+        .vocab_size
+        .min(r.language_model.config.vocab_size)
+        .min(32000) as u32;
+    decode_rate(&[&t, &r], &prompts(1, 8, vocab), 2, device)?; // warm-up
+    let (tb, rb) = (decode_weight_bytes(&t), decode_weight_bytes(&r));
+    let bound = 1.0 + rb as f64 / tb as f64;
+    let mut rows = Vec::new();
+    for &batch in batches {
+        let ps = prompts(batch, prompt_tokens, vocab);
+        let plain = decode_rate(&[&t], &ps, new_tokens, device)?;
+        let tita = decode_rate(&[&t, &r], &ps, new_tokens, device)?;
+        let slowdown = plain / tita;
+        rows.push(TitaSpeedRow {
+            batch,
+            plain_tokens_per_s: plain,
+            tita_tokens_per_s: tita,
+            slowdown,
+            slowdown_vs_bound: slowdown / bound,
+        });
+    }
+    Ok(TitaSpeedReport {
+        target,
+        reward,
+        backend: backend.into(),
+        target_bytes: tb,
+        reward_bytes: rb,
+        slowdown_bound: bound,
+        rows,
+    })
+}
+
+impl std::fmt::Display for TitaSpeedReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "TITA {:?} target + {:?} reward on {} ({:.1} + {:.1} MB per step): slowdown bound 1 + R/T = {:.3}",
+            self.target, self.reward, self.backend, self.target_bytes as f64 / 1e6, self.reward_bytes as f64 / 1e6, self.slowdown_bound
+        )?;
+        write!(
+            f,
+            "  {:>5}  {:>12}  {:>12}  {:>9}  {:>9}",
+            "batch", "plain tok/s", "TITA tok/s", "slowdown", "vs bound"
+        )?;
+        for r in &self.rows {
+            write!(
+                f,
+                "\n  {:>5}  {:>12.1}  {:>12.1}  {:>9.3}  {:>9.3}",
+                r.batch, r.plain_tokens_per_s, r.tita_tokens_per_s, r.slowdown, r.slowdown_vs_bound
+            )?;
         }
         Ok(())
     }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::anyhow;
 use burn::tensor::backend::Backend;
 use clap::{Parser, Subcommand};
-use tita_bench::speed::{self, Preset, SpeedReport};
+use tita_bench::speed::{self, Preset, SpeedReport, TitaSpeedReport};
 use tita_decode::backend::{dispatch, BackendKind, BackendTask};
 
 #[derive(Parser)]
@@ -28,6 +28,15 @@ enum Command {
         prompt_tokens: usize,
         #[arg(long, default_value_t = 32)]
         new_tokens: usize,
+        /// Also measure TITA decoding (this preset as target) against plain decoding.
+        #[arg(long)]
+        tita: bool,
+        /// Reward model shapes for --tita.
+        #[arg(long, value_enum, default_value = "25m")]
+        reward_preset: Preset,
+        /// Batch sizes for --tita.
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+        batch: Vec<usize>,
         /// Directory for results.json.
         #[arg(long, default_value = "bench-out/speed")]
         out: PathBuf,
@@ -38,20 +47,34 @@ struct SpeedTask {
     preset: Preset,
     prompt_tokens: usize,
     new_tokens: usize,
+    /// Reward preset and batch sizes of the TITA comparison, if asked for.
+    tita: Option<(Preset, Vec<usize>)>,
 }
 
 impl BackendTask for SpeedTask {
-    type Output = tita_core::Result<SpeedReport>;
+    type Output = tita_core::Result<(SpeedReport, Option<TitaSpeedReport>)>;
     fn run<B: Backend>(self, device: B::Device, kind: BackendKind) -> Self::Output {
         let on_gpu = matches!(kind, BackendKind::Wgpu | BackendKind::Cuda);
-        speed::run::<B>(
-            self.preset,
-            kind.feature(),
-            on_gpu,
-            self.prompt_tokens,
-            self.new_tokens,
-            &device,
-        )
+        let (p, n) = (self.prompt_tokens, self.new_tokens);
+        let plain = speed::run::<B>(self.preset, kind.feature(), on_gpu, p, n, &device)?;
+        println!("{plain}");
+        let tita = match self.tita {
+            None => None,
+            Some((reward, batches)) => {
+                let r = speed::run_tita::<B>(
+                    self.preset,
+                    reward,
+                    kind.feature(),
+                    &batches,
+                    p,
+                    n,
+                    &device,
+                )?;
+                println!("{r}");
+                Some(r)
+            }
+        };
+        Ok((plain, tita))
     }
 }
 
@@ -62,6 +85,9 @@ fn main() -> anyhow::Result<()> {
             backend,
             prompt_tokens,
             new_tokens,
+            tita,
+            reward_preset,
+            batch,
             out,
         } => {
             let kinds: Vec<Option<BackendKind>> = if backend.is_empty() {
@@ -71,17 +97,15 @@ fn main() -> anyhow::Result<()> {
             };
             let mut reports = Vec::new();
             for kind in kinds {
-                let report = dispatch(
-                    kind,
-                    SpeedTask {
-                        preset,
-                        prompt_tokens,
-                        new_tokens,
-                    },
-                )
-                .map_err(|e| anyhow!(e))??;
-                println!("{report}");
-                reports.push(report);
+                let tita = tita.then(|| (reward_preset, batch.clone()));
+                let task = SpeedTask {
+                    preset,
+                    prompt_tokens,
+                    new_tokens,
+                    tita,
+                };
+                let (plain, tita) = dispatch(kind, task).map_err(|e| anyhow!(e))??;
+                reports.push(serde_json::json!({"decode": plain, "tita": tita}));
             }
             std::fs::create_dir_all(&out)?;
             let path = out.join("results.json");
