@@ -154,6 +154,8 @@ fn ci(args: &[String]) -> Result<()> {
             "wgpu",
             "--test",
             "generate",
+            "--test",
+            "tita",
         ]))?;
     }
     run(cargo().args([

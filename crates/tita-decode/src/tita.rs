@@ -85,6 +85,20 @@ pub struct TitaGeneration {
 }
 
 /// Fused decoding over a target and its guide models.
+///
+/// ```no_run
+/// use tita_decode::{Fusion, GenerationConfig, Pipeline, Request, Tita, TitaConfig};
+/// type B = burn::backend::Flex;
+///
+/// let device = Default::default();
+/// let target = Pipeline::<B>::load("llava-1.5-7b-hf".as_ref(), &device)?;
+/// let reward = Pipeline::<B>::load("tita-reward".as_ref(), &device)?;
+/// let config = TitaConfig { fusion: Fusion::Interpolate { lambda: 0.3 }, ..Default::default() };
+/// let tita = Tita::new(&target, Some(&reward), None, config, GenerationConfig::default())?;
+/// let request = Request { prompt: "Is there a dog in the image?".into(), image: Some("photo.jpg".into()), pad: true };
+/// println!("{}", tita.generate(&request)?.generation.text);
+/// # Ok::<(), tita_core::Error>(())
+/// ```
 pub struct Tita<'p, B: Backend> {
     target: &'p Pipeline<B>,
     reward: Option<&'p Pipeline<B>>,
