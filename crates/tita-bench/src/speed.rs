@@ -202,10 +202,12 @@ pub fn run<B: Backend>(
         .map(|i| 3 + (i * 7919) % (vocab.min(32000) - 3))
         .collect();
     let prompt = Prompt { ids, pixels: None };
-    // Warm-up (kernel compilation / autotuning on GPU backends).
+    // Warm-up over the same lengths: GPU backends compile kernels for each new cache length.
     {
         let (mut s, _) = Session::prefill(&model, &[&prompt], device)?;
-        s.step(&[5])?;
+        for _ in 0..new_tokens {
+            s.step(&[5])?;
+        }
     }
     let t = Instant::now();
     let (mut session, mut logits) = Session::prefill(&model, &[&prompt], device)?;
@@ -361,7 +363,15 @@ pub fn run_tita<B: Backend>(
         .vocab_size
         .min(r.language_model.config.vocab_size)
         .min(32000) as u32;
-    decode_rate(&[&t, &r], &prompts(1, 8, vocab), 2, device)?; // warm-up
+    // Warm-up over the same lengths (GPU backends compile kernels per cache length).
+    for &batch in batches {
+        decode_rate(
+            &[&t, &r],
+            &prompts(batch, prompt_tokens, vocab),
+            new_tokens,
+            device,
+        )?;
+    }
     let (tb, rb) = (decode_weight_bytes(&t), decode_weight_bytes(&r));
     let bound = 1.0 + rb as f64 / tb as f64;
     let mut rows = Vec::new();

@@ -1,58 +1,17 @@
 //! Generation through the KV-cached path against transformers' greedy outputs, batching,
 //! stop conditions and sampling.
 
-use std::path::PathBuf;
+mod common;
 
+use common::*;
 use tita_decode::{FinishReason, GenerationConfig, Generator, Pipeline, SamplingConfig};
-
-#[cfg(feature = "cuda")]
-type B = burn::backend::Cuda;
-#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
-type B = burn::backend::Wgpu;
-#[cfg(not(any(feature = "wgpu", feature = "cuda")))]
-type B = burn::backend::Flex;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
-fn load(name: &str) -> Pipeline<B> {
-    Pipeline::load(&fixtures().join(name), &Default::default()).unwrap()
-}
-
-fn json(name: &str) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(fixtures().join(name)).unwrap()).unwrap()
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn greedy(n: usize) -> GenerationConfig {
-    // The fixtures' greedy runs ignore EOS: 12 tokens, whatever they are.
-    GenerationConfig {
-        max_new_tokens: n,
-        eos_token_ids: Some(vec![]),
-        ..Default::default()
-    }
-}
 
 #[test]
 fn greedy_tokens_match_transformers_for_every_case() {
     let p = load("llava-target");
     let gen = Generator::new(&p, greedy(12));
     for case in json("cases.json")["cases"].as_array().unwrap() {
-        let prompt = p
-            .prompt(
-                case["prompt"].as_str().unwrap(),
-                Some(&fixtures().join(case["image"].as_str().unwrap())),
-                false,
-            )
-            .unwrap();
+        let prompt = prompt(&p, case);
         assert_eq!(prompt.ids, ids(&case["input_ids"]));
         let out = gen.generate(&prompt).unwrap();
         assert_eq!(
@@ -79,14 +38,7 @@ fn batched_generation_equals_one_by_one() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| {
-            p.prompt(
-                c["prompt"].as_str().unwrap(),
-                Some(&fixtures().join(c["image"].as_str().unwrap())),
-                false,
-            )
-            .unwrap()
-        })
+        .map(|c| prompt(&p, c))
         .collect();
     // The cases differ in length (35 and 36 tokens), so the batch is ragged.
     assert!(prompts.iter().any(|q| q.ids.len() != prompts[0].ids.len()));
@@ -162,13 +114,7 @@ fn eos_stop_strings_and_streaming() {
 fn seeded_sampling_is_reproducible() {
     let p = load("llava-target");
     let case = &json("cases.json")["cases"][1];
-    let prompt = p
-        .prompt(
-            case["prompt"].as_str().unwrap(),
-            Some(&fixtures().join(case["image"].as_str().unwrap())),
-            false,
-        )
-        .unwrap();
+    let prompt = prompt(&p, case);
     let cfg = |seed| GenerationConfig {
         sampling: SamplingConfig {
             temperature: 1.0,

@@ -1,56 +1,11 @@
 //! The TITA sampler against transformers' fused greedy outputs, batching, and its errors.
 
-use std::path::PathBuf;
+mod common;
 
+use common::*;
 use tita_decode::{
     Fusion, GenerationConfig, Generator, Pipeline, Request, SamplingConfig, Tita, TitaConfig,
 };
-
-#[cfg(feature = "cuda")]
-type B = burn::backend::Cuda;
-#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
-type B = burn::backend::Wgpu;
-#[cfg(not(any(feature = "wgpu", feature = "cuda")))]
-type B = burn::backend::Flex;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
-fn load(name: &str) -> Pipeline<B> {
-    Pipeline::load(&fixtures().join(name), &Default::default()).unwrap()
-}
-
-fn cases() -> Vec<serde_json::Value> {
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("cases.json")).unwrap())
-            .unwrap();
-    v["cases"].as_array().unwrap().clone()
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn request(case: &serde_json::Value) -> Request {
-    Request {
-        prompt: case["prompt"].as_str().unwrap().into(),
-        image: Some(fixtures().join(case["image"].as_str().unwrap())),
-        pad: false,
-    }
-}
-
-fn greedy(n: usize) -> GenerationConfig {
-    GenerationConfig {
-        max_new_tokens: n,
-        eos_token_ids: Some(vec![]),
-        ..Default::default()
-    }
-}
 
 fn config(fusion: Fusion) -> TitaConfig {
     TitaConfig {
@@ -124,15 +79,7 @@ fn zero_weight_reproduces_plain_decoding() {
     );
     for case in cases() {
         let plain = Generator::new(&target, greedy(12))
-            .generate(
-                &target
-                    .prompt(
-                        case["prompt"].as_str().unwrap(),
-                        Some(&fixtures().join(case["image"].as_str().unwrap())),
-                        false,
-                    )
-                    .unwrap(),
-            )
+            .generate(&prompt(&target, &case))
             .unwrap();
         assert_eq!(plain.token_ids, ids(&case["greedy"]["token_ids"]));
         for fusion in [
