@@ -90,15 +90,7 @@ impl Preset {
             Preset::M25 => ModelConfig::Llama(llama(320, 4, 5, 5, 864)),
             Preset::Llava7b => llava(
                 llama(4096, 32, 32, 32, 11008),
-                ClipVisionConfig {
-                    hidden_size: 1024,
-                    intermediate_size: 4096,
-                    num_hidden_layers: 24,
-                    num_attention_heads: 16,
-                    image_size: 336,
-                    patch_size: 14,
-                    ..Default::default()
-                },
+                ClipVisionConfig::vit_l_14_336(),
             ),
         }
     }

@@ -84,6 +84,19 @@ pub struct ClipVisionConfig {
 }
 
 impl ClipVisionConfig {
+    /// CLIP ViT-L/14 at 336 px, LLaVA-1.5's vision tower.
+    pub fn vit_l_14_336() -> Self {
+        ClipVisionConfig {
+            hidden_size: 1024,
+            intermediate_size: 4096,
+            num_hidden_layers: 24,
+            num_attention_heads: 16,
+            image_size: 336,
+            patch_size: 14,
+            ..ClipVisionConfig::default()
+        }
+    }
+
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }
@@ -483,15 +496,7 @@ fn parse_llava(f: &Fields) -> Result<LlavaConfig> {
     let vision = if f.get("vision_config").is_some() {
         parse_clip(&f.child("vision_config")?, &ClipVisionConfig::default())?
     } else {
-        ClipVisionConfig {
-            hidden_size: 1024,
-            intermediate_size: 4096,
-            num_hidden_layers: 24,
-            num_attention_heads: 16,
-            image_size: 336,
-            patch_size: 14,
-            ..ClipVisionConfig::default()
-        }
+        ClipVisionConfig::vit_l_14_336()
     };
     let text = parse_llama(&f.child("text_config")?, Some(f))?;
     let image_token_id = match f.ids("image_token_index", &[])?.first() {
