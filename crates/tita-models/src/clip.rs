@@ -8,7 +8,7 @@ use burn::tensor::{activation, backend::Backend, Tensor};
 use tita_core::{ClipVisionConfig, Result};
 
 use crate::layers::{activate, layer_norm, linear};
-use crate::weights::{transpose, TensorSource};
+use crate::weights::TensorSource;
 
 #[derive(Module, Debug)]
 pub struct ClipAttention<B: Backend> {
@@ -82,27 +82,19 @@ impl<B: Backend> ClipVision<B> {
     ) -> Result<Self> {
         let c = config;
         let (hid, ch, p) = (c.hidden_size, c.num_channels, c.patch_size);
-        let conv = w.take_vec(
+        // [hidden, C, p, p] -> [C·p·p, hidden] so that patches · W gives the conv output.
+        let patch_embedding = w.param_transposed(
             &format!("{prefix}embeddings.patch_embedding.weight"),
             &[hid, ch, p, p],
+            device,
         )?;
-        // [hidden, C·p·p] row-major -> [C·p·p, hidden] so that patches · W gives the conv output.
-        let k = ch * p * p;
-        let mat = transpose(&conv, hid, k);
-        let patch_embedding = Param::from_tensor(Tensor::from_data(
-            burn::tensor::TensorData::new(mat, [k, hid]),
-            device,
-        ));
-        let class_embedding = Param::from_tensor(w.take(
-            &format!("{prefix}embeddings.class_embedding"),
-            [hid],
-            device,
-        )?);
-        let position_embedding = Param::from_tensor(w.take(
+        let class_embedding =
+            w.param(&format!("{prefix}embeddings.class_embedding"), [hid], device)?;
+        let position_embedding = w.param(
             &format!("{prefix}embeddings.position_embedding.weight"),
             [c.num_patches() + 1, hid],
             device,
-        )?);
+        )?;
         w.skip(&format!("{prefix}embeddings.position_ids"));
         let eps = c.layer_norm_eps;
         let pre_layrnorm = layer_norm(w, &format!("{prefix}pre_layrnorm"), hid, eps, device)?;

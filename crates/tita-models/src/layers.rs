@@ -1,7 +1,6 @@
 //! Small building blocks shared by the model files: burn's `nn` modules filled from a
 //! checkpoint, and the activations the configs name.
 
-use burn::module::Param;
 use burn::nn;
 use burn::tensor::{activation, backend::Backend, Tensor};
 use tita_core::{Activation, Result};
@@ -17,25 +16,17 @@ pub fn linear<B: Backend>(
     bias: bool,
     device: &B::Device,
 ) -> Result<nn::Linear<B>> {
-    let weight = w.take_linear(
+    let weight = w.param_transposed(
         &format!("{prefix}.weight"),
-        out_features,
-        in_features,
+        &[out_features, in_features],
         device,
     )?;
     let bias = if bias {
-        Some(Param::from_tensor(w.take(
-            &format!("{prefix}.bias"),
-            [out_features],
-            device,
-        )?))
+        Some(w.param(&format!("{prefix}.bias"), [out_features], device)?)
     } else {
         None
     };
-    Ok(nn::Linear {
-        weight: Param::from_tensor(weight),
-        bias,
-    })
+    Ok(nn::Linear { weight, bias })
 }
 
 /// `nn::LayerNorm` from `.weight` and `.bias`.
@@ -48,12 +39,8 @@ pub fn layer_norm<B: Backend>(
 ) -> Result<nn::LayerNorm<B>> {
     // `epsilon` is private: build through the config, then put the stored values in.
     let mut norm = nn::LayerNormConfig::new(dim).with_epsilon(eps).init(device);
-    norm.gamma = Param::from_tensor(w.take(&format!("{prefix}.weight"), [dim], device)?);
-    norm.beta = Some(Param::from_tensor(w.take(
-        &format!("{prefix}.bias"),
-        [dim],
-        device,
-    )?));
+    norm.gamma = w.param(&format!("{prefix}.weight"), [dim], device)?;
+    norm.beta = Some(w.param(&format!("{prefix}.bias"), [dim], device)?);
     Ok(norm)
 }
 
@@ -66,7 +53,7 @@ pub fn rms_norm<B: Backend>(
     device: &B::Device,
 ) -> Result<nn::RmsNorm<B>> {
     Ok(nn::RmsNorm {
-        gamma: Param::from_tensor(w.take(&format!("{prefix}.weight"), [dim], device)?),
+        gamma: w.param(&format!("{prefix}.weight"), [dim], device)?,
         epsilon: eps,
     })
 }

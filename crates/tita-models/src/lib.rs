@@ -9,4 +9,6 @@ pub mod weights;
 
 pub use llama::{KvCache, Llama, LlamaKeys};
 pub use llava::{KeyLayout, Vlm};
-pub use weights::{RandomWeights, StoredDtype, TensorSource, Weights};
+pub use weights::{
+    param_id, save_safetensors, RandomWeights, StoredDtype, StoredTensor, TensorSource, Weights,
+};

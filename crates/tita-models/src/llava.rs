@@ -14,7 +14,7 @@ use tita_core::{Activation, Error, LlavaConfig, ModelConfig, Result, SelectStrat
 use crate::clip::ClipVision;
 use crate::layers::{activate, linear};
 use crate::llama::{KvCache, Llama, LlamaKeys};
-use crate::weights::{RandomWeights, TensorSource, Weights};
+use crate::weights::{save_safetensors, RandomWeights, Recorder, StoredTensor, TensorSource, Weights};
 
 #[derive(Module, Debug)]
 pub struct Projector<B: Backend> {
@@ -164,6 +164,9 @@ pub struct Vlm<B: Backend> {
     pub config: ModelConfig,
     #[module(skip)]
     pub keys: KeyLayout,
+    /// The checkpoint tensors the parameters came from, in load order (what a save writes).
+    #[module(skip)]
+    pub stored: Vec<StoredTensor>,
 }
 
 impl<B: Backend> Vlm<B> {
@@ -178,6 +181,31 @@ impl<B: Backend> Vlm<B> {
         Ok(model)
     }
 
+    /// Writes the model as a Hugging Face checkpoint directory: `model.safetensors` with the
+    /// key names and dtypes it was loaded from, next to a copy of every other file of
+    /// `source_dir` (config, tokenizer, preprocessor). The directory appears complete or not
+    /// at all: it is written under a temporary name and renamed.
+    pub fn save_pretrained(&self, source_dir: &Path, out: &Path) -> Result<()> {
+        let tmp = out.with_extension("tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        for entry in std::fs::read_dir(source_dir).map_err(|e| Error::io(source_dir, e))? {
+            let path = entry.map_err(|e| Error::io(source_dir, e))?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let weights = name.ends_with(".safetensors") || name == "model.safetensors.index.json";
+            if path.is_file() && !weights {
+                std::fs::copy(&path, tmp.join(name)).map_err(|e| Error::io(&path, e))?;
+            }
+        }
+        save_safetensors(self, &self.stored, &tmp.join("model.safetensors"))?;
+        if out.exists() {
+            std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
+        }
+        std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
+    }
+
     /// A model of `config`'s shapes with random weights (benchmarks at real sizes).
     pub fn random(config: ModelConfig, seed: u64, device: &B::Device) -> Result<Self> {
         let keys = KeyLayout::hub(&config);
@@ -186,11 +214,12 @@ impl<B: Backend> Vlm<B> {
 
     /// Builds the model from any tensor source whose names follow `keys`.
     pub fn from_source(
-        w: &mut impl TensorSource,
+        source: &mut impl TensorSource,
         config: ModelConfig,
         keys: KeyLayout,
         device: &B::Device,
     ) -> Result<Self> {
+        let w = &mut Recorder::new(source);
         let language_model = Llama::load(w, &keys.text, config.text(), device)?;
         let vision = match &config {
             ModelConfig::Llama(_) => None,
@@ -217,11 +246,13 @@ impl<B: Backend> Vlm<B> {
                 })
             }
         };
+        let stored = std::mem::take(&mut w.taken);
         Ok(Vlm {
             language_model,
             vision,
             config,
             keys,
+            stored,
         })
     }
 

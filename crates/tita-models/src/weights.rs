@@ -6,8 +6,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use memmap2::Mmap;
+use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use tita_core::error::read_json;
 use tita_core::{Error, Result};
@@ -234,6 +236,11 @@ pub trait TensorSource {
     /// Whether the source holds `name` (used to detect key layouts).
     fn contains(&self, name: &str) -> bool;
 
+    /// The dtype `name` is stored in (what a save writes back).
+    fn stored_dtype(&self, _name: &str) -> StoredDtype {
+        StoredDtype::F32
+    }
+
     /// `name` as a burn tensor of shape `expected`.
     fn take<B: Backend, const D: usize>(
         &mut self,
@@ -245,23 +252,196 @@ pub trait TensorSource {
         Ok(Tensor::from_data(TensorData::new(values, expected), device))
     }
 
-    /// A `[out, in]` PyTorch linear weight, transposed to burn's `[in, out]`.
-    fn take_linear<B: Backend>(
+    /// A tensor stored as `[rows, ...]` (a PyTorch `[out, in]` linear weight, or a conv kernel
+    /// flattened behind its first axis) as the `[rest, rows]` matrix burn multiplies with.
+    fn take_transposed<B: Backend>(
         &mut self,
         name: &str,
-        out_features: usize,
-        in_features: usize,
+        stored: &[usize],
         device: &B::Device,
     ) -> Result<Tensor<B, 2>> {
-        let values = self.take_vec(name, &[out_features, in_features])?;
+        let values = self.take_vec(name, stored)?;
+        let (rows, rest) = (stored[0], stored[1..].iter().product());
         Ok(Tensor::from_data(
-            TensorData::new(
-                transpose(&values, out_features, in_features),
-                [in_features, out_features],
-            ),
+            TensorData::new(transpose(&values, rows, rest), [rest, rows]),
             device,
         ))
     }
+
+    /// [`TensorSource::take`] as a module parameter whose id is derived from `name`.
+    fn param<B: Backend, const D: usize>(
+        &mut self,
+        name: &str,
+        expected: [usize; D],
+        device: &B::Device,
+    ) -> Result<Param<Tensor<B, D>>> {
+        Ok(named_param(name, self.take(name, expected, device)?))
+    }
+
+    /// [`TensorSource::take_transposed`] as a module parameter whose id is derived from `name`.
+    fn param_transposed<B: Backend>(
+        &mut self,
+        name: &str,
+        stored: &[usize],
+        device: &B::Device,
+    ) -> Result<Param<Tensor<B, 2>>> {
+        Ok(named_param(name, self.take_transposed(name, stored, device)?))
+    }
+}
+
+/// A parameter whose [`ParamId`] is a hash of its checkpoint name, so that the same tensor gets
+/// the same id in every load (optimiser state saved by one run is found again on resume).
+pub fn named_param<B: Backend, const D: usize>(
+    name: &str,
+    tensor: Tensor<B, D>,
+) -> Param<Tensor<B, D>> {
+    Param::initialized(param_id(name), tensor.require_grad())
+}
+
+/// FNV-1a of the checkpoint name.
+pub fn param_id(name: &str) -> ParamId {
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    ParamId::from(hash)
+}
+
+/// One checkpoint tensor a model was built from: enough to write it back as it was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTensor {
+    pub name: String,
+    /// Shape in the checkpoint.
+    pub shape: Vec<usize>,
+    /// The parameter holds it as `[rest, rows]` (see [`TensorSource::take_transposed`]).
+    pub transposed: bool,
+    pub dtype: StoredDtype,
+}
+
+/// Wraps a source and notes every tensor taken from it, in order.
+pub struct Recorder<'a, S> {
+    inner: &'a mut S,
+    pub taken: Vec<StoredTensor>,
+}
+
+impl<'a, S: TensorSource> Recorder<'a, S> {
+    pub fn new(inner: &'a mut S) -> Self {
+        Recorder {
+            inner,
+            taken: Vec::new(),
+        }
+    }
+
+    fn note(&mut self, name: &str, shape: &[usize], transposed: bool) {
+        self.taken.push(StoredTensor {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+            transposed,
+            dtype: self.inner.stored_dtype(name),
+        });
+    }
+}
+
+impl<S: TensorSource> TensorSource for Recorder<'_, S> {
+    fn take_vec(&mut self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+        let v = self.inner.take_vec(name, expected)?;
+        self.note(name, expected, false);
+        Ok(v)
+    }
+
+    fn skip(&mut self, name: &str) {
+        self.inner.skip(name)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.inner.contains(name)
+    }
+
+    fn stored_dtype(&self, name: &str) -> StoredDtype {
+        self.inner.stored_dtype(name)
+    }
+
+    fn take<B: Backend, const D: usize>(
+        &mut self,
+        name: &str,
+        expected: [usize; D],
+        device: &B::Device,
+    ) -> Result<Tensor<B, D>> {
+        let t = self.inner.take(name, expected, device)?;
+        self.note(name, &expected, false);
+        Ok(t)
+    }
+
+    fn take_transposed<B: Backend>(
+        &mut self,
+        name: &str,
+        stored: &[usize],
+        device: &B::Device,
+    ) -> Result<Tensor<B, 2>> {
+        let t = self.inner.take_transposed(name, stored, device)?;
+        self.note(name, stored, true);
+        Ok(t)
+    }
+}
+
+/// Writes the parameters of `module` as one safetensors file holding `stored` (names, shapes,
+/// dtypes and layouts of the checkpoint they came from), via a temporary file and a rename.
+pub fn save_safetensors<B: Backend, M: Module<B>>(
+    module: &M,
+    stored: &[StoredTensor],
+    path: &Path,
+) -> Result<()> {
+    struct Collect(HashMap<ParamId, Vec<f32>>);
+    impl<B: Backend> ModuleVisitor<B> for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let data = param.val().into_data().convert::<f32>();
+            self.0.insert(param.id, data.to_vec().unwrap_or_default());
+        }
+    }
+    let mut values = Collect(HashMap::new());
+    module.visit(&mut values);
+
+    let mut buffers = Vec::with_capacity(stored.len());
+    for t in stored {
+        let v = values.0.remove(&param_id(&t.name)).ok_or_else(|| {
+            Error::tensor(path, &t.name, "no parameter of the model holds this tensor")
+        })?;
+        let n: usize = t.shape.iter().product();
+        if v.len() != n {
+            return Err(Error::tensor(
+                path,
+                &t.name,
+                format!("the parameter has {} values, the stored shape {:?} needs {n}", v.len(), t.shape),
+            ));
+        }
+        let v = if t.transposed {
+            transpose(&v, n / t.shape[0], t.shape[0])
+        } else {
+            v
+        };
+        let (dtype, bytes): (Dtype, Vec<u8>) = match t.dtype {
+            StoredDtype::F32 => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            StoredDtype::F16 => (
+                Dtype::F16,
+                v.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
+            ),
+            StoredDtype::BF16 => (
+                Dtype::BF16,
+                v.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect(),
+            ),
+        };
+        buffers.push((t, dtype, bytes));
+    }
+    let mut views = Vec::with_capacity(buffers.len());
+    for (t, dtype, bytes) in &buffers {
+        let view = TensorView::new(*dtype, t.shape.clone(), bytes)
+            .map_err(|e| Error::tensor(path, &t.name, e.to_string()))?;
+        views.push((t.name.clone(), view));
+    }
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let tmp = path.with_extension("safetensors.tmp");
+    safetensors::serialize_to_file(views, Some(metadata), &tmp)
+        .map_err(|e| Error::checkpoint(&tmp, e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 /// Row-major `[rows, cols]` -> `[cols, rows]`.
@@ -288,6 +468,14 @@ impl TensorSource for Weights {
 
     fn contains(&self, name: &str) -> bool {
         self.entries.contains_key(name)
+    }
+
+    fn stored_dtype(&self, name: &str) -> StoredDtype {
+        match self.entries.get(name).map(|e| e.dtype) {
+            Some(Dtype::F16) => StoredDtype::F16,
+            Some(Dtype::BF16) => StoredDtype::BF16,
+            _ => StoredDtype::F32,
+        }
     }
 }
 
@@ -355,13 +543,13 @@ impl TensorSource for RandomWeights {
         })
     }
 
-    fn take_linear<B: Backend>(
+    fn take_transposed<B: Backend>(
         &mut self,
         name: &str,
-        out_features: usize,
-        in_features: usize,
+        stored: &[usize],
         device: &B::Device,
     ) -> Result<Tensor<B, 2>> {
-        self.take(name, [in_features, out_features], device)
+        let rest = stored[1..].iter().product();
+        self.take(name, [rest, stored[0]], device)
     }
 }

@@ -264,3 +264,45 @@ fn missing_files_are_named() {
     let err = load_err(dir.path());
     assert!(err.contains("model.safetensors"), "{err}");
 }
+
+#[test]
+fn save_then_load_gives_identical_tensors_names_dtypes_and_logits() {
+    // f16 target, bf16 reward, f32 text-only LLaMA with tied embeddings (no lm_head stored).
+    for src in ["llava-target", "llava-reward", "llama-text"] {
+        let src = fixtures().join(src);
+        let model = Vlm::<B>::load(&src, &device()).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let saved = out.path().join("saved");
+        model.save_pretrained(&src, &saved).unwrap();
+
+        let a = std::fs::read(src.join("model.safetensors")).unwrap();
+        let b = std::fs::read(saved.join("model.safetensors")).unwrap();
+        let (a, b) = (
+            SafeTensors::deserialize(&a).unwrap(),
+            SafeTensors::deserialize(&b).unwrap(),
+        );
+        let mut names_a = a.names();
+        let mut names_b = b.names();
+        names_a.sort();
+        names_b.sort();
+        assert_eq!(names_a, names_b, "{}", src.display());
+        for name in names_a {
+            let (ta, tb) = (a.tensor(name).unwrap(), b.tensor(name).unwrap());
+            assert_eq!(ta.dtype(), tb.dtype(), "{name}");
+            assert_eq!(ta.shape(), tb.shape(), "{name}");
+            // Stored values round-trip exactly (f16/bf16 -> f32 -> f16/bf16 is lossless).
+            assert!(ta.data() == tb.data(), "{name}: values changed");
+        }
+        for f in ["config.json", "tokenizer.json"] {
+            assert_eq!(
+                std::fs::read(src.join(f)).unwrap(),
+                std::fs::read(saved.join(f)).unwrap(),
+                "{f}"
+            );
+        }
+        if src.ends_with("llama-text") {
+            continue;
+        }
+        assert_eq!(last_logits(&src), last_logits(&saved));
+    }
+}
