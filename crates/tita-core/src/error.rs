@@ -43,6 +43,14 @@ pub enum Error {
     #[error("{}: {msg}", path.display())]
     Checkpoint { path: PathBuf, msg: String },
 
+    /// A bad line of a data file (JSONL, MME lists); `line` counts from 1.
+    #[error("{}:{line}: {msg}", path.display())]
+    Data {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+    },
+
     #[error("prompt has {tokens} tokens, which leaves no room in the model's context of {context} positions (`max_position_embeddings`)")]
     ContextOverflow { tokens: usize, context: usize },
 
@@ -82,6 +90,13 @@ impl Error {
     pub fn checkpoint(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::Checkpoint {
             path: path.into(),
+            msg: msg.into(),
+        }
+    }
+    pub fn data(path: impl Into<PathBuf>, line: usize, msg: impl Into<String>) -> Self {
+        Error::Data {
+            path: path.into(),
+            line,
             msg: msg.into(),
         }
     }

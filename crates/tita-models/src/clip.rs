@@ -88,8 +88,11 @@ impl<B: Backend> ClipVision<B> {
             &[hid, ch, p, p],
             device,
         )?;
-        let class_embedding =
-            w.param(&format!("{prefix}embeddings.class_embedding"), [hid], device)?;
+        let class_embedding = w.param(
+            &format!("{prefix}embeddings.class_embedding"),
+            [hid],
+            device,
+        )?;
         let position_embedding = w.param(
             &format!("{prefix}embeddings.position_embedding.weight"),
             [c.num_patches() + 1, hid],

@@ -226,7 +226,11 @@ impl<B: Backend> Llama<B> {
         let c = config;
         let p = &keys.decoder;
         let (hid, hd) = (c.hidden_size, c.head_dim);
-        let embed_tokens = w.param(&format!("{p}embed_tokens.weight"), [c.vocab_size, hid], device)?;
+        let embed_tokens = w.param(
+            &format!("{p}embed_tokens.weight"),
+            [c.vocab_size, hid],
+            device,
+        )?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let l = format!("{p}layers.{i}");

@@ -14,7 +14,9 @@ use tita_core::{Activation, Error, LlavaConfig, ModelConfig, Result, SelectStrat
 use crate::clip::ClipVision;
 use crate::layers::{activate, linear};
 use crate::llama::{KvCache, Llama, LlamaKeys};
-use crate::weights::{save_safetensors, RandomWeights, Recorder, StoredTensor, TensorSource, Weights};
+use crate::weights::{
+    save_safetensors, RandomWeights, Recorder, StoredTensor, TensorSource, Weights,
+};
 
 #[derive(Module, Debug)]
 pub struct Projector<B: Backend> {
@@ -193,7 +195,10 @@ impl<B: Backend> Vlm<B> {
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         for entry in std::fs::read_dir(source_dir).map_err(|e| Error::io(source_dir, e))? {
             let path = entry.map_err(|e| Error::io(source_dir, e))?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
             let weights = name.ends_with(".safetensors") || name == "model.safetensors.index.json";
             if path.is_file() && !weights {
                 std::fs::copy(&path, tmp.join(name)).map_err(|e| Error::io(&path, e))?;

@@ -285,7 +285,10 @@ pub trait TensorSource {
         stored: &[usize],
         device: &B::Device,
     ) -> Result<Param<Tensor<B, 2>>> {
-        Ok(named_param(name, self.take_transposed(name, stored, device)?))
+        Ok(named_param(
+            name,
+            self.take_transposed(name, stored, device)?,
+        ))
     }
 }
 
@@ -410,7 +413,11 @@ pub fn save_safetensors<B: Backend, M: Module<B>>(
             return Err(Error::tensor(
                 path,
                 &t.name,
-                format!("the parameter has {} values, the stored shape {:?} needs {n}", v.len(), t.shape),
+                format!(
+                    "the parameter has {} values, the stored shape {:?} needs {n}",
+                    v.len(),
+                    t.shape
+                ),
             ));
         }
         let v = if t.transposed {
@@ -422,11 +429,15 @@ pub fn save_safetensors<B: Backend, M: Module<B>>(
             StoredDtype::F32 => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
             StoredDtype::F16 => (
                 Dtype::F16,
-                v.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
+                v.iter()
+                    .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                    .collect(),
             ),
             StoredDtype::BF16 => (
                 Dtype::BF16,
-                v.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect(),
+                v.iter()
+                    .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+                    .collect(),
             ),
         };
         buffers.push((t, dtype, bytes));

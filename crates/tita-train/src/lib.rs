@@ -1,3 +1,8 @@
-//! tita-train: preference data, pair synthesis, SFT and DPO training of the reward VLM.
-//! Not built yet: this is the next issue (DPO training); the crate holds its place in the
-//! dependency order (core <- models <- decode <- train).
+//! tita-train: the reward model's training — preference data, pair synthesis from the target,
+//! DPO and SFT trainers with AdamW, and checkpoints in the Hugging Face layout that resume.
+
+pub mod data;
+pub mod objective;
+
+pub use data::{Dataset, Example, PreferencePair, SftRecord};
+pub use objective::{dpo_loss, response_logps, DpoTerms, Sequence};
