@@ -3,6 +3,11 @@
 
 pub mod data;
 pub mod objective;
+pub mod optim;
+pub mod trainer;
 
 pub use data::{Dataset, Example, PreferencePair, SftRecord};
 pub use objective::{dpo_loss, response_logps, DpoTerms, Sequence};
+pub use trainer::{
+    train, Objective, RunOptions, StepMetrics, TrainConfig, TrainPaths, TrainSummary,
+};

@@ -1,0 +1,559 @@
+//! The training loop shared by DPO and SFT: seeded data order, micro-batches with gradient
+//! accumulation, global-norm clipping, AdamW with warmup + cosine, one metrics line per step,
+//! checkpoints that hold everything a resumed run needs (model in its HF layout, optimiser
+//! moments and master weights, the step), written atomically.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use tita_core::{jsonl, Error, Result};
+use tita_decode::Pipeline;
+use tita_models::Vlm;
+
+use crate::data::Dataset;
+use crate::objective::{dpo_loss, response_logps, Sequence};
+use crate::optim::{cosine_with_warmup, global_grad_norm, AdamW, AdamWConfig};
+
+/// What is minimised.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Objective {
+    /// DPO against a frozen reference, with inverse temperature `beta`.
+    Dpo { beta: f64 },
+    /// Token cross-entropy of the responses.
+    Sft,
+}
+
+/// Everything that decides the result of a run (saved with every checkpoint).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainConfig {
+    pub objective: Objective,
+    pub optimizer: AdamWConfig,
+    /// Linear warmup steps before the cosine decay.
+    pub warmup_steps: usize,
+    /// Examples per micro-batch (pairs for DPO).
+    pub batch_size: usize,
+    /// Micro-batches per optimiser step.
+    pub grad_accum: usize,
+    pub epochs: usize,
+    /// Stop after this many optimiser steps (overrides `epochs`).
+    pub max_steps: Option<usize>,
+    /// Global gradient-norm clip (None: no clipping).
+    pub max_grad_norm: Option<f64>,
+    /// Seeds the data order.
+    pub seed: u64,
+    pub freeze_vision: bool,
+    pub freeze_projector: bool,
+    /// Write a checkpoint every this many steps (and always after the last).
+    pub save_every: Option<usize>,
+    /// Expand images to squares with the mean colour before preprocessing (LLaVA's eval).
+    pub pad: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            objective: Objective::Dpo { beta: 0.1 },
+            optimizer: AdamWConfig::default(),
+            warmup_steps: 0,
+            batch_size: 1,
+            grad_accum: 1,
+            epochs: 1,
+            max_steps: None,
+            max_grad_norm: Some(1.0),
+            seed: 0,
+            freeze_vision: false,
+            freeze_projector: false,
+            save_every: None,
+            pad: false,
+        }
+    }
+}
+
+/// Files of a run.
+#[derive(Debug, Clone)]
+pub struct TrainPaths {
+    /// Model to start from (the policy; for DPO also the default reference).
+    pub model: PathBuf,
+    /// DPO reference (default: `model`).
+    pub reference: Option<PathBuf>,
+    pub data: PathBuf,
+    pub images: Option<PathBuf>,
+    /// Metrics, checkpoints and the final model go here.
+    pub out: PathBuf,
+    /// A checkpoint directory, or an earlier run's `out` (its latest checkpoint is taken).
+    pub resume: Option<PathBuf>,
+}
+
+/// One line of `metrics.jsonl`: the batch's loss is computed before that step's update.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepMetrics {
+    pub step: usize,
+    pub epoch: f64,
+    pub loss: f64,
+    pub lr: f64,
+    /// Before clipping.
+    pub grad_norm: f64,
+    pub examples: usize,
+    pub tokens: usize,
+    pub examples_per_s: f64,
+    pub tokens_per_s: f64,
+    pub policy_forward_ms: f64,
+    pub reference_forward_ms: f64,
+    pub backward_ms: f64,
+    pub optimizer_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reward_accuracy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub margin: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub chosen_reward: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rejected_reward: Option<f64>,
+}
+
+/// `trainer_state.json` of a checkpoint; written last, so its presence marks a complete one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainerState {
+    pub step: usize,
+    pub total_steps: usize,
+    pub config: TrainConfig,
+    pub model: PathBuf,
+    pub reference: Option<PathBuf>,
+    pub data: PathBuf,
+    pub examples: usize,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub steps: usize,
+    pub total_steps: usize,
+    /// `out/final` once every step ran.
+    pub final_model: Option<PathBuf>,
+    pub metrics: Vec<StepMetrics>,
+}
+
+/// Options that change how a run is carried out, not what it computes.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub progress: bool,
+    /// Return after this many steps as if interrupted (tests; time-boxed jobs).
+    pub stop_after: Option<usize>,
+}
+
+fn checkpoint_dir(out: &Path, step: usize) -> PathBuf {
+    out.join(format!("checkpoint-{step}"))
+}
+
+/// The complete checkpoint `dir` names: itself, or the latest `checkpoint-N` inside it.
+pub fn find_checkpoint(dir: &Path) -> Result<PathBuf> {
+    if dir.join("trainer_state.json").is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    let mut best: Option<(usize, PathBuf)> = None;
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let step = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("checkpoint-"))
+            .and_then(|n| n.parse::<usize>().ok());
+        if let Some(step) = step {
+            if path.join("trainer_state.json").is_file() && best.as_ref().is_none_or(|b| step > b.0)
+            {
+                best = Some((step, path));
+            }
+        }
+    }
+    best.map(|b| b.1).ok_or_else(|| {
+        Error::checkpoint(dir, "no complete checkpoint here (a `trainer_state.json`, or `checkpoint-N/` directories holding one)")
+    })
+}
+
+/// Runs DPO or SFT as `config` says; see the module docs.
+pub fn train<A: AutodiffBackend>(
+    paths: &TrainPaths,
+    config: &TrainConfig,
+    options: &RunOptions,
+    device: &A::Device,
+) -> Result<TrainSummary> {
+    if config.batch_size == 0 || config.grad_accum == 0 {
+        return Err(Error::argument(
+            "batch-size",
+            "batch size and gradient accumulation must be at least 1",
+        ));
+    }
+    let resume = match &paths.resume {
+        Some(dir) => {
+            let ckpt = find_checkpoint(dir)?;
+            let state: TrainerState = serde_json::from_value(tita_core::error::read_json(
+                &ckpt.join("trainer_state.json"),
+            )?)
+            .map_err(|e| Error::Json {
+                path: ckpt.join("trainer_state.json"),
+                source: e,
+            })?;
+            if state.config != *config {
+                return Err(Error::argument(
+                    "resume",
+                    format!(
+                        "{} was trained with different settings ({:?}); resume with the same ones",
+                        ckpt.display(),
+                        state.config
+                    ),
+                ));
+            }
+            Some((ckpt, state))
+        }
+        None => None,
+    };
+    let start_dir = resume
+        .as_ref()
+        .map_or(paths.model.clone(), |(c, _)| c.clone());
+    let pipeline = Pipeline::<A>::load(&start_dir, device)?;
+    let data = match config.objective {
+        Objective::Dpo { .. } => {
+            Dataset::preference(&paths.data, paths.images.as_deref(), &pipeline, config.pad)?
+        }
+        Objective::Sft => {
+            Dataset::sft(&paths.data, paths.images.as_deref(), &pipeline, config.pad)?
+        }
+    };
+    let reference = match config.objective {
+        Objective::Dpo { .. } => {
+            let dir = paths.reference.as_ref().unwrap_or(&paths.model);
+            Some(Vlm::<A::InnerBackend>::load(dir, device)?)
+        }
+        Objective::Sft => None,
+    };
+
+    let n = data.len();
+    let per_step = config.batch_size * config.grad_accum;
+    let steps_per_epoch = n.div_ceil(per_step);
+    let total = config.max_steps.unwrap_or(config.epochs * steps_per_epoch);
+    let mut policy = freeze(pipeline.model, config);
+    let mut opt = AdamW::<A::InnerBackend>::new(config.optimizer);
+    let mut start = 0;
+    let metrics_path = paths.out.join("metrics.jsonl");
+    let mut metrics: Vec<StepMetrics> = Vec::new();
+    if let Some((ckpt, state)) = &resume {
+        if state.examples != n {
+            return Err(Error::argument(
+                "data",
+                format!(
+                    "{} has {n} examples but the checkpoint was trained on {} ({})",
+                    paths.data.display(),
+                    state.examples,
+                    state.data.display()
+                ),
+            ));
+        }
+        let stored = policy.stored.clone();
+        policy = opt.load(
+            policy,
+            &stored,
+            &ckpt.join("optimizer.safetensors"),
+            state.step,
+            device,
+        )?;
+        start = state.step;
+        // Keep the metrics of the steps the checkpoint holds; later lines are redone.
+        if metrics_path.exists() {
+            metrics = jsonl::read::<StepMetrics>(&metrics_path)?
+                .into_iter()
+                .map(|(_, m)| m)
+                .filter(|m| m.step <= start)
+                .collect();
+            let text: String = metrics
+                .iter()
+                .map(|m| serde_json::to_string(m).expect("plain data") + "\n")
+                .collect();
+            jsonl::write_atomic(&metrics_path, text.as_bytes())?;
+        }
+    } else if metrics_path.exists() {
+        std::fs::remove_file(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
+    }
+    let mut metrics_file = jsonl::open_append(&metrics_path)?;
+
+    let bar = progress_bar(options.progress, total, start);
+    let mut ref_cache: HashMap<usize, (f32, f32)> = HashMap::new();
+    let mut order_epoch = usize::MAX;
+    let mut order: Vec<usize> = Vec::new();
+    for step in start..total {
+        let epoch = step / steps_per_epoch;
+        if epoch != order_epoch {
+            order = (0..n).collect();
+            order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
+                config.seed.wrapping_add(epoch as u64),
+            ));
+            order_epoch = epoch;
+        }
+        let k = step % steps_per_epoch;
+        let batch = &order[k * per_step..((k + 1) * per_step).min(n)];
+        let started = Instant::now();
+        let mut acc = StepAccumulator::default();
+        let mut grads_acc = GradientsAccumulator::<Vlm<A>>::new();
+        let response_tokens: usize = batch
+            .iter()
+            .map(|&i| data.examples[i].responses[0].len())
+            .sum();
+        for micro in batch.chunks(config.batch_size) {
+            let t0 = Instant::now();
+            let loss = match config.objective {
+                Objective::Dpo { beta } => {
+                    let seqs = sequences(&data, micro, &[0, 1]);
+                    let lp = response_logps(&policy, &data, &seqs, device)?;
+                    let m = micro.len();
+                    let pc = lp.clone().slice([0..m]);
+                    let pr = lp.slice([m..2 * m]);
+                    let t1 = Instant::now();
+                    let reference = reference.as_ref().expect("DPO loads a reference");
+                    let (rc, rr) =
+                        reference_logps(reference, &data, micro, &mut ref_cache, device)?;
+                    acc.reference_ms += t1.elapsed().as_secs_f64() * 1e3;
+                    let terms =
+                        dpo_loss(pc, pr, Tensor::from_inner(rc), Tensor::from_inner(rr), beta);
+                    let cr = host(terms.chosen_rewards.clone());
+                    let rr = host(terms.rejected_rewards.clone());
+                    for (c, r) in cr.iter().zip(&rr) {
+                        acc.dpo.push((*c as f64, *r as f64));
+                    }
+                    acc.tokens += seqs.iter().map(Sequence::len).sum::<usize>();
+                    terms.losses.sum().div_scalar(batch.len() as f64)
+                }
+                Objective::Sft => {
+                    let seqs = sequences(&data, micro, &[0]);
+                    acc.tokens += seqs.iter().map(Sequence::len).sum::<usize>();
+                    response_logps(&policy, &data, &seqs, device)?
+                        .sum()
+                        .neg()
+                        .div_scalar(response_tokens as f64)
+                }
+            };
+            acc.loss += host(loss.clone())[0] as f64;
+            acc.policy_ms += t0.elapsed().as_secs_f64() * 1e3 - acc.reference_ms_last();
+            let t2 = Instant::now();
+            let grads = GradientsParams::from_grads(loss.backward(), &policy);
+            grads_acc.accumulate(&policy, grads);
+            acc.backward_ms += t2.elapsed().as_secs_f64() * 1e3;
+        }
+        let t3 = Instant::now();
+        let grads = grads_acc.grads();
+        let grad_norm = global_grad_norm(&policy, &grads);
+        let scale = match config.max_grad_norm {
+            Some(max) => (max / (grad_norm + 1e-6)).min(1.0),
+            None => 1.0,
+        };
+        let lr = cosine_with_warmup(config.optimizer.lr, step, config.warmup_steps, total);
+        policy = opt.step(policy, grads, lr, scale);
+        let optimizer_ms = t3.elapsed().as_secs_f64() * 1e3;
+        let secs = started.elapsed().as_secs_f64();
+        let m = acc.finish(
+            step + 1,
+            (step + 1) as f64 / steps_per_epoch as f64,
+            lr,
+            grad_norm,
+            batch.len(),
+            secs,
+            optimizer_ms,
+        );
+        jsonl::append(&mut metrics_file, &metrics_path, &m)?;
+        bar.set_message(format!("loss {:.4}", m.loss));
+        bar.inc(1);
+        metrics.push(m);
+
+        let done = step + 1;
+        if done == total || config.save_every.is_some_and(|e| done % e == 0) {
+            save_checkpoint(&policy, &opt, paths, config, done, total, n)?;
+        }
+        if options.stop_after == Some(done) && done < total {
+            bar.abandon();
+            return Ok(TrainSummary {
+                steps: done,
+                total_steps: total,
+                final_model: None,
+                metrics,
+            });
+        }
+    }
+    bar.finish();
+    let final_dir = paths.out.join("final");
+    policy.save_pretrained(&paths.model, &final_dir)?;
+    Ok(TrainSummary {
+        steps: total,
+        total_steps: total,
+        final_model: Some(final_dir),
+        metrics,
+    })
+}
+
+fn freeze<A: AutodiffBackend>(mut model: Vlm<A>, config: &TrainConfig) -> Vlm<A> {
+    use burn::module::Module;
+    if let Some(v) = model.vision.take() {
+        let mut v = v;
+        if config.freeze_vision {
+            v.vision_tower = v.vision_tower.no_grad();
+        }
+        if config.freeze_projector {
+            v.multi_modal_projector = v.multi_modal_projector.no_grad();
+        }
+        model.vision = Some(v);
+    }
+    model
+}
+
+/// Sequences of `examples` for the given response slots (all of slot 0, then all of slot 1).
+fn sequences<'a>(data: &'a Dataset, examples: &[usize], slots: &[usize]) -> Vec<Sequence<'a>> {
+    slots
+        .iter()
+        .flat_map(|&r| {
+            examples.iter().map(move |&i| {
+                let ex = &data.examples[i];
+                Sequence {
+                    prompt: &ex.prompt,
+                    response: &ex.responses[r],
+                    image: ex.image,
+                }
+            })
+        })
+        .collect()
+}
+
+/// The reference's summed log-probs of chosen and rejected for `examples`, computed once per
+/// example (the reference is frozen) without autodiff.
+fn reference_logps<B: burn::tensor::backend::Backend>(
+    reference: &Vlm<B>,
+    data: &Dataset,
+    examples: &[usize],
+    cache: &mut HashMap<usize, (f32, f32)>,
+    device: &B::Device,
+) -> Result<(Tensor<B, 1>, Tensor<B, 1>)> {
+    let missing: Vec<usize> = examples
+        .iter()
+        .copied()
+        .filter(|i| !cache.contains_key(i))
+        .collect();
+    if !missing.is_empty() {
+        let seqs = sequences(data, &missing, &[0, 1]);
+        let lp = host(response_logps(reference, data, &seqs, device)?);
+        let m = missing.len();
+        for (j, &i) in missing.iter().enumerate() {
+            cache.insert(i, (lp[j], lp[m + j]));
+        }
+    }
+    let (c, r): (Vec<f32>, Vec<f32>) = examples.iter().map(|i| cache[i]).unzip();
+    let t =
+        |v: Vec<f32>| Tensor::from_data(burn::tensor::TensorData::new(v, [examples.len()]), device);
+    Ok((t(c), t(r)))
+}
+
+fn host<B: burn::tensor::backend::Backend>(t: Tensor<B, 1>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec().expect("f32 data")
+}
+
+#[derive(Default)]
+struct StepAccumulator {
+    loss: f64,
+    tokens: usize,
+    policy_ms: f64,
+    reference_ms: f64,
+    reference_ms_seen: f64,
+    backward_ms: f64,
+    dpo: Vec<(f64, f64)>,
+}
+
+impl StepAccumulator {
+    /// Reference time added since the last call (it runs inside the policy's timed span).
+    fn reference_ms_last(&mut self) -> f64 {
+        let d = self.reference_ms - self.reference_ms_seen;
+        self.reference_ms_seen = self.reference_ms;
+        d
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        self,
+        step: usize,
+        epoch: f64,
+        lr: f64,
+        grad_norm: f64,
+        examples: usize,
+        secs: f64,
+        optimizer_ms: f64,
+    ) -> StepMetrics {
+        let k = self.dpo.len().max(1) as f64;
+        let dpo = !self.dpo.is_empty();
+        let mean =
+            |f: &dyn Fn(&(f64, f64)) -> f64| dpo.then(|| self.dpo.iter().map(f).sum::<f64>() / k);
+        StepMetrics {
+            step,
+            epoch,
+            loss: self.loss,
+            lr,
+            grad_norm,
+            examples,
+            tokens: self.tokens,
+            examples_per_s: examples as f64 / secs,
+            tokens_per_s: self.tokens as f64 / secs,
+            policy_forward_ms: self.policy_ms,
+            reference_forward_ms: self.reference_ms,
+            backward_ms: self.backward_ms,
+            optimizer_ms,
+            reward_accuracy: mean(&|(c, r)| if c > r { 1.0 } else { 0.0 }),
+            margin: mean(&|(c, r)| c - r),
+            chosen_reward: mean(&|(c, _)| *c),
+            rejected_reward: mean(&|(_, r)| *r),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn save_checkpoint<A: AutodiffBackend>(
+    policy: &Vlm<A>,
+    opt: &AdamW<A::InnerBackend>,
+    paths: &TrainPaths,
+    config: &TrainConfig,
+    step: usize,
+    total: usize,
+    examples: usize,
+) -> Result<()> {
+    let dir = checkpoint_dir(&paths.out, step);
+    // Config and tokenizer files come from the original model directory, not from the
+    // checkpoint a run resumed from (which also holds trainer files).
+    policy.save_pretrained(&paths.model, &dir)?;
+    opt.save(policy, &policy.stored, &dir.join("optimizer.safetensors"))?;
+    let state = TrainerState {
+        step,
+        total_steps: total,
+        config: config.clone(),
+        model: paths.model.clone(),
+        reference: paths.reference.clone(),
+        data: paths.data.clone(),
+        examples,
+    };
+    let text = serde_json::to_string_pretty(&state).expect("plain data");
+    jsonl::write_atomic(&dir.join("trainer_state.json"), text.as_bytes())
+}
+
+fn progress_bar(show: bool, total: usize, start: usize) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps [{elapsed} < {eta}] {msg}",
+        )
+        .expect("valid template"),
+    );
+    bar.set_position(start as u64);
+    bar
+}

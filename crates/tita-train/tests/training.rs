@@ -1,0 +1,236 @@
+//! The trainers end to end on the fixture models: DPO and SFT lower their loss, checkpoints load
+//! back with the input's key names and dtypes, an interrupted run resumes to the same numbers,
+//! and bad data is reported with its line number.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::{Autodiff, Flex};
+use safetensors::SafeTensors;
+use tita_train::{train, Objective, RunOptions, StepMetrics, TrainConfig, TrainPaths};
+
+type A = Autodiff<Flex>;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+const PAIRS: &str = r#"{"image": "images/square56.png", "prompt": "Is there a cat in the image?", "chosen": "Yes, there is a cat.", "rejected": "No."}
+{"image": "images/square56.png", "prompt": "How many objects are there?", "chosen": "There are two objects.", "rejected": "There are five dogs and a red car in the picture."}
+{"image": "images/chelsea.png", "prompt": "What animal is this?", "chosen": "A cat.", "rejected": "A dog on a skateboard."}
+{"image": "images/chelsea.png", "prompt": "Is there a car?", "chosen": "No.", "rejected": "Yes, a red car."}
+"#;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn paths(data: PathBuf, out: PathBuf) -> TrainPaths {
+    TrainPaths {
+        model: fixtures().join("llava-reward"),
+        reference: Some(fixtures().join("llava-reward-ref")),
+        data,
+        images: Some(fixtures()),
+        out,
+        resume: None,
+    }
+}
+
+fn dpo_config(steps: usize) -> TrainConfig {
+    TrainConfig {
+        objective: Objective::Dpo { beta: 0.1 },
+        batch_size: 2,
+        grad_accum: 2,
+        max_steps: Some(steps),
+        ..TrainConfig::default()
+    }
+}
+
+fn run(paths: &TrainPaths, config: &TrainConfig, stop_after: Option<usize>) -> Vec<StepMetrics> {
+    let options = RunOptions {
+        progress: false,
+        stop_after,
+    };
+    train::<A>(paths, config, &options, &Default::default())
+        .unwrap()
+        .metrics
+}
+
+#[test]
+fn dpo_steps_lower_the_loss_and_raise_reward_accuracy() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write(dir.path(), "pairs.jsonl", PAIRS);
+    let out = dir.path().join("out");
+    let m = run(&paths(data, out.clone()), &dpo_config(6), None);
+    assert_eq!(m.len(), 6);
+    let (first, last) = (&m[0], &m[5]);
+    assert_eq!(first.step, 1);
+    // Policy and reference differ, so step 1's loss is not log 2; it must fall from there.
+    assert!(
+        last.loss < first.loss - 0.05,
+        "loss {} -> {}",
+        first.loss,
+        last.loss
+    );
+    assert!(last.reward_accuracy.unwrap() > first.reward_accuracy.unwrap());
+    assert_eq!(last.reward_accuracy, Some(1.0));
+    assert!(m
+        .iter()
+        .all(|s| s.loss.is_finite() && s.grad_norm > 0.0 && s.tokens > 0));
+
+    // metrics.jsonl holds the same lines; the final model is an HF checkpoint like the input.
+    let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let parsed: Vec<StepMetrics> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(parsed.len(), m.len());
+    for (a, b) in parsed.iter().zip(&m) {
+        assert_eq!(a.step, b.step);
+        assert!((a.loss - b.loss).abs() < 1e-12);
+    }
+    let a = std::fs::read(fixtures().join("llava-reward/model.safetensors")).unwrap();
+    let b = std::fs::read(out.join("final/model.safetensors")).unwrap();
+    let (a, b) = (
+        SafeTensors::deserialize(&a).unwrap(),
+        SafeTensors::deserialize(&b).unwrap(),
+    );
+    let (mut na, mut nb) = (a.names(), b.names());
+    na.sort();
+    nb.sort();
+    assert_eq!(na, nb);
+    let mut changed = 0;
+    for name in na {
+        let (ta, tb) = (a.tensor(name).unwrap(), b.tensor(name).unwrap());
+        assert_eq!((ta.dtype(), ta.shape()), (tb.dtype(), tb.shape()), "{name}");
+        changed += usize::from(ta.data() != tb.data());
+    }
+    assert!(changed > 10, "training changed only {changed} tensors");
+    for f in ["config.json", "tokenizer.json", "preprocessor_config.json"] {
+        assert!(out.join("final").join(f).is_file(), "{f}");
+    }
+    tita_models::Vlm::<Flex>::load(&out.join("final"), &Default::default()).unwrap();
+}
+
+#[test]
+fn interrupted_run_resumes_to_the_same_steps_and_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write(dir.path(), "pairs.jsonl", PAIRS);
+    let mut config = dpo_config(4);
+    config.warmup_steps = 1;
+    config.save_every = Some(2);
+    config.freeze_vision = true;
+
+    let whole = run(&paths(data.clone(), dir.path().join("a")), &config, None);
+
+    let mut p = paths(data, dir.path().join("b"));
+    let first = run(&p, &config, Some(3));
+    assert_eq!(first.len(), 3);
+    // Interrupted after step 3; the last checkpoint is step 2, so step 3 is redone.
+    p.resume = Some(dir.path().join("b"));
+    let resumed = run(&p, &config, None);
+    assert_eq!(resumed.len(), 4);
+    for (a, b) in whole.iter().zip(&resumed) {
+        assert_eq!(a.step, b.step);
+        assert!(
+            (a.loss - b.loss).abs() <= 1e-6,
+            "step {}: {} vs {}",
+            a.step,
+            a.loss,
+            b.loss
+        );
+        assert!((a.lr - b.lr).abs() <= 1e-15);
+    }
+    let lines = std::fs::read_to_string(dir.path().join("b/metrics.jsonl")).unwrap();
+    let steps: Vec<usize> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<StepMetrics>(l).unwrap().step)
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3, 4], "no step lost or written twice");
+}
+
+#[test]
+fn sft_lowers_the_response_cross_entropy() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write(
+        dir.path(),
+        "sft.jsonl",
+        r#"{"image": "images/square56.png", "prompt": "What is this?", "response": "A square."}
+{"image": "images/chelsea.png", "prompt": "What animal is this?", "response": "A cat."}
+"#,
+    );
+    let config = TrainConfig {
+        objective: Objective::Sft,
+        batch_size: 2,
+        max_steps: Some(5),
+        ..TrainConfig::default()
+    };
+    let mut p = paths(data, dir.path().join("out"));
+    p.reference = None;
+    let m = run(&p, &config, None);
+    assert!(
+        m[4].loss < m[0].loss * 0.9,
+        "{} -> {}",
+        m[0].loss,
+        m[4].loss
+    );
+    assert!(m[0].reward_accuracy.is_none());
+}
+
+#[test]
+fn bad_data_is_reported_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = PAIRS.lines().next().unwrap();
+    let long = "word ".repeat(300);
+    let cases = [
+        (
+            format!("{good}\n{{\"image\": \"images/nope.png\", \"prompt\": \"p\", \"chosen\": \"a\", \"rejected\": \"b\"}}\n"),
+            ":2: image `images/nope.png` not found",
+        ),
+        (
+            format!("{good}\n{good}\n{{\"image\": \"images/square56.png\", \"prompt\": \"p\", \"chosen\": \" \", \"rejected\": \"b\"}}\n"),
+            ":3: field `chosen` is empty",
+        ),
+        (format!("{good}\n{{\"image\": \"images/square56.png\", \"prompt\": \n"), ":2: malformed line"),
+        (
+            format!("{{\"image\": \"images/square56.png\", \"prompt\": \"p\", \"chosen\": \"{long}\", \"rejected\": \"b\"}}\n"),
+            ":1: prompt (",
+        ),
+        (
+            format!("{good}\n{{\"image\": \"config.json\", \"prompt\": \"p\", \"chosen\": \"a\", \"rejected\": \"b\"}}\n"),
+            ":2: ",
+        ),
+    ];
+    std::fs::copy(
+        fixtures().join("llava-reward/config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let data = write(dir.path(), &format!("bad{i}.jsonl"), text);
+        let mut p = paths(data, dir.path().join(format!("out{i}")));
+        if i == 4 {
+            p.images = Some(dir.path().to_path_buf());
+            std::fs::create_dir_all(dir.path().join("images")).unwrap();
+            std::fs::copy(
+                fixtures().join("images/square56.png"),
+                dir.path().join("images/square56.png"),
+            )
+            .unwrap();
+        }
+        let err = train::<A>(
+            &p,
+            &dpo_config(1),
+            &RunOptions::default(),
+            &Default::default(),
+        )
+        .err()
+        .unwrap_or_else(|| panic!("case {i} must fail"))
+        .to_string();
+        assert!(
+            err.contains(&format!("bad{i}.jsonl{want}")),
+            "case {i}: {err}"
+        );
+    }
+}
