@@ -4,10 +4,12 @@
 pub mod data;
 pub mod objective;
 pub mod optim;
+pub mod pairs;
 pub mod trainer;
 
 pub use data::{Dataset, Example, PreferencePair, SftRecord};
 pub use objective::{dpo_loss, response_logps, DpoTerms, Sequence};
+pub use pairs::{synthesize, PairsConfig, PairsSummary, Question, SynthesizedPair};
 pub use trainer::{
     train, Objective, RunOptions, StepMetrics, TrainConfig, TrainPaths, TrainSummary,
 };
