@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo xtask generate --model DIR [--image PATH] --prompt TEXT [--backend flex|ndarray|wgpu|cuda] ...
+//! cargo xtask train pairs|dpo|sft --model DIR ... [--backend ...]
 //! cargo xtask bench [speed ...] [--backend ...]
 //! cargo xtask ci [--skip-wgpu]
 //! ```
@@ -175,10 +176,11 @@ fn ci(args: &[String]) -> Result<()> {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = args.split_first() else {
-        bail!("usage: cargo xtask <generate|bench|ci> [args]");
+        bail!("usage: cargo xtask <generate|train|bench|ci> [args]");
     };
     match cmd.as_str() {
         "generate" => run_binary("tita-decode", "tita-generate", rest),
+        "train" => run_binary("tita-train", "tita-train", rest),
         "bench" => {
             let rest: Vec<String> = if rest.is_empty() {
                 vec!["speed".into(), "--preset".into(), "tiny".into()]
@@ -188,6 +190,6 @@ fn main() -> Result<()> {
             run_binary("tita-bench", "tita-bench", &rest)
         }
         "ci" => ci(rest),
-        other => bail!("unknown command `{other}` (expected generate, bench or ci)"),
+        other => bail!("unknown command `{other}` (expected generate, train, bench or ci)"),
     }
 }

@@ -7,6 +7,7 @@ pub mod fusion;
 pub mod image;
 pub mod jsonl;
 pub mod noise;
+pub mod plot;
 pub mod sampling;
 pub mod tokenizer;
 

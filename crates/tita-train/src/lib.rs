@@ -5,6 +5,7 @@ pub mod data;
 pub mod objective;
 pub mod optim;
 pub mod pairs;
+pub mod report;
 pub mod trainer;
 
 pub use data::{Dataset, Example, PreferencePair, SftRecord};

@@ -1,0 +1,263 @@
+//! `tita-train`: pair synthesis, DPO and SFT from the command line (what `cargo xtask train`
+//! runs). Training uses burn's autodiff over the chosen backend.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context};
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use tita_decode::backend::{dispatch, BackendKind, BackendTask};
+use tita_decode::Pipeline;
+use tita_train::optim::AdamWConfig;
+use tita_train::report::write_training_plot;
+use tita_train::{synthesize, train, Objective, PairsConfig, RunOptions, TrainConfig, TrainPaths};
+
+#[derive(Parser, Debug)]
+#[command(about = "Make preference pairs, and train the reward VLM with DPO or SFT")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Preference pairs from a target VLM: its answer on the clean image (chosen) versus on a
+    /// diffusion-noised one (rejected). Appends to --out and resumes where it stopped.
+    Pairs {
+        /// Target VLM directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// JSONL of {"image", "prompt"}.
+        #[arg(long)]
+        questions: PathBuf,
+        /// Directory the image paths are relative to (default: the questions file's).
+        #[arg(long)]
+        images: Option<PathBuf>,
+        /// Output JSONL of {"image", "prompt", "chosen", "rejected"}.
+        #[arg(long)]
+        out: PathBuf,
+        /// Diffusion step (of 1000) of the noise.
+        #[arg(long, default_value_t = 500)]
+        noise_step: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        #[arg(long)]
+        pad: bool,
+        #[arg(long, value_enum)]
+        backend: Option<BackendKind>,
+    },
+    /// Direct Preference Optimisation of a reward VLM on {"image","prompt","chosen","rejected"}.
+    Dpo {
+        #[command(flatten)]
+        common: Common,
+        /// Frozen DPO reference (default: --model itself).
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        #[arg(long, default_value_t = 0.1)]
+        beta: f64,
+    },
+    /// Supervised fine-tuning on {"image","prompt","response"}.
+    Sft {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(ClapArgs, Debug)]
+struct Common {
+    /// Model to train (HF LLaVA directory).
+    #[arg(long)]
+    model: PathBuf,
+    /// Training data (JSONL).
+    #[arg(long)]
+    data: PathBuf,
+    /// Directory the image paths are relative to (default: the data file's).
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// metrics.jsonl, metrics.png, checkpoint-N/ and final/ go here.
+    #[arg(long)]
+    out: PathBuf,
+    /// AdamW learning rate (PyTorch's default; the paper's DPO used 2e-6 on a 1.5B model).
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.9)]
+    beta1: f64,
+    #[arg(long, default_value_t = 0.999)]
+    beta2: f64,
+    #[arg(long, default_value_t = 1e-8)]
+    eps: f64,
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: usize,
+    #[arg(long, default_value_t = 1)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Global gradient-norm clip; 0 turns clipping off.
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    freeze_vision: bool,
+    #[arg(long)]
+    freeze_projector: bool,
+    /// Checkpoint every N steps (always after the last).
+    #[arg(long)]
+    save_every: Option<usize>,
+    /// Continue from a checkpoint directory, or from an earlier --out (its latest checkpoint).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    #[arg(long)]
+    pad: bool,
+    #[arg(long, value_enum)]
+    backend: Option<BackendKind>,
+}
+
+impl Common {
+    fn config(&self, objective: Objective) -> TrainConfig {
+        TrainConfig {
+            objective,
+            optimizer: AdamWConfig {
+                lr: self.lr,
+                beta1: self.beta1,
+                beta2: self.beta2,
+                eps: self.eps,
+                weight_decay: self.weight_decay,
+            },
+            warmup_steps: self.warmup_steps,
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            epochs: self.epochs,
+            max_steps: self.max_steps,
+            max_grad_norm: (self.max_grad_norm > 0.0).then_some(self.max_grad_norm),
+            seed: self.seed,
+            freeze_vision: self.freeze_vision,
+            freeze_projector: self.freeze_projector,
+            save_every: self.save_every,
+            pad: self.pad,
+        }
+    }
+
+    fn paths(&self, reference: Option<PathBuf>) -> TrainPaths {
+        TrainPaths {
+            model: self.model.clone(),
+            reference,
+            data: self.data.clone(),
+            images: self.images.clone(),
+            out: self.out.clone(),
+            resume: self.resume.clone(),
+        }
+    }
+}
+
+struct Job(Command);
+
+impl BackendTask for Job {
+    type Output = anyhow::Result<()>;
+
+    fn run<B: Backend>(self, device: B::Device, _kind: BackendKind) -> anyhow::Result<()> {
+        match self.0 {
+            Command::Pairs {
+                model,
+                questions,
+                images,
+                out,
+                noise_step,
+                seed,
+                max_new_tokens,
+                pad,
+                ..
+            } => {
+                let target = Pipeline::<B>::load(&model, &device)?;
+                let config = PairsConfig {
+                    noise_step,
+                    seed,
+                    max_new_tokens,
+                    pad,
+                };
+                let s = synthesize(&target, &questions, images.as_deref(), &out, &config, true)?;
+                eprintln!(
+                    "{} questions: {} done before, {} pairs written, {} dropped (identical answers) -> {}",
+                    s.questions, s.resumed_after, s.written, s.dropped_identical, out.display()
+                );
+                Ok(())
+            }
+            Command::Dpo {
+                common,
+                reference,
+                beta,
+            } => fit::<B>(
+                &common,
+                common.config(Objective::Dpo { beta }),
+                common.paths(reference),
+                &device,
+            ),
+            Command::Sft { common } => fit::<B>(
+                &common,
+                common.config(Objective::Sft),
+                common.paths(None),
+                &device,
+            ),
+        }
+    }
+}
+
+fn fit<B: Backend>(
+    common: &Common,
+    config: TrainConfig,
+    paths: TrainPaths,
+    device: &B::Device,
+) -> anyhow::Result<()> {
+    let options = RunOptions {
+        progress: true,
+        stop_after: None,
+    };
+    let summary = train::<Autodiff<B>>(&paths, &config, &options, device)?;
+    let all = tita_core::jsonl::read(&paths.out.join("metrics.jsonl"))?
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect::<Vec<_>>();
+    let plot = paths.out.join("metrics.png");
+    write_training_plot(&all, &plot)?;
+    let last = summary
+        .metrics
+        .last()
+        .ok_or_else(|| anyhow!("no step ran"))?;
+    eprintln!(
+        "{} steps; last loss {:.4}; metrics {}, plot {}; model {}",
+        summary.steps,
+        last.loss,
+        paths.out.join("metrics.jsonl").display(),
+        plot.display(),
+        summary
+            .final_model
+            .as_deref()
+            .unwrap_or(&common.out)
+            .display()
+    );
+    Ok(())
+}
+
+fn backend_of(c: &Command) -> Option<BackendKind> {
+    match c {
+        Command::Pairs { backend, .. } => *backend,
+        Command::Dpo { common, .. } | Command::Sft { common } => common.backend,
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let backend = backend_of(&cli.command);
+    dispatch(backend, Job(cli.command))
+        .map_err(|e| anyhow!(e))
+        .context("choosing the backend")?
+}
