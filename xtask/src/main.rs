@@ -166,6 +166,8 @@ fn ci(args: &[String]) -> Result<()> {
         "tita-decode",
         "-p",
         "tita-bench",
+        "-p",
+        "tita-train",
         "--no-default-features",
         "--features",
         "cuda",

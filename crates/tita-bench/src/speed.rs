@@ -10,9 +10,7 @@ use burn::module::Module;
 use burn::tensor::{backend::Backend, Distribution, Tensor};
 use serde::Serialize;
 use tita_core::sampling::argmax;
-use tita_core::{
-    Activation, ClipVisionConfig, LlamaConfig, LlavaConfig, ModelConfig, Result, SelectStrategy,
-};
+use tita_core::{ClipVisionConfig, LlamaConfig, LlavaConfig, ModelConfig, Result};
 use tita_decode::{Prompt, Session};
 use tita_models::Vlm;
 
@@ -36,46 +34,11 @@ pub enum Preset {
     Llava7b,
 }
 
-fn llama(hidden: usize, layers: usize, heads: usize, kv: usize, inter: usize) -> LlamaConfig {
-    LlamaConfig {
-        vocab_size: 32064,
-        hidden_size: hidden,
-        intermediate_size: inter,
-        num_hidden_layers: layers,
-        num_attention_heads: heads,
-        num_key_value_heads: kv,
-        head_dim: hidden / heads,
-        hidden_act: Activation::Silu,
-        max_position_embeddings: 4096,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        tie_word_embeddings: false,
-        attention_bias: false,
-        mlp_bias: false,
-        bos_token_id: Some(1),
-        eos_token_ids: vec![2],
-        pad_token_id: None,
-        dtype: Some("float32".into()),
-    }
-}
-
-fn llava(text: LlamaConfig, vision: ClipVisionConfig) -> ModelConfig {
-    ModelConfig::Llava(LlavaConfig {
-        text,
-        vision,
-        image_token_id: 32000,
-        projector_hidden_act: Activation::Gelu,
-        vision_feature_layers: vec![-2],
-        vision_feature_select_strategy: SelectStrategy::Default,
-        multimodal_projector_bias: true,
-    })
-}
-
 impl Preset {
     pub fn config(self) -> ModelConfig {
         match self {
-            Preset::Tiny => llava(
-                llama(32, 2, 4, 4, 96),
+            Preset::Tiny => LlavaConfig::llava_1_5(
+                LlamaConfig::sized(32, 2, 4, 4, 96),
                 ClipVisionConfig {
                     hidden_size: 32,
                     intermediate_size: 64,
@@ -86,10 +49,10 @@ impl Preset {
                     ..Default::default()
                 },
             ),
-            Preset::M150 => ModelConfig::Llama(llama(1024, 8, 16, 4, 2816)),
-            Preset::M25 => ModelConfig::Llama(llama(320, 4, 5, 5, 864)),
-            Preset::Llava7b => llava(
-                llama(4096, 32, 32, 32, 11008),
+            Preset::M150 => ModelConfig::Llama(LlamaConfig::sized(1024, 8, 16, 4, 2816)),
+            Preset::M25 => ModelConfig::Llama(LlamaConfig::sized(320, 4, 5, 5, 864)),
+            Preset::Llava7b => LlavaConfig::llava_1_5(
+                LlamaConfig::sized(4096, 32, 32, 32, 11008),
                 ClipVisionConfig::vit_l_14_336(),
             ),
         }

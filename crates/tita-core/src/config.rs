@@ -474,6 +474,49 @@ fn parse_clip(f: &Fields, defaults: &ClipVisionConfig) -> Result<ClipVisionConfi
     })
 }
 
+impl LlamaConfig {
+    /// A LLaMA of the given shape with LLaVA-1.5's vocabulary (32064) and LLaMA-2's other
+    /// settings: random-weight models for benchmarks.
+    pub fn sized(hidden: usize, layers: usize, heads: usize, kv: usize, inter: usize) -> Self {
+        LlamaConfig {
+            vocab_size: 32064,
+            hidden_size: hidden,
+            intermediate_size: inter,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: kv,
+            head_dim: hidden / heads,
+            hidden_act: Activation::Silu,
+            max_position_embeddings: 4096,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            tie_word_embeddings: false,
+            attention_bias: false,
+            mlp_bias: false,
+            bos_token_id: Some(1),
+            eos_token_ids: vec![2],
+            pad_token_id: None,
+            dtype: Some("float32".into()),
+        }
+    }
+}
+
+impl LlavaConfig {
+    /// LLaVA-1.5's composition of a text and a vision config: `<image>` = 32000, GELU
+    /// projector with bias, features of the second-to-last layer without CLS.
+    pub fn llava_1_5(text: LlamaConfig, vision: ClipVisionConfig) -> ModelConfig {
+        ModelConfig::Llava(LlavaConfig {
+            text,
+            vision,
+            image_token_id: 32000,
+            projector_hidden_act: Activation::Gelu,
+            vision_feature_layers: vec![-2],
+            vision_feature_select_strategy: SelectStrategy::Default,
+            multimodal_projector_bias: true,
+        })
+    }
+}
+
 impl Default for ClipVisionConfig {
     /// `CLIPVisionConfig()` in transformers.
     fn default() -> Self {

@@ -6,6 +6,7 @@ pub mod objective;
 pub mod optim;
 pub mod pairs;
 pub mod report;
+pub mod speed;
 pub mod trainer;
 
 pub use data::{Dataset, Example, PreferencePair, SftRecord};

@@ -81,11 +81,38 @@ pub fn response_logps<B: Backend>(
     let h = hidden.dims()[2];
     // Position t predicts token t + 1.
     let hidden = hidden.slice([0..n, width - resp - 1..width - 1, 0..h]);
-    let logp = activation::log_softmax(model.logits(hidden), 2);
+    let logits = model.logits(hidden);
     let targets = Tensor::<B, 3, Int>::from_data(TensorData::new(targets, [n, resp, 1]), device);
-    let picked = logp.gather(2, targets).reshape([n, resp]);
+    let picked = logits.clone().gather(2, targets).reshape([n, resp]) - log_sum_exp(logits);
     let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [n, resp]), device);
     Ok((picked * mask).sum_dim(1).reshape([n]))
+}
+
+/// `log Σ_v exp(z_v)` over the last axis: `[n, r]`.
+///
+/// Only the target tokens' log-probs are needed, so the full log-softmax is never formed. The
+/// shift that keeps `exp` finite is one scalar (the largest logit) rather than a per-row
+/// maximum: broadcasting a per-row value over the vocabulary is several times slower on the
+/// CPU backend. A row whose maximum is far below the global one could underflow, so that case
+/// (never seen with real logits) takes the per-row path.
+fn log_sum_exp<B: Backend>(z: Tensor<B, 3>) -> Tensor<B, 2> {
+    let [n, r, _] = z.dims();
+    let row_max = z.clone().detach().max_dim(2);
+    let host: Vec<f32> = row_max
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .unwrap_or_default();
+    let (lo, hi) = host
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    if hi.is_finite() && lo.is_finite() && hi - lo < 60.0 {
+        let shifted = z.sub_scalar(hi).exp().sum_dim(2).log().add_scalar(hi);
+        shifted.reshape([n, r])
+    } else {
+        ((z - row_max.clone()).exp().sum_dim(2).log() + row_max).reshape([n, r])
+    }
 }
 
 /// DPO's per-pair quantities.

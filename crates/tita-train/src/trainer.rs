@@ -284,7 +284,7 @@ pub fn train<A: AutodiffBackend>(
     let mut metrics_file = jsonl::open_append(&metrics_path)?;
 
     let bar = progress_bar(options.progress, total, start);
-    let mut ref_cache: HashMap<usize, (f32, f32)> = HashMap::new();
+    let mut learner = Learner::new(policy, reference, opt);
     let mut order_epoch = usize::MAX;
     let mut order: Vec<usize> = Vec::new();
     for step in start..total {
@@ -298,6 +298,88 @@ pub fn train<A: AutodiffBackend>(
         }
         let k = step % steps_per_epoch;
         let batch = &order[k * per_step..((k + 1) * per_step).min(n)];
+        let lr = cosine_with_warmup(config.optimizer.lr, step, config.warmup_steps, total);
+        let epoch = (step + 1) as f64 / steps_per_epoch as f64;
+        let m;
+        (learner, m) = learner.step(&data, batch, config, lr, step + 1, epoch, device)?;
+        jsonl::append(&mut metrics_file, &metrics_path, &m)?;
+        bar.set_message(format!("loss {:.4}", m.loss));
+        bar.inc(1);
+        metrics.push(m);
+
+        let done = step + 1;
+        if done == total || config.save_every.is_some_and(|e| done % e == 0) {
+            save_checkpoint(&learner.policy, &learner.opt, paths, config, done, total, n)?;
+        }
+        if options.stop_after == Some(done) && done < total {
+            bar.abandon();
+            return Ok(TrainSummary {
+                steps: done,
+                total_steps: total,
+                final_model: None,
+                metrics,
+            });
+        }
+    }
+    bar.finish();
+    let final_dir = paths.out.join("final");
+    learner.policy.save_pretrained(&paths.model, &final_dir)?;
+    Ok(TrainSummary {
+        steps: total,
+        total_steps: total,
+        final_model: Some(final_dir),
+        metrics,
+    })
+}
+
+/// The models and optimiser of a run in progress.
+pub struct Learner<A: AutodiffBackend> {
+    pub policy: Vlm<A>,
+    /// The frozen DPO reference (None for SFT).
+    pub reference: Option<Vlm<A::InnerBackend>>,
+    pub opt: AdamW<A::InnerBackend>,
+    /// Reference log-probs (chosen, rejected) by example: the reference never changes.
+    ref_cache: HashMap<usize, (f32, f32)>,
+}
+
+impl<A: AutodiffBackend> Learner<A> {
+    pub fn new(
+        policy: Vlm<A>,
+        reference: Option<Vlm<A::InnerBackend>>,
+        opt: AdamW<A::InnerBackend>,
+    ) -> Self {
+        Learner {
+            policy,
+            reference,
+            opt,
+            ref_cache: HashMap::new(),
+        }
+    }
+
+    /// Drops the cached reference log-probs (benchmarks time the reference every step).
+    pub fn forget_reference(&mut self) {
+        self.ref_cache.clear();
+    }
+
+    /// One optimiser step on the examples `batch` (micro-batches of `config.batch_size`,
+    /// gradients accumulated, the loss a mean over `batch`), at learning rate `lr`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        self,
+        data: &Dataset,
+        batch: &[usize],
+        config: &TrainConfig,
+        lr: f64,
+        step: usize,
+        epoch: f64,
+        device: &A::Device,
+    ) -> Result<(Self, StepMetrics)> {
+        let Learner {
+            policy,
+            reference,
+            mut opt,
+            mut ref_cache,
+        } = self;
         let started = Instant::now();
         let mut acc = StepAccumulator::default();
         let mut grads_acc = GradientsAccumulator::<Vlm<A>>::new();
@@ -309,15 +391,14 @@ pub fn train<A: AutodiffBackend>(
             let t0 = Instant::now();
             let loss = match config.objective {
                 Objective::Dpo { beta } => {
-                    let seqs = sequences(&data, micro, &[0, 1]);
-                    let lp = response_logps(&policy, &data, &seqs, device)?;
+                    let seqs = sequences(data, micro, &[0, 1]);
+                    let lp = response_logps(&policy, data, &seqs, device)?;
                     let m = micro.len();
-                    let pc = lp.clone().slice([0..m]);
-                    let pr = lp.slice([m..2 * m]);
+                    let pc = lp.clone().slice(0..m);
+                    let pr = lp.slice(m..2 * m);
                     let t1 = Instant::now();
                     let reference = reference.as_ref().expect("DPO loads a reference");
-                    let (rc, rr) =
-                        reference_logps(reference, &data, micro, &mut ref_cache, device)?;
+                    let (rc, rr) = reference_logps(reference, data, micro, &mut ref_cache, device)?;
                     acc.reference_ms += t1.elapsed().as_secs_f64() * 1e3;
                     let terms =
                         dpo_loss(pc, pr, Tensor::from_inner(rc), Tensor::from_inner(rr), beta);
@@ -330,9 +411,9 @@ pub fn train<A: AutodiffBackend>(
                     terms.losses.sum().div_scalar(batch.len() as f64)
                 }
                 Objective::Sft => {
-                    let seqs = sequences(&data, micro, &[0]);
+                    let seqs = sequences(data, micro, &[0]);
                     acc.tokens += seqs.iter().map(Sequence::len).sum::<usize>();
-                    response_logps(&policy, &data, &seqs, device)?
+                    response_logps(&policy, data, &seqs, device)?
                         .sum()
                         .neg()
                         .div_scalar(response_tokens as f64)
@@ -352,47 +433,20 @@ pub fn train<A: AutodiffBackend>(
             Some(max) => (max / (grad_norm + 1e-6)).min(1.0),
             None => 1.0,
         };
-        let lr = cosine_with_warmup(config.optimizer.lr, step, config.warmup_steps, total);
-        policy = opt.step(policy, grads, lr, scale);
+        let policy = opt.step(policy, grads, lr, scale);
         let optimizer_ms = t3.elapsed().as_secs_f64() * 1e3;
         let secs = started.elapsed().as_secs_f64();
-        let m = acc.finish(
-            step + 1,
-            (step + 1) as f64 / steps_per_epoch as f64,
-            lr,
-            grad_norm,
-            batch.len(),
-            secs,
-            optimizer_ms,
-        );
-        jsonl::append(&mut metrics_file, &metrics_path, &m)?;
-        bar.set_message(format!("loss {:.4}", m.loss));
-        bar.inc(1);
-        metrics.push(m);
-
-        let done = step + 1;
-        if done == total || config.save_every.is_some_and(|e| done % e == 0) {
-            save_checkpoint(&policy, &opt, paths, config, done, total, n)?;
-        }
-        if options.stop_after == Some(done) && done < total {
-            bar.abandon();
-            return Ok(TrainSummary {
-                steps: done,
-                total_steps: total,
-                final_model: None,
-                metrics,
-            });
-        }
+        let m = acc.finish(step, epoch, lr, grad_norm, batch.len(), secs, optimizer_ms);
+        Ok((
+            Learner {
+                policy,
+                reference,
+                opt,
+                ref_cache,
+            },
+            m,
+        ))
     }
-    bar.finish();
-    let final_dir = paths.out.join("final");
-    policy.save_pretrained(&paths.model, &final_dir)?;
-    Ok(TrainSummary {
-        steps: total,
-        total_steps: total,
-        final_model: Some(final_dir),
-        metrics,
-    })
 }
 
 fn freeze<A: AutodiffBackend>(mut model: Vlm<A>, config: &TrainConfig) -> Vlm<A> {

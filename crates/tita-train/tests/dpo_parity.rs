@@ -71,10 +71,10 @@ fn dpo_logps_loss_and_gradients_match_transformers() {
     let lp_ref = response_logps(&reference, &data, &seqs, &device).unwrap();
     let lp_ref = Tensor::<A, 1>::from_inner(lp_ref);
     let n = data.len();
-    let pc = lp_policy.clone().slice([0..n]);
-    let pr = lp_policy.clone().slice([n..2 * n]);
-    let rc = lp_ref.clone().slice([0..n]);
-    let rr = lp_ref.clone().slice([n..2 * n]);
+    let pc = lp_policy.clone().slice(0..n);
+    let pr = lp_policy.clone().slice(n..2 * n);
+    let rc = lp_ref.clone().slice(0..n);
+    let rr = lp_ref.clone().slice(n..2 * n);
     let (vpc, vpr, vrc, vrr) = (
         values(pc.clone()),
         values(pr.clone()),
@@ -122,11 +122,16 @@ fn dpo_logps_loss_and_gradients_match_transformers() {
     for (name, want) in norms {
         let want = want.as_f64().unwrap() as f32;
         let id = param_id(name);
-        let missing = || format!("no gradient for {name}");
+        let missing = || -> Tensor<B, 1> { panic!("no gradient for {name}") };
         let norm = if name.ends_with(".bias") {
-            grads.get::<B, 1>(id).expect(&missing()).square().sum()
+            grads.get::<B, 1>(id).unwrap_or_else(missing).square().sum()
         } else {
-            grads.get::<B, 2>(id).expect(&missing()).square().sum()
+            grads
+                .get::<B, 2>(id)
+                .map(|g| g.reshape([-1]))
+                .unwrap_or_else(missing)
+                .square()
+                .sum()
         }
         .sqrt()
         .into_scalar();

@@ -9,8 +9,10 @@ use burn::tensor::backend::Backend;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use tita_decode::backend::{dispatch, BackendKind, BackendTask};
 use tita_decode::Pipeline;
+use tita_models::Vlm;
 use tita_train::optim::AdamWConfig;
 use tita_train::report::write_training_plot;
+use tita_train::speed::{dpo_speed, reward_25m, synthetic_pairs};
 use tita_train::{synthesize, train, Objective, PairsConfig, RunOptions, TrainConfig, TrainPaths};
 
 #[derive(Parser, Debug)]
@@ -63,6 +65,25 @@ enum Command {
     Sft {
         #[command(flatten)]
         common: Common,
+    },
+    /// DPO throughput with the time split per phase, on a checkpoint (used as policy and
+    /// reference, with synthetic pairs of its shapes) and on a random ~25M reward VLM.
+    Speed {
+        /// Checkpoint directories to time (the fixture reward model by default).
+        #[arg(long, default_value = "fixtures/llava-reward")]
+        model: Vec<PathBuf>,
+        /// Skip the random ~25M-parameter reward VLM.
+        #[arg(long)]
+        no_random: bool,
+        #[arg(long, default_value_t = 4)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        /// results.json goes here.
+        #[arg(long, default_value = "bench-out/train-speed")]
+        out: PathBuf,
+        #[arg(long, value_enum)]
+        backend: Option<BackendKind>,
     },
 }
 
@@ -207,8 +228,66 @@ impl BackendTask for Job {
                 common.paths(None),
                 &device,
             ),
+            Command::Speed {
+                model,
+                no_random,
+                batch_size,
+                steps,
+                out,
+                ..
+            } => speed::<B>(&model, !no_random, batch_size, steps, &out, &device),
         }
     }
+}
+
+fn speed<B: Backend>(
+    models: &[PathBuf],
+    random: bool,
+    batch_size: usize,
+    steps: usize,
+    out: &std::path::Path,
+    device: &B::Device,
+) -> anyhow::Result<()> {
+    let mut reports = Vec::new();
+    // Prompts of 24 text tokens around the image, responses of 32 and 48 tokens.
+    let (text, lengths) = (24, (32, 48));
+    for dir in models {
+        let policy = Vlm::<Autodiff<B>>::load(dir, device)?;
+        let reference = Vlm::<B>::load(dir, device)?;
+        let data = synthetic_pairs(&policy, batch_size, text, lengths, 0);
+        let name = dir.display().to_string();
+        reports.push(dpo_speed(
+            &name, policy, reference, &data, batch_size, steps, device,
+        )?);
+    }
+    if random {
+        let policy = Vlm::<Autodiff<B>>::random(reward_25m(), 0, device)?;
+        let reference = Vlm::<B>::random(reward_25m(), 1, device)?;
+        let data = synthetic_pairs(&policy, batch_size, text, lengths, 0);
+        let name = "random reward VLM (reward-25m)";
+        reports.push(dpo_speed(
+            name, policy, reference, &data, batch_size, steps, device,
+        )?);
+    }
+    println!("| model | params | pairs/s | tokens/s | policy fwd ms | reference fwd ms | backward ms | optimizer ms |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in &reports {
+        println!(
+            "| {} | {:.1}M | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            r.model,
+            r.parameters as f64 / 1e6,
+            r.pairs_per_s,
+            r.tokens_per_s,
+            r.policy_forward_ms,
+            r.reference_forward_ms,
+            r.backward_ms,
+            r.optimizer_ms
+        );
+    }
+    let json = serde_json::to_string_pretty(&reports)?;
+    tita_core::jsonl::write_atomic(&out.join("results.json"), json.as_bytes())?;
+    eprintln!("-> {}", out.join("results.json").display());
+    Ok(())
 }
 
 fn fit<B: Backend>(
@@ -251,6 +330,7 @@ fn backend_of(c: &Command) -> Option<BackendKind> {
     match c {
         Command::Pairs { backend, .. } => *backend,
         Command::Dpo { common, .. } | Command::Sft { common } => common.backend,
+        Command::Speed { backend, .. } => *backend,
     }
 }
 
