@@ -1,4 +1,6 @@
-//! tita-bench: benchmarks. For now the decode-speed benchmark against the memory-bandwidth
-//! bound; POPE / MME evaluation comes with the benchmark issue.
+//! tita-bench: hallucination benchmarks (POPE, MME, generic yes/no sets) with the upstream
+//! scoring rules, and decode speed against the memory-bandwidth bound.
 
+pub mod mme;
+pub mod pope;
 pub mod speed;

@@ -17,6 +17,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Score an answers JSONL (this project's or LLaVA's) against POPE questions with the
+    /// upstream rule.
+    PopeScore {
+        /// POPE questions (`coco_pope_{split}.json`) or any {"image","text","label"} JSONL.
+        #[arg(long)]
+        questions: PathBuf,
+        /// Answers JSONL: {"question_id", "text", ...}.
+        #[arg(long)]
+        answers: PathBuf,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Decode and prefill speed of a random model against the memory-bandwidth bound.
     Speed {
         #[arg(long, value_enum, default_value = "150m")]
@@ -80,6 +93,30 @@ impl BackendTask for SpeedTask {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::PopeScore {
+            questions,
+            answers,
+            json,
+        } => {
+            let qs = tita_bench::pope::read_questions(&questions)?;
+            let m = tita_bench::pope::score(&qs, &answers)?;
+            if json {
+                println!("{}", serde_json::to_string(&m)?);
+            } else {
+                println!("| split | count | accuracy | precision | recall | F1 | yes ratio |");
+                println!("|---|---|---|---|---|---|---|");
+                println!(
+                    "| {} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} |",
+                    tita_bench::pope::split_name(&questions),
+                    m.count,
+                    m.accuracy,
+                    m.precision,
+                    m.recall,
+                    m.f1,
+                    m.yes_ratio
+                );
+            }
+        }
         Command::Speed {
             preset,
             backend,
@@ -107,11 +144,11 @@ fn main() -> anyhow::Result<()> {
                 let (plain, tita) = dispatch(kind, task).map_err(|e| anyhow!(e))??;
                 reports.push(serde_json::json!({"decode": plain, "tita": tita}));
             }
-            std::fs::create_dir_all(&out)?;
             let path = out.join("results.json");
-            let tmp = out.join("results.json.tmp");
-            std::fs::write(&tmp, serde_json::to_string_pretty(&reports)?)?;
-            std::fs::rename(&tmp, &path)?;
+            tita_core::jsonl::write_atomic(
+                &path,
+                serde_json::to_string_pretty(&reports)?.as_bytes(),
+            )?;
             eprintln!("wrote {}", path.display());
         }
     }

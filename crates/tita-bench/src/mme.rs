@@ -1,0 +1,246 @@
+//! MME (Fu et al., 2023): yes/no questions in 14 categories, two per image. Reads the release
+//! layout (one folder per category: images plus `questions_answers_YN/*.txt`, or images and
+//! tab-separated `image<TAB>question<TAB>answer` lines in a `.txt`) and scores predictions as the
+//! MME tool does: per category accuracy and accuracy+ (both questions of an image right),
+//! score = 100·(acc + acc+), summed into perception and cognition totals.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use tita_core::{Error, Result};
+
+pub const PERCEPTION: [&str; 10] = [
+    "existence",
+    "count",
+    "position",
+    "color",
+    "posters",
+    "celebrity",
+    "scene",
+    "landmark",
+    "artwork",
+    "OCR",
+];
+pub const COGNITION: [&str; 4] = [
+    "commonsense_reasoning",
+    "numerical_calculation",
+    "text_translation",
+    "code_reasoning",
+];
+
+/// One MME question.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MmeQuestion {
+    pub category: String,
+    /// Image path, absolute or relative to the release root.
+    pub image: PathBuf,
+    /// Image file name (the pairing key for accuracy+).
+    pub image_name: String,
+    pub question: String,
+    /// "yes" or "no".
+    pub answer: String,
+}
+
+fn parse_line(file: &Path, line: usize, text: &str) -> Result<(String, String)> {
+    let mut parts = text.split('\t');
+    let (q, a) = (
+        parts.next().unwrap_or("").trim(),
+        parts.next().unwrap_or("").trim(),
+    );
+    let a = a.to_ascii_lowercase();
+    if q.is_empty() || (a != "yes" && a != "no") {
+        return Err(Error::data(file, line, "expected `question<TAB>yes|no`"));
+    }
+    Ok((q.to_string(), a))
+}
+
+/// All questions of a release directory, categories in name order.
+pub fn read_release(root: &Path) -> Result<Vec<MmeQuestion>> {
+    let mut out = Vec::new();
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .map_err(|e| Error::io(root, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let category = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let qa = dir.join("questions_answers_YN");
+        if qa.is_dir() {
+            // Layout A: images in `images/` (or the folder itself), one txt per image.
+            let images = if dir.join("images").is_dir() {
+                dir.join("images")
+            } else {
+                dir.clone()
+            };
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&qa)
+                .map_err(|e| Error::io(&qa, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+                .collect();
+            files.sort();
+            for f in files {
+                let stem = f
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or_default()
+                    .to_string();
+                let image = ["jpg", "png", "jpeg"]
+                    .iter()
+                    .map(|x| images.join(format!("{stem}.{x}")))
+                    .find(|p| p.is_file())
+                    .ok_or_else(|| {
+                        Error::data(
+                            &f,
+                            1,
+                            format!("no image `{stem}.jpg|png` in {}", images.display()),
+                        )
+                    })?;
+                let text = std::fs::read_to_string(&f).map_err(|e| Error::io(&f, e))?;
+                for (i, l) in text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim().is_empty())
+                {
+                    let (question, answer) = parse_line(&f, i + 1, l)?;
+                    out.push(MmeQuestion {
+                        category: category.clone(),
+                        image: image.clone(),
+                        image_name: image
+                            .file_name()
+                            .and_then(|n| n.to_str())
+                            .unwrap_or_default()
+                            .to_string(),
+                        question,
+                        answer,
+                    });
+                }
+            }
+        } else {
+            // Layout B: `image<TAB>question<TAB>answer` lines in the folder's txt files.
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .map_err(|e| Error::io(&dir, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+                .collect();
+            files.sort();
+            for f in files {
+                let text = std::fs::read_to_string(&f).map_err(|e| Error::io(&f, e))?;
+                for (i, l) in text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim().is_empty())
+                {
+                    let (name, rest) = l.split_once('\t').ok_or_else(|| {
+                        Error::data(&f, i + 1, "expected `image<TAB>question<TAB>yes|no`")
+                    })?;
+                    let (question, answer) = parse_line(&f, i + 1, rest)?;
+                    let image = dir.join(name.trim());
+                    if !image.is_file() {
+                        return Err(Error::data(
+                            &f,
+                            i + 1,
+                            format!("image `{}` not found", image.display()),
+                        ));
+                    }
+                    out.push(MmeQuestion {
+                        category: category.clone(),
+                        image,
+                        image_name: name.trim().to_string(),
+                        question,
+                        answer,
+                    });
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::checkpoint(
+            root,
+            "no MME category folders with questions here",
+        ));
+    }
+    Ok(out)
+}
+
+/// MME's reading of a free-form answer: "yes"/"no" as is, else look at the first four
+/// characters (lower-cased) for "yes" or "no", else "other" (always wrong).
+pub fn parse_prediction(text: &str) -> &'static str {
+    let t = text.trim().to_ascii_lowercase();
+    if t == "yes" || t == "no" {
+        return if t == "yes" { "yes" } else { "no" };
+    }
+    let prefix: String = t.chars().take(4).collect();
+    if prefix.contains("yes") {
+        "yes"
+    } else if prefix.contains("no") {
+        "no"
+    } else {
+        "other"
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CategoryScore {
+    pub accuracy: f64,
+    pub accuracy_plus: f64,
+    /// 100·(accuracy + accuracy+), out of 200.
+    pub score: f64,
+    pub questions: usize,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MmeScores {
+    pub categories: BTreeMap<String, CategoryScore>,
+    /// Sum of the perception categories' scores present (out of 2000 with all ten).
+    pub perception: f64,
+    /// Sum of the cognition categories' scores present (out of 800).
+    pub cognition: f64,
+}
+
+/// Scores predictions (one per question, same order as `questions`).
+pub fn score(questions: &[MmeQuestion], predictions: &[String]) -> MmeScores {
+    let mut per: BTreeMap<String, (usize, usize, BTreeMap<String, bool>)> = BTreeMap::new();
+    for (q, p) in questions.iter().zip(predictions) {
+        let right = parse_prediction(p) == q.answer;
+        let e = per.entry(q.category.clone()).or_default();
+        e.0 += 1;
+        e.1 += usize::from(right);
+        let img = e.2.entry(q.image_name.clone()).or_insert(true);
+        *img &= right;
+    }
+    let categories: BTreeMap<String, CategoryScore> = per
+        .into_iter()
+        .map(|(c, (n, right, images))| {
+            let accuracy = right as f64 / n as f64;
+            let accuracy_plus =
+                images.values().filter(|&&v| v).count() as f64 / images.len() as f64;
+            (
+                c,
+                CategoryScore {
+                    accuracy,
+                    accuracy_plus,
+                    score: 100.0 * (accuracy + accuracy_plus),
+                    questions: n,
+                },
+            )
+        })
+        .collect();
+    let total = |names: &[&str]| {
+        names
+            .iter()
+            .filter_map(|n| categories.get(*n))
+            .map(|c| c.score)
+            .sum()
+    };
+    MmeScores {
+        perception: total(&PERCEPTION),
+        cognition: total(&COGNITION),
+        categories,
+    }
+}
