@@ -24,6 +24,17 @@ pub struct Session<'m, B: Backend> {
     device: B::Device,
 }
 
+// By hand: a derive would require `B: Clone`. The cache's tensors are shared, not copied.
+impl<B: Backend> Clone for Session<'_, B> {
+    fn clone(&self) -> Self {
+        Session {
+            model: self.model,
+            cache: self.cache.clone(),
+            device: self.device.clone(),
+        }
+    }
+}
+
 impl<'m, B: Backend> Session<'m, B> {
     /// Encodes the images, runs every prompt once (left-padded to a common length) and returns
     /// the session with the next-token logits of each row.

@@ -221,6 +221,129 @@ impl<'p, B: Backend> Tita<'p, B> {
         self.generate_batch_streaming(requests, &mut |_| {})
     }
 
+    /// One request decoded under several fusions (a λ or α sweep) at about the cost of one:
+    /// the models prefill once, and fusions whose answers share a prefix share the decode
+    /// steps of that prefix. For one-word answers this is one prefill and a step or two per
+    /// distinct answer. Each result equals what [`Tita::generate`] gives with that fusion.
+    /// Contrastive fusions are not allowed (their guide is a different image); reference
+    /// fusions need a sampler built in reference mode (which keeps the reference model).
+    pub fn sweep(&self, request: &Request, fusions: &[Fusion]) -> Result<Vec<Generation>> {
+        if fusions.is_empty() {
+            return Err(Error::argument("fusions", "nothing to sweep"));
+        }
+        for f in fusions {
+            f.validate()?;
+            match f {
+                Fusion::Contrastive { .. } => {
+                    return Err(Error::argument(
+                        "fusions",
+                        "contrastive decoding cannot share a sweep",
+                    ))
+                }
+                Fusion::Reference { .. } if self.reference.is_none() => {
+                    return Err(Error::argument(
+                        "reference",
+                        "reference mode needs the reward model's DPO reference",
+                    ))
+                }
+                _ => {}
+            }
+        }
+        let reward = self
+            .reward
+            .ok_or_else(|| Error::argument("reward", "a sweep needs a reward model"))?;
+        let start = Instant::now();
+        let t_prompt =
+            self.target
+                .prompt(&request.prompt, request.image.as_deref(), request.pad)?;
+        let g_prompt = reward.prompt(&request.prompt, request.image.as_deref(), request.pad)?;
+        let (ts, tl) = Session::prefill(&self.target.model, &[&t_prompt], &self.target.device)?;
+        let (gs, gl) = Session::prefill(&reward.model, &[&g_prompt], &reward.device)?;
+        let (rs, rl) = match self.reference {
+            Some(r) => {
+                let p = r.prompt(&request.prompt, request.image.as_deref(), request.pad)?;
+                let (s, l) = Session::prefill(&r.model, &[&p], &r.device)?;
+                (Some(s), Some(l.into_iter().next().expect("one row")))
+            }
+            None => (None, None),
+        };
+        let prefill_s = start.elapsed().as_secs_f64();
+
+        /// A distinct token history: the sessions after it and their next-token logits.
+        struct Branch<'m, B: Backend> {
+            sessions: (Session<'m, B>, Session<'m, B>, Option<Session<'m, B>>),
+            logits: (Vec<f32>, Vec<f32>, Option<Vec<f32>>),
+        }
+        let tau = self.config.tau;
+        let fused = |b: &Branch<B>, f: Fusion| {
+            fuse(f, &b.logits.0, &b.logits.1, b.logits.2.as_deref(), tau)
+        };
+        let root = Branch {
+            sessions: (ts, gs, rs),
+            logits: (
+                tl.into_iter().next().expect("one row"),
+                gl.into_iter().next().expect("one row"),
+                rl,
+            ),
+        };
+        let first: Vec<Vec<f32>> = fusions.iter().map(|&f| fused(&root, f)).collect();
+        let state = RefCell::new((vec![root], vec![0usize; fusions.len()]));
+        let t0 = Instant::now();
+        let rows = decode_loop(
+            &self.target.tokenizer,
+            &self.generation,
+            &self.target.model.language_model.config.eos_token_ids,
+            first,
+            || {
+                let s = state.borrow();
+                let b = &s.0[0].sessions;
+                b.0.has_room() && b.1.has_room() && b.2.as_ref().is_none_or(Session::has_room)
+            },
+            |tokens| {
+                let mut s = state.borrow_mut();
+                let (branches, of_row) = &mut *s;
+                let mut next: Vec<Branch<B>> = Vec::new();
+                let mut made: Vec<(usize, u32)> = Vec::new();
+                let mut new_of_row = Vec::with_capacity(tokens.len());
+                for (row, &tok) in tokens.iter().enumerate() {
+                    let key = (of_row[row], tok);
+                    let idx = match made.iter().position(|k| *k == key) {
+                        Some(i) => i,
+                        None => {
+                            let mut ss = branches[key.0].sessions.clone();
+                            let t = ss.0.step(&[tok])?.remove(0);
+                            let g = ss.1.step(&[tok])?.remove(0);
+                            let r =
+                                ss.2.as_mut()
+                                    .map(|r| r.step(&[tok]))
+                                    .transpose()?
+                                    .map(|mut v| v.remove(0));
+                            next.push(Branch {
+                                sessions: ss,
+                                logits: (t, g, r),
+                            });
+                            made.push(key);
+                            made.len() - 1
+                        }
+                    };
+                    new_of_row.push(idx);
+                }
+                let out = new_of_row
+                    .iter()
+                    .zip(fusions)
+                    .map(|(&b, &f)| fused(&next[b], f))
+                    .collect();
+                *branches = next;
+                *of_row = new_of_row;
+                Ok(out)
+            },
+            &mut |_| {},
+        )?;
+        let decode_s = t0.elapsed().as_secs_f64();
+        let prompts = vec![&t_prompt; fusions.len()];
+        Ok(finish(rows, &prompts, prefill_s, decode_s))
+    }
+
     /// Decodes a batch with fused scores; each row equals what decoding it alone gives.
     pub fn generate_batch_streaming(
         &self,

@@ -256,3 +256,67 @@ fn bad_configurations_are_clear_errors() {
         "{e}"
     );
 }
+
+#[test]
+fn sweep_equals_full_decoding_for_every_fusion() {
+    let (target, reward, reference) = (
+        load("llava-target"),
+        load("llava-reward"),
+        load("llava-reward-ref"),
+    );
+    let fusions: Vec<Fusion> = [0.0, 0.1, 0.3, 0.6, 0.9, 1.0]
+        .into_iter()
+        .map(|lambda| Fusion::Interpolate { lambda })
+        .chain([
+            Fusion::Reference { alpha: 1.0 },
+            Fusion::Reference { alpha: 3.0 },
+        ])
+        .collect();
+    // Greedy and seeded sampling; 12 tokens so that answers branch at different depths.
+    let sampled = GenerationConfig {
+        sampling: SamplingConfig {
+            temperature: 0.8,
+            top_k: Some(20),
+            top_p: None,
+            seed: 7,
+        },
+        ..greedy(12)
+    };
+    for generation in [greedy(12), sampled] {
+        // Built in reference mode so that it keeps the reference for the α entries.
+        let sweeper = Tita::new(
+            &target,
+            Some(&reward),
+            Some(&reference),
+            config(Fusion::Reference { alpha: 1.0 }),
+            generation.clone(),
+        )
+        .unwrap();
+        for case in cases() {
+            let req = request(&case);
+            let swept = sweeper.sweep(&req, &fusions).unwrap();
+            let mut distinct: Vec<&Vec<u32>> = swept.iter().map(|g| &g.token_ids).collect();
+            distinct.dedup();
+            assert!(
+                distinct.len() > 1,
+                "the sweep should branch on the fixtures"
+            );
+            for (f, got) in fusions.iter().zip(&swept) {
+                let full = Tita::new(
+                    &target,
+                    Some(&reward),
+                    Some(&reference),
+                    config(*f),
+                    generation.clone(),
+                )
+                .unwrap()
+                .generate(&req)
+                .unwrap()
+                .generation;
+                assert_eq!(got.token_ids, full.token_ids, "{f:?}: {}", req.prompt);
+                assert_eq!(got.text, full.text);
+                assert_eq!(got.finish_reason, full.finish_reason);
+            }
+        }
+    }
+}
