@@ -244,3 +244,51 @@ pub fn score(questions: &[MmeQuestion], predictions: &[String]) -> MmeScores {
         categories,
     }
 }
+
+/// The release as one question set per category, for [`crate::eval::answer_all`]; question
+/// ids count from 1 in release order.
+pub fn question_sets(questions: &[MmeQuestion]) -> Vec<crate::eval::QuestionSet> {
+    let mut sets: Vec<crate::eval::QuestionSet> = Vec::new();
+    for (i, q) in questions.iter().enumerate() {
+        if sets.last().is_none_or(|s| s.name != q.category) {
+            sets.push(crate::eval::QuestionSet {
+                name: q.category.clone(),
+                questions: Vec::new(),
+                images: Vec::new(),
+            });
+        }
+        let set = sets.last_mut().expect("pushed above");
+        set.questions.push(crate::pope::Question {
+            question_id: Some(i as u64 + 1),
+            image: q.image_name.clone(),
+            text: q.question.clone(),
+            label: q.answer.clone(),
+        });
+        set.images.push(q.image.clone());
+    }
+    sets
+}
+
+/// Scores each method's answer files (as `answer_all` wrote them) with MME's rules.
+pub fn score_methods(
+    questions: &[MmeQuestion],
+    out: &Path,
+    methods: &[crate::eval::Method],
+) -> Result<BTreeMap<String, MmeScores>> {
+    let sets = question_sets(questions);
+    let mut all = BTreeMap::new();
+    for m in methods {
+        let mut text: BTreeMap<u64, String> = BTreeMap::new();
+        for set in &sets {
+            let path = crate::eval::answers_path(out, m, &set.name);
+            for (_, a) in tita_core::jsonl::read::<crate::pope::Answer>(&path)? {
+                text.insert(a.question_id, a.text);
+            }
+        }
+        let preds: Vec<String> = (1..=questions.len() as u64)
+            .map(|id| text.get(&id).cloned().unwrap_or_default())
+            .collect();
+        all.insert(m.name(), score(questions, &preds));
+    }
+    Ok(all)
+}

@@ -114,6 +114,11 @@ impl YesNoMetrics {
 /// Scores `answers` against `questions` by `question_id`. Every answer must belong to a
 /// question; questions without an answer are an error too (a partial run is not a score).
 pub fn score(questions: &[Question], answers_path: &Path) -> Result<YesNoMetrics> {
+    Ok(YesNoMetrics::from_pairs(judge(questions, answers_path)?))
+}
+
+/// (prediction is yes, label is yes) for every question, in question order; see [`score`].
+pub fn judge(questions: &[Question], answers_path: &Path) -> Result<Vec<(bool, bool)>> {
     let labels: HashMap<u64, bool> = questions
         .iter()
         .map(|q| {
@@ -154,7 +159,10 @@ pub fn score(questions: &[Question], answers_path: &Path) -> Result<YesNoMetrics
             ),
         ));
     }
-    Ok(YesNoMetrics::from_pairs(seen.into_values()))
+    Ok(questions
+        .iter()
+        .map(|q| seen[&q.question_id.expect("set by read_questions")])
+        .collect())
 }
 
 /// The split a POPE file holds, from its name (`coco_pope_adversarial.json` -> adversarial).

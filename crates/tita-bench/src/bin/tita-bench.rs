@@ -5,8 +5,12 @@ use std::path::PathBuf;
 use anyhow::anyhow;
 use burn::tensor::backend::Backend;
 use clap::{Parser, Subcommand};
+use tita_bench::eval::{EvalConfig, Method, Models, QuestionSet, SHORT_ANSWER};
+use tita_bench::mme;
+use tita_bench::report::evaluate;
 use tita_bench::speed::{self, Preset, SpeedReport, TitaSpeedReport};
 use tita_decode::backend::{dispatch, BackendKind, BackendTask};
+use tita_decode::Pipeline;
 
 #[derive(Parser)]
 #[command(about = "TITA benchmarks")]
@@ -17,6 +21,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// POPE (or any {"image","text","label"} JSONL) with several decoding methods side by
+    /// side; answers resume, results.json + report.md + plots under --out.
+    Pope {
+        #[command(flatten)]
+        run: EvalArgs,
+        /// Question files, one per split (comma separated or repeated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        questions: Vec<PathBuf>,
+        /// Only the first N questions of each file.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// MME from its release directory, several methods side by side.
+    Mme {
+        #[command(flatten)]
+        run: EvalArgs,
+        /// The release: one folder per category.
+        #[arg(long)]
+        release: PathBuf,
+    },
     /// Score an answers JSONL (this project's or LLaVA's) against POPE questions with the
     /// upstream rule.
     PopeScore {
@@ -56,6 +80,122 @@ enum Command {
     },
 }
 
+#[derive(clap::Args, Clone)]
+struct EvalArgs {
+    /// Target VLM directory.
+    #[arg(long)]
+    target: PathBuf,
+    /// Reward VLM (TITA methods).
+    #[arg(long)]
+    reward: Option<PathBuf>,
+    /// The reward model's DPO reference (reference methods).
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// Directory the question files' image names are relative to.
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// greedy, tita:λ, reference:α, vcd:α (comma separated).
+    #[arg(long, value_delimiter = ',', default_value = "greedy")]
+    methods: Vec<String>,
+    /// Adds tita:λ for each λ (a sweep; costs about one run).
+    #[arg(long, value_delimiter = ',')]
+    lambdas: Vec<f32>,
+    /// Appended on a new line to each question (LLaVA's evaluation prompt).
+    #[arg(long, default_value = SHORT_ANSWER)]
+    suffix: String,
+    #[arg(long, default_value_t = 16)]
+    max_new_tokens: usize,
+    /// Decode every method separately instead of sharing prefills (same answers, slower).
+    #[arg(long)]
+    no_shortcut: bool,
+    /// Do not pad images to squares (LLaVA-1.5's evaluation pads).
+    #[arg(long)]
+    no_pad: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value = "bench-out/eval")]
+    out: PathBuf,
+    #[arg(long, value_enum)]
+    backend: Option<BackendKind>,
+}
+
+impl EvalArgs {
+    fn config(&self) -> anyhow::Result<EvalConfig> {
+        let mut methods = self
+            .methods
+            .iter()
+            .map(|m| Method::parse(m))
+            .collect::<tita_core::Result<Vec<_>>>()?;
+        methods.extend(self.lambdas.iter().map(|&lambda| Method::Tita { lambda }));
+        let mut seen = std::collections::HashSet::new();
+        methods.retain(|m| seen.insert(m.name()));
+        Ok(EvalConfig {
+            methods,
+            suffix: self.suffix.clone(),
+            max_new_tokens: self.max_new_tokens,
+            pad: !self.no_pad,
+            shortcut: !self.no_shortcut,
+            seed: self.seed,
+            ..EvalConfig::default()
+        })
+    }
+}
+
+/// Loads the models and runs the question sets (POPE) or the release (MME).
+struct EvalTask {
+    run: EvalArgs,
+    sets: Vec<QuestionSet>,
+    mme: Option<Vec<mme::MmeQuestion>>,
+}
+
+impl BackendTask for EvalTask {
+    type Output = anyhow::Result<()>;
+    fn run<B: Backend>(self, device: B::Device, _kind: BackendKind) -> anyhow::Result<()> {
+        let a = &self.run;
+        let config = a.config()?;
+        let target = Pipeline::<B>::load(&a.target, &device)?;
+        let load = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|d| Pipeline::<B>::load(d, &device))
+                .transpose()
+        };
+        let (reward, reference) = (load(&a.reward)?, load(&a.reference)?);
+        let models = Models {
+            target: &target,
+            reward: reward.as_ref(),
+            reference: reference.as_ref(),
+        };
+        let title = if self.mme.is_some() {
+            "MME"
+        } else {
+            "POPE / yes-no evaluation"
+        };
+        let results = evaluate(&models, &self.sets, &a.out, &config, true, title)?;
+        if let Some(questions) = &self.mme {
+            let scores = mme::score_methods(questions, &a.out, &config.methods)?;
+            let json = serde_json::to_string_pretty(&scores)?;
+            tita_core::jsonl::write_atomic(&a.out.join("mme.json"), json.as_bytes())?;
+            let mut md = String::from(
+                "\n## MME scores\n\n| method | perception | cognition |\n|---|---|---|\n",
+            );
+            for (m, s) in &scores {
+                md.push_str(&format!(
+                    "| {m} | {:.2} | {:.2} |\n",
+                    s.perception, s.cognition
+                ));
+            }
+            let mut report = std::fs::read_to_string(a.out.join("report.md"))?;
+            report.push_str(&md);
+            tita_core::jsonl::write_atomic(&a.out.join("report.md"), report.as_bytes())?;
+            print!("{md}");
+        }
+        println!("{}", std::fs::read_to_string(a.out.join("report.md"))?);
+        let _ = results;
+        eprintln!("-> {}", a.out.display());
+        Ok(())
+    }
+}
+
 struct SpeedTask {
     preset: Preset,
     prompt_tokens: usize,
@@ -93,6 +233,40 @@ impl BackendTask for SpeedTask {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Pope {
+            run,
+            questions,
+            limit,
+        } => {
+            let sets = questions
+                .iter()
+                .map(|q| QuestionSet::read(q, run.images.as_deref(), limit))
+                .collect::<tita_core::Result<Vec<_>>>()?;
+            let backend = run.backend;
+            dispatch(
+                backend,
+                EvalTask {
+                    run,
+                    sets,
+                    mme: None,
+                },
+            )
+            .map_err(|e| anyhow!(e))??;
+        }
+        Command::Mme { run, release } => {
+            let questions = mme::read_release(&release)?;
+            let sets = mme::question_sets(&questions);
+            let backend = run.backend;
+            dispatch(
+                backend,
+                EvalTask {
+                    run,
+                    sets,
+                    mme: Some(questions),
+                },
+            )
+            .map_err(|e| anyhow!(e))??;
+        }
         Command::PopeScore {
             questions,
             answers,

@@ -1,0 +1,154 @@
+//! End-to-end yes/no evaluation on the fixture models and images: every output written, a
+//! resumed run asks nothing twice, the λ-sweep shortcut gives the answers of full decoding,
+//! and bad question files are reported with their line.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::backend::Flex;
+use tita_bench::eval::{answers_path, EvalConfig, Method, Models, QuestionSet};
+use tita_bench::pope::Answer;
+use tita_bench::report::evaluate;
+use tita_decode::Pipeline;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+const QUESTIONS: &str = r#"{"question_id": 11, "image": "square56.png", "text": "Is there a cat in the image?", "label": "yes"}
+{"question_id": 12, "image": "chelsea.png", "text": "Is there a cat in the image?", "label": "yes"}
+{"question_id": 13, "image": "astronaut.png", "text": "Is there a dog in the image?", "label": "no"}
+{"question_id": 14, "image": "rocket.jpg", "text": "Is there a car in the image?", "label": "no"}
+"#;
+
+fn config(shortcut: bool) -> EvalConfig {
+    EvalConfig {
+        methods: [
+            "greedy",
+            "tita:0.3",
+            "tita:0.6",
+            "tita:1",
+            "reference:1",
+            "vcd:1",
+        ]
+        .iter()
+        .map(|m| Method::parse(m).unwrap())
+        .collect(),
+        max_new_tokens: 6,
+        shortcut,
+        ..EvalConfig::default()
+    }
+}
+
+fn answers(out: &Path, m: &Method) -> Vec<Answer> {
+    std::fs::read_to_string(answers_path(out, m, "questions"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn pope_run_writes_reports_resumes_and_the_sweep_equals_full_decoding() {
+    let device = Default::default();
+    let load = |n: &str| Pipeline::<Flex>::load(&fixtures().join(n), &device).unwrap();
+    let (target, reward, reference) = (
+        load("llava-target"),
+        load("llava-reward"),
+        load("llava-reward-ref"),
+    );
+    let models = Models {
+        target: &target,
+        reward: Some(&reward),
+        reference: Some(&reference),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("questions.jsonl");
+    std::fs::write(&q, QUESTIONS).unwrap();
+    let sets = vec![QuestionSet::read(&q, Some(&fixtures().join("images")), None).unwrap()];
+
+    let out = dir.path().join("fast");
+    let r = evaluate(&models, &sets, &out, &config(true), false, "test").unwrap();
+    for f in ["results.json", "report.md", "lambda.png", "speed.png"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let cfg = config(true);
+    for m in &cfg.methods {
+        let x = &r.sets["questions"][&m.name()];
+        assert_eq!(x.count, 4);
+        for v in [x.accuracy, x.precision, x.recall, x.f1, x.yes_ratio] {
+            assert!(v.is_finite() && (0.0..=1.0).contains(&v));
+        }
+        assert_eq!(r.speed[&m.name()].answers, 4);
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("| tita-0.6 |") && report.contains("| vcd-1 |"));
+
+    // Full decoding of every method separately gives the same answers.
+    let slow = dir.path().join("slow");
+    evaluate(&models, &sets, &slow, &config(false), false, "test").unwrap();
+    for m in &cfg.methods {
+        let (a, b) = (answers(&out, m), answers(&slow, m));
+        let text = |v: &[Answer]| {
+            v.iter()
+                .map(|a| (a.question_id, a.text.clone()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(text(&a), text(&b), "{}", m.name());
+    }
+
+    // Rerun: nothing left to ask. Then lose the last two greedy answers (an interruption):
+    // only those two are asked again.
+    let again = evaluate(&models, &sets, &out, &config(true), false, "test").unwrap();
+    assert!(again.speed.is_empty(), "{:?}", again.speed);
+    let greedy = Method::Greedy;
+    let path = answers_path(&out, &greedy, "questions");
+    let before = std::fs::read_to_string(&path).unwrap();
+    let kept: Vec<&str> = before.lines().take(2).collect();
+    std::fs::write(&path, kept.join("\n") + "\n").unwrap();
+    let resumed = evaluate(&models, &sets, &out, &config(true), false, "test").unwrap();
+    assert_eq!(resumed.speed.len(), 1);
+    assert_eq!(resumed.speed["greedy"].answers, 2);
+    let mut ids: Vec<u64> = answers(&out, &greedy)
+        .iter()
+        .map(|a| a.question_id)
+        .collect();
+    ids.sort();
+    assert_eq!(ids, vec![11, 12, 13, 14]);
+    assert_eq!(
+        resumed.sets["questions"]["greedy"],
+        r.sets["questions"]["greedy"]
+    );
+}
+
+#[test]
+fn bad_question_files_name_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = fixtures().join("images");
+    let q = dir.path().join("q.jsonl");
+    std::fs::write(&q, QUESTIONS.replace("rocket.jpg", "missing.jpg")).unwrap();
+    let e = QuestionSet::read(&q, Some(&images), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("q.jsonl:4: image `missing.jpg` not found"),
+        "{e}"
+    );
+    std::fs::write(
+        &q,
+        QUESTIONS.replace("\"label\": \"no\"}\n{", "\"label\": \"no\"\n{"),
+    )
+    .unwrap();
+    let e = QuestionSet::read(&q, Some(&images), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("q.jsonl:3: malformed line"), "{e}");
+    let e = QuestionSet::read(
+        &dir.path().join("coco_pope_nosuch.json"),
+        Some(&images),
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("coco_pope_nosuch.json: cannot read"), "{e}");
+}
