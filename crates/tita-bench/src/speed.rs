@@ -107,6 +107,75 @@ pub struct SpeedReport {
     pub prompt_tokens: usize,
     pub prefill_tokens_per_s: f64,
     pub image_encode_ms: Option<f64>,
+    /// Peak resident memory of the process so far (Linux), in MB.
+    pub peak_rss_mb: Option<f64>,
+}
+
+/// The process's peak resident set size (`VmHWM` in `/proc/self/status`), in MB.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// `report.md` and `speed.png` (decode tokens/s against the bound per backend, and plain
+/// against TITA tokens/s per batch size) for a speed run.
+pub fn write_report(
+    out: &std::path::Path,
+    runs: &[(SpeedReport, Option<TitaSpeedReport>)],
+) -> Result<()> {
+    use std::fmt::Write as _;
+    let mut md =
+        String::from("# Speed\n\nOne run; compare the ratios, not the absolute times.\n\n");
+    md.push_str("| preset | backend | params | decode tok/s | bound tok/s | decode / bound | prefill tok/s | image ms | peak RSS MB |\n|---|---|---|---|---|---|---|---|---|\n");
+    let mut bars = Vec::new();
+    for (r, _) in runs {
+        let _ = writeln!(
+            md,
+            "| {:?} | {} | {:.1}M | {:.1} | {:.1} | {:.2} | {:.1} | {} | {} |",
+            r.preset,
+            r.backend,
+            r.parameters as f64 / 1e6,
+            r.decode_tokens_per_s,
+            r.bound_tokens_per_s,
+            r.decode_vs_bound,
+            r.prefill_tokens_per_s,
+            r.image_encode_ms.map_or("-".into(), |v| format!("{v:.1}")),
+            r.peak_rss_mb.map_or("-".into(), |v| format!("{v:.0}")),
+        );
+        bars.push((format!("{} decode", r.backend), r.decode_tokens_per_s));
+        bars.push((format!("{} bound", r.backend), r.bound_tokens_per_s));
+    }
+    for (_, t) in runs {
+        let Some(t) = t else { continue };
+        let _ = writeln!(
+            md,
+            "\nTITA ({:?} target + {:?} reward on {}), bound 1 + R/T = {:.3}\n\n| batch | plain tok/s | TITA tok/s | slowdown | slowdown / bound |\n|---|---|---|---|---|",
+            t.target, t.reward, t.backend, t.slowdown_bound
+        );
+        for row in &t.rows {
+            let _ = writeln!(
+                md,
+                "| {} | {:.1} | {:.1} | {:.3} | {:.3} |",
+                row.batch,
+                row.plain_tokens_per_s,
+                row.tita_tokens_per_s,
+                row.slowdown,
+                row.slowdown_vs_bound
+            );
+            bars.push((
+                format!("{} b={} plain", t.backend, row.batch),
+                row.plain_tokens_per_s,
+            ));
+            bars.push((
+                format!("{} b={} TITA", t.backend, row.batch),
+                row.tita_tokens_per_s,
+            ));
+        }
+    }
+    tita_core::jsonl::write_atomic(&out.join("report.md"), md.as_bytes())?;
+    tita_core::plot::bar_chart(&out.join("speed.png"), "tokens/s", "tokens/s", &bars)
 }
 
 /// Bytes of f32 weights read by one batch-1 decode step of `model`'s language model.
@@ -189,6 +258,7 @@ pub fn run<B: Backend>(
         prompt_tokens,
         prefill_tokens_per_s: prompt_tokens as f64 / prefill_s,
         image_encode_ms,
+        peak_rss_mb: peak_rss_mb(),
     })
 }
 
@@ -225,6 +295,9 @@ impl std::fmt::Display for SpeedReport {
         )?;
         if let Some(ms) = self.image_encode_ms {
             write!(f, "\n  image encoding   {ms:>10.1} ms")?;
+        }
+        if let Some(mb) = self.peak_rss_mb {
+            write!(f, "\n  peak RSS         {mb:>10.0} MB")?;
         }
         Ok(())
     }

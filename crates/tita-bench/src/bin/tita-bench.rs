@@ -315,15 +315,16 @@ fn main() -> anyhow::Result<()> {
                     new_tokens,
                     tita,
                 };
-                let (plain, tita) = dispatch(kind, task).map_err(|e| anyhow!(e))??;
-                reports.push(serde_json::json!({"decode": plain, "tita": tita}));
+                reports.push(dispatch(kind, task).map_err(|e| anyhow!(e))??);
             }
+            let json: Vec<_> = reports
+                .iter()
+                .map(|(plain, tita)| serde_json::json!({"decode": plain, "tita": tita}))
+                .collect();
             let path = out.join("results.json");
-            tita_core::jsonl::write_atomic(
-                &path,
-                serde_json::to_string_pretty(&reports)?.as_bytes(),
-            )?;
-            eprintln!("wrote {}", path.display());
+            tita_core::jsonl::write_atomic(&path, serde_json::to_string_pretty(&json)?.as_bytes())?;
+            speed::write_report(&out, &reports)?;
+            eprintln!("wrote {}, report.md, speed.png", path.display());
         }
     }
     Ok(())
