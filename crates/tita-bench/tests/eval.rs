@@ -152,3 +152,51 @@ fn bad_question_files_name_the_line() {
     .to_string();
     assert!(e.contains("coco_pope_nosuch.json: cannot read"), "{e}");
 }
+
+#[test]
+fn mme_release_runs_end_to_end() {
+    let device = Default::default();
+    let target = Pipeline::<Flex>::load(&fixtures().join("llava-target"), &device).unwrap();
+    let models = Models {
+        target: &target,
+        reward: None,
+        reference: None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("release");
+    for (cat, img) in [("existence", "chelsea.png"), ("code_reasoning", "logo.png")] {
+        std::fs::create_dir_all(root.join(cat)).unwrap();
+        std::fs::copy(
+            fixtures().join("images").join(img),
+            root.join(cat).join(img),
+        )
+        .unwrap();
+        std::fs::write(
+            root.join(cat).join(format!("{cat}.txt")),
+            format!("{img}\tIs there a cat in this image?\tYes\n{img}\tIs there a dog in this image?\tNo\n"),
+        )
+        .unwrap();
+    }
+    let questions = tita_bench::mme::read_release(&root).unwrap();
+    let sets = tita_bench::mme::question_sets(&questions);
+    assert_eq!(
+        sets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["code_reasoning", "existence"]
+    );
+    let out = dir.path().join("out");
+    let config = EvalConfig {
+        methods: vec![Method::Greedy, Method::parse("vcd:1").unwrap()],
+        max_new_tokens: 3,
+        ..EvalConfig::default()
+    };
+    evaluate(&models, &sets, &out, &config, false, "MME").unwrap();
+    let scores = tita_bench::mme::score_methods(&questions, &out, &config.methods).unwrap();
+    for s in scores.values() {
+        assert_eq!(s.categories.len(), 2);
+        assert!((0.0..=200.0).contains(&s.perception) && (0.0..=200.0).contains(&s.cognition));
+        for c in s.categories.values() {
+            assert_eq!(c.questions, 2);
+            assert!((c.score - 100.0 * (c.accuracy + c.accuracy_plus)).abs() < 1e-9);
+        }
+    }
+}
