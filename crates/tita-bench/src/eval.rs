@@ -237,17 +237,7 @@ pub fn answer_all<B: Backend>(
     let plain = Generator::new(models.target, generation.clone());
 
     let total: usize = sets.iter().map(|s| s.questions.len()).sum();
-    let bar = if progress {
-        indicatif::ProgressBar::new(total as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} questions [{elapsed} < {eta}] {msg}",
-        )
-        .expect("valid template"),
-    );
+    let bar = tita_core::progress::bar(progress, total, "questions");
     let mut speed: BTreeMap<String, MethodSpeed> = BTreeMap::new();
     let model_id = models
         .target

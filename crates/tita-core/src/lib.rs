@@ -8,6 +8,7 @@ pub mod image;
 pub mod jsonl;
 pub mod noise;
 pub mod plot;
+pub mod progress;
 pub mod sampling;
 pub mod tokenizer;
 

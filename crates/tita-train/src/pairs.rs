@@ -117,17 +117,7 @@ pub fn synthesize<B: Backend>(
         },
     );
     let todo: Vec<&(usize, Question)> = qs.iter().filter(|(l, _)| *l > done).collect();
-    let bar = if progress {
-        indicatif::ProgressBar::new(todo.len() as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} questions [{elapsed} < {eta}] {msg}",
-        )
-        .expect("valid template"),
-    );
+    let bar = tita_core::progress::bar(progress, todo.len(), "questions");
     for (line, q) in todo {
         let line = *line;
         if q.prompt.trim().is_empty() {

@@ -283,7 +283,8 @@ pub fn train<A: AutodiffBackend>(
     }
     let mut metrics_file = jsonl::open_append(&metrics_path)?;
 
-    let bar = progress_bar(options.progress, total, start);
+    let bar = tita_core::progress::bar(options.progress, total, "steps");
+    bar.set_position(start as u64);
     let mut learner = Learner::new(policy, reference, opt);
     let mut order_epoch = usize::MAX;
     let mut order: Vec<usize> = Vec::new();
@@ -595,19 +596,4 @@ fn save_checkpoint<A: AutodiffBackend>(
     };
     let text = serde_json::to_string_pretty(&state).expect("plain data");
     jsonl::write_atomic(&dir.join("trainer_state.json"), text.as_bytes())
-}
-
-fn progress_bar(show: bool, total: usize, start: usize) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} steps [{elapsed} < {eta}] {msg}",
-        )
-        .expect("valid template"),
-    );
-    bar.set_position(start as u64);
-    bar
 }

@@ -231,6 +231,15 @@ impl BackendTask for SpeedTask {
     }
 }
 
+fn run_eval(
+    run: EvalArgs,
+    sets: Vec<QuestionSet>,
+    mme: Option<Vec<mme::MmeQuestion>>,
+) -> anyhow::Result<()> {
+    let backend = run.backend;
+    dispatch(backend, EvalTask { run, sets, mme }).map_err(|e| anyhow!(e))?
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Pope {
@@ -242,30 +251,12 @@ fn main() -> anyhow::Result<()> {
                 .iter()
                 .map(|q| QuestionSet::read(q, run.images.as_deref(), limit))
                 .collect::<tita_core::Result<Vec<_>>>()?;
-            let backend = run.backend;
-            dispatch(
-                backend,
-                EvalTask {
-                    run,
-                    sets,
-                    mme: None,
-                },
-            )
-            .map_err(|e| anyhow!(e))??;
+            run_eval(run, sets, None)?;
         }
         Command::Mme { run, release } => {
             let questions = mme::read_release(&release)?;
             let sets = mme::question_sets(&questions);
-            let backend = run.backend;
-            dispatch(
-                backend,
-                EvalTask {
-                    run,
-                    sets,
-                    mme: Some(questions),
-                },
-            )
-            .map_err(|e| anyhow!(e))??;
+            run_eval(run, sets, Some(questions))?;
         }
         Command::PopeScore {
             questions,
