@@ -6,3 +6,4 @@ pub mod mme;
 pub mod pope;
 pub mod report;
 pub mod speed;
+pub mod world;

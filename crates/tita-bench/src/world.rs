@@ -1,0 +1,285 @@
+//! The synthetic world of the built-in demo: images whose objects are known exactly. Each
+//! object is a shape in a colour (20 categories); objects come from "scenes" of categories that
+//! usually appear together, so a model trained on them learns co-occurrence priors that make it
+//! hallucinate the way POPE measures on COCO. Everything is deterministic for a seed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use image::{Rgb, RgbImage};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+pub const COLORS: [(&str, [u8; 3]); 4] = [
+    ("red", [220, 30, 30]),
+    ("green", [30, 170, 40]),
+    ("blue", [30, 60, 220]),
+    ("yellow", [235, 200, 20]),
+];
+pub const SHAPES: [&str; 5] = ["circle", "square", "triangle", "cross", "ring"];
+/// Image side in pixels.
+pub const SIZE: u32 = 64;
+/// Categories that usually appear together (indices into [`categories`]).
+const SCENES: usize = 5;
+
+/// A category: (colour index, shape index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Category {
+    pub color: usize,
+    pub shape: usize,
+}
+
+impl Category {
+    pub fn name(&self) -> String {
+        format!("{} {}", COLORS[self.color].0, SHAPES[self.shape])
+    }
+}
+
+/// All 20 categories in a fixed order.
+pub fn categories() -> Vec<Category> {
+    (0..COLORS.len())
+        .flat_map(|color| (0..SHAPES.len()).map(move |shape| Category { color, shape }))
+        .collect()
+}
+
+/// The scene of a category: four categories per scene, mixing colours and shapes.
+pub fn scene_of(c: Category) -> usize {
+    (c.shape + c.color * 2) % SCENES
+}
+
+/// One drawn object.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Object {
+    pub category: Category,
+    /// Top-left corner and side of its square box.
+    pub x: u32,
+    pub y: u32,
+    pub size: u32,
+}
+
+/// An image of the world and its ground truth.
+#[derive(Debug, Clone)]
+pub struct Scene {
+    pub image: RgbImage,
+    pub objects: Vec<Object>,
+}
+
+impl Scene {
+    pub fn present(&self) -> BTreeSet<Category> {
+        self.objects.iter().map(|o| o.category).collect()
+    }
+
+    /// "a red circle , a blue ring and a green cross ." (objects left to right).
+    pub fn caption(&self) -> String {
+        let mut objs = self.objects.clone();
+        objs.sort_by_key(|o| (o.x, o.y));
+        let names: Vec<String> = objs
+            .iter()
+            .map(|o| format!("a {}", o.category.name()))
+            .collect();
+        let body = match names.as_slice() {
+            [] => "nothing".to_string(),
+            [one] => one.clone(),
+            [rest @ .., last] => format!("{} and {last}", rest.join(" , ")),
+        };
+        format!("{body} .")
+    }
+}
+
+/// Whether pixel (px, py) of an object's box belongs to its shape.
+pub fn covers(shape: usize, size: u32, px: u32, py: u32) -> bool {
+    let (s, x, y) = (size as f32, px as f32 + 0.5, py as f32 + 0.5);
+    let (cx, cy, r) = (s / 2.0, s / 2.0, s / 2.0);
+    let d = ((x - cx).powi(2) + (y - cy).powi(2)).sqrt();
+    match SHAPES[shape] {
+        "circle" => d <= r,
+        "square" => true,
+        // Apex at the top middle, base along the bottom.
+        "triangle" => (x - cx).abs() <= y / 2.0,
+        "cross" => (x - cx).abs() <= s / 6.0 || (y - cy).abs() <= s / 6.0,
+        "ring" => d <= r && d >= r * 0.55,
+        _ => false,
+    }
+}
+
+/// Draws one image: a light, low-saturation noisy background (never an object colour), then
+/// 1-4 non-overlapping objects, most from one scene.
+pub fn draw(rng: &mut StdRng) -> Scene {
+    let cats = categories();
+    let scene = rng.random_range(0..SCENES);
+    let members: Vec<Category> = cats
+        .iter()
+        .copied()
+        .filter(|&c| scene_of(c) == scene)
+        .collect();
+    let n = rng.random_range(1..=4);
+    let mut chosen: Vec<Category> = Vec::new();
+    while chosen.len() < n {
+        let c = if rng.random_bool(0.85) {
+            members[rng.random_range(0..members.len())]
+        } else {
+            cats[rng.random_range(0..cats.len())]
+        };
+        if !chosen.contains(&c) {
+            chosen.push(c);
+        }
+    }
+    let base: [i32; 3] = [
+        rng.random_range(140..210),
+        rng.random_range(140..210),
+        rng.random_range(140..210),
+    ];
+    let mut image = RgbImage::from_fn(SIZE, SIZE, |_, _| {
+        let v = rng.random_range(-12..=12);
+        Rgb(base.map(|b| (b + v).clamp(0, 255) as u8))
+    });
+    let mut objects: Vec<Object> = Vec::new();
+    for category in chosen {
+        // Rejection sampling of a free box; give up on this object after a few tries.
+        for _ in 0..50 {
+            let size = rng.random_range(14..=22);
+            let (x, y) = (
+                rng.random_range(0..=SIZE - size),
+                rng.random_range(0..=SIZE - size),
+            );
+            let free = objects.iter().all(|o| {
+                x + size <= o.x || o.x + o.size <= x || y + size <= o.y || o.y + o.size <= y
+            });
+            if free {
+                objects.push(Object {
+                    category,
+                    x,
+                    y,
+                    size,
+                });
+                break;
+            }
+        }
+    }
+    for o in &objects {
+        let color = Rgb(COLORS[o.category.color].1);
+        for py in 0..o.size {
+            for px in 0..o.size {
+                if covers(o.category.shape, o.size, px, py) {
+                    image.put_pixel(o.x + px, o.y + py, color);
+                }
+            }
+        }
+    }
+    Scene { image, objects }
+}
+
+/// A yes/no question about one category.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorldQuestion {
+    pub image: usize,
+    pub category: Category,
+    pub label: bool,
+}
+
+pub fn question_text(c: Category) -> String {
+    format!("Is there a {} in the image?", c.name())
+}
+
+/// POPE's ways of drawing absent objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sampler {
+    /// Uniformly among the absent categories.
+    Random,
+    /// The most frequent categories of the training images that are absent.
+    Popular,
+    /// The categories that most often co-occur (in training) with the present ones.
+    Adversarial,
+}
+
+/// Category frequencies and pairwise co-occurrence counts of a set of scenes.
+#[derive(Debug, Clone, Default)]
+pub struct Statistics {
+    pub frequency: BTreeMap<Category, usize>,
+    pub cooccurrence: BTreeMap<(Category, Category), usize>,
+}
+
+impl Statistics {
+    pub fn of(scenes: &[Scene]) -> Self {
+        let mut s = Statistics::default();
+        for sc in scenes {
+            let present = sc.present();
+            for &a in &present {
+                *s.frequency.entry(a).or_default() += 1;
+                for &b in &present {
+                    if a != b {
+                        *s.cooccurrence.entry((a, b)).or_default() += 1;
+                    }
+                }
+            }
+        }
+        s
+    }
+
+    /// Absent categories ranked for `sampler` (best first), ties broken by category order.
+    pub fn ranked_negatives(
+        &self,
+        present: &BTreeSet<Category>,
+        sampler: Sampler,
+    ) -> Vec<Category> {
+        let absent: Vec<Category> = categories()
+            .into_iter()
+            .filter(|c| !present.contains(c))
+            .collect();
+        let score = |c: &Category| -> usize {
+            match sampler {
+                Sampler::Random => 0,
+                Sampler::Popular => self.frequency.get(c).copied().unwrap_or(0),
+                Sampler::Adversarial => present
+                    .iter()
+                    .map(|p| self.cooccurrence.get(&(*p, *c)).copied().unwrap_or(0))
+                    .sum(),
+            }
+        };
+        let mut ranked = absent;
+        ranked.sort_by_key(|c| std::cmp::Reverse(score(c)));
+        ranked
+    }
+}
+
+/// For each scene, every present category as a "yes" question and as many absent ones as
+/// "no" questions, drawn by `sampler` (random draws use `rng`).
+pub fn questions(
+    scenes: &[Scene],
+    stats: &Statistics,
+    sampler: Sampler,
+    rng: &mut StdRng,
+) -> Vec<WorldQuestion> {
+    let mut out = Vec::new();
+    for (i, sc) in scenes.iter().enumerate() {
+        let present = sc.present();
+        let mut negatives = stats.ranked_negatives(&present, sampler);
+        if sampler == Sampler::Random {
+            for k in (1..negatives.len()).rev() {
+                negatives.swap(k, rng.random_range(0..=k));
+            }
+        }
+        for &c in &present {
+            out.push(WorldQuestion {
+                image: i,
+                category: c,
+                label: true,
+            });
+        }
+        for &c in negatives.iter().take(present.len()) {
+            out.push(WorldQuestion {
+                image: i,
+                category: c,
+                label: false,
+            });
+        }
+    }
+    out
+}
+
+/// Scenes of one split; splits use disjoint seeds, so they share no image.
+pub fn split(seed: u64, split: u64, count: usize) -> Vec<Scene> {
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(split));
+    (0..count).map(|_| draw(&mut rng)).collect()
+}
