@@ -283,3 +283,75 @@ pub fn split(seed: u64, split: u64, count: usize) -> Vec<Scene> {
     let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(split));
     (0..count).map(|_| draw(&mut rng)).collect()
 }
+
+/// Words of the world's language: the chat template, questions, answers and captions.
+const WORDS: &[&str] = &[
+    "USER",
+    ":",
+    "ASSISTANT",
+    "Is",
+    "is",
+    "there",
+    "a",
+    "in",
+    "the",
+    "image",
+    "?",
+    "Yes",
+    "No",
+    ",",
+    ".",
+    "and",
+    "nothing",
+    "Describe",
+    "What",
+    "this",
+    "Answer",
+    "question",
+    "using",
+    "single",
+    "word",
+    "or",
+    "phrase",
+];
+
+/// The world's word-level tokenizer, built with the `tokenizers` crate: `<unk>` 0, `<s>` 1,
+/// `</s>` 2, the words, colours and shapes, then `<image>` and `<pad>` as added special tokens;
+/// whitespace/punctuation pre-tokenizer; BOS added as LLaMA's tokenizer does.
+pub fn tokenizer() -> tokenizers::Result<tokenizers::Tokenizer> {
+    use tokenizers::models::wordlevel::WordLevel;
+    use tokenizers::pre_tokenizers::whitespace::Whitespace;
+    use tokenizers::processors::template::TemplateProcessing;
+    use tokenizers::AddedToken;
+
+    let words = ["<unk>", "<s>", "</s>"]
+        .into_iter()
+        .chain(WORDS.iter().copied())
+        .chain(COLORS.iter().map(|c| c.0))
+        .chain(SHAPES.iter().copied());
+    let vocab: ahash::AHashMap<String, u32> = words
+        .enumerate()
+        .map(|(i, w)| (w.to_string(), i as u32))
+        .collect();
+    let model = WordLevel::builder()
+        .vocab(vocab)
+        .unk_token("<unk>".into())
+        .build()?;
+    let mut tok = tokenizers::Tokenizer::new(model);
+    tok.with_pre_tokenizer(Some(Whitespace {}));
+    tok.with_post_processor(Some(
+        TemplateProcessing::builder()
+            .try_single("<s> $A")
+            .map_err(|e| e.to_string())?
+            .special_tokens(vec![("<s>", 1)])
+            .build()?,
+    ));
+    tok.add_special_tokens(&[
+        AddedToken::from("<unk>", true),
+        AddedToken::from("<s>", true),
+        AddedToken::from("</s>", true),
+        AddedToken::from("<image>", true),
+        AddedToken::from("<pad>", true),
+    ]);
+    Ok(tok)
+}

@@ -123,3 +123,31 @@ fn negative_samplers_follow_their_definitions() {
         "within-scene co-occurrence {within} of {total}"
     );
 }
+
+#[test]
+fn word_tokenizer_covers_the_chat_and_round_trips_captions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    tita_bench::world::tokenizer()
+        .unwrap()
+        .save(&path, false)
+        .unwrap();
+    let tok = tita_core::Tokenizer::from_file(&path).unwrap();
+    let image = tok.token_to_id("<image>").unwrap();
+    assert_eq!(tok.token_to_id("<pad>"), Some(image + 1));
+    let question = tita_bench::world::question_text(categories()[7]);
+    let prompt = tita_core::tokenizer::llava_prompt(&format!(
+        "{question}\n{}",
+        tita_bench::eval::SHORT_ANSWER
+    ));
+    let ids = tok.encode_with_image(&prompt, image, 16).unwrap();
+    assert_eq!(ids[0], 1);
+    assert_eq!(ids.iter().filter(|&&t| t == image).count(), 16);
+    assert!(!ids.contains(&0), "unknown word in {prompt:?}: {ids:?}");
+    for scene in split(9, 0, 10) {
+        let caption = scene.caption();
+        let ids = tok.encode(&format!(" {caption}"), false).unwrap();
+        assert!(!ids.contains(&0));
+        assert_eq!(tok.decode(&ids, true).unwrap(), caption);
+    }
+}
