@@ -24,6 +24,17 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The name transformers writes in a config.
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Activation::Silu => "silu",
+            Activation::Gelu => "gelu",
+            Activation::GeluTanh => "gelu_pytorch_tanh",
+            Activation::QuickGelu => "quick_gelu",
+            Activation::Relu => "relu",
+        }
+    }
+
     fn parse(name: &str) -> Option<Self> {
         Some(match name {
             "silu" | "swish" => Activation::Silu,
@@ -169,6 +180,73 @@ impl ModelConfig {
                 format!("`{other}` is not supported (expected `llava` or `llama`)"),
             )),
             None => Err(root.err("model_type", "missing (expected `llava` or `llama`)")),
+        }
+    }
+
+    /// The config as transformers writes `config.json` (every field explicit), so that a model
+    /// made here (random or trained from scratch) is a checkpoint like any other.
+    pub fn to_hf_json(&self) -> Value {
+        let text = |c: &LlamaConfig| {
+            serde_json::json!({
+                "architectures": ["LlamaForCausalLM"],
+                "model_type": "llama",
+                "vocab_size": c.vocab_size,
+                "hidden_size": c.hidden_size,
+                "intermediate_size": c.intermediate_size,
+                "num_hidden_layers": c.num_hidden_layers,
+                "num_attention_heads": c.num_attention_heads,
+                "num_key_value_heads": c.num_key_value_heads,
+                "head_dim": c.head_dim,
+                "hidden_act": c.hidden_act.hf_name(),
+                "max_position_embeddings": c.max_position_embeddings,
+                "rms_norm_eps": c.rms_norm_eps,
+                "rope_theta": c.rope_theta,
+                "tie_word_embeddings": c.tie_word_embeddings,
+                "attention_bias": c.attention_bias,
+                "mlp_bias": c.mlp_bias,
+                "bos_token_id": c.bos_token_id,
+                "eos_token_id": c.eos_token_ids,
+                "pad_token_id": c.pad_token_id,
+                "torch_dtype": c.dtype.clone().unwrap_or_else(|| "float32".into()),
+            })
+        };
+        match self {
+            ModelConfig::Llama(c) => text(c),
+            ModelConfig::Llava(c) => {
+                let v = &c.vision;
+                let layer = match c.vision_feature_layers.as_slice() {
+                    [one] => serde_json::json!(one),
+                    many => serde_json::json!(many),
+                };
+                serde_json::json!({
+                    "architectures": ["LlavaForConditionalGeneration"],
+                    "model_type": "llava",
+                    "image_token_index": c.image_token_id,
+                    "projector_hidden_act": c.projector_hidden_act.hf_name(),
+                    "multimodal_projector_bias": c.multimodal_projector_bias,
+                    "vision_feature_layer": layer,
+                    "vision_feature_select_strategy": match c.vision_feature_select_strategy {
+                        SelectStrategy::Default => "default",
+                        SelectStrategy::Full => "full",
+                    },
+                    "pad_token_id": c.text.pad_token_id,
+                    "tie_word_embeddings": c.text.tie_word_embeddings,
+                    "torch_dtype": c.text.dtype.clone().unwrap_or_else(|| "float32".into()),
+                    "text_config": text(&c.text),
+                    "vision_config": {
+                        "model_type": "clip_vision_model",
+                        "hidden_size": v.hidden_size,
+                        "intermediate_size": v.intermediate_size,
+                        "num_hidden_layers": v.num_hidden_layers,
+                        "num_attention_heads": v.num_attention_heads,
+                        "num_channels": v.num_channels,
+                        "image_size": v.image_size,
+                        "patch_size": v.patch_size,
+                        "hidden_act": v.hidden_act.hf_name(),
+                        "layer_norm_eps": v.layer_norm_eps,
+                    },
+                })
+            }
         }
     }
 
@@ -610,6 +688,31 @@ fn parse_llava(f: &Fields) -> Result<LlavaConfig> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn written_configs_read_back_equal() {
+        let mut text = LlamaConfig::sized(64, 2, 4, 2, 128);
+        text.pad_token_id = Some(5);
+        text.tie_word_embeddings = true;
+        let vision = ClipVisionConfig {
+            hidden_size: 32,
+            num_hidden_layers: 3,
+            num_attention_heads: 4,
+            image_size: 64,
+            patch_size: 16,
+            ..Default::default()
+        };
+        let mut llava = LlavaConfig::llava_1_5(text.clone(), vision);
+        if let ModelConfig::Llava(c) = &mut llava {
+            c.vision_feature_layers = vec![-2, -1];
+        }
+        for config in [llava, ModelConfig::Llama(text)] {
+            let json = config.to_hf_json();
+            let back = ModelConfig::from_value(&json, Path::new("config.json")).unwrap();
+            assert_eq!(back, config, "{json:#}");
+        }
+    }
+
     use super::*;
 
     fn parse(json: &str) -> Result<ModelConfig> {
