@@ -4,6 +4,7 @@
 //! hallucinate the way POPE measures on COCO. Everything is deterministic for a seed.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use image::{Rgb, RgbImage};
 use rand::rngs::StdRng;
@@ -355,3 +356,131 @@ pub fn tokenizer() -> tokenizers::Result<tokenizers::Tokenizer> {
     ]);
     Ok(tok)
 }
+
+/// Files of a world model directory other than its weights: the tokenizer and a CLIP image
+/// processor for [`SIZE`]-pixel images (OpenAI CLIP's mean and std).
+fn write_model_files(dir: &Path, config: &tita_core::ModelConfig) -> tita_core::Result<()> {
+    use tita_core::jsonl::write_atomic;
+    let json = |v: serde_json::Value| serde_json::to_string_pretty(&v).expect("plain data");
+    write_atomic(
+        &dir.join("config.json"),
+        json(config.to_hf_json()).as_bytes(),
+    )?;
+    let tok = tokenizer().map_err(|e| tita_core::Error::Tokenizer {
+        path: dir.join("tokenizer.json"),
+        msg: e.to_string(),
+    })?;
+    let text = tok
+        .to_string(true)
+        .map_err(|e| tita_core::Error::Tokenizer {
+            path: dir.join("tokenizer.json"),
+            msg: e.to_string(),
+        })?;
+    write_atomic(&dir.join("tokenizer.json"), text.as_bytes())?;
+    let special = serde_json::json!({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>", "tokenizer_class": "PreTrainedTokenizerFast"});
+    write_atomic(&dir.join("tokenizer_config.json"), json(special).as_bytes())?;
+    let pre = serde_json::json!({
+        "image_processor_type": "CLIPImageProcessor", "do_resize": true, "size": {"shortest_edge": SIZE},
+        "resample": 3, "do_center_crop": true, "crop_size": {"height": SIZE, "width": SIZE},
+        "do_rescale": true, "rescale_factor": 1.0 / 255.0, "do_normalize": true,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "do_convert_rgb": true,
+    });
+    write_atomic(&dir.join("preprocessor_config.json"), json(pre).as_bytes())
+}
+
+/// A LLaVA of the world's vocabulary: a CLIP tower over [`SIZE`]-pixel images in 16-pixel
+/// patches (16 image tokens) and a LLaMA of the given width and depth.
+pub fn model_config(
+    hidden: usize,
+    layers: usize,
+    heads: usize,
+    vision_hidden: usize,
+    vision_layers: usize,
+) -> tita_core::ModelConfig {
+    let tok = tokenizer().expect("the world tokenizer builds");
+    let id = |t: &str| tok.token_to_id(t).expect("special token present");
+    let mut text = tita_core::LlamaConfig::sized(hidden, layers, heads, heads, hidden * 3);
+    text.vocab_size = tok.get_vocab_size(true);
+    text.max_position_embeddings = 128;
+    text.pad_token_id = Some(id("<pad>"));
+    let vision = tita_core::ClipVisionConfig {
+        hidden_size: vision_hidden,
+        intermediate_size: vision_hidden * 4,
+        num_hidden_layers: vision_layers,
+        num_attention_heads: 4,
+        image_size: SIZE as usize,
+        patch_size: 16,
+        ..Default::default()
+    };
+    let mut config = tita_core::LlavaConfig::llava_1_5(text, vision);
+    if let tita_core::ModelConfig::Llava(c) = &mut config {
+        c.image_token_id = id("<image>");
+    }
+    config
+}
+
+/// A freshly initialised world model, saved as a Hugging Face LLaVA checkpoint directory.
+pub fn init_model<B: burn::tensor::backend::Backend>(
+    dir: &Path,
+    config: &tita_core::ModelConfig,
+    seed: u64,
+    device: &B::Device,
+) -> tita_core::Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| tita_core::Error::io(dir, e))?;
+    B::seed(device, seed);
+    let model = tita_models::Vlm::<B>::random(config.clone(), seed, device)?;
+    write_model_files(dir, config)?;
+    tita_models::save_safetensors(&model, &model.stored, &dir.join("model.safetensors"))
+}
+
+/// Writes a split: `images/NAME-K.png`, `NAME-captions.jsonl` ({"image", "prompt", "response"}
+/// with the caption) and `NAME-SAMPLER.jsonl` yes/no questions ({"question_id", "image", "text",
+/// "label"}) for each negative sampler, drawn with `stats` of the training split.
+pub fn write_split(
+    dir: &Path,
+    name: &str,
+    scenes: &[Scene],
+    stats: &Statistics,
+    seed: u64,
+) -> tita_core::Result<()> {
+    use tita_core::jsonl::write_atomic;
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).map_err(|e| tita_core::Error::io(&images, e))?;
+    let file = |k: usize| format!("images/{name}-{k}.png");
+    let mut captions = String::new();
+    for (k, s) in scenes.iter().enumerate() {
+        let path = dir.join(file(k));
+        s.image.save(&path).map_err(|e| tita_core::Error::Image {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
+        let line = serde_json::json!({"image": file(k), "prompt": CAPTION_PROMPT, "response": s.caption()});
+        captions.push_str(&format!("{line}\n"));
+    }
+    write_atomic(
+        &dir.join(format!("{name}-captions.jsonl")),
+        captions.as_bytes(),
+    )?;
+    for sampler in [Sampler::Random, Sampler::Popular, Sampler::Adversarial] {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+        let mut text = String::new();
+        for (i, q) in questions(scenes, stats, sampler, &mut rng)
+            .iter()
+            .enumerate()
+        {
+            let label = if q.label { "yes" } else { "no" };
+            let line = serde_json::json!({"question_id": i + 1, "image": file(q.image), "text": question_text(q.category), "label": label});
+            text.push_str(&format!("{line}\n"));
+        }
+        let s = serde_json::to_value(sampler).expect("plain enum");
+        write_atomic(
+            &dir.join(format!("{name}-{}.jsonl", s.as_str().unwrap_or("random"))),
+            text.as_bytes(),
+        )?;
+    }
+    Ok(())
+}
+
+/// The caption instruction of the world.
+pub const CAPTION_PROMPT: &str = "Describe the image.";

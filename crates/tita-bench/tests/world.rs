@@ -151,3 +151,42 @@ fn word_tokenizer_covers_the_chat_and_round_trips_captions() {
         assert_eq!(tok.decode(&ids, true).unwrap(), caption);
     }
 }
+
+#[test]
+fn fresh_world_models_and_split_files_work_with_the_tools() {
+    use burn::backend::Flex;
+    let dir = tempfile::tempdir().unwrap();
+    let train = split(11, 0, 40);
+    let stats = Statistics::of(&train);
+    let test = split(11, 2, 3);
+    tita_bench::world::write_split(dir.path(), "test", &test, &stats, 0).unwrap();
+    let config = tita_bench::world::model_config(32, 2, 4, 32, 2);
+    let model_dir = dir.path().join("model");
+    tita_bench::world::init_model::<Flex>(&model_dir, &config, 0, &Default::default()).unwrap();
+
+    let target = tita_decode::Pipeline::<Flex>::load(&model_dir, &Default::default()).unwrap();
+    assert_eq!(target.model.image_tokens(), Some(16));
+    let set =
+        tita_bench::eval::QuestionSet::read(&dir.path().join("test-adversarial.jsonl"), None, None)
+            .unwrap();
+    assert_eq!(
+        set.questions.len(),
+        test.iter().map(|s| 2 * s.present().len()).sum::<usize>()
+    );
+    let models = tita_bench::eval::Models {
+        target: &target,
+        reward: None,
+        reference: None,
+    };
+    let config = tita_bench::eval::EvalConfig {
+        methods: vec![tita_bench::eval::Method::Greedy],
+        max_new_tokens: 3,
+        ..Default::default()
+    };
+    let out = dir.path().join("eval");
+    let speed = tita_bench::eval::answer_all(&models, &[set], &out, &config, false).unwrap();
+    assert!(speed["greedy"].answers > 0);
+    let captions = std::fs::read_to_string(dir.path().join("test-captions.jsonl")).unwrap();
+    assert_eq!(captions.lines().count(), 3);
+    assert!(dir.path().join("images/test-2.png").is_file());
+}
