@@ -1,5 +1,6 @@
 //! tita-bench: hallucination benchmarks (POPE, MME, generic yes/no sets) with the upstream
-//! scoring rules, and decode speed against the memory-bandwidth bound.
+//! scoring rules, decode speed against the memory-bandwidth bound, and the synthetic world of
+//! the built-in demo.
 
 pub mod eval;
 pub mod mme;
