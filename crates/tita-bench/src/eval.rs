@@ -235,6 +235,27 @@ pub fn answer_all<B: Backend>(
         None => None,
     };
     let plain = Generator::new(models.target, generation.clone());
+    // One sampler per fused method, built once (building one compares the vocabularies).
+    let solo = config
+        .methods
+        .iter()
+        .map(|m| match m {
+            Method::Greedy => Ok(None),
+            _ => Tita::new(
+                models.target,
+                models.reward,
+                models.reference,
+                TitaConfig {
+                    fusion: m.fusion(),
+                    noise_step: config.noise_step,
+                    noise_seed: config.seed,
+                    ..Default::default()
+                },
+                generation.clone(),
+            )
+            .map(Some),
+        })
+        .collect::<Result<Vec<_>>>()?;
 
     let total: usize = sets.iter().map(|s| s.questions.len()).sum();
     let bar = tita_core::progress::bar(progress, total, "questions");
@@ -300,28 +321,13 @@ pub fn answer_all<B: Backend>(
             }
             for i in alone {
                 let t = Instant::now();
-                let m = config.methods[i];
-                let g = match m {
-                    Method::Greedy => plain.generate(&models.target.prompt(
+                let g = match &solo[i] {
+                    Some(tita) => tita.generate(&request)?.generation,
+                    None => plain.generate(&models.target.prompt(
                         &request.prompt,
                         request.image.as_deref(),
                         request.pad,
                     )?)?,
-                    _ => {
-                        let tita = Tita::new(
-                            models.target,
-                            models.reward,
-                            models.reference,
-                            TitaConfig {
-                                fusion: m.fusion(),
-                                noise_step: config.noise_step,
-                                noise_seed: config.seed,
-                                ..Default::default()
-                            },
-                            generation.clone(),
-                        )?;
-                        tita.generate(&request)?.generation
-                    }
                 };
                 results.push((i, g, t.elapsed().as_secs_f64()));
             }
