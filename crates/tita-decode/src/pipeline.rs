@@ -81,6 +81,15 @@ impl<B: Backend> Pipeline<B> {
 
     /// As [`Pipeline::prompt`] with an already preprocessed image.
     pub fn prompt_with_pixels(&self, text: &str, pixels: PixelValues) -> Result<Prompt> {
+        Ok(Prompt {
+            ids: self.image_prompt_ids(text)?,
+            pixels: Some(pixels),
+        })
+    }
+
+    /// The ids of a prompt about one image: the LLaVA-1.5 template (unless `text` already
+    /// holds `<image>`) with `<image>` expanded to one id per image feature.
+    pub fn image_prompt_ids(&self, text: &str) -> Result<Vec<u32>> {
         let c = self.model.llava_config().ok_or_else(|| {
             Error::argument("image", "this is a text-only model; it takes no image")
         })?;
@@ -89,12 +98,7 @@ impl<B: Backend> Pipeline<B> {
         } else {
             llava_prompt(text)
         };
-        let ids =
-            self.tokenizer
-                .encode_with_image(&templated, c.image_token_id, c.image_tokens())?;
-        Ok(Prompt {
-            ids,
-            pixels: Some(pixels),
-        })
+        self.tokenizer
+            .encode_with_image(&templated, c.image_token_id, c.image_tokens())
     }
 }

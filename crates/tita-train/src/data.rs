@@ -146,8 +146,7 @@ impl Dataset {
                     images.len() - 1
                 }
             };
-            let prompt_pixels = images[image].clone();
-            let prompt = pipeline.prompt_with_pixels(texts[0].1, prompt_pixels)?.ids;
+            let prompt = pipeline.image_prompt_ids(texts[0].1)?;
             let mut responses = Vec::new();
             for (field, text) in &texts[1..] {
                 let ids = response_ids(pipeline, text)?;
