@@ -55,6 +55,17 @@ fn parse_line(file: &Path, line: usize, text: &str) -> Result<(String, String)> 
     Ok((q.to_string(), a))
 }
 
+/// The `.txt` files of `dir`, in name order.
+fn txt_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// All questions of a release directory, categories in name order.
 pub fn read_release(root: &Path) -> Result<Vec<MmeQuestion>> {
     let mut out = Vec::new();
@@ -78,12 +89,7 @@ pub fn read_release(root: &Path) -> Result<Vec<MmeQuestion>> {
             } else {
                 dir.clone()
             };
-            let mut files: Vec<PathBuf> = std::fs::read_dir(&qa)
-                .map_err(|e| Error::io(&qa, e))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "txt"))
-                .collect();
-            files.sort();
+            let files = txt_files(&qa)?;
             for f in files {
                 let stem = f
                     .file_stem()
@@ -123,12 +129,7 @@ pub fn read_release(root: &Path) -> Result<Vec<MmeQuestion>> {
             }
         } else {
             // Layout B: `image<TAB>question<TAB>answer` lines in the folder's txt files.
-            let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-                .map_err(|e| Error::io(&dir, e))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "txt"))
-                .collect();
-            files.sort();
+            let files = txt_files(&dir)?;
             for f in files {
                 let text = std::fs::read_to_string(&f).map_err(|e| Error::io(&f, e))?;
                 for (i, l) in text

@@ -390,6 +390,8 @@ impl<A: AutodiffBackend> Learner<A> {
             .sum();
         for micro in batch.chunks(config.batch_size) {
             let t0 = Instant::now();
+            // The reference runs inside the policy's timed span; its share is taken out below.
+            let mut reference_ms = 0.0;
             let loss = match config.objective {
                 Objective::Dpo { beta } => {
                     let seqs = sequences(data, micro, &[0, 1]);
@@ -400,7 +402,7 @@ impl<A: AutodiffBackend> Learner<A> {
                     let t1 = Instant::now();
                     let reference = reference.as_ref().expect("DPO loads a reference");
                     let (rc, rr) = reference_logps(reference, data, micro, &mut ref_cache, device)?;
-                    acc.reference_ms += t1.elapsed().as_secs_f64() * 1e3;
+                    reference_ms = t1.elapsed().as_secs_f64() * 1e3;
                     let terms =
                         dpo_loss(pc, pr, Tensor::from_inner(rc), Tensor::from_inner(rr), beta);
                     let cr = host(terms.chosen_rewards.clone());
@@ -421,7 +423,8 @@ impl<A: AutodiffBackend> Learner<A> {
                 }
             };
             acc.loss += host(loss.clone())[0] as f64;
-            acc.policy_ms += t0.elapsed().as_secs_f64() * 1e3 - acc.reference_ms_last();
+            acc.reference_ms += reference_ms;
+            acc.policy_ms += t0.elapsed().as_secs_f64() * 1e3 - reference_ms;
             let t2 = Instant::now();
             let grads = GradientsParams::from_grads(loss.backward(), &policy);
             grads_acc.accumulate(&policy, grads);
@@ -520,19 +523,11 @@ struct StepAccumulator {
     tokens: usize,
     policy_ms: f64,
     reference_ms: f64,
-    reference_ms_seen: f64,
     backward_ms: f64,
     dpo: Vec<(f64, f64)>,
 }
 
 impl StepAccumulator {
-    /// Reference time added since the last call (it runs inside the policy's timed span).
-    fn reference_ms_last(&mut self) -> f64 {
-        let d = self.reference_ms - self.reference_ms_seen;
-        self.reference_ms_seen = self.reference_ms;
-        d
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn finish(
         self,
