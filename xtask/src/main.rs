@@ -4,7 +4,8 @@
 //! ```text
 //! cargo xtask generate --model DIR [--image PATH] --prompt TEXT [--backend flex|ndarray|wgpu|cuda] ...
 //! cargo xtask train pairs|dpo|sft --model DIR ... [--backend ...]
-//! cargo xtask bench [speed ...] [--backend ...]
+//! cargo xtask bench [--retrain | --quick] [--backend ...]   (the built-in demo)
+//! cargo xtask bench speed|pope|mme|pope-score ...
 //! cargo xtask ci [--skip-wgpu]
 //! ```
 
@@ -184,10 +185,12 @@ fn main() -> Result<()> {
         "generate" => run_binary("tita-decode", "tita-generate", rest),
         "train" => run_binary("tita-train", "tita-train", rest),
         "bench" => {
-            let rest: Vec<String> = if rest.is_empty() {
-                vec!["speed".into(), "--preset".into(), "tiny".into()]
-            } else {
-                rest.to_vec()
+            // No subcommand (nothing, or only flags such as --retrain): the built-in demo.
+            let rest: Vec<String> = match rest.first() {
+                Some(a) if !a.starts_with("--") => rest.to_vec(),
+                _ => std::iter::once("demo".to_string())
+                    .chain(rest.iter().cloned())
+                    .collect(),
             };
             run_binary("tita-bench", "tita-bench", &rest)
         }

@@ -2,6 +2,7 @@
 //! scoring rules, decode speed against the memory-bandwidth bound, and the synthetic world of
 //! the built-in demo.
 
+pub mod demo;
 pub mod eval;
 pub mod mme;
 pub mod pope;

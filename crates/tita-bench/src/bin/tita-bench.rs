@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::anyhow;
 use burn::tensor::backend::Backend;
 use clap::{Parser, Subcommand};
+use tita_bench::demo::{self, DemoConfig};
 use tita_bench::eval::{EvalConfig, Method, Models, QuestionSet, SHORT_ANSWER};
 use tita_bench::mme;
 use tita_bench::report::evaluate;
@@ -21,6 +22,25 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The built-in demo (what `cargo xtask bench` runs): evaluates the committed world models
+    /// and checks the numbers against the committed results; --retrain rebuilds every model
+    /// from the seed first; --quick does that at toy scale.
+    Demo {
+        /// The committed demo: models/, config.json, results.json.
+        #[arg(long, default_value = "demo")]
+        dir: PathBuf,
+        /// Rebuild every model from the seed (about 15 minutes on 2 cores).
+        #[arg(long)]
+        retrain: bool,
+        /// Rebuild at toy scale: checks the pipeline, not the numbers (CI).
+        #[arg(long, conflicts_with = "retrain")]
+        quick: bool,
+        /// Default: bench-out/demo, bench-out/demo-retrain or bench-out/demo-quick.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, value_enum)]
+        backend: Option<BackendKind>,
+    },
     /// POPE (or any {"image","text","label"} JSONL) with several decoding methods side by
     /// side; answers resume, results.json + report.md + plots under --out.
     Pope {
@@ -240,8 +260,60 @@ fn run_eval(
     dispatch(backend, EvalTask { run, sets, mme }).map_err(|e| anyhow!(e))?
 }
 
+/// The demo: evaluate the committed models, or retrain first.
+struct DemoTask {
+    dir: PathBuf,
+    out: PathBuf,
+    retrain: Option<DemoConfig>,
+}
+
+impl BackendTask for DemoTask {
+    type Output = anyhow::Result<()>;
+    fn run<B: Backend>(self, device: B::Device, _kind: BackendKind) -> anyhow::Result<()> {
+        match &self.retrain {
+            Some(config) => {
+                demo::retrain::<B>(&self.out, config, true, &device)?;
+            }
+            None => {
+                let config: DemoConfig = demo::read_json_file(&self.dir.join("config.json"))?;
+                let results =
+                    demo::evaluate::<B>(&self.dir.join("models"), &self.out, &config, true, &device)?;
+                let committed_path = self.dir.join("results.json");
+                let committed: demo::DemoResults = demo::read_json_file(&committed_path)?;
+                let (diff, at) = demo::max_difference(&results, &committed).map_err(|e| {
+                    anyhow!("{} does not match this run: {e}", committed_path.display())
+                })?;
+                eprintln!(
+                    "largest difference from {}: {diff:.4} ({at})",
+                    committed_path.display()
+                );
+            }
+        }
+        println!("{}", std::fs::read_to_string(self.out.join("report.md"))?);
+        eprintln!("-> {}", self.out.display());
+        Ok(())
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Demo {
+            dir,
+            retrain,
+            quick,
+            out,
+            backend,
+        } => {
+            let (retrain, default_out) = if quick {
+                (Some(DemoConfig::quick()), "bench-out/demo-quick")
+            } else if retrain {
+                (Some(DemoConfig::full()), "bench-out/demo-retrain")
+            } else {
+                (None, "bench-out/demo")
+            };
+            let out = out.unwrap_or_else(|| default_out.into());
+            dispatch(backend, DemoTask { dir, out, retrain }).map_err(|e| anyhow!(e))??;
+        }
         Command::Pope {
             run,
             questions,
