@@ -103,7 +103,7 @@ pub fn covers(shape: usize, size: u32, px: u32, py: u32) -> bool {
     }
 }
 
-/// Draws one image: a light, low-saturation noisy background (never an object colour), then
+/// Draws one image: a noisy grey background of random lightness (never an object colour), then
 /// 1-4 non-overlapping objects, most from one scene.
 pub fn draw(rng: &mut StdRng) -> Scene {
     let cats = categories();
@@ -125,20 +125,19 @@ pub fn draw(rng: &mut StdRng) -> Scene {
             chosen.push(c);
         }
     }
-    let base: [i32; 3] = [
-        rng.random_range(140..210),
-        rng.random_range(140..210),
-        rng.random_range(140..210),
-    ];
+    // A grey of random lightness with a faint tint and pixel noise: varied, but never close to
+    // an object colour, so colour means object.
+    let grey: i32 = rng.random_range(110..=220);
+    let base: [i32; 3] = std::array::from_fn(|_| grey + rng.random_range(-8..=8));
     let mut image = RgbImage::from_fn(SIZE, SIZE, |_, _| {
-        let v = rng.random_range(-12..=12);
+        let v = rng.random_range(-10..=10);
         Rgb(base.map(|b| (b + v).clamp(0, 255) as u8))
     });
     let mut objects: Vec<Object> = Vec::new();
     for category in chosen {
         // Rejection sampling of a free box; give up on this object after a few tries.
         for _ in 0..50 {
-            let size = rng.random_range(14..=22);
+            let size = rng.random_range(16..=26);
             let (x, y) = (
                 rng.random_range(0..=SIZE - size),
                 rng.random_range(0..=SIZE - size),
@@ -389,14 +388,15 @@ fn write_model_files(dir: &Path, config: &tita_core::ModelConfig) -> tita_core::
     write_atomic(&dir.join("preprocessor_config.json"), json(pre).as_bytes())
 }
 
-/// A LLaVA of the world's vocabulary: a CLIP tower over [`SIZE`]-pixel images in 16-pixel
-/// patches (16 image tokens) and a LLaMA of the given width and depth.
+/// A LLaVA of the world's vocabulary: a CLIP tower over [`SIZE`]-pixel images in `patch`-pixel
+/// patches ((SIZE/patch)² image tokens) and a LLaMA of the given width and depth.
 pub fn model_config(
     hidden: usize,
     layers: usize,
     heads: usize,
     vision_hidden: usize,
     vision_layers: usize,
+    patch: usize,
 ) -> tita_core::ModelConfig {
     let tok = tokenizer().expect("the world tokenizer builds");
     let id = |t: &str| tok.token_to_id(t).expect("special token present");
@@ -410,7 +410,7 @@ pub fn model_config(
         num_hidden_layers: vision_layers,
         num_attention_heads: 4,
         image_size: SIZE as usize,
-        patch_size: 16,
+        patch_size: patch,
         ..Default::default()
     };
     let mut config = tita_core::LlavaConfig::llava_1_5(text, vision);

@@ -160,7 +160,7 @@ fn fresh_world_models_and_split_files_work_with_the_tools() {
     let stats = Statistics::of(&train);
     let test = split(11, 2, 3);
     tita_bench::world::write_split(dir.path(), "test", &test, &stats, 0).unwrap();
-    let config = tita_bench::world::model_config(32, 2, 4, 32, 2);
+    let config = tita_bench::world::model_config(32, 2, 4, 32, 2, 16);
     let model_dir = dir.path().join("model");
     tita_bench::world::init_model::<Flex>(&model_dir, &config, 0, &Default::default()).unwrap();
 

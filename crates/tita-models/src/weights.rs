@@ -508,7 +508,7 @@ impl RandomWeights {
 
     fn fill(name: &str) -> Option<f32> {
         let norm = name.contains("norm") || name.contains("layrnorm");
-        if name.ends_with(".bias") || name.contains("position_embedding") {
+        if name.ends_with(".bias") {
             Some(0.0)
         } else if norm {
             Some(1.0)

@@ -276,8 +276,13 @@ impl BackendTask for DemoTask {
             }
             None => {
                 let config: DemoConfig = demo::read_json_file(&self.dir.join("config.json"))?;
-                let results =
-                    demo::evaluate::<B>(&self.dir.join("models"), &self.out, &config, true, &device)?;
+                let results = demo::evaluate::<B>(
+                    &self.dir.join("models"),
+                    &self.out,
+                    &config,
+                    true,
+                    &device,
+                )?;
                 let committed_path = self.dir.join("results.json");
                 let committed: demo::DemoResults = demo::read_json_file(&committed_path)?;
                 let (diff, at) = demo::max_difference(&results, &committed).map_err(|e| {
