@@ -24,7 +24,7 @@ use std::time::Instant;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tita_core::plot::{bar_chart, line_panels, Panel, Series};
 use tita_core::{jsonl, Error, Result};
@@ -33,9 +33,7 @@ use tita_train::optim::AdamWConfig;
 use tita_train::pairs::{synthesize, PairsConfig};
 use tita_train::trainer::{train, Objective, RunOptions, TrainConfig, TrainPaths};
 
-use crate::eval::{
-    answer_all, answers_path, EvalConfig, Method, Models, QuestionSet, SHORT_ANSWER,
-};
+use crate::eval::{answer_all, answers_path, EvalConfig, Method, Models, QuestionSet};
 use crate::pope::{judge, Answer, Question, YesNoMetrics};
 use crate::world::{
     self, question_text, Category, Sampler, Scene, Statistics, CAPTION_PROMPT, COLORS, SHAPES,
@@ -115,7 +113,7 @@ impl DemoConfig {
             seed: 7,
             train_images: 800,
             preference_images: 200,
-            test_images: 150,
+            test_images: 100,
             target: ModelSize {
                 hidden: 64,
                 layers: 2,
@@ -133,25 +131,25 @@ impl DemoConfig {
                 patch: 16,
             },
             target_sft: Stage {
-                steps: 1800,
+                steps: 1500,
                 batch_size: 16,
                 lr: 3e-3,
             },
             reward_sft_images: 400,
             reward_sft: Stage {
-                steps: 800,
+                steps: 500,
                 batch_size: 16,
                 lr: 3e-3,
             },
             pairs: PairSource::Both,
             dpo_beta: 0.1,
             reward_dpo: Stage {
-                steps: 150,
+                steps: 120,
                 batch_size: 8,
                 lr: 1e-3,
             },
             target_dpo: Stage {
-                steps: 150,
+                steps: 120,
                 batch_size: 8,
                 lr: 1e-3,
             },
@@ -227,19 +225,8 @@ impl World {
     }
 }
 
-#[derive(Serialize)]
-struct SftLine<'a> {
-    image: &'a str,
-    prompt: &'a str,
-    response: &'a str,
-}
-
 fn image_file(split: &str, k: usize) -> String {
     format!("images/{split}-{k}.png")
-}
-
-fn short_question(c: Category) -> String {
-    format!("{}\n{SHORT_ANSWER}", question_text(c))
 }
 
 fn yes_no(label: bool) -> &'static str {
@@ -267,25 +254,13 @@ pub fn write_data(data: &Path, world: &World, config: &DemoConfig) -> Result<()>
     }
     let mut rng = StdRng::seed_from_u64(config.seed ^ 0x7a11);
     let train = &world.scenes["train"];
-    let mut sft: Vec<(String, String, String)> = Vec::new();
+    let mut sft: Vec<serde_json::Value> = Vec::new();
     for (k, s) in train.iter().enumerate() {
-        sft.push((image_file("train", k), CAPTION_PROMPT.into(), s.caption()));
+        sft.push(serde_json::json!({"image": image_file("train", k), "prompt": CAPTION_PROMPT, "response": s.caption()}));
     }
     for q in world::questions(train, &world.stats, Sampler::Random, &mut rng) {
-        sft.push((
-            image_file("train", q.image),
-            short_question(q.category),
-            yes_no(q.label).into(),
-        ));
+        sft.push(serde_json::json!({"image": image_file("train", q.image), "prompt": question_text(q.category), "response": yes_no(q.label)}));
     }
-    let sft: Vec<SftLine> = sft
-        .iter()
-        .map(|(image, prompt, response)| SftLine {
-            image,
-            prompt,
-            response,
-        })
-        .collect();
     jsonl::write_atomic(&data.join("target-sft.jsonl"), lines(&sft).as_bytes())?;
 
     // Prompts answered by the target: captions and the POPE questions of a split.
@@ -296,7 +271,7 @@ pub fn write_data(data: &Path, world: &World, config: &DemoConfig) -> Result<()>
             out.push(serde_json::json!({"image": image_file(split, k), "prompt": CAPTION_PROMPT}));
         }
         for q in world::questions(scenes, &world.stats, sampler, rng) {
-            out.push(serde_json::json!({"image": image_file(split, q.image), "prompt": short_question(q.category)}));
+            out.push(serde_json::json!({"image": image_file(split, q.image), "prompt": question_text(q.category)}));
         }
         out
     };
@@ -318,9 +293,11 @@ pub fn write_data(data: &Path, world: &World, config: &DemoConfig) -> Result<()>
     )
 }
 
-/// Ground-truth pairs of the preference split: for every image the true caption against one
-/// with the absent category that co-occurs most with the present ones added; for every POPE
-/// question (adversarial negatives) the true answer against the other.
+/// Ground-truth pairs of the preference split: for every image the true caption against the
+/// same caption with one object (drawn with `rng`) swapped for the absent category that
+/// co-occurs most with the present ones; for every POPE question (adversarial negatives) the
+/// true answer against the other. Both captions of a pair name as many objects: with an
+/// added object instead, DPO learns that shorter captions win and captions collapse to ".".
 pub fn ground_truth_pairs(
     scenes: &[Scene],
     stats: &Statistics,
@@ -329,17 +306,11 @@ pub fn ground_truth_pairs(
     let mut out = Vec::new();
     for (k, s) in scenes.iter().enumerate() {
         let present = s.present();
-        if let Some(&extra) = stats
-            .ranked_negatives(&present, Sampler::Adversarial)
-            .first()
-        {
+        let top = stats.ranked_negatives(&present, Sampler::Adversarial);
+        if let (Some(&extra), false) = (top.first(), s.objects.is_empty()) {
             let mut hallucinated = s.clone();
-            hallucinated.objects.push(world::Object {
-                category: extra,
-                x: u32::MAX,
-                y: 0,
-                size: 0,
-            });
+            let swapped = rng.random_range(0..s.objects.len());
+            hallucinated.objects[swapped].category = extra;
             out.push(
                 serde_json::json!({"image": image_file("preference", k), "prompt": CAPTION_PROMPT,
                 "chosen": s.caption(), "rejected": hallucinated.caption()}),
@@ -347,7 +318,7 @@ pub fn ground_truth_pairs(
         }
     }
     for q in world::questions(scenes, stats, Sampler::Adversarial, rng) {
-        out.push(serde_json::json!({"image": image_file("preference", q.image), "prompt": short_question(q.category),
+        out.push(serde_json::json!({"image": image_file("preference", q.image), "prompt": question_text(q.category),
             "chosen": yes_no(q.label), "rejected": yes_no(!q.label)}));
     }
     out
@@ -360,7 +331,7 @@ fn answer_prompts<B: Backend>(
     out: &Path,
     max_new_tokens: usize,
     progress: bool,
-) -> Result<usize> {
+) -> Result<()> {
     let rows = jsonl::read::<tita_train::pairs::Question>(prompts)?;
     let generator = Generator::new(
         target,
@@ -383,19 +354,14 @@ fn answer_prompts<B: Backend>(
         for ((_, q), g) in chunk.iter().zip(generator.generate_batch(&refs)?) {
             let response = g.text.trim();
             if !response.is_empty() {
-                let line = SftLine {
-                    image: &q.image,
-                    prompt: &q.prompt,
-                    response,
-                };
-                text.push_str(&(serde_json::to_string(&line).expect("plain data") + "\n"));
+                let line = serde_json::json!({"image": q.image, "prompt": q.prompt, "response": response});
+                text.push_str(&format!("{line}\n"));
             }
         }
         bar.inc(chunk.len() as u64);
     }
     bar.finish();
-    jsonl::write_atomic(out, text.as_bytes())?;
-    Ok(text.lines().count())
+    jsonl::write_atomic(out, text.as_bytes())
 }
 
 /// What `--retrain` reports about one training stage.
@@ -566,95 +532,86 @@ pub fn retrain<B: Backend>(
     );
     let target = models.join("target");
 
-    let reward_sft_data = data.join("reward-sft.jsonl");
-    if !reward_sft_data.is_file() {
-        let pipeline = Pipeline::<B>::load(&target, device)?;
-        if progress {
-            eprintln!("the target answers the reward model's training prompts");
-        }
-        answer_prompts(
-            &pipeline,
-            &data.join("reward-prompts.jsonl"),
-            &reward_sft_data,
-            config.caption_tokens,
-            progress,
-        )?;
-    }
+    // Initialised before the branches below: initialisation draws from the backend's RNG.
     let reward_init = init("reward", &config.reward, seed + 1)?;
-    record(
-        "reward-sft",
-        stage::<B>(
-            out,
-            "reward-sft",
-            &reward_init,
-            &reward_sft_data,
-            Objective::Sft,
-            &config.reward_sft,
-            seed,
-            progress,
-            device,
-        )?,
-    );
-
-    let pairs = data.join("pairs.jsonl");
-    if !pairs.is_file() {
-        let mut text = String::new();
-        if config.pairs != PairSource::GroundTruth {
-            let noised = data.join("pairs-noised.jsonl");
-            let pipeline = Pipeline::<B>::load(&target, device)?;
-            if progress {
-                eprintln!("self-pairs: the target on clean and noised preference images");
-            }
-            synthesize(
-                &pipeline,
-                &data.join("preference-prompts.jsonl"),
-                None,
-                &noised,
-                &PairsConfig {
-                    seed,
-                    max_new_tokens: config.caption_tokens,
-                    ..Default::default()
-                },
-                progress,
-            )?;
-            text.push_str(&read_text(&noised)?);
-        }
-        if config.pairs != PairSource::Noised {
-            text.push_str(&read_text(&data.join("pairs-ground-truth.jsonl"))?);
-        }
-        jsonl::write_atomic(&pairs, text.as_bytes())?;
-    }
     let dpo = Objective::Dpo {
         beta: config.dpo_beta,
     };
-    record(
-        "reward",
-        stage::<B>(
-            out,
-            "reward",
-            &models.join("reward-sft"),
-            &pairs,
-            dpo,
-            &config.reward_dpo,
-            seed,
-            progress,
-            device,
-        )?,
-    );
-    record(
-        TARGET_DPO,
-        stage::<B>(
-            out,
-            TARGET_DPO,
-            &target,
-            &pairs,
-            dpo,
-            &config.target_dpo,
-            seed,
-            progress,
-            device,
-        )?,
-    );
+    let pairs = data.join("pairs.jsonl");
+    // Two independent branches from here, each on its own thread (the CPU backends run ops
+    // this small on one core): the target's answers -> the reward model's SFT -> its DPO
+    // (once the pairs exist), and the pairs -> the target's DPO. The second branch shows no
+    // progress bar, so the first one's stays readable.
+    let (pairs_made, pairs_ready) = std::sync::mpsc::channel::<()>();
+    let (reward_reports, target_report) = std::thread::scope(|s| {
+        let tuned = s.spawn(|| -> Result<Option<StageReport>> {
+            make_pairs::<B>(&data, &target, config, progress, device)?;
+            let _ = pairs_made.send(());
+            stage::<B>(
+                out,
+                TARGET_DPO,
+                &target,
+                &pairs,
+                dpo,
+                &config.target_dpo,
+                seed,
+                false,
+                device,
+            )
+        });
+        let reward = (|| -> Result<Vec<(&str, Option<StageReport>)>> {
+            let reward_sft_data = data.join("reward-sft.jsonl");
+            if !reward_sft_data.is_file() {
+                let pipeline = Pipeline::<B>::load(&target, device)?;
+                if progress {
+                    eprintln!("the target answers the reward model's training prompts");
+                }
+                answer_prompts(
+                    &pipeline,
+                    &data.join("reward-prompts.jsonl"),
+                    &reward_sft_data,
+                    config.caption_tokens,
+                    progress,
+                )?;
+            }
+            let sft = stage::<B>(
+                out,
+                "reward-sft",
+                &reward_init,
+                &reward_sft_data,
+                Objective::Sft,
+                &config.reward_sft,
+                seed,
+                progress,
+                device,
+            )?;
+            if pairs_ready.recv().is_err() {
+                // The other branch failed before the pairs were written; its error is reported.
+                return Ok(vec![("reward-sft", sft)]);
+            }
+            let dpo = stage::<B>(
+                out,
+                "reward",
+                &models.join("reward-sft"),
+                &pairs,
+                dpo,
+                &config.reward_dpo,
+                seed,
+                progress,
+                device,
+            )?;
+            Ok(vec![("reward-sft", sft), ("reward", dpo)])
+        })();
+        let tuned = tuned
+            .join()
+            .unwrap_or_else(|_| Err(Error::argument("demo", "the target-DPO thread panicked")));
+        (reward, tuned)
+    });
+    let target_report = target_report?;
+    for (name, r) in reward_reports? {
+        record(name, r);
+    }
+    record(TARGET_DPO, target_report);
     if !reports.is_empty() {
         let path = out.join("training.json");
         let mut all: BTreeMap<String, StageReport> = if path.is_file() {
@@ -667,6 +624,46 @@ pub fn retrain<B: Backend>(
         jsonl::write_atomic(&path, json.as_bytes())?;
     }
     evaluate::<B>(&models, out, config, progress, device)
+}
+
+/// `data/pairs.jsonl`: the target's self-pairs on clean vs. noised preference images and/or
+/// the ground-truth pairs, as `config.pairs` says.
+fn make_pairs<B: Backend>(
+    data: &Path,
+    target: &Path,
+    config: &DemoConfig,
+    progress: bool,
+    device: &B::Device,
+) -> Result<()> {
+    let pairs = data.join("pairs.jsonl");
+    if pairs.is_file() {
+        return Ok(());
+    }
+    let mut text = String::new();
+    if config.pairs != PairSource::GroundTruth {
+        let noised = data.join("pairs-noised.jsonl");
+        let pipeline = Pipeline::<B>::load(target, device)?;
+        if progress {
+            eprintln!("self-pairs: the target on clean and noised preference images; then the target's DPO (no progress bar)");
+        }
+        synthesize(
+            &pipeline,
+            &data.join("preference-prompts.jsonl"),
+            None,
+            &noised,
+            &PairsConfig {
+                seed: config.seed,
+                max_new_tokens: config.caption_tokens,
+                ..Default::default()
+            },
+            false,
+        )?;
+        text.push_str(&read_text(&noised)?);
+    }
+    if config.pairs != PairSource::Noised {
+        text.push_str(&read_text(&data.join("pairs-ground-truth.jsonl"))?);
+    }
+    jsonl::write_atomic(&pairs, text.as_bytes())
 }
 
 fn read_text(path: &Path) -> Result<String> {
@@ -758,6 +755,7 @@ pub fn evaluate<B: Backend>(
     let data = out.join("data");
     let test = &world.scenes["test"];
     world::write_split(&data, "test", test, &world.stats, config.seed)?;
+    claim_answers(models, out, config)?;
     let load = |name: &str| {
         let dir = models.join(name);
         if !dir.join("config.json").is_file() {
@@ -798,7 +796,10 @@ pub fn evaluate<B: Backend>(
     };
     let pope_config = EvalConfig {
         methods: config.methods(),
-        suffix: SHORT_ANSWER.into(),
+        // POPE's question as such, as in training: LLaVA's short-answer suffix would put ten
+        // more tokens between the object asked about and the answer, which a model this small
+        // learns to bridge much later.
+        suffix: String::new(),
         max_new_tokens: 4,
         pad: false,
         shortcut: true,
@@ -904,6 +905,35 @@ pub fn evaluate<B: Backend>(
     };
     write_report(out, &results, test, &sources)?;
     Ok(results)
+}
+
+/// Answers under `out/eval` resume a run only if they came from the same models and settings:
+/// a fingerprint of both is kept next to them, and answers of anything else are cleared.
+fn claim_answers(models: &Path, out: &Path, config: &DemoConfig) -> Result<()> {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64; // FNV-1a
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            hash = (hash ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    eat(serde_json::to_string(config).expect("plain data").as_bytes());
+    for m in MODELS {
+        for file in ["config.json", "model.safetensors"] {
+            let path = models.join(m).join(file);
+            eat(&std::fs::read(&path).map_err(|e| Error::io(&path, e))?);
+        }
+    }
+    let stamp = format!("{hash:016x}");
+    let eval = out.join("eval");
+    let path = eval.join("fingerprint");
+    if path.is_file() && read_text(&path)?.trim() == stamp {
+        return Ok(());
+    }
+    if eval.exists() {
+        std::fs::remove_dir_all(&eval).map_err(|e| Error::io(&eval, e))?;
+    }
+    std::fs::create_dir_all(&eval).map_err(|e| Error::io(&eval, e))?;
+    jsonl::write_atomic(&path, stamp.as_bytes())
 }
 
 /// The caption of each test image (question id k+1), in image order.

@@ -1,6 +1,6 @@
-//! tita-bench: hallucination benchmarks (POPE, MME, generic yes/no sets) with the upstream
-//! scoring rules, decode speed against the memory-bandwidth bound, and the synthetic world of
-//! the built-in demo.
+//! tita-bench: hallucination benchmarks (POPE, MME, generic yes/no sets, CHAIR) with the
+//! upstream scoring rules, decode speed against the memory-bandwidth bound, and the built-in
+//! demo: the whole TITA recipe in a synthetic world whose ground truth is known.
 
 pub mod demo;
 pub mod eval;

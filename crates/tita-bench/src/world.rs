@@ -103,11 +103,29 @@ pub fn covers(shape: usize, size: u32, px: u32, py: u32) -> bool {
     }
 }
 
+const SCENE_WEIGHTS: [u32; SCENES] = [6, 4, 3, 2, 1];
+const MEMBER_WEIGHTS: [u32; 4] = [4, 3, 2, 1];
+
+/// An index drawn with probability proportional to its weight.
+fn weighted(rng: &mut StdRng, weights: &[u32]) -> usize {
+    let mut r = rng.random_range(0..weights.iter().sum::<u32>());
+    weights
+        .iter()
+        .position(|&w| {
+            let hit = r < w;
+            r = r.saturating_sub(w);
+            hit
+        })
+        .unwrap_or(weights.len() - 1)
+}
+
 /// Draws one image: a noisy grey background of random lightness (never an object colour), then
-/// 1-4 non-overlapping objects, most from one scene.
+/// 1-4 non-overlapping objects, most from one scene, frequent scenes and members more often.
 pub fn draw(rng: &mut StdRng) -> Scene {
     let cats = categories();
-    let scene = rng.random_range(0..SCENES);
+    // Skewed like COCO's objects: some scenes, and some members of a scene, are far more
+    // common than others, so "popular" negatives mean something.
+    let scene = weighted(rng, &SCENE_WEIGHTS);
     let members: Vec<Category> = cats
         .iter()
         .copied()
@@ -117,7 +135,7 @@ pub fn draw(rng: &mut StdRng) -> Scene {
     let mut chosen: Vec<Category> = Vec::new();
     while chosen.len() < n {
         let c = if rng.random_bool(0.85) {
-            members[rng.random_range(0..members.len())]
+            members[weighted(rng, &MEMBER_WEIGHTS[..members.len()])]
         } else {
             cats[rng.random_range(0..cats.len())]
         };
