@@ -78,7 +78,11 @@ fn assert_complete(results: &DemoResults, out: &Path) {
 fn committed_checkpoints_reproduce_committed_results() {
     let dir = committed();
     let config: DemoConfig = demo::read_json_file(&dir.join("config.json")).unwrap();
-    assert_eq!(config, DemoConfig::full(), "`--retrain` rebuilds what is committed");
+    assert_eq!(
+        config,
+        DemoConfig::full(),
+        "`--retrain` rebuilds what is committed"
+    );
     let expected: DemoResults = demo::read_json_file(&dir.join("results.json")).unwrap();
     let out = tempfile::tempdir().unwrap();
     let results = demo::evaluate::<Flex>(
