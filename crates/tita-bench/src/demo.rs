@@ -13,8 +13,9 @@
 //! 6. evaluation on the test split: POPE (random / popular / adversarial) and CHAIR on captions
 //!    for greedy, TITA at a λ sweep, TITA's reference mode, VCD and the DPO-tuned target.
 //!
-//! Every stage leaves its result in the output directory and is skipped when that result is
-//! already there; training runs checkpoint and resume, answers are appended as they come.
+//! Training keeps the vision towers frozen, as LLaVA does. Every stage leaves its result in the
+//! output directory and is skipped when that result is already there; training runs checkpoint
+//! and resume; answers are appended as they come and reused only for the same models.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -876,6 +877,7 @@ pub fn evaluate<B: Backend>(
     let mut pope: BTreeMap<String, BTreeMap<String, YesNoMetrics>> = BTreeMap::new();
     let mut pooled: BTreeMap<String, Vec<(bool, bool)>> = BTreeMap::new();
     let mut chair = BTreeMap::new();
+    let mut captions: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, dir, method) in &sources {
         for set in &sets {
             let pairs = judge(&set.questions, &answers_path(dir, method, &set.name))?;
@@ -893,6 +895,7 @@ pub fn evaluate<B: Backend>(
                 .map(|(t, s)| (t.as_str(), s.present())),
         );
         chair.insert(name.clone(), m);
+        captions.insert(name.clone(), texts);
     }
     let results = DemoResults {
         config: config.clone(),
@@ -904,7 +907,7 @@ pub fn evaluate<B: Backend>(
         chair,
         seconds,
     };
-    write_report(out, &results, test, &sources)?;
+    write_report(out, &results, test, &captions)?;
     Ok(results)
 }
 
@@ -962,7 +965,7 @@ fn write_report(
     out: &Path,
     results: &DemoResults,
     test: &[Scene],
-    sources: &[(String, &Path, Method)],
+    captions: &BTreeMap<String, Vec<String>>,
 ) -> Result<()> {
     let json = serde_json::to_string_pretty(results).expect("plain data");
     jsonl::write_atomic(&out.join("results.json"), json.as_bytes())?;
@@ -1035,12 +1038,6 @@ fn write_report(
     md.push_str("\n`tita-λ`: interpolate fusion with weight λ on the DPO-trained reward model; `reference-α`: log p_target + α (log p_reward − log p_reward-sft); `vcd-α`: visual contrastive decoding against the target on a noised image; `target-dpo`: the target itself DPO-tuned on the reward model's pairs.\n\nPlots: `lambda.png` (POPE accuracy / F1 per sampler and CHAIR against λ), `methods.png` (pooled POPE F1 and CHAIR_i per method).\n");
 
     // Example images: the first three where greedy hallucinated, else the first three.
-    let captions: BTreeMap<&str, Vec<String>> = sources
-        .iter()
-        .map(|(n, dir, m)| {
-            caption_texts(&answers_path(dir, m, "captions"), test.len()).map(|t| (n.as_str(), t))
-        })
-        .collect::<Result<_>>()?;
     let greedy = &captions["greedy"];
     let mut picks: Vec<usize> = (0..test.len())
         .filter(|&k| !mentioned(&greedy[k]).is_subset(&test[k].present()))
@@ -1072,7 +1069,7 @@ fn write_report(
             test[k].caption()
         );
         for n in &names {
-            let c = &captions[n.as_str()][k];
+            let c = &captions[n][k];
             let wrong: Vec<String> = mentioned(c)
                 .difference(&test[k].present())
                 .map(Category::name)
@@ -1163,6 +1160,10 @@ fn write_plots(out: &Path, results: &DemoResults) -> Result<()> {
         &bars(&|n| results.chair.get(n).map(|c| c.chair_i)),
     )
 }
+
+/// How far a rerun's metrics may be from the committed ones: greedy answers of the same
+/// weights only move if a near-tie flips under another summation order, by 1/count each.
+pub const TOLERANCE: f64 = 0.01;
 
 /// Largest absolute difference between the metrics of two results (POPE and CHAIR), with
 /// where it is; errors when one has a split or method the other lacks.

@@ -29,7 +29,7 @@ enum Command {
         /// The committed demo: models/, config.json, results.json.
         #[arg(long, default_value = "demo")]
         dir: PathBuf,
-        /// Rebuild every model from the seed (about 15 minutes on 2 cores).
+        /// Rebuild every model from the seed (about 10 minutes on 2 cores).
         #[arg(long)]
         retrain: bool,
         /// Rebuild at toy scale: checks the pipeline, not the numbers (CI).
@@ -288,9 +288,15 @@ impl BackendTask for DemoTask {
                 let (diff, at) = demo::max_difference(&results, &committed).map_err(|e| {
                     anyhow!("{} does not match this run: {e}", committed_path.display())
                 })?;
+                let verdict = if diff <= demo::TOLERANCE {
+                    "within"
+                } else {
+                    "OUTSIDE"
+                };
                 eprintln!(
-                    "largest difference from {}: {diff:.4} ({at})",
-                    committed_path.display()
+                    "largest difference from {}: {diff:.4} ({at}), {verdict} the tolerance of {}",
+                    committed_path.display(),
+                    demo::TOLERANCE
                 );
             }
         }
