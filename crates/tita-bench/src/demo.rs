@@ -27,6 +27,7 @@ use burn::tensor::backend::Backend;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
+use tita_core::error::read_json_as;
 use tita_core::plot::{bar_chart, line_panels, Panel, Series};
 use tita_core::{jsonl, Error, Result};
 use tita_decode::{GenerationConfig, Generator, Pipeline};
@@ -462,18 +463,10 @@ fn stage<B: Backend>(
     }))
 }
 
-/// Reads a JSON file into `T`, naming the file on error.
-pub fn read_json_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    serde_json::from_value(tita_core::error::read_json(path)?).map_err(|e| Error::Json {
-        path: path.to_path_buf(),
-        source: e,
-    })
-}
-
 fn check_config(out: &Path, config: &DemoConfig) -> Result<()> {
     let path = out.join("config.json");
     if path.is_file() {
-        if read_json_file::<DemoConfig>(&path)? != *config {
+        if read_json_as::<DemoConfig>(&path)? != *config {
             return Err(Error::argument(
                 "out",
                 format!(
@@ -617,7 +610,7 @@ pub fn retrain<B: Backend>(
     if !reports.is_empty() {
         let path = out.join("training.json");
         let mut all: BTreeMap<String, StageReport> = if path.is_file() {
-            read_json_file(&path)?
+            read_json_as(&path)?
         } else {
             BTreeMap::new()
         };
@@ -757,7 +750,6 @@ pub fn evaluate<B: Backend>(
     let data = out.join("data");
     let test = &world.scenes["test"];
     world::write_split(&data, "test", test, &world.stats, config.seed)?;
-    claim_answers(models, out, config)?;
     let load = |name: &str| {
         let dir = models.join(name);
         if !dir.join("config.json").is_file() {
@@ -777,6 +769,7 @@ pub fn evaluate<B: Backend>(
     let reward = load("reward")?;
     let reference = load("reward-sft")?;
     let target_dpo = load(TARGET_DPO)?;
+    claim_answers(models, out, config)?;
 
     let sets = SAMPLERS
         .iter()

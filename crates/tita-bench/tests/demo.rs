@@ -77,13 +77,13 @@ fn assert_complete(results: &DemoResults, out: &Path) {
 #[test]
 fn committed_checkpoints_reproduce_committed_results() {
     let dir = committed();
-    let config: DemoConfig = demo::read_json_file(&dir.join("config.json")).unwrap();
+    let config: DemoConfig = tita_core::error::read_json_as(&dir.join("config.json")).unwrap();
     assert_eq!(
         config,
         DemoConfig::full(),
         "`--retrain` rebuilds what is committed"
     );
-    let expected: DemoResults = demo::read_json_file(&dir.join("results.json")).unwrap();
+    let expected: DemoResults = tita_core::error::read_json_as(&dir.join("results.json")).unwrap();
     let out = tempfile::tempdir().unwrap();
     let results = demo::evaluate::<Flex>(
         &dir.join("models"),
@@ -121,7 +121,7 @@ fn quick_pipeline_runs_end_to_end_with_every_metric() {
             .is_file());
     }
     let training: serde_json::Value =
-        demo::read_json_file(&out.path().join("training.json")).unwrap();
+        tita_core::error::read_json_as(&out.path().join("training.json")).unwrap();
     assert_all_finite(&training, "training");
     assert_eq!(training.as_object().unwrap().len(), 4);
 

@@ -116,3 +116,11 @@ pub fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
         source,
     })
 }
+
+/// Reads a JSON file into `T`, with the path in any error.
+pub fn read_json_as<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T> {
+    serde_json::from_value(read_json(path)?).map_err(|source| Error::Json {
+        path: path.into(),
+        source,
+    })
+}

@@ -96,11 +96,7 @@ pub fn synthesize<B: Backend>(
     }
     let progress_file = progress_path(out);
     if progress_file.exists() {
-        let p: Progress = serde_json::from_value(tita_core::error::read_json(&progress_file)?)
-            .map_err(|e| Error::Json {
-                path: progress_file.clone(),
-                source: e,
-            })?;
+        let p: Progress = tita_core::error::read_json_as(&progress_file)?;
         done = done.max(p.last_line);
     }
     let mut summary = PairsSummary {

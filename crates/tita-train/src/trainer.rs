@@ -194,13 +194,8 @@ pub fn train<A: AutodiffBackend>(
     let resume = match &paths.resume {
         Some(dir) => {
             let ckpt = find_checkpoint(dir)?;
-            let state: TrainerState = serde_json::from_value(tita_core::error::read_json(
-                &ckpt.join("trainer_state.json"),
-            )?)
-            .map_err(|e| Error::Json {
-                path: ckpt.join("trainer_state.json"),
-                source: e,
-            })?;
+            let state: TrainerState =
+                tita_core::error::read_json_as(&ckpt.join("trainer_state.json"))?;
             if state.config != *config {
                 return Err(Error::argument(
                     "resume",

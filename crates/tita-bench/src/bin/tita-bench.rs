@@ -275,7 +275,8 @@ impl BackendTask for DemoTask {
                 demo::retrain::<B>(&self.out, config, true, &device)?;
             }
             None => {
-                let config: DemoConfig = demo::read_json_file(&self.dir.join("config.json"))?;
+                let config: DemoConfig =
+                    tita_core::error::read_json_as(&self.dir.join("config.json"))?;
                 let results = demo::evaluate::<B>(
                     &self.dir.join("models"),
                     &self.out,
@@ -284,7 +285,7 @@ impl BackendTask for DemoTask {
                     &device,
                 )?;
                 let committed_path = self.dir.join("results.json");
-                let committed: demo::DemoResults = demo::read_json_file(&committed_path)?;
+                let committed: demo::DemoResults = tita_core::error::read_json_as(&committed_path)?;
                 let (diff, at) = demo::max_difference(&results, &committed).map_err(|e| {
                     anyhow!("{} does not match this run: {e}", committed_path.display())
                 })?;
