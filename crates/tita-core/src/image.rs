@@ -226,11 +226,19 @@ impl ImageProcessor {
 }
 
 /// Opens an image and converts it to RGB the way PIL's `convert("RGB")` does (alpha dropped,
-/// grey replicated).
+/// grey replicated). JPEGs go through libjpeg-turbo for Pillow's exact pixels ([`crate::jpeg`]).
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let img = image::load_from_memory(&bytes).map_err(|e| Error::Image {
-        path: PathBuf::from(path),
+    decode_rgb(&bytes, path)
+}
+
+/// [`load_rgb`] on an image already in memory; `source` names it in errors.
+pub fn decode_rgb(bytes: &[u8], source: &Path) -> Result<RgbImage> {
+    if crate::jpeg::is_jpeg(bytes) {
+        return crate::jpeg::decode_rgb(bytes, source);
+    }
+    let img = image::load_from_memory(bytes).map_err(|e| Error::Image {
+        path: PathBuf::from(source),
         msg: format!("not a readable image: {e}"),
     })?;
     Ok(img.to_rgb8())

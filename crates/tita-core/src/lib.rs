@@ -5,6 +5,7 @@ pub mod config;
 pub mod error;
 pub mod fusion;
 pub mod image;
+pub mod jpeg;
 pub mod jsonl;
 pub mod noise;
 pub mod plot;
