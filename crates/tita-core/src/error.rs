@@ -30,6 +30,9 @@ pub enum Error {
     #[error("{}: tokenizer: {msg}", path.display())]
     Tokenizer { path: PathBuf, msg: String },
 
+    #[error("chat template {name}: {msg}")]
+    Template { name: String, msg: String },
+
     #[error("{}: image: {msg}", path.display())]
     Image { path: PathBuf, msg: String },
 

@@ -11,6 +11,7 @@ pub mod noise;
 pub mod plot;
 pub mod progress;
 pub mod sampling;
+pub mod template;
 pub mod tokenizer;
 
 pub use config::{

@@ -42,7 +42,10 @@ fn decoded_pixels_equal_pillows_exactly() {
             .zip(want.as_raw())
             .filter(|(a, b)| a != b)
             .count();
-        assert_eq!(differing, 0, "{key}: {differing} values differ from Pillow's");
+        assert_eq!(
+            differing, 0,
+            "{key}: {differing} values differ from Pillow's"
+        );
     }
 }
 
@@ -56,7 +59,8 @@ fn clip_image_processor_outputs_within_1e5() {
     let cfg = serde_json::json!({
         "size": {"shortest_edge": 336}, "crop_size": {"height": 336, "width": 336}, "resample": 3
     });
-    let processor = ImageProcessor::from_value(&cfg, Path::new("preprocessor_config.json")).unwrap();
+    let processor =
+        ImageProcessor::from_value(&cfg, Path::new("preprocessor_config.json")).unwrap();
     for name in names {
         let (key, mode) = name.split_once('.').unwrap();
         let view = st.tensor(&name).unwrap();
@@ -66,7 +70,9 @@ fn clip_image_processor_outputs_within_1e5() {
             .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
             .collect();
         let path = jpeg_fixtures().join(format!("images/{key}.jpg"));
-        let got = processor.preprocess_file(&path, mode.starts_with("pad")).unwrap();
+        let got = processor
+            .preprocess_file(&path, mode.starts_with("pad"))
+            .unwrap();
         assert_eq!(vec![3, got.height, got.width], view.shape(), "{name}");
         let max = got
             .data
@@ -105,5 +111,8 @@ fn cmyk_jpeg_converts_as_pillow() {
     let got = load_rgb(&dir.join("cmyk.jpg")).unwrap();
     let want = pillow_pixels(&dir.join("cmyk.png"));
     assert_eq!(got.dimensions(), want.dimensions());
-    assert!(got.as_raw() == want.as_raw(), "CMYK pixels differ from Pillow's");
+    assert!(
+        got.as_raw() == want.as_raw(),
+        "CMYK pixels differ from Pillow's"
+    );
 }
