@@ -297,11 +297,7 @@ pub fn answer_all<B: Backend>(
             } else {
                 format!("{}\n{}", q.text, config.suffix)
             };
-            let request = Request {
-                prompt: prompt.clone(),
-                image: Some(image.clone()),
-                pad: config.pad,
-            };
+            let request = Request::new(prompt.clone(), Some(image.clone()), config.pad);
             let mut results: Vec<(usize, Generation, f64)> = Vec::new();
             let (shared, alone): (Vec<usize>, Vec<usize>) = todo.iter().partition(|&&i| {
                 config.shortcut

@@ -57,11 +57,26 @@ pub enum Error {
     #[error("prompt has {tokens} tokens, which leaves no room in the model's context of {context} positions (`max_position_embeddings`)")]
     ContextOverflow { tokens: usize, context: usize },
 
+    /// A NaN or infinity where numbers must be finite: never passed on as output.
+    #[error("{what} went non-finite ({detail})")]
+    NonFinite { what: String, detail: String },
+
     #[error("invalid argument `{name}`: {msg}")]
     Argument { name: String, msg: String },
 }
 
 impl Error {
+    /// The first non-finite value of `values`, if any, as an error about `what`.
+    pub fn check_finite(what: impl FnOnce() -> String, values: &[f32]) -> Result<()> {
+        match values.iter().position(|v| !v.is_finite()) {
+            None => Ok(()),
+            Some(i) => Err(Error::NonFinite {
+                what: what(),
+                detail: format!("{} at index {i} of {}", values[i], values.len()),
+            }),
+        }
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

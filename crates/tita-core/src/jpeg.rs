@@ -81,9 +81,11 @@ unsafe fn decode(
             cinfo.out_color_space = ffi::JCS_CMYK;
             4
         }
-        (n, space) => return Err(format!(
+        (n, space) => {
+            return Err(format!(
             "{n} components in colour space {space:?}: expected greyscale, YCbCr/RGB or CMYK/YCCK"
-        )),
+        ))
+        }
     };
     // libjpeg's defaults are Pillow's; set them anyway so a changed default cannot slip in.
     cinfo.dct_method = ffi::J_DCT_METHOD::JDCT_ISLOW;

@@ -14,6 +14,29 @@ pub fn llava_prompt(prompt: &str) -> String {
     LLAVA_TEMPLATE.replace("{prompt}", prompt)
 }
 
+/// See [`Tokenizer::stream`].
+pub struct TextStream<'t> {
+    inner: tokenizers::DecodeStream<
+        't,
+        tokenizers::ModelWrapper,
+        tokenizers::NormalizerWrapper,
+        tokenizers::PreTokenizerWrapper,
+        tokenizers::PostProcessorWrapper,
+        tokenizers::DecoderWrapper,
+    >,
+    tokenizer: &'t Tokenizer,
+}
+
+impl TextStream<'_> {
+    /// The text `id` completes (empty while a multi-byte character is still incomplete).
+    pub fn step(&mut self, id: u32) -> Result<String> {
+        self.inner
+            .step(id)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| self.tokenizer.err(e.to_string()))
+    }
+}
+
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     path: PathBuf,
@@ -67,6 +90,16 @@ impl Tokenizer {
             .map_err(|e| self.err(e.to_string()))
     }
 
+    /// An incremental decoder (`tokenizers`' `DecodeStream`): each id gives the text it
+    /// completes, so a character split over byte-fallback tokens comes out once, whole, and no
+    /// step re-decodes the whole sequence.
+    pub fn stream(&self, skip_special_tokens: bool) -> TextStream<'_> {
+        TextStream {
+            inner: self.inner.decode_stream(skip_special_tokens),
+            tokenizer: self,
+        }
+    }
+
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
@@ -88,7 +121,16 @@ impl Tokenizer {
         image_token_id: u32,
         image_tokens: usize,
     ) -> Result<Vec<u32>> {
-        let ids = self.encode(text, true)?;
+        self.expand_image_ids(self.encode(text, true)?, image_token_id, image_tokens)
+    }
+
+    /// Expands the one `<image>` id of `ids` to `image_tokens` copies.
+    pub fn expand_image_ids(
+        &self,
+        ids: Vec<u32>,
+        image_token_id: u32,
+        image_tokens: usize,
+    ) -> Result<Vec<u32>> {
         let count = ids.iter().filter(|&&t| t == image_token_id).count();
         if count != 1 {
             return Err(self.err(format!(

@@ -29,11 +29,7 @@ fn main() -> Result<(), tita_core::Error> {
         ..Default::default()
     };
     let tita = Tita::new(&target, Some(&reward), None, config, generation)?;
-    let request = Request {
-        prompt: "Describe the image in detail.".into(),
-        image: Some(image),
-        pad: false,
-    };
+    let request = Request::new("Describe the image in detail.", Some(image), false);
     let out = tita.generate(&request)?;
     println!("TITA:  {:?}", out.generation.text);
     for e in &out.explain {

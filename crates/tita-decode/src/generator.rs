@@ -75,16 +75,40 @@ pub struct TokenEvent<'a> {
 }
 
 /// Per-row bookkeeping of the decoding loop.
-struct Row {
+struct Row<'t> {
     tokens: Vec<u32>,
+    /// Decoded text so far (cut before a stop string once one appears).
     text: String,
+    /// Bytes of `text` already streamed.
+    streamed: usize,
+    stream: tita_core::tokenizer::TextStream<'t>,
     finish: Option<FinishReason>,
     sampler: Sampler,
+}
+
+/// The longest tail of `text` that could still grow into one of `stops`: held back from the
+/// stream so that streamed text never shows what a stop string later cuts.
+fn held_back(text: &str, stops: &[String]) -> usize {
+    stops
+        .iter()
+        .flat_map(|s| {
+            (1..s.len())
+                .filter(|&n| s.is_char_boundary(n))
+                .map(|n| &s[..n])
+        })
+        .filter(|prefix| text.ends_with(prefix))
+        .map(str::len)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Runs the loop on top of any source of next-token scores: `first` are the scores after the
 /// prefill; `step` feeds one token per row and returns the next scores. Used by the plain
 /// generator and by every fused sampler, so stop conditions and streaming behave the same.
+///
+/// Streaming: each token's event carries the text it completes (through the tokenizer's
+/// incremental decoder); text that may be the start of a stop string waits until it is known
+/// not to be. The deltas of a row concatenate to its final `text`.
 pub fn decode_loop(
     tokenizer: &Tokenizer,
     config: &GenerationConfig,
@@ -103,6 +127,8 @@ pub fn decode_loop(
             Ok(Row {
                 tokens: Vec::new(),
                 text: String::new(),
+                streamed: 0,
+                stream: tokenizer.stream(true),
                 finish: None,
                 sampler: Sampler::new(config.sampling.clone())?,
             })
@@ -114,6 +140,7 @@ pub fn decode_loop(
             .for_each(|r| r.finish = Some(FinishReason::MaxNewTokens));
     }
     while rows.iter().any(|r| r.finish.is_none()) {
+        let room = has_room();
         let mut fed = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter_mut().enumerate() {
             if row.finish.is_some() {
@@ -128,20 +155,9 @@ pub fn decode_loop(
             let token = row.sampler.sample(&scores[i]);
             row.tokens.push(token);
             fed.push(token);
-            let full = tokenizer.decode(&row.tokens, true)?;
-            let delta = full
-                .strip_prefix(row.text.as_str())
-                .unwrap_or(&full)
-                .to_string();
-            row.text = full;
-            on_token(TokenEvent {
-                row: i,
-                token,
-                text_delta: &delta,
-            });
-            if eos.contains(&token) {
-                row.finish = Some(FinishReason::Eos);
-            } else if let Some(pos) = config
+            let piece = row.stream.step(token)?;
+            row.text.push_str(&piece);
+            if let Some(pos) = config
                 .stop_strings
                 .iter()
                 .filter_map(|s| row.text.find(s.as_str()))
@@ -149,17 +165,34 @@ pub fn decode_loop(
             {
                 row.text.truncate(pos);
                 row.finish = Some(FinishReason::StopString);
+            } else if eos.contains(&token) {
+                row.finish = Some(FinishReason::Eos);
             } else if row.tokens.len() >= config.max_new_tokens {
                 row.finish = Some(FinishReason::MaxNewTokens);
+            } else if !room {
+                row.finish = Some(FinishReason::Context);
             }
+            if row.finish.is_some() && row.finish != Some(FinishReason::StopString) {
+                // A character left incomplete at the end decodes as transformers shows it.
+                let full = tokenizer.decode(&row.tokens, true)?;
+                if let Some(rest) = full.strip_prefix(row.text.as_str()) {
+                    row.text.push_str(rest);
+                }
+            }
+            let end = if row.finish.is_some() {
+                row.text.len()
+            } else {
+                row.text.len() - held_back(&row.text, &config.stop_strings)
+            };
+            let delta = &row.text[row.streamed.min(end)..end];
+            on_token(TokenEvent {
+                row: i,
+                token,
+                text_delta: delta,
+            });
+            row.streamed = row.streamed.max(end);
         }
         if rows.iter().all(|r| r.finish.is_some()) {
-            break;
-        }
-        if !has_room() {
-            rows.iter_mut()
-                .filter(|r| r.finish.is_none())
-                .for_each(|r| r.finish = Some(FinishReason::Context));
             break;
         }
         scores = step(&fed)?;

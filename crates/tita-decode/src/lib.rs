@@ -11,8 +11,8 @@ pub mod tita;
 pub use generator::{
     decode_loop, FinishReason, Generation, GenerationConfig, Generator, Timings, TokenEvent,
 };
-pub use pipeline::{Pipeline, Prompt};
+pub use pipeline::{Pipeline, Prompt, Request};
 pub use session::Session;
-pub use tita::{Request, Tita, TitaConfig, TitaGeneration, TokenExplanation};
+pub use tita::{Tita, TitaConfig, TitaGeneration, TokenExplanation};
 pub use tita_core::fusion::Fusion;
 pub use tita_core::sampling::SamplingConfig;

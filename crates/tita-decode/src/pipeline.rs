@@ -1,11 +1,14 @@
-//! A checkpoint directory made ready to use: model, tokenizer and image processor, plus
-//! turning a (prompt, image) request into model inputs.
+//! A checkpoint directory made ready to use: model, tokenizer, image processor and
+//! conversation template, plus turning a request (prompt or conversation, image) into model
+//! inputs.
 
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
+use serde_json::Map;
 use tita_core::image::{ImageProcessor, PixelValues};
-use tita_core::tokenizer::llava_prompt;
+use tita_core::template::{ChatTemplate, Message};
+use tita_core::tokenizer::IMAGE_PLACEHOLDER;
 use tita_core::{Error, Result, Tokenizer};
 use tita_models::Vlm;
 
@@ -17,6 +20,38 @@ pub struct Pipeline<B: Backend> {
     pub processor: Option<ImageProcessor>,
     pub device: B::Device,
     pub dir: PathBuf,
+    /// The conversation template: the directory's `chat_template`, else `llava_1_5`.
+    pub template: ChatTemplate,
+    /// A system message put before every prompt (`--system`).
+    pub system: Option<String>,
+    /// Extra template variables, e.g. `add_vision_id` (transformers' `**kwargs`).
+    pub template_kwargs: Map<String, serde_json::Value>,
+    /// Text-only prompts go through the template too (set when a template is chosen
+    /// explicitly); otherwise they are tokenised as given, as a plain language model's are.
+    pub template_text_prompts: bool,
+}
+
+/// One request: the user's prompt (or a whole conversation) and an optional image.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub prompt: String,
+    pub image: Option<PathBuf>,
+    /// Pad the image to a square of the mean colour first (LLaVA-1.5 evaluation).
+    pub pad: bool,
+    /// A whole conversation (system, user and assistant turns) ending with the user's turn;
+    /// when set, `prompt` is not used and the image goes where its image part is.
+    pub messages: Option<Vec<Message>>,
+}
+
+impl Request {
+    pub fn new(prompt: impl Into<String>, image: Option<PathBuf>, pad: bool) -> Self {
+        Request {
+            prompt: prompt.into(),
+            image,
+            pad,
+            messages: None,
+        }
+    }
 }
 
 /// Model inputs for one request: token ids (with `<image>` expanded) and preprocessed pixels.
@@ -42,21 +77,108 @@ impl<B: Backend> Pipeline<B> {
             processor,
             device: device.clone(),
             dir: dir.to_path_buf(),
+            template: ChatTemplate::for_model(dir)?,
+            system: None,
+            template_kwargs: Map::new(),
+            template_text_prompts: false,
         })
     }
 
-    /// The ids of a request. With an image the prompt goes through the LLaVA-1.5 template
-    /// (unless it already holds `<image>`); text-only prompts are tokenised as given.
+    /// Uses `template` (`--template`) for every prompt, text-only ones included; the special
+    /// tokens are this model's.
+    pub fn set_template(&mut self, mut template: ChatTemplate) -> Result<()> {
+        template.read_special_tokens(&self.dir.join("tokenizer_config.json"))?;
+        self.template = template;
+        self.template_text_prompts = true;
+        Ok(())
+    }
+
+    /// The model inputs of a request.
+    pub fn request_prompt(&self, request: &Request) -> Result<Prompt> {
+        match &request.messages {
+            Some(messages) => self.chat_prompt(messages, request.image.as_deref(), request.pad),
+            None => self.prompt(&request.prompt, request.image.as_deref(), request.pad),
+        }
+    }
+
+    /// The ids of a conversation rendered by the template with the generation prompt
+    /// appended; `image` fills the conversation's one image part.
+    pub fn chat_prompt(
+        &self,
+        messages: &[Message],
+        image: Option<&Path>,
+        pad: bool,
+    ) -> Result<Prompt> {
+        let parts: usize = messages.iter().map(Message::images).sum();
+        if parts != image.is_some() as usize {
+            return Err(Error::argument(
+                "messages",
+                format!(
+                    "the conversation has {parts} image part(s) and {} image was given; one image needs exactly one image part",
+                    if image.is_some() { "an" } else { "no" }
+                ),
+            ));
+        }
+        let text = self.render(messages)?;
+        match image {
+            None => Ok(Prompt {
+                ids: self.encode_rendered(&text)?,
+                pixels: None,
+            }),
+            Some(path) => {
+                let pixels = self.preprocess(path, pad)?;
+                Ok(Prompt {
+                    ids: self.expand_image(&text)?,
+                    pixels: Some(pixels),
+                })
+            }
+        }
+    }
+
+    /// `messages` as the template renders them with the generation prompt appended.
+    pub fn render(&self, messages: &[Message]) -> Result<String> {
+        self.template.render(messages, true, &self.template_kwargs)
+    }
+
+    /// The conversation of a single prompt: the system message if one is set, then the user.
+    fn conversation(&self, text: &str, with_image: bool) -> Vec<Message> {
+        let mut messages: Vec<Message> = self.system.iter().map(|s| Message::system(s)).collect();
+        messages.push(Message::user(text, with_image));
+        messages
+    }
+
+    fn encode_rendered(&self, text: &str) -> Result<Vec<u32>> {
+        self.tokenizer
+            .encode(text, self.template.add_special_tokens(text))
+    }
+
+    fn preprocess(&self, path: &Path, pad: bool) -> Result<PixelValues> {
+        let processor = self.processor.as_ref().ok_or_else(|| {
+            Error::argument(
+                "image",
+                format!(
+                    "{} is a text-only model; it takes no image",
+                    self.dir.display()
+                ),
+            )
+        })?;
+        processor.preprocess_file(path, pad)
+    }
+
+    /// The ids of a request. With an image the prompt goes through the conversation template
+    /// (unless it already holds `<image>`: then it is taken as templated); text-only prompts
+    /// are tokenised as given unless a template was chosen explicitly.
     pub fn prompt(&self, text: &str, image: Option<&Path>, pad: bool) -> Result<Prompt> {
         match image {
             None => {
-                if self.model.llava_config().is_some()
-                    && text.contains(tita_core::tokenizer::IMAGE_PLACEHOLDER)
-                {
+                if self.model.llava_config().is_some() && text.contains(IMAGE_PLACEHOLDER) {
                     return Err(Error::argument(
                         "image",
                         "the prompt holds `<image>` but no image was given",
                     ));
+                }
+                if self.template_text_prompts {
+                    return self.chat_prompt(&self.conversation(text, false), None, pad);
                 }
                 Ok(Prompt {
                     ids: self.tokenizer.encode(text, true)?,
@@ -64,16 +186,7 @@ impl<B: Backend> Pipeline<B> {
                 })
             }
             Some(path) => {
-                let processor = self.processor.as_ref().ok_or_else(|| {
-                    Error::argument(
-                        "image",
-                        format!(
-                            "{} is a text-only model; it takes no image",
-                            self.dir.display()
-                        ),
-                    )
-                })?;
-                let pixels = processor.preprocess_file(path, pad)?;
+                let pixels = self.preprocess(path, pad)?;
                 self.prompt_with_pixels(text, pixels)
             }
         }
@@ -87,18 +200,23 @@ impl<B: Backend> Pipeline<B> {
         })
     }
 
-    /// The ids of a prompt about one image: the LLaVA-1.5 template (unless `text` already
+    /// The ids of a prompt about one image: the conversation template (unless `text` already
     /// holds `<image>`) with `<image>` expanded to one id per image feature.
     pub fn image_prompt_ids(&self, text: &str) -> Result<Vec<u32>> {
+        if text.contains(IMAGE_PLACEHOLDER) {
+            return self.expand_image(text);
+        }
+        self.expand_image(&self.render(&self.conversation(text, true))?)
+    }
+
+    /// Tokenises templated text that holds one `<image>` and expands it to one id per image
+    /// feature.
+    fn expand_image(&self, text: &str) -> Result<Vec<u32>> {
         let c = self.model.llava_config().ok_or_else(|| {
             Error::argument("image", "this is a text-only model; it takes no image")
         })?;
-        let templated = if text.contains(tita_core::tokenizer::IMAGE_PLACEHOLDER) {
-            text.to_string()
-        } else {
-            llava_prompt(text)
-        };
+        let ids = self.encode_rendered(text)?;
         self.tokenizer
-            .encode_with_image(&templated, c.image_token_id, c.image_tokens())
+            .expand_image_ids(ids, c.image_token_id, c.image_tokens())
     }
 }

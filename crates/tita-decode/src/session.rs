@@ -17,6 +17,17 @@ pub(crate) fn rows_to_host<B: Backend>(logits: Tensor<B, 2>) -> Vec<Vec<f32>> {
     flat.chunks(v).map(<[f32]>::to_vec).collect()
 }
 
+/// Next-token logits with a NaN or infinity are an error naming the model, never a token.
+fn checked<B: Backend>(model: &Vlm<B>, rows: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>> {
+    for (r, row) in rows.iter().enumerate() {
+        Error::check_finite(
+            || format!("the next-token logits of {} (batch row {r})", model.name),
+            row,
+        )?;
+    }
+    Ok(rows)
+}
+
 /// A prefilled KV cache of one model for a batch of sequences.
 pub struct Session<'m, B: Backend> {
     model: &'m Vlm<B>,
@@ -84,7 +95,7 @@ impl<'m, B: Backend> Session<'m, B> {
         let embeds = model.embed(&ids, images, device)?;
         let mut cache = KvCache::with_left_padding(model.language_model.layers.len(), pad_left);
         let hidden = model.forward(embeds, &mut cache);
-        let logits = rows_to_host(model.last_logits(hidden));
+        let logits = checked(model, rows_to_host(model.last_logits(hidden)))?;
         Ok((
             Session {
                 model,
@@ -132,6 +143,6 @@ impl<'m, B: Backend> Session<'m, B> {
         // Straight to the embedding table: a generated id is text, whatever its value.
         let embeds = self.model.language_model.embed(&ids, &self.device);
         let hidden = self.model.forward(embeds, &mut self.cache);
-        Ok(rows_to_host(self.model.last_logits(hidden)))
+        checked(self.model, rows_to_host(self.model.last_logits(hidden)))
     }
 }

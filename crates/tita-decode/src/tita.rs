@@ -4,7 +4,6 @@
 //! step costs one cached decode step per model.
 
 use std::cell::RefCell;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
@@ -15,7 +14,7 @@ use tita_core::sampling::argmax;
 use tita_core::{Error, Result, Tokenizer};
 
 use crate::generator::{decode_loop, finish, Generation, GenerationConfig, TokenEvent};
-use crate::pipeline::{Pipeline, Prompt};
+use crate::pipeline::{Pipeline, Prompt, Request};
 use crate::session::Session;
 
 /// Settings of the fused decoding.
@@ -44,15 +43,6 @@ impl Default for TitaConfig {
             explain: false,
         }
     }
-}
-
-/// One request: the user's prompt and an optional image, prepared separately for every model.
-#[derive(Debug, Clone)]
-pub struct Request {
-    pub prompt: String,
-    pub image: Option<PathBuf>,
-    /// Pad the image to a square of the mean colour first (LLaVA-1.5 evaluation).
-    pub pad: bool,
 }
 
 /// A token id with its text.
@@ -95,7 +85,7 @@ pub struct TitaGeneration {
 /// let reward = Pipeline::<B>::load("tita-reward".as_ref(), &device)?;
 /// let config = TitaConfig { fusion: Fusion::Interpolate { lambda: 0.3 }, ..Default::default() };
 /// let tita = Tita::new(&target, Some(&reward), None, config, GenerationConfig::default())?;
-/// let request = Request { prompt: "Is there a dog in the image?".into(), image: Some("photo.jpg".into()), pad: true };
+/// let request = Request::new("Is there a dog in the image?", Some("photo.jpg".into()), true);
 /// println!("{}", tita.generate(&request)?.generation.text);
 /// # Ok::<(), tita_core::Error>(())
 /// ```
@@ -199,7 +189,7 @@ impl<'p, B: Backend> Tita<'p, B> {
     fn prompts(&self, pipeline: &Pipeline<B>, requests: &[Request]) -> Result<Vec<Prompt>> {
         requests
             .iter()
-            .map(|r| pipeline.prompt(&r.prompt, r.image.as_deref(), r.pad))
+            .map(|r| pipeline.request_prompt(r))
             .collect()
     }
 
@@ -253,15 +243,13 @@ impl<'p, B: Backend> Tita<'p, B> {
             .reward
             .ok_or_else(|| Error::argument("reward", "a sweep needs a reward model"))?;
         let start = Instant::now();
-        let t_prompt =
-            self.target
-                .prompt(&request.prompt, request.image.as_deref(), request.pad)?;
-        let g_prompt = reward.prompt(&request.prompt, request.image.as_deref(), request.pad)?;
+        let t_prompt = self.target.request_prompt(request)?;
+        let g_prompt = reward.request_prompt(request)?;
         let (ts, tl) = Session::prefill(&self.target.model, &[&t_prompt], &self.target.device)?;
         let (gs, gl) = Session::prefill(&reward.model, &[&g_prompt], &reward.device)?;
         let (rs, rl) = match self.reference {
             Some(r) => {
-                let p = r.prompt(&request.prompt, request.image.as_deref(), request.pad)?;
+                let p = r.request_prompt(request)?;
                 let (s, l) = Session::prefill(&r.model, &[&p], &r.device)?;
                 (Some(s), Some(l.into_iter().next().expect("one row")))
             }

@@ -169,6 +169,9 @@ pub struct Vlm<B: Backend> {
     /// The checkpoint tensors the parameters came from, in load order (what a save writes).
     #[module(skip)]
     pub stored: Vec<StoredTensor>,
+    /// Where the weights came from (the checkpoint directory), named in errors.
+    #[module(skip)]
+    pub name: String,
 }
 
 impl<B: Backend> Vlm<B> {
@@ -178,8 +181,9 @@ impl<B: Backend> Vlm<B> {
         let config = ModelConfig::from_file(dir)?;
         let mut w = Weights::open(dir)?;
         let keys = KeyLayout::detect(&w, &config)?;
-        let model = Self::from_source(&mut w, config, keys, device)?;
+        let mut model = Self::from_source(&mut w, config, keys, device)?;
         w.finish()?;
+        model.name = dir.display().to_string();
         Ok(model)
     }
 
@@ -214,7 +218,10 @@ impl<B: Backend> Vlm<B> {
     /// A model of `config`'s shapes with random weights (benchmarks at real sizes).
     pub fn random(config: ModelConfig, seed: u64, device: &B::Device) -> Result<Self> {
         let keys = KeyLayout::hub(&config);
-        Self::from_source(&mut RandomWeights::new(0.02, seed), config, keys, device)
+        let mut model =
+            Self::from_source(&mut RandomWeights::new(0.02, seed), config, keys, device)?;
+        model.name = format!("a random model (seed {seed})");
+        Ok(model)
     }
 
     /// Builds the model from any tensor source whose names follow `keys`.
@@ -258,6 +265,7 @@ impl<B: Backend> Vlm<B> {
             config,
             keys,
             stored,
+            name: "a model".into(),
         })
     }
 

@@ -171,7 +171,7 @@ impl Weights {
             ));
         }
         let bytes = &self.files[entry.file].1[entry.offsets.0..entry.offsets.1];
-        let values = match entry.dtype {
+        let values: Vec<f32> = match entry.dtype {
             Dtype::F32 => bytes
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -192,6 +192,19 @@ impl Weights {
                 ))
             }
         };
+        // One pass over values already in cache: a NaN/Inf weight would only surface later as
+        // empty or garbage text.
+        if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            let count = values.iter().filter(|v| !v.is_finite()).count();
+            return Err(Error::tensor(
+                path,
+                name,
+                format!(
+                    "holds {count} non-finite value(s) ({v} at flat index {i} of {}); the checkpoint is corrupt",
+                    values.len()
+                ),
+            ));
+        }
         self.taken.insert(name.to_string());
         Ok(values)
     }

@@ -6,6 +6,7 @@ use std::time::Instant;
 use anyhow::{anyhow, Context};
 use burn::tensor::backend::Backend;
 use clap::Parser;
+use tita_core::template::{read_messages, template_help, ChatTemplate};
 use tita_decode::backend::{dispatch, BackendKind, BackendTask};
 use tita_decode::{
     Fusion, GenerationConfig, Generator, Pipeline, Request, SamplingConfig, Tita, TitaConfig,
@@ -13,16 +14,38 @@ use tita_decode::{
 };
 
 #[derive(Parser, Debug)]
-#[command(about = "Generate with a LLaVA (or LLaMA) checkpoint in Hugging Face layout")]
+#[command(
+    about = "Generate with a LLaVA (or LLaMA) checkpoint in Hugging Face layout",
+    allow_negative_numbers = true
+)]
 struct Args {
     /// Checkpoint directory (config.json, safetensors, tokenizer.json, preprocessor_config.json).
     #[arg(long)]
     model: PathBuf,
-    /// Image file; the prompt is then wrapped in LLaVA-1.5's chat template.
+    /// Image file; the prompt is then rendered with the conversation template (see --template).
     #[arg(long)]
     image: Option<PathBuf>,
+    #[arg(
+        long,
+        required_unless_present = "messages",
+        conflicts_with = "messages"
+    )]
+    prompt: Option<String>,
+    /// A conversation as JSON (a list of {role, content} messages, or {"messages": [...]});
+    /// content is a string or a list of {"type": "text", "text"} / {"type": "image"} parts.
     #[arg(long)]
-    prompt: String,
+    messages: Option<PathBuf>,
+    /// Conversation template: the model directory's chat_template unless given; a built-in
+    /// name (llava_1_5, vicuna_v1), a .jinja file, a JSON file with `chat_template`, or a
+    /// model directory. With it, text-only prompts are templated too.
+    #[arg(long)]
+    template: Option<String>,
+    /// A system message before the prompt.
+    #[arg(long)]
+    system: Option<String>,
+    /// Extra template variable KEY=VALUE (VALUE as JSON, else a string), e.g. add_vision_id=true.
+    #[arg(long = "template-arg")]
+    template_args: Vec<String>,
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
     /// 0 = greedy.
@@ -45,15 +68,16 @@ struct Args {
     /// Reward VLM directory: turns on TITA (interpolate mode unless --mode says otherwise).
     #[arg(long)]
     reward: Option<PathBuf>,
-    /// Weight of the reward model in interpolate mode, in [0, 1].
-    #[arg(long, default_value_t = 0.3)]
-    lambda: f32,
+    /// Weight of the reward model in interpolate mode, in [0, 1] (default 0.3).
+    #[arg(long)]
+    lambda: Option<f32>,
     /// The reward model's DPO reference: reference mode.
     #[arg(long)]
     reference: Option<PathBuf>,
-    /// Weight of the implicit reward (reference mode) or of the contrast (contrastive mode).
-    #[arg(long, default_value_t = 1.0)]
-    alpha: f32,
+    /// Weight of the implicit reward (reference mode) or of the contrast (contrastive mode),
+    /// >= 0 (default 1).
+    #[arg(long)]
+    alpha: Option<f32>,
     #[arg(long, value_enum)]
     mode: Option<Mode>,
     /// Diffusion step (of 1000) of the noised image in contrastive mode.
@@ -81,22 +105,99 @@ enum Mode {
 }
 
 impl Args {
-    /// The fusion the flags ask for, or None for plain decoding.
-    fn fusion(&self) -> Option<Fusion> {
+    /// The fusion the flags ask for (None for plain decoding), refusing flags that the chosen
+    /// mode would silently ignore.
+    fn fusion(&self) -> anyhow::Result<Option<Fusion>> {
         let mode = self.mode.or(if self.reference.is_some() {
             Some(Mode::Reference)
         } else if self.reward.is_some() {
             Some(Mode::Interpolate)
         } else {
             None
-        })?;
-        Some(match mode {
+        });
+        let refuse = |flag: &str, why: &str| Err(anyhow!("--{flag}: {why}"));
+        if self.lambda.is_some() && mode != Some(Mode::Interpolate) {
+            return refuse("lambda", "is the weight of interpolate mode; give --reward (and no --reference / other --mode)");
+        }
+        if self.alpha.is_some() && !matches!(mode, Some(Mode::Reference | Mode::Contrastive)) {
+            return refuse("alpha", "is used by reference mode (--reward and --reference) and contrastive mode (--mode contrastive)");
+        }
+        if self.reference.is_some() && mode != Some(Mode::Reference) {
+            return refuse("reference", "is the DPO reference of reference mode only");
+        }
+        if self.reward.is_some() && mode == Some(Mode::Contrastive) {
+            return refuse("reward", "contrastive mode uses no reward model");
+        }
+        if self.explain && mode.is_none() {
+            return refuse(
+                "explain",
+                "explains fused decoding: give --reward or --mode contrastive",
+            );
+        }
+        let fusion = mode.map(|mode| match mode {
             Mode::Interpolate => Fusion::Interpolate {
-                lambda: self.lambda,
+                lambda: self.lambda.unwrap_or(0.3),
             },
-            Mode::Reference => Fusion::Reference { alpha: self.alpha },
-            Mode::Contrastive => Fusion::Contrastive { alpha: self.alpha },
-        })
+            Mode::Reference => Fusion::Reference {
+                alpha: self.alpha.unwrap_or(1.0),
+            },
+            Mode::Contrastive => Fusion::Contrastive {
+                alpha: self.alpha.unwrap_or(1.0),
+            },
+        });
+        if let Some(f) = fusion {
+            f.validate()?;
+        }
+        Ok(fusion)
+    }
+
+    /// The sampling settings, each checked against its range.
+    fn sampling(&self) -> anyhow::Result<SamplingConfig> {
+        let config = SamplingConfig {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn request(&self) -> anyhow::Result<Request> {
+        let mut request = Request::new(
+            self.prompt.clone().unwrap_or_default(),
+            self.image.clone(),
+            self.pad,
+        );
+        if let Some(path) = &self.messages {
+            let mut messages = read_messages(path)?;
+            if let Some(system) = &self.system {
+                messages.insert(0, tita_core::template::Message::system(system));
+            }
+            request.messages = Some(messages);
+        }
+        Ok(request)
+    }
+
+    /// Applies --template, --system and --template-arg to a loaded model.
+    fn configure<B: Backend>(&self, pipeline: &mut Pipeline<B>) -> anyhow::Result<()> {
+        if let Some(spec) = &self.template {
+            pipeline.set_template(
+                ChatTemplate::resolve(spec)
+                    .with_context(|| format!("--template expects {}", template_help()))?,
+            )?;
+        }
+        if self.messages.is_none() {
+            pipeline.system = self.system.clone();
+        }
+        for arg in &self.template_args {
+            let (key, value) = arg
+                .split_once('=')
+                .ok_or_else(|| anyhow!("--template-arg `{arg}`: expected KEY=VALUE"))?;
+            let value = serde_json::from_str(value).unwrap_or_else(|_| value.into());
+            pipeline.template_kwargs.insert(key.to_string(), value);
+        }
+        Ok(())
     }
 }
 
@@ -125,20 +226,22 @@ impl BackendTask for Run {
     fn run<B: Backend>(self, device: B::Device, kind: BackendKind) -> anyhow::Result<()> {
         let a = self.0;
         let t0 = Instant::now();
-        let pipeline = Pipeline::<B>::load(&a.model, &device)
-            .with_context(|| format!("loading {}", a.model.display()))?;
-        let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let fusion = a.fusion()?;
         let config = GenerationConfig {
             max_new_tokens: a.max_new_tokens,
-            sampling: SamplingConfig {
-                temperature: a.temperature,
-                top_k: a.top_k,
-                top_p: a.top_p,
-                seed: a.seed,
-            },
+            sampling: a.sampling()?,
             stop_strings: a.stop.clone(),
             eos_token_ids: None,
         };
+        let request = a.request()?;
+        let load = |dir: &PathBuf| -> anyhow::Result<Pipeline<B>> {
+            let mut p = Pipeline::<B>::load(dir, &device)
+                .with_context(|| format!("loading {}", dir.display()))?;
+            a.configure(&mut p)?;
+            Ok(p)
+        };
+        let pipeline = load(&a.model)?;
+        let load_ms = t0.elapsed().as_secs_f64() * 1e3;
         let json = a.json;
         let mut stream = |ev: tita_decode::TokenEvent| {
             use std::io::Write;
@@ -147,24 +250,17 @@ impl BackendTask for Run {
                 let _ = std::io::stdout().flush();
             }
         };
-        let (out, explain) = match a.fusion() {
+        let (out, explain) = match fusion {
             None => {
-                let prompt = pipeline.prompt(&a.prompt, a.image.as_deref(), a.pad)?;
+                let prompt = pipeline.request_prompt(&request)?;
                 (
                     Generator::new(&pipeline, config).generate_streaming(&prompt, &mut stream)?,
                     Vec::new(),
                 )
             }
             Some(fusion) => {
-                let load = |dir: &Option<PathBuf>| -> anyhow::Result<Option<Pipeline<B>>> {
-                    dir.as_ref()
-                        .map(|d| {
-                            Pipeline::<B>::load(d, &device)
-                                .with_context(|| format!("loading {}", d.display()))
-                        })
-                        .transpose()
-                };
-                let (reward, reference) = (load(&a.reward)?, load(&a.reference)?);
+                let reward = a.reward.as_ref().map(load).transpose()?;
+                let reference = a.reference.as_ref().map(load).transpose()?;
                 let tita_config = TitaConfig {
                     fusion,
                     tau: a.tau,
@@ -180,11 +276,6 @@ impl BackendTask for Run {
                     tita_config,
                     config,
                 )?;
-                let request = Request {
-                    prompt: a.prompt.clone(),
-                    image: a.image.clone(),
-                    pad: a.pad,
-                };
                 let out = tita.generate_streaming(&request, &mut stream)?;
                 (out.generation, out.explain)
             }
@@ -200,9 +291,10 @@ impl BackendTask for Run {
             if a.explain {
                 v["explain"] = serde_json::to_value(&explain)?;
             }
-            if let Some(f) = a.fusion() {
+            if let Some(f) = fusion {
                 v["fusion"] = format!("{f:?}").into();
             }
+            v["template"] = pipeline.template.name.clone().into();
             v["timings"]["load_ms"] = load_ms.into();
             v["backend"] = serde_json::to_value(kind)?;
             v["model"] = a.model.display().to_string().into();

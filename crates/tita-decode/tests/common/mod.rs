@@ -48,11 +48,11 @@ pub fn greedy(n: usize) -> GenerationConfig {
 
 /// A case as a request for the TITA sampler.
 pub fn request(case: &serde_json::Value) -> Request {
-    Request {
-        prompt: case["prompt"].as_str().unwrap().into(),
-        image: Some(fixtures().join(case["image"].as_str().unwrap())),
-        pad: false,
-    }
+    Request::new(
+        case["prompt"].as_str().unwrap(),
+        Some(fixtures().join(case["image"].as_str().unwrap())),
+        false,
+    )
 }
 
 /// A case's model inputs for `p`.

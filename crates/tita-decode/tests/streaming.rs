@@ -1,0 +1,114 @@
+//! Streaming text through the decoding loop with the fixture tokenizer (LLaMA's byte-fallback
+//! vocabulary): scores that force a chosen id sequence drive the real `decode_loop`.
+
+use std::path::PathBuf;
+
+use tita_core::Tokenizer;
+use tita_decode::{decode_loop, FinishReason, GenerationConfig};
+
+fn tokenizer() -> Tokenizer {
+    Tokenizer::from_file(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tokenizer"),
+    )
+    .unwrap()
+}
+
+/// Scores whose argmax is `id`.
+fn one_hot(vocab: usize, id: u32) -> Vec<f32> {
+    let mut s = vec![0.0; vocab];
+    s[id as usize] = 1.0;
+    s
+}
+
+/// Greedy-decodes exactly `script` (or until a stop condition), returning the streamed deltas
+/// per token and the loop's result.
+fn run(script: &[u32], stops: &[&str]) -> (Vec<String>, Vec<u32>, String, FinishReason) {
+    let tok = tokenizer();
+    let vocab = tok.vocab_size();
+    let config = GenerationConfig {
+        max_new_tokens: script.len(),
+        stop_strings: stops.iter().map(|s| s.to_string()).collect(),
+        eos_token_ids: Some(vec![2]),
+        ..Default::default()
+    };
+    let mut next = 1;
+    let mut deltas = Vec::new();
+    let mut rows = decode_loop(
+        &tok,
+        &config,
+        &[2],
+        vec![one_hot(vocab, script[0])],
+        || true,
+        |_| {
+            let s = one_hot(vocab, script[next]);
+            next += 1;
+            Ok(vec![s])
+        },
+        &mut |ev| deltas.push(ev.text_delta.to_string()),
+    )
+    .unwrap();
+    let (ids, text, finish) = rows.remove(0);
+    (deltas, ids, text, finish)
+}
+
+fn id(token: &str) -> u32 {
+    tokenizer().token_to_id(token).unwrap()
+}
+
+#[test]
+fn byte_fallback_characters_stream_once_and_whole() {
+    // "Hello é🙂 world." with é = C3 A9 and 🙂 = F0 9F 99 82, each byte its own token.
+    let bytes = |b: &[u8]| -> Vec<u32> { b.iter().map(|x| id(&format!("<0x{x:02X}>"))).collect() };
+    let mut script = vec![id("▁Hello"), id("▁")];
+    script.extend(bytes("é".as_bytes()));
+    script.extend(bytes("🙂".as_bytes()));
+    script.extend([id("▁world"), id(".")]);
+    let (deltas, ids, text, finish) = run(&script, &[]);
+    assert_eq!(ids, script);
+    assert_eq!(text, "Hello é🙂 world.");
+    assert_eq!(text, tokenizer().decode(&script, true).unwrap());
+    assert_eq!(deltas.concat(), text);
+    assert_eq!(deltas.len(), script.len(), "one event per token");
+    assert!(deltas.iter().all(|d| !d.contains('\u{FFFD}')), "{deltas:?}");
+    assert!(
+        deltas.contains(&"é".to_string()) && deltas.contains(&"🙂".to_string()),
+        "{deltas:?}"
+    );
+    assert_eq!(finish, FinishReason::MaxNewTokens);
+}
+
+#[test]
+fn stop_string_is_never_streamed() {
+    // "Hello world. STOP" split as "▁ST" "OP": the stream holds " ST" back until the stop.
+    let script = [
+        id("▁Hello"),
+        id("▁world"),
+        id("."),
+        id("▁ST"),
+        id("OP"),
+        id("▁world"),
+    ];
+    let (deltas, ids, text, finish) = run(&script, &[" STOP"]);
+    assert_eq!(finish, FinishReason::StopString);
+    assert_eq!(
+        ids.len(),
+        5,
+        "stops at the token that completes the stop string"
+    );
+    assert_eq!(text, "Hello world.");
+    assert_eq!(deltas.concat(), text, "{deltas:?}");
+    // A held-back prefix that turns out not to be a stop string is released.
+    let script = [id("▁Hello"), id("▁ST"), id("▁world")];
+    let (deltas, _, text, finish) = run(&script, &[" STOP"]);
+    assert_eq!(finish, FinishReason::MaxNewTokens);
+    assert_eq!(text, "Hello ST world");
+    assert_eq!(deltas, ["Hello", "", " ST world"]);
+}
+
+#[test]
+fn a_character_cut_off_by_the_token_limit_ends_the_text_as_transformers_decodes_it() {
+    let script = [id("▁Hello"), id("<0xC3>")];
+    let (deltas, _, text, _) = run(&script, &[]);
+    assert_eq!(text, tokenizer().decode(&script, true).unwrap());
+    assert_eq!(deltas.concat(), text);
+}
