@@ -53,7 +53,8 @@ pub struct Choice {
 }
 
 /// Why a token was chosen: each model's own favourite, the fused winner, and the implicit
-/// reward `log p_R(y) - log p_T(y)` of the chosen token.
+/// reward of the chosen token: `log p_R(y) - log p_ref(y)` in reference mode (DPO's reward
+/// against the reward model's own reference), `log p_R(y) - log p_T(y)` otherwise.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TokenExplanation {
     pub token: Choice,
@@ -63,6 +64,9 @@ pub struct TokenExplanation {
     pub fused_top: Choice,
     pub target_logprob: f32,
     pub reward_logprob: f32,
+    /// The DPO reference's log-prob (reference mode only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_logprob: Option<f32>,
     pub implicit_reward: f32,
 }
 
@@ -387,7 +391,7 @@ impl<'p, B: Backend> Tita<'p, B> {
             };
         let first = fuse_rows(&first_t, &first_g, first_r.as_ref());
         // The scores each row's next token is chosen from, kept for the explanation view.
-        let last = RefCell::new((first_t, first_g, first.clone()));
+        let last = RefCell::new((first_t, first_g, first_r, first.clone()));
         let sessions = RefCell::new((target, guide_session, reference));
         let explanations: RefCell<Vec<Vec<TokenExplanation>>> =
             RefCell::new(vec![Vec::new(); requests.len()]);
@@ -413,7 +417,7 @@ impl<'p, B: Backend> Tita<'p, B> {
                 let g = s.1.step(tokens)?;
                 let r = s.2.as_mut().map(|r| r.step(tokens)).transpose()?;
                 let fused = fuse_rows(&t, &g, r.as_ref());
-                *last.borrow_mut() = (t, g, fused.clone());
+                *last.borrow_mut() = (t, g, r, fused.clone());
                 Ok(fused)
             },
             &mut |ev: TokenEvent| {
@@ -421,15 +425,18 @@ impl<'p, B: Backend> Tita<'p, B> {
                     let l = last.borrow();
                     let (lt, lg) = (log_softmax(&l.0[ev.row]), log_softmax(&l.1[ev.row]));
                     let y = ev.token as usize;
-                    let reward_lp = lg.get(y).copied().unwrap_or(f32::NEG_INFINITY);
+                    let at = |lp: &[f32]| lp.get(y).copied().unwrap_or(f32::NEG_INFINITY);
+                    let reward_lp = at(&lg);
+                    let reference_lp = l.2.as_ref().map(|r| at(&log_softmax(&r[ev.row])));
                     explanations.borrow_mut()[ev.row].push(TokenExplanation {
                         token: choice(ev.token),
                         target_top: choice(argmax(&l.0[ev.row])),
                         reward_top: choice(argmax(&l.1[ev.row])),
-                        fused_top: choice(argmax(&l.2[ev.row])),
+                        fused_top: choice(argmax(&l.3[ev.row])),
                         target_logprob: lt[y],
                         reward_logprob: reward_lp,
-                        implicit_reward: reward_lp - lt[y],
+                        reference_logprob: reference_lp,
+                        implicit_reward: reward_lp - reference_lp.unwrap_or(lt[y]),
                     });
                 }
                 on_token(ev);

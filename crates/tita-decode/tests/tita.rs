@@ -192,6 +192,38 @@ fn explanation_view_is_consistent() {
 }
 
 #[test]
+fn reference_mode_explains_with_the_dpo_reward() {
+    let (target, reward, reference) = (
+        load("llava-target"),
+        load("llava-reward"),
+        load("llava-reward-ref"),
+    );
+    let cfg = TitaConfig {
+        explain: true,
+        ..config(Fusion::Reference { alpha: 1.0 })
+    };
+    let req = request(&cases()[0]);
+    let out = Tita::new(&target, Some(&reward), Some(&reference), cfg, greedy(6))
+        .unwrap()
+        .generate(&req)
+        .unwrap();
+    for e in &out.explain {
+        let r = e
+            .reference_logprob
+            .expect("reference mode reports the reference");
+        assert!((e.implicit_reward - (e.reward_logprob - r)).abs() < 1e-6);
+        assert!(r <= 0.0);
+    }
+    // The first row's reference log-prob is the reference model's own, computed apart.
+    let prompt = reference.request_prompt(&req).unwrap();
+    let (_, logits) =
+        tita_decode::Session::prefill(&reference.model, &[&prompt], &reference.device).unwrap();
+    let lp = tita_core::fusion::log_softmax(&logits[0]);
+    let first = &out.explain[0];
+    assert!((first.reference_logprob.unwrap() - lp[first.token.id as usize]).abs() < 1e-6);
+}
+
+#[test]
 fn bad_configurations_are_clear_errors() {
     let (target, reward) = (load("llava-target"), load("llava-reward"));
     let err = |r: Result<Tita<B>, tita_core::Error>| r.err().expect("must be refused").to_string();
@@ -317,6 +349,63 @@ fn sweep_equals_full_decoding_for_every_fusion() {
                 assert_eq!(got.text, full.text);
                 assert_eq!(got.finish_reason, full.finish_reason);
             }
+        }
+    }
+}
+
+#[test]
+fn jpeg_inputs_give_transformers_log_probs() {
+    // fixtures/jpeg_extra/tita_jpeg.json: transformers + Pillow on COCO-style JPEGs (4:2:0
+    // cropped, 4:4:4 padded), TITA λ 0.3, the chosen token's log-prob under each model.
+    let (target, reward) = (load("llava-target"), load("llava-reward"));
+    let reference = json("jpeg_extra/tita_jpeg.json");
+    for case in reference["cases"].as_array().unwrap() {
+        let request = Request::new(
+            case["prompt"].as_str().unwrap(),
+            Some(fixtures().join(case["image"].as_str().unwrap())),
+            case["pad"].as_bool().unwrap(),
+        );
+        assert_eq!(
+            target.request_prompt(&request).unwrap().ids,
+            ids(&case["input_ids"])
+        );
+        let lambda = case["lambda"].as_f64().unwrap() as f32;
+        let mut tita_config = config(Fusion::Interpolate { lambda });
+        tita_config.explain = true;
+        let tita = Tita::new(&target, Some(&reward), None, tita_config, greedy(12)).unwrap();
+        let out = tita.generate(&request).unwrap();
+        assert_eq!(
+            out.generation.token_ids,
+            ids(&case["token_ids"]),
+            "{}",
+            case["image"]
+        );
+        for (key, got) in [
+            (
+                "target_logprobs",
+                out.explain
+                    .iter()
+                    .map(|e| e.target_logprob)
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                "reward_logprobs",
+                out.explain.iter().map(|e| e.reward_logprob).collect(),
+            ),
+        ] {
+            let want: Vec<f32> = case[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            let max = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert_eq!(got.len(), want.len());
+            assert!(max <= 1e-4, "{} {key}: max |Δ| {max:.2e}", case["image"]);
         }
     }
 }

@@ -202,13 +202,18 @@ impl Args {
 }
 
 fn print_explanation(rows: &[TokenExplanation]) {
+    let reward = if rows.iter().any(|e| e.reference_logprob.is_some()) {
+        "log pR/pref"
+    } else {
+        "log pR/pT"
+    };
     eprintln!(
-        "{:>4}  {:<16} {:<16} {:<16} {:<16} {:>9}",
-        "step", "chosen", "target top", "reward top", "fused top", "log pR/pT"
+        "{:>4}  {:<16} {:<16} {:<16} {:<16} {:>11}",
+        "step", "chosen", "target top", "reward top", "fused top", reward
     );
     for (i, e) in rows.iter().enumerate() {
         eprintln!(
-            "{:>4}  {:<16} {:<16} {:<16} {:<16} {:>+9.3}",
+            "{:>4}  {:<16} {:<16} {:<16} {:<16} {:>+11.3}",
             i,
             format!("{:?}", e.token.text),
             format!("{:?}", e.target_top.text),
