@@ -28,6 +28,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tita_core::error::read_json_as;
+use tita_core::output::Reuse;
 use tita_core::plot::{bar_chart, line_panels, Panel, Series};
 use tita_core::{jsonl, Error, Result};
 use tita_decode::{GenerationConfig, Generator, Pipeline};
@@ -439,7 +440,9 @@ fn stage<B: Backend>(
         &config,
         &RunOptions {
             progress,
-            stop_after: None,
+            // The demo owns its run folders: one without a checkpoint is started afresh.
+            overwrite: paths.resume.is_none(),
+            ..Default::default()
         },
         device,
     )?;
@@ -651,6 +654,8 @@ fn make_pairs<B: Backend>(
                 max_new_tokens: config.caption_tokens,
                 ..Default::default()
             },
+            // A pairs file left by an interrupted demo run is continued.
+            Reuse::Resume,
             false,
         )?;
         text.push_str(&read_text(&noised)?);
@@ -800,6 +805,7 @@ pub fn evaluate<B: Backend>(
         shortcut: true,
         noise_step: 500,
         seed: config.seed,
+        ..EvalConfig::default()
     };
     let caption_config = EvalConfig {
         suffix: String::new(),

@@ -113,6 +113,10 @@ pub struct EvalConfig {
     /// Diffusion step of VCD's noised image.
     pub noise_step: usize,
     pub seed: u64,
+    /// The conversation template the prompts were rendered with (recorded from the target).
+    pub template: String,
+    /// The system message, if any.
+    pub system: Option<String>,
 }
 
 impl Default for EvalConfig {
@@ -125,6 +129,8 @@ impl Default for EvalConfig {
             shortcut: true,
             noise_step: 500,
             seed: 0,
+            template: String::new(),
+            system: None,
         }
     }
 }

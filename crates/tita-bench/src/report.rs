@@ -172,6 +172,11 @@ pub fn evaluate<B: burn::tensor::backend::Backend>(
     title: &str,
 ) -> Result<EvalResults> {
     let speed = crate::eval::answer_all(models, sets, out, config, progress)?;
+    let config = &EvalConfig {
+        template: models.target.template.name.clone(),
+        system: models.target.system.clone(),
+        ..config.clone()
+    };
     let results = score_all(out, sets, config, speed)?;
     write_reports(out, title, &results)?;
     Ok(results)

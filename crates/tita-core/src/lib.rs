@@ -8,6 +8,7 @@ pub mod image;
 pub mod jpeg;
 pub mod jsonl;
 pub mod noise;
+pub mod output;
 pub mod plot;
 pub mod progress;
 pub mod sampling;

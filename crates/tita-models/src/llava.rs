@@ -208,7 +208,11 @@ impl<B: Backend> Vlm<B> {
                 std::fs::copy(&path, tmp.join(name)).map_err(|e| Error::io(&path, e))?;
             }
         }
-        save_safetensors(self, &self.stored, &tmp.join("model.safetensors"))?;
+        if let Err(e) = save_safetensors(self, &self.stored, &tmp.join("model.safetensors")) {
+            // Leave nothing half-written behind (a NaN weight is refused here, for instance).
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
         if out.exists() {
             std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
         }

@@ -433,6 +433,20 @@ pub fn save_safetensors<B: Backend, M: Module<B>>(
                 ),
             ));
         }
+        // A checkpoint never stores a NaN/Inf (nor a value its half-precision dtype turns into one).
+        Error::check_finite(
+            || format!("tensor `{}` being saved to {}", t.name, path.display()),
+            &v,
+        )?;
+        if t.dtype == StoredDtype::F16 {
+            if let Some(x) = v.iter().find(|x| x.abs() > f32::from(half::f16::MAX)) {
+                return Err(Error::tensor(
+                    path,
+                    &t.name,
+                    format!("{x} is outside float16's range, in which this tensor is stored"),
+                ));
+            }
+        }
         let v = if t.transposed {
             transpose(&v, n / t.shape[0], t.shape[0])
         } else {

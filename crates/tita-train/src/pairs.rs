@@ -4,11 +4,12 @@
 //! Pairs are appended as they are made; an interrupted run continues after the last question
 //! it finished, so nothing is written twice.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 use tita_core::noise::add_diffusion_noise;
+use tita_core::output::{claim_file, with_suffix, Reuse};
 use tita_core::{jsonl, Error, Result};
 use tita_decode::{GenerationConfig, Generator, Pipeline};
 
@@ -29,7 +30,7 @@ pub struct SynthesizedPair {
     pub question_line: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PairsConfig {
     /// Diffusion step of the noise (of 1000; linear betas 1e-4..0.02).
     pub noise_step: usize,
@@ -62,23 +63,25 @@ pub struct PairsSummary {
 #[derive(Serialize, Deserialize)]
 struct Progress {
     last_line: usize,
+    /// The settings of the run, so that a resumed run can be refused if they changed.
+    config: PairsConfig,
 }
 
-fn progress_path(out: &Path) -> PathBuf {
-    let mut p = out.as_os_str().to_owned();
-    p.push(".progress.json");
-    PathBuf::from(p)
-}
+const PROGRESS: &str = ".progress.json";
 
-/// Makes pairs for every question of `questions` not yet done, appending to `out`.
+/// Makes pairs for every question of `questions` not yet done, appending to `out`. An
+/// existing `out` is continued with `Reuse::Resume` (same settings), replaced with
+/// `Reuse::Overwrite`, and refused otherwise.
 pub fn synthesize<B: Backend>(
     target: &Pipeline<B>,
     questions: &Path,
     images: Option<&Path>,
     out: &Path,
     config: &PairsConfig,
+    reuse: Reuse,
     progress: bool,
 ) -> Result<PairsSummary> {
+    let _claim = claim_file(out, &[PROGRESS], reuse)?;
     let qs = jsonl::read::<Question>(questions)?;
     let processor = target.processor.as_ref().ok_or_else(|| {
         Error::argument(
@@ -94,9 +97,19 @@ pub fn synthesize<B: Backend>(
             done = done.max(p.question_line);
         }
     }
-    let progress_file = progress_path(out);
+    let progress_file = with_suffix(out, PROGRESS);
     if progress_file.exists() {
         let p: Progress = tita_core::error::read_json_as(&progress_file)?;
+        if p.config != *config {
+            return Err(Error::argument(
+                "resume",
+                format!(
+                    "{} was made with other settings ({:?}); resume with the same ones or --overwrite",
+                    out.display(),
+                    p.config
+                ),
+            ));
+        }
         done = done.max(p.last_line);
     }
     let mut summary = PairsSummary {
@@ -154,7 +167,11 @@ pub fn synthesize<B: Backend>(
             jsonl::append(&mut file, out, &pair)?;
             summary.written += 1;
         }
-        let p = serde_json::to_string(&Progress { last_line: line }).expect("plain data");
+        let p = serde_json::to_string(&Progress {
+            last_line: line,
+            config: config.clone(),
+        })
+        .expect("plain data");
         jsonl::write_atomic(&progress_file, p.as_bytes())?;
         bar.set_message(format!(
             "{} pairs, {} dropped",

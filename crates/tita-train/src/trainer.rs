@@ -13,6 +13,7 @@ use burn::tensor::Tensor;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
+use tita_core::output::{claim_dir, Reuse};
 use tita_core::{jsonl, Error, Result};
 use tita_decode::Pipeline;
 use tita_models::Vlm;
@@ -147,18 +148,75 @@ pub struct RunOptions {
     pub progress: bool,
     /// Return after this many steps as if interrupted (tests; time-boxed jobs).
     pub stop_after: Option<usize>,
+    /// Delete what the output folder holds before starting (`--overwrite`).
+    pub overwrite: bool,
+    /// Keep only the newest N checkpoints (transformers' `save_total_limit`).
+    pub save_total_limit: Option<usize>,
+}
+
+impl TrainConfig {
+    /// Checks every setting against its range, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |name: &str, msg: String| Err(Error::argument(name, msg));
+        let o = &self.optimizer;
+        if !(o.lr.is_finite() && o.lr > 0.0) {
+            return bad("lr", format!("{} must be a finite number > 0", o.lr));
+        }
+        for (name, b) in [("beta1", o.beta1), ("beta2", o.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return bad(name, format!("{b} is outside [0, 1)"));
+            }
+        }
+        if !(o.eps.is_finite() && o.eps > 0.0) {
+            return bad("eps", format!("{} must be a finite number > 0", o.eps));
+        }
+        if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
+            return bad(
+                "weight-decay",
+                format!("{} must be a finite number >= 0", o.weight_decay),
+            );
+        }
+        if let Objective::Dpo { beta } = self.objective {
+            if !(beta.is_finite() && beta > 0.0) {
+                return bad(
+                    "beta",
+                    format!("{beta} must be a finite number > 0 (DPO's inverse temperature)"),
+                );
+            }
+        }
+        if let Some(g) = self.max_grad_norm {
+            if !(g.is_finite() && g > 0.0) {
+                return bad("max-grad-norm", format!("{g} must be a finite number > 0"));
+            }
+        }
+        for (name, v) in [
+            ("batch-size", Some(self.batch_size)),
+            ("grad-accum", Some(self.grad_accum)),
+            ("epochs", Some(self.epochs)),
+            ("max-steps", self.max_steps),
+            ("save-every", self.save_every),
+        ] {
+            if v == Some(0) {
+                return bad(name, "0 is outside [1, ∞)".into());
+            }
+        }
+        Ok(())
+    }
 }
 
 fn checkpoint_dir(out: &Path, step: usize) -> PathBuf {
     out.join(format!("checkpoint-{step}"))
 }
 
-/// The complete checkpoint `dir` names: itself, or the latest `checkpoint-N` inside it.
-pub fn find_checkpoint(dir: &Path) -> Result<PathBuf> {
-    if dir.join("trainer_state.json").is_file() {
-        return Ok(dir.to_path_buf());
-    }
-    let mut best: Option<(usize, PathBuf)> = None;
+/// Whether `dir` is `out` or inside it (paths compared after resolving them).
+fn same_or_inside(dir: &Path, out: &Path) -> bool {
+    let resolve = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    resolve(dir).starts_with(resolve(out))
+}
+
+/// The complete `checkpoint-N` folders in `dir`, oldest first.
+fn checkpoints(dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
+    let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let path = entry.map_err(|e| Error::io(dir, e))?.path();
         let step = path
@@ -167,13 +225,21 @@ pub fn find_checkpoint(dir: &Path) -> Result<PathBuf> {
             .and_then(|n| n.strip_prefix("checkpoint-"))
             .and_then(|n| n.parse::<usize>().ok());
         if let Some(step) = step {
-            if path.join("trainer_state.json").is_file() && best.as_ref().is_none_or(|b| step > b.0)
-            {
-                best = Some((step, path));
+            if path.join("trainer_state.json").is_file() {
+                found.push((step, path));
             }
         }
     }
-    best.map(|b| b.1).ok_or_else(|| {
+    found.sort();
+    Ok(found)
+}
+
+/// The complete checkpoint `dir` names: itself, or the latest `checkpoint-N` inside it.
+pub fn find_checkpoint(dir: &Path) -> Result<PathBuf> {
+    if dir.join("trainer_state.json").is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    checkpoints(dir)?.pop().map(|b| b.1).ok_or_else(|| {
         Error::checkpoint(dir, "no complete checkpoint here (a `trainer_state.json`, or `checkpoint-N/` directories holding one)")
     })
 }
@@ -185,12 +251,21 @@ pub fn train<A: AutodiffBackend>(
     options: &RunOptions,
     device: &A::Device,
 ) -> Result<TrainSummary> {
-    if config.batch_size == 0 || config.grad_accum == 0 {
+    config.validate()?;
+    if options.save_total_limit == Some(0) {
         return Err(Error::argument(
-            "batch-size",
-            "batch size and gradient accumulation must be at least 1",
+            "save-total-limit",
+            "0 is outside [1, ∞): keep at least the newest checkpoint",
         ));
     }
+    // Resuming continues the run in `out` (or starts a new one there from a checkpoint
+    // elsewhere); otherwise `out` must be new or empty, or cleared by --overwrite.
+    let reuse = match (&paths.resume, options.overwrite) {
+        (Some(_), true) => Reuse::from_flags(true, true)?,
+        (Some(dir), false) if same_or_inside(dir, &paths.out) => Reuse::Resume,
+        (_, overwrite) => Reuse::from_flags(false, overwrite)?,
+    };
+    let _claim = claim_dir(&paths.out, reuse)?;
     let resume = match &paths.resume {
         Some(dir) => {
             let ckpt = find_checkpoint(dir)?;
@@ -273,8 +348,12 @@ pub fn train<A: AutodiffBackend>(
                 .collect();
             jsonl::write_atomic(&metrics_path, text.as_bytes())?;
         }
-    } else if metrics_path.exists() {
-        std::fs::remove_file(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
+        // Checkpoints past the one resumed from belong to the steps being redone.
+        for (step, dir) in checkpoints(&paths.out)? {
+            if step > start {
+                std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            }
+        }
     }
     let mut metrics_file = jsonl::open_append(&metrics_path)?;
 
@@ -306,6 +385,12 @@ pub fn train<A: AutodiffBackend>(
         let done = step + 1;
         if done == total || config.save_every.is_some_and(|e| done % e == 0) {
             save_checkpoint(&learner.policy, &learner.opt, paths, config, done, total, n)?;
+            if let Some(keep) = options.save_total_limit {
+                let all = checkpoints(&paths.out)?;
+                for (_, dir) in &all[..all.len().saturating_sub(keep)] {
+                    std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                }
+            }
         }
         if options.stop_after == Some(done) && done < total {
             bar.abandon();
@@ -428,6 +513,16 @@ impl<A: AutodiffBackend> Learner<A> {
         let t3 = Instant::now();
         let grads = grads_acc.grads();
         let grad_norm = global_grad_norm(&policy, &grads);
+        // Stop before the update: nothing of this step is written, and the output folder's
+        // last checkpoint stays the one to resume from.
+        for (what, v) in [("loss", acc.loss), ("gradient norm", grad_norm)] {
+            if !v.is_finite() {
+                return Err(Error::NonFinite {
+                    what: format!("the {what} at step {step}"),
+                    detail: format!("{v}; no update, metrics line or checkpoint was written for it; lower the learning rate or check the data, then --resume from the last checkpoint"),
+                });
+            }
+        }
         let scale = match config.max_grad_norm {
             Some(max) => (max / (grad_norm + 1e-6)).min(1.0),
             None => 1.0,

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use burn::backend::Flex;
+use tita_core::output::Reuse;
 use tita_decode::{GenerationConfig, Generator, Pipeline};
 use tita_train::{synthesize, PairsConfig, SynthesizedPair};
 
@@ -36,7 +37,16 @@ fn pairs_from_clean_and_noised_images_resume_without_repeats() {
         max_new_tokens: 8,
         ..PairsConfig::default()
     };
-    let s1 = synthesize(&target, &questions, Some(&fixtures()), &out, &config, false).unwrap();
+    let s1 = synthesize(
+        &target,
+        &questions,
+        Some(&fixtures()),
+        &out,
+        &config,
+        Reuse::Fresh,
+        false,
+    )
+    .unwrap();
     assert_eq!((s1.questions, s1.resumed_after), (2, 0));
     assert_eq!(s1.written + s1.dropped_identical, 2);
     let first = read(&out);
@@ -60,7 +70,50 @@ fn pairs_from_clean_and_noised_images_resume_without_repeats() {
 
     // A third question arrives; the rerun only answers it.
     std::fs::write(&questions, q.join("\n")).unwrap();
-    let s2 = synthesize(&target, &questions, Some(&fixtures()), &out, &config, false).unwrap();
+    // Not asked to resume: the existing pairs file is another run's and is left alone.
+    let err = synthesize(
+        &target,
+        &questions,
+        Some(&fixtures()),
+        &out,
+        &config,
+        Reuse::Fresh,
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("pairs.jsonl: exists") && err.contains("--resume"),
+        "{err}"
+    );
+    // Resumed with other settings: refused, nothing written.
+    let other = PairsConfig {
+        seed: 7,
+        ..config.clone()
+    };
+    let err = synthesize(
+        &target,
+        &questions,
+        Some(&fixtures()),
+        &out,
+        &other,
+        Reuse::Resume,
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("other settings"), "{err}");
+    assert_eq!(read(&out), first);
+    let s2 = synthesize(
+        &target,
+        &questions,
+        Some(&fixtures()),
+        &out,
+        &config,
+        Reuse::Resume,
+        false,
+    )
+    .unwrap();
     assert_eq!((s2.questions, s2.resumed_after), (3, 2));
     assert_eq!(s2.written + s2.dropped_identical, 1);
     let all = read(&out);
@@ -71,7 +124,16 @@ fn pairs_from_clean_and_noised_images_resume_without_repeats() {
     assert_eq!(lines, dedup, "a question was written twice");
 
     // Nothing left: a third run writes nothing.
-    let s3 = synthesize(&target, &questions, Some(&fixtures()), &out, &config, false).unwrap();
+    let s3 = synthesize(
+        &target,
+        &questions,
+        Some(&fixtures()),
+        &out,
+        &config,
+        Reuse::Resume,
+        false,
+    )
+    .unwrap();
     assert_eq!(
         (s3.resumed_after, s3.written, s3.dropped_identical),
         (3, 0, 0)

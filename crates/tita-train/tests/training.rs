@@ -51,6 +51,7 @@ fn run(paths: &TrainPaths, config: &TrainConfig, stop_after: Option<usize>) -> V
     let options = RunOptions {
         progress: false,
         stop_after,
+        ..Default::default()
     };
     train::<A>(paths, config, &options, &Default::default())
         .unwrap()
@@ -232,5 +233,191 @@ fn bad_data_is_reported_with_its_line() {
             err.contains(&format!("bad{i}.jsonl{want}")),
             "case {i}: {err}"
         );
+    }
+}
+
+fn checkpoint_steps(out: &Path) -> Vec<usize> {
+    let mut steps: Vec<usize> = std::fs::read_dir(out)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            name.strip_prefix("checkpoint-").map(|n| n.parse().unwrap())
+        })
+        .collect();
+    steps.sort();
+    steps
+}
+
+#[test]
+fn output_folders_are_never_mixed_and_old_checkpoints_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write(dir.path(), "pairs.jsonl", PAIRS);
+    let out = dir.path().join("out");
+    let p = paths(data, out.clone());
+    let mut config = dpo_config(4);
+    config.save_every = Some(1);
+    let options = |overwrite, save_total_limit| RunOptions {
+        overwrite,
+        save_total_limit,
+        ..Default::default()
+    };
+    let a = &Default::default();
+    // --save-total-limit 2 keeps the newest two.
+    train::<A>(&p, &config, &options(false, Some(2)), a).unwrap();
+    assert_eq!(checkpoint_steps(&out), [3, 4]);
+    let metrics = std::fs::read(out.join("metrics.jsonl")).unwrap();
+    // A fresh run into that folder is refused and changes nothing.
+    let err = train::<A>(&p, &dpo_config(2), &options(false, None), a)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "holds another run's files (checkpoint-3, checkpoint-4, final, metrics.jsonl)"
+        ) && err.contains("--resume")
+            && err.contains("--overwrite"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(out.join("metrics.jsonl")).unwrap(), metrics);
+    assert_eq!(checkpoint_steps(&out), [3, 4]);
+    // --overwrite clears it: no stale checkpoint survives for a later --resume to pick up.
+    train::<A>(&p, &dpo_config(2), &options(true, None), a).unwrap();
+    assert_eq!(checkpoint_steps(&out), [2]);
+    let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 2);
+    // --resume together with --overwrite is a contradiction.
+    let mut r = p.clone();
+    r.resume = Some(out.clone());
+    let err = train::<A>(&r, &dpo_config(2), &options(true, None), a)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("give one"), "{err}");
+}
+
+#[test]
+fn settings_out_of_range_name_the_flag_and_the_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write(dir.path(), "pairs.jsonl", PAIRS);
+    let p = paths(data, dir.path().join("out"));
+    let cases: Vec<(TrainConfig, &str)> = vec![
+        (
+            TrainConfig {
+                save_every: Some(0),
+                ..dpo_config(1)
+            },
+            "invalid argument `save-every`: 0 is outside [1, ∞)",
+        ),
+        (
+            TrainConfig {
+                objective: Objective::Dpo { beta: -1.0 },
+                ..dpo_config(1)
+            },
+            "invalid argument `beta`: -1 must be a finite number > 0",
+        ),
+        (
+            TrainConfig {
+                objective: Objective::Dpo { beta: 0.0 },
+                ..dpo_config(1)
+            },
+            "invalid argument `beta`: 0 must be a finite number > 0",
+        ),
+        (
+            TrainConfig {
+                optimizer: tita_train::optim::AdamWConfig {
+                    lr: f64::NAN,
+                    ..Default::default()
+                },
+                ..dpo_config(1)
+            },
+            "invalid argument `lr`: NaN must be a finite number > 0",
+        ),
+        (
+            TrainConfig {
+                optimizer: tita_train::optim::AdamWConfig {
+                    lr: f64::INFINITY,
+                    ..Default::default()
+                },
+                ..dpo_config(1)
+            },
+            "invalid argument `lr`: inf must be a finite number > 0",
+        ),
+        (
+            TrainConfig {
+                max_grad_norm: Some(-1.0),
+                ..dpo_config(1)
+            },
+            "invalid argument `max-grad-norm`: -1 must be a finite number > 0",
+        ),
+    ];
+    for (config, want) in cases {
+        let err = train::<A>(&p, &config, &RunOptions::default(), &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with(want), "{err}");
+    }
+    let options = RunOptions {
+        save_total_limit: Some(0),
+        ..Default::default()
+    };
+    let err = train::<A>(&p, &dpo_config(1), &options, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("invalid argument `save-total-limit`: 0 is outside [1, ∞)"),
+        "{err}"
+    );
+    assert!(
+        !p.out.join("metrics.jsonl").exists(),
+        "a refused run writes nothing"
+    );
+}
+
+#[test]
+fn a_diverging_run_stops_at_the_first_non_finite_step_and_keeps_its_good_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write(dir.path(), "pairs.jsonl", PAIRS);
+    let out = dir.path().join("out");
+    let p = paths(data, out.clone());
+    let mut config = dpo_config(8);
+    config.optimizer.lr = 1e9;
+    config.max_grad_norm = None;
+    config.save_every = Some(1);
+    let err = train::<A>(&p, &config, &RunOptions::default(), &Default::default())
+        .unwrap_err()
+        .to_string();
+    eprintln!("{err}");
+    assert!(err.contains("went non-finite"), "{err}");
+    // Every metrics line written is a finite, parseable step; nothing after the failure.
+    let metrics: Vec<StepMetrics> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(metrics
+        .iter()
+        .all(|m| m.loss.is_finite() && m.grad_norm.is_finite()));
+    let failed = metrics.len() + 1;
+    assert!(
+        err.contains(&format!("at step {failed}"))
+            || err.contains(&format!("checkpoint-{}", metrics.len())),
+        "the error names the step ({failed}) or the checkpoint it refused: {err}"
+    );
+    assert!(
+        !out.join("final").exists(),
+        "no final model after a failure"
+    );
+    let steps = checkpoint_steps(&out);
+    assert!(steps.iter().all(|&s| s < failed), "{steps:?}");
+    assert!(!std::fs::read_dir(&out).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".tmp")));
+    // The last checkpoint left is whole and loads (every weight finite).
+    if let Some(last) = steps.last() {
+        tita_models::Vlm::<Flex>::load(
+            &out.join(format!("checkpoint-{last}")),
+            &Default::default(),
+        )
+        .unwrap();
     }
 }

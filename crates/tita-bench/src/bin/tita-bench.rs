@@ -10,6 +10,7 @@ use tita_bench::eval::{EvalConfig, Method, Models, QuestionSet, SHORT_ANSWER};
 use tita_bench::mme;
 use tita_bench::report::evaluate;
 use tita_bench::speed::{self, Preset, SpeedReport, TitaSpeedReport};
+use tita_core::output::{claim_dir, Claim, Reuse};
 use tita_decode::backend::{dispatch, BackendKind, BackendTask};
 use tita_decode::Pipeline;
 
@@ -38,6 +39,12 @@ enum Command {
         /// Default: bench-out/demo, bench-out/demo-retrain or bench-out/demo-quick.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Continue the demo --out holds (same settings; finished stages are kept).
+        #[arg(long)]
+        resume: bool,
+        /// Delete what --out holds first.
+        #[arg(long)]
+        overwrite: bool,
         #[arg(long, value_enum)]
         backend: Option<BackendKind>,
     },
@@ -135,6 +142,21 @@ struct EvalArgs {
     seed: u64,
     #[arg(long, default_value = "bench-out/eval")]
     out: PathBuf,
+    /// Continue the evaluation --out holds (same models and settings; answered questions are
+    /// not asked again).
+    #[arg(long)]
+    resume: bool,
+    /// Delete what --out holds first.
+    #[arg(long)]
+    overwrite: bool,
+    /// Conversation template: a built-in name (llava_1_5, vicuna_v1), a .jinja file, a JSON
+    /// file with `chat_template`, or a model directory. Default: the target directory's
+    /// chat_template, else llava_1_5.
+    #[arg(long)]
+    template: Option<String>,
+    /// A system message before every question.
+    #[arg(long)]
+    system: Option<String>,
     #[arg(long, value_enum)]
     backend: Option<BackendKind>,
 }
@@ -173,13 +195,18 @@ impl BackendTask for EvalTask {
     fn run<B: Backend>(self, device: B::Device, _kind: BackendKind) -> anyhow::Result<()> {
         let a = &self.run;
         let config = a.config()?;
-        let target = Pipeline::<B>::load(&a.target, &device)?;
-        let load = |p: &Option<PathBuf>| {
-            p.as_ref()
-                .map(|d| Pipeline::<B>::load(d, &device))
-                .transpose()
+        let _claim = claim_eval_dir(a, &config)?;
+        let load = |dir: &PathBuf| -> anyhow::Result<Pipeline<B>> {
+            let mut p = Pipeline::<B>::load(dir, &device)?;
+            if let Some(spec) = &a.template {
+                p.set_template(tita_core::template::ChatTemplate::resolve(spec)?)?;
+            }
+            p.system = a.system.clone();
+            Ok(p)
         };
-        let (reward, reference) = (load(&a.reward)?, load(&a.reference)?);
+        let target = load(&a.target)?;
+        let reward = a.reward.as_ref().map(load).transpose()?;
+        let reference = a.reference.as_ref().map(load).transpose()?;
         let models = Models {
             target: &target,
             reward: reward.as_ref(),
@@ -251,6 +278,33 @@ impl BackendTask for SpeedTask {
     }
 }
 
+/// Claims `--out` for this evaluation: refused if it holds another run unless --resume (and
+/// then only with the same models and answer-deciding settings, kept in `run.json`) or
+/// --overwrite.
+fn claim_eval_dir(a: &EvalArgs, config: &EvalConfig) -> anyhow::Result<Claim> {
+    let claim = claim_dir(&a.out, Reuse::from_flags(a.resume, a.overwrite)?)?;
+    let settings = serde_json::json!({
+        "target": a.target, "reward": a.reward, "reference": a.reference, "images": a.images,
+        "suffix": config.suffix, "max_new_tokens": config.max_new_tokens, "pad": config.pad,
+        "noise_step": config.noise_step, "seed": config.seed,
+        "template": a.template, "system": a.system,
+    });
+    let path = a.out.join("run.json");
+    if path.is_file() {
+        let before = tita_core::error::read_json(&path)?;
+        if before != settings {
+            anyhow::bail!(
+                "{} holds answers made with other settings ({before}); --resume needs the same ones ({settings}), or use --overwrite",
+                a.out.display()
+            );
+        }
+    } else {
+        let text = serde_json::to_string_pretty(&settings)?;
+        tita_core::jsonl::write_atomic(&path, text.as_bytes())?;
+    }
+    Ok(claim)
+}
+
 fn run_eval(
     run: EvalArgs,
     sets: Vec<QuestionSet>,
@@ -265,11 +319,13 @@ struct DemoTask {
     dir: PathBuf,
     out: PathBuf,
     retrain: Option<DemoConfig>,
+    reuse: Reuse,
 }
 
 impl BackendTask for DemoTask {
     type Output = anyhow::Result<()>;
     fn run<B: Backend>(self, device: B::Device, _kind: BackendKind) -> anyhow::Result<()> {
+        let _claim = claim_dir(&self.out, self.reuse)?;
         match &self.retrain {
             Some(config) => {
                 demo::retrain::<B>(&self.out, config, true, &device)?;
@@ -314,8 +370,11 @@ fn main() -> anyhow::Result<()> {
             retrain,
             quick,
             out,
+            resume,
+            overwrite,
             backend,
         } => {
+            let reuse = Reuse::from_flags(resume, overwrite)?;
             let (retrain, default_out) = if quick {
                 (Some(DemoConfig::quick()), "bench-out/demo-quick")
             } else if retrain {
@@ -324,7 +383,16 @@ fn main() -> anyhow::Result<()> {
                 (None, "bench-out/demo")
             };
             let out = out.unwrap_or_else(|| default_out.into());
-            dispatch(backend, DemoTask { dir, out, retrain }).map_err(|e| anyhow!(e))??;
+            dispatch(
+                backend,
+                DemoTask {
+                    dir,
+                    out,
+                    retrain,
+                    reuse,
+                },
+            )
+            .map_err(|e| anyhow!(e))??;
         }
         Command::Pope {
             run,

@@ -48,6 +48,12 @@ enum Command {
         max_new_tokens: usize,
         #[arg(long)]
         pad: bool,
+        /// Continue the pairs file --out holds (same settings).
+        #[arg(long)]
+        resume: bool,
+        /// Replace the pairs file --out holds.
+        #[arg(long)]
+        overwrite: bool,
         #[arg(long, value_enum)]
         backend: Option<BackendKind>,
     },
@@ -134,9 +140,15 @@ struct Common {
     /// Checkpoint every N steps (always after the last).
     #[arg(long)]
     save_every: Option<usize>,
+    /// Keep only the newest N checkpoints (transformers' save_total_limit).
+    #[arg(long)]
+    save_total_limit: Option<usize>,
     /// Continue from a checkpoint directory, or from an earlier --out (its latest checkpoint).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Delete what --out holds (another run's checkpoints and metrics) before starting.
+    #[arg(long)]
+    overwrite: bool,
     #[arg(long)]
     pad: bool,
     #[arg(long, value_enum)]
@@ -159,7 +171,8 @@ impl Common {
             grad_accum: self.grad_accum,
             epochs: self.epochs,
             max_steps: self.max_steps,
-            max_grad_norm: (self.max_grad_norm > 0.0).then_some(self.max_grad_norm),
+            // 0 turns clipping off; anything else (NaN and negatives too) goes to validation.
+            max_grad_norm: (self.max_grad_norm != 0.0).then_some(self.max_grad_norm),
             seed: self.seed,
             freeze_vision: self.freeze_vision,
             freeze_projector: self.freeze_projector,
@@ -196,8 +209,11 @@ impl BackendTask for Job {
                 seed,
                 max_new_tokens,
                 pad,
+                resume,
+                overwrite,
                 ..
             } => {
+                let reuse = tita_core::output::Reuse::from_flags(resume, overwrite)?;
                 let target = Pipeline::<B>::load(&model, &device)?;
                 let config = PairsConfig {
                     noise_step,
@@ -205,7 +221,15 @@ impl BackendTask for Job {
                     max_new_tokens,
                     pad,
                 };
-                let s = synthesize(&target, &questions, images.as_deref(), &out, &config, true)?;
+                let s = synthesize(
+                    &target,
+                    &questions,
+                    images.as_deref(),
+                    &out,
+                    &config,
+                    reuse,
+                    true,
+                )?;
                 eprintln!(
                     "{} questions: {} done before, {} pairs written, {} dropped (identical answers) -> {}",
                     s.questions, s.resumed_after, s.written, s.dropped_identical, out.display()
@@ -299,6 +323,8 @@ fn fit<B: Backend>(
     let options = RunOptions {
         progress: true,
         stop_after: None,
+        overwrite: common.overwrite,
+        save_total_limit: common.save_total_limit,
     };
     let summary = train::<Autodiff<B>>(&paths, &config, &options, device)?;
     let all = tita_core::jsonl::read(&paths.out.join("metrics.jsonl"))?
