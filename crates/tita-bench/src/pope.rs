@@ -32,9 +32,11 @@ pub struct Answer {
     pub model_id: String,
 }
 
-/// Reads questions; labels must be `yes` or `no`, and every question gets an id.
+/// Reads questions; labels must be `yes` or `no`, and every question gets an id, unique in the
+/// file (answers are matched to questions by id).
 pub fn read_questions(path: &Path) -> Result<Vec<Question>> {
     let mut out = Vec::new();
+    let mut first_line = std::collections::HashMap::new();
     for (line, mut q) in jsonl::read::<Question>(path)? {
         let label = q.label.trim().to_ascii_lowercase();
         if label != "yes" && label != "no" {
@@ -48,7 +50,14 @@ pub fn read_questions(path: &Path) -> Result<Vec<Question>> {
             return Err(Error::data(path, line, "field `text` is empty"));
         }
         q.label = label;
-        q.question_id.get_or_insert(line as u64);
+        let id = *q.question_id.get_or_insert(line as u64);
+        if let Some(earlier) = first_line.insert(id, line) {
+            return Err(Error::data(
+                path,
+                line,
+                format!("question_id {id} is already used on line {earlier}; ids must be unique"),
+            ));
+        }
         out.push(q);
     }
     if out.is_empty() {

@@ -90,6 +90,17 @@ fn pope_errors_name_the_line() {
     );
     let e = pope::read_questions(&q).unwrap_err().to_string();
     assert!(e.contains("q.json:2: `label` must be"), "{e}");
+    // Two questions with one id: answers could not be told apart.
+    let first = QUESTIONS.lines().next().unwrap();
+    write(&q, &format!("{QUESTIONS}{first}\n"));
+    let e = pope::read_questions(&q).unwrap_err().to_string();
+    let n = QUESTIONS.lines().count() + 1;
+    assert!(
+        e.contains(&format!(
+            "q.json:{n}: question_id 1 is already used on line 1"
+        )),
+        "{e}"
+    );
     write(&q, QUESTIONS);
     let questions = pope::read_questions(&q).unwrap();
     let a = dir.path().join("a.jsonl");

@@ -57,19 +57,22 @@ impl Claim {
 /// Claims the folder `dir` for one run (created if missing).
 pub fn claim_dir(dir: &Path, reuse: Reuse) -> Result<Claim> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let lock = lock(&dir.join(LOCK_FILE), dir)?;
+    let lock_path = dir.join(LOCK_FILE);
+    let lock = lock(&lock_path, dir)?;
     let held = entries(dir)?;
     match reuse {
         Reuse::Resume => {}
         Reuse::Fresh if held.is_empty() => {}
         Reuse::Fresh => {
+            // A refused run leaves the folder as it found it.
+            let _ = std::fs::remove_file(&lock_path);
             return Err(Error::checkpoint(
                 dir,
                 format!(
                     "holds another run's files ({}); pass --resume to continue that run or --overwrite to delete them first",
                     list(&held)
                 ),
-            ))
+            ));
         }
         Reuse::Overwrite => {
             refuse_project_dir(dir)?;
@@ -96,7 +99,8 @@ pub fn claim_file(file: &Path, companions: &[&str], reuse: Reuse) -> Result<Clai
     if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
-    let lock = lock(&with_suffix(file, ".lock"), file)?;
+    let lock_path = with_suffix(file, ".lock");
+    let lock = lock(&lock_path, file)?;
     let held: Vec<PathBuf> = std::iter::once(file.to_path_buf())
         .chain(companions.iter().map(|c| with_suffix(file, c)))
         .filter(|p| p.exists())
@@ -105,10 +109,11 @@ pub fn claim_file(file: &Path, companions: &[&str], reuse: Reuse) -> Result<Clai
         Reuse::Resume => {}
         Reuse::Fresh if held.is_empty() => {}
         Reuse::Fresh => {
+            let _ = std::fs::remove_file(&lock_path);
             return Err(Error::checkpoint(
                 file,
                 "exists (another run's output); pass --resume to continue that run or --overwrite to replace it",
-            ))
+            ));
         }
         Reuse::Overwrite => {
             for path in held {

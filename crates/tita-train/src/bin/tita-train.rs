@@ -25,7 +25,8 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Preference pairs from a target VLM: its answer on the clean image (chosen) versus on a
-    /// diffusion-noised one (rejected). Appends to --out and resumes where it stopped.
+    /// diffusion-noised one (rejected), appended to --out; --resume continues where it stopped.
+    #[command(allow_negative_numbers = true)]
     Pairs {
         /// Target VLM directory.
         #[arg(long)]
@@ -58,6 +59,7 @@ enum Command {
         backend: Option<BackendKind>,
     },
     /// Direct Preference Optimisation of a reward VLM on {"image","prompt","chosen","rejected"}.
+    #[command(allow_negative_numbers = true)]
     Dpo {
         #[command(flatten)]
         common: Common,
@@ -68,6 +70,7 @@ enum Command {
         beta: f64,
     },
     /// Supervised fine-tuning on {"image","prompt","response"}.
+    #[command(allow_negative_numbers = true)]
     Sft {
         #[command(flatten)]
         common: Common,

@@ -1,0 +1,183 @@
+//! The `tita-generate` binary: its help, its `--json` shape, and bad input answered with a
+//! message naming what is wrong and a failing exit code (never a panic, never empty output).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn generate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tita-generate"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn fixture(name: &str) -> String {
+    fixtures().join(name).display().to_string()
+}
+
+/// Fails with exit code 1 and a message holding `want`; stdout stays empty.
+fn refused(args: &[&str], want: &str) {
+    let out = generate(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(stderr.contains(want), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.stdout.is_empty(), "{args:?} printed output");
+}
+
+#[test]
+fn help_and_json_output() {
+    let out = generate(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--template", "--system", "--messages", "--lambda", "--json"] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+    let target = fixture("llava-target");
+    let image = fixture("jpeg/images/coco_q90_420.jpg");
+    let out = generate(&[
+        "--model",
+        &target,
+        "--image",
+        &image,
+        "--prompt",
+        "Describe the image.",
+        "--max-new-tokens",
+        "3",
+        "--json",
+        "--template",
+        "vicuna_v1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["token_ids"].as_array().unwrap().len(), 3);
+    assert_eq!(v["generated_tokens"], 3);
+    assert_eq!(v["finish_reason"], "max_new_tokens");
+    assert_eq!(v["template"], "vicuna_v1");
+    assert!(v["text"].is_string() && v["timings"]["decode_ms"].is_number());
+    // vicuna_v1's system sentence and 16 image tokens: far longer than the bare LLaVA prompt.
+    assert!(v["prompt_tokens"].as_u64().unwrap() > 50, "{v}");
+}
+
+#[test]
+fn bad_flags_name_the_flag_and_its_range() {
+    let target = fixture("llava-target");
+    let reward = fixture("llava-reward");
+    let image = fixture("images/square56.png");
+    let base = [
+        "--model",
+        &target,
+        "--image",
+        &image,
+        "--prompt",
+        "hi",
+        "--max-new-tokens",
+        "2",
+    ];
+    let r = ["--reward", reward.as_str()];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            [&r[..], &["--lambda", "-1"]].concat(),
+            "invalid argument `lambda`: -1 is outside [0, 1]",
+        ),
+        (
+            [&r[..], &["--lambda", "1.5"]].concat(),
+            "invalid argument `lambda`: 1.5 is outside [0, 1]",
+        ),
+        (
+            vec!["--lambda", "0.5"],
+            "--lambda: is the weight of interpolate mode",
+        ),
+        (vec!["--alpha", "1"], "--alpha: is used by reference mode"),
+        (
+            [&r[..], &["--mode", "interpolate", "--reference", "x"]].concat(),
+            "--reference: is the DPO reference of reference mode only",
+        ),
+        (
+            vec!["--mode", "contrastive", "--alpha", "-2"],
+            "invalid argument `alpha`: -2 must be a finite number >= 0",
+        ),
+        (
+            vec!["--temperature", "-1"],
+            "invalid argument `temperature`: -1 must be >= 0",
+        ),
+        (
+            vec!["--template", "nope"],
+            "`nope` is neither a built-in template (llava_1_5, vicuna_v1)",
+        ),
+    ];
+    for (extra, want) in cases {
+        let mut args = base.to_vec();
+        args.extend(extra);
+        refused(&args, want);
+    }
+}
+
+#[test]
+fn a_nan_weight_is_a_load_error_naming_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("reward");
+    std::fs::create_dir(&bad).unwrap();
+    for f in std::fs::read_dir(fixtures().join("llava-reward")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, bad.join(f.file_name().unwrap())).unwrap();
+    }
+    let weights = bad.join("model.safetensors");
+    let clean = std::fs::read(&weights).unwrap();
+    let name = poison(&weights, "layers.0.mlp.up_proj", f32::NAN);
+    let (target, image) = (fixture("llava-target"), fixture("images/square56.png"));
+    let args = [
+        "--model",
+        &target,
+        "--reward",
+        bad.to_str().unwrap(),
+        "--image",
+        &image,
+        "--prompt",
+        "hi",
+    ];
+    refused(
+        &args,
+        &format!("tensor `{name}`: holds 1 non-finite value(s) (NaN at flat index 0"),
+    );
+    // A finite but huge weight overflows the logits at run time: an error naming the model,
+    // not a finish_reason over empty text.
+    std::fs::write(&weights, &clean).unwrap();
+    poison(&weights, "layers.0.input_layernorm.weight", 3e38);
+    refused(
+        &args,
+        &format!(
+            "the next-token logits of {} (batch row 0) went non-finite",
+            bad.display()
+        ),
+    );
+}
+
+/// Sets the first value of the tensor whose name holds `pattern`; returns the tensor's name.
+fn poison(path: &Path, pattern: &str, value: f32) -> String {
+    let bytes = std::fs::read(path).unwrap();
+    let (header_len, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let (name, info) = meta
+        .tensors()
+        .into_iter()
+        .find(|(n, _)| n.contains(pattern))
+        .unwrap();
+    let start = 8 + header_len + info.data_offsets.0;
+    let mut bytes = bytes;
+    let stored: Vec<u8> = match info.dtype {
+        safetensors::Dtype::BF16 => half::bf16::from_f32(value).to_le_bytes().to_vec(),
+        safetensors::Dtype::F16 => half::f16::from_f32(value).to_le_bytes().to_vec(),
+        _ => value.to_le_bytes().to_vec(),
+    };
+    bytes[start..start + stored.len()].copy_from_slice(&stored);
+    std::fs::write(path, bytes).unwrap();
+    name
+}
