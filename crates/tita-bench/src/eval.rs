@@ -52,7 +52,7 @@ impl Method {
                 Error::argument("methods", format!("`{s}`: `{value}` is not a number"))
             })
         };
-        Ok(match kind {
+        let method = match kind {
             "greedy" => Method::Greedy,
             "tita" => Method::Tita { lambda: num(0.3)? },
             "reference" => Method::Reference { alpha: num(1.0)? },
@@ -63,7 +63,9 @@ impl Method {
                     format!("`{s}`: expected greedy, tita:λ, reference:α or vcd:α"),
                 ))
             }
-        })
+        };
+        method.fusion().validate()?;
+        Ok(method)
     }
 
     pub fn name(&self) -> String {

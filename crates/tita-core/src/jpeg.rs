@@ -144,7 +144,7 @@ extern "C-unwind" fn error_exit(cinfo: &mut ffi::jpeg_common_struct) {
 extern "C-unwind" fn emit_message(cinfo: &mut ffi::jpeg_common_struct, level: std::os::raw::c_int) {
     // SAFETY: libjpeg passes the struct whose error manager we installed.
     let code = unsafe { (*cinfo.err).msg_code };
-    if level < 0 && code == ffi::JWRN_JPEG_EOF as i32 {
+    if level < 0 && code == ffi::JWRN_JPEG_EOF {
         resume_unwind(Box::new(format!(
             "the file is truncated ({})",
             message(cinfo)

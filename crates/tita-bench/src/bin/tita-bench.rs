@@ -49,7 +49,8 @@ enum Command {
         backend: Option<BackendKind>,
     },
     /// POPE (or any {"image","text","label"} JSONL) with several decoding methods side by
-    /// side; answers resume, results.json + report.md + plots under --out.
+    /// side; answers resume (--resume), results.json + report.md + plots under --out.
+    #[command(allow_negative_numbers = true)]
     Pope {
         #[command(flatten)]
         run: EvalArgs,
@@ -61,6 +62,7 @@ enum Command {
         limit: Option<usize>,
     },
     /// MME from its release directory, several methods side by side.
+    #[command(allow_negative_numbers = true)]
     Mme {
         #[command(flatten)]
         run: EvalArgs,
@@ -168,7 +170,11 @@ impl EvalArgs {
             .iter()
             .map(|m| Method::parse(m))
             .collect::<tita_core::Result<Vec<_>>>()?;
-        methods.extend(self.lambdas.iter().map(|&lambda| Method::Tita { lambda }));
+        for &lambda in &self.lambdas {
+            let m = Method::Tita { lambda };
+            m.fusion().validate()?;
+            methods.push(m);
+        }
         let mut seen = std::collections::HashSet::new();
         methods.retain(|m| seen.insert(m.name()));
         Ok(EvalConfig {
