@@ -9,7 +9,7 @@ use std::time::Instant;
 use burn::tensor::backend::Backend;
 use serde::Serialize;
 use tita_core::fusion::{fuse, log_softmax, Fusion};
-use tita_core::noise::add_diffusion_noise;
+use tita_core::noise::{add_diffusion_noise, add_noise_with};
 use tita_core::sampling::argmax;
 use tita_core::{Error, Result, Tokenizer};
 
@@ -25,9 +25,12 @@ pub struct TitaConfig {
     pub tau: Option<f32>,
     /// VCD's plausibility cut β (contrastive mode only).
     pub vcd_beta: f32,
-    /// Diffusion step of the noised image (contrastive mode), of 1000.
+    /// Diffusion step of the noised image (contrastive mode), of 1000 (VCD's schedule).
     pub noise_step: usize,
+    /// Seeds ε of the noised image (each request draws the same ε).
     pub noise_seed: u64,
+    /// A given ε instead (one value per pixel value; tests, and reproducing a reference run).
+    pub noise_eps: Option<Vec<f32>>,
     /// Record a per-token [`TokenExplanation`].
     pub explain: bool,
 }
@@ -40,6 +43,7 @@ impl Default for TitaConfig {
             vcd_beta: 0.1,
             noise_step: 500,
             noise_seed: 0,
+            noise_eps: None,
             explain: false,
         }
     }
@@ -349,11 +353,13 @@ impl<'p, B: Backend> Tita<'p, B> {
                 let mut noised = target_prompts.clone();
                 for p in &mut noised {
                     if let Some(px) = &mut p.pixels {
-                        add_diffusion_noise(
-                            &mut px.data,
-                            self.config.noise_step,
-                            self.config.noise_seed,
-                        )?;
+                        let step = self.config.noise_step;
+                        match &self.config.noise_eps {
+                            Some(eps) => add_noise_with(&mut px.data, step, eps)?,
+                            None => {
+                                add_diffusion_noise(&mut px.data, step, self.config.noise_seed)?
+                            }
+                        }
                     }
                 }
                 (self.target, noised)

@@ -140,6 +140,61 @@ fn sampling_over_fused_scores_is_seeded_and_batch_equals_single() {
 }
 
 #[test]
+fn contrastive_decoding_matches_vcd_with_the_stored_noise() {
+    // fixtures/vcd.json: VCD's greedy rule on cases 0 and 1 with a stored ε at step 500.
+    let target = load("llava-target");
+    let reference = json("vcd.json");
+    let bytes = std::fs::read(fixtures().join("vcd.safetensors")).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let floats = |name: String| -> Vec<f32> {
+        tensors
+            .tensor(&name)
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    };
+    let cases = cases();
+    for case in reference["cases"].as_array().unwrap() {
+        let k = case["case"].as_u64().unwrap() as usize;
+        // The noised image itself agrees with VCD's (the schedule and x_t, on real pixels).
+        let mut pixels = target
+            .request_prompt(&request(&cases[k]))
+            .unwrap()
+            .pixels
+            .unwrap();
+        let eps = floats(format!("case{k}.eps"));
+        tita_core::noise::add_noise_with(&mut pixels.data, 500, &eps).unwrap();
+        let want = floats(format!("case{k}.noised_pixel_values"));
+        let max = pixels
+            .data
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(max <= 1e-5, "case {k}: noised pixels max |Δ| {max}");
+        let cfg = TitaConfig {
+            vcd_beta: reference["beta"].as_f64().unwrap() as f32,
+            noise_step: reference["noise_step"].as_u64().unwrap() as usize,
+            noise_eps: Some(eps),
+            ..config(Fusion::Contrastive {
+                alpha: reference["alpha"].as_f64().unwrap() as f32,
+            })
+        };
+        let out = Tita::new(&target, None, None, cfg, greedy(12))
+            .unwrap()
+            .generate(&request(&cases[k]))
+            .unwrap();
+        assert_eq!(
+            out.generation.token_ids,
+            ids(&case["token_ids"]),
+            "case {k}"
+        );
+    }
+}
+
+#[test]
 fn contrastive_mode_is_deterministic_for_a_seed() {
     let target = load("llava-target");
     let run = |seed| {

@@ -32,7 +32,7 @@ pub struct SynthesizedPair {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PairsConfig {
-    /// Diffusion step of the noise (of 1000; linear betas 1e-4..0.02).
+    /// Diffusion step of the noise (of 1000; VCD's sigmoid schedule, ā_500 ≈ 0.745).
     pub noise_step: usize,
     /// Noise of question line `l` is drawn with seed `seed + l`, so a resumed run draws the same.
     pub seed: u64,

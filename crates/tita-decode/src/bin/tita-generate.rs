@@ -80,7 +80,8 @@ struct Args {
     alpha: Option<f32>,
     #[arg(long, value_enum)]
     mode: Option<Mode>,
-    /// Diffusion step (of 1000) of the noised image in contrastive mode.
+    /// Diffusion step (of 1000) of the noised image in contrastive mode (VCD's schedule:
+    /// betas = sigmoid(linspace(-6, 6, 1000))·(5e-3 - 1e-5) + 1e-5; ā_500 ≈ 0.745).
     #[arg(long, default_value_t = 500)]
     noise_step: usize,
     /// Plausibility cut: keep tokens with p_T >= tau * max p_T (interpolate / reference).
@@ -272,6 +273,7 @@ impl BackendTask for Run {
                     vcd_beta: a.vcd_beta,
                     noise_step: a.noise_step,
                     noise_seed: a.seed,
+                    noise_eps: None,
                     explain: a.explain,
                 };
                 let tita = Tita::new(

@@ -40,7 +40,7 @@ enum Command {
         /// Output JSONL of {"image", "prompt", "chosen", "rejected"}.
         #[arg(long)]
         out: PathBuf,
-        /// Diffusion step (of 1000) of the noise.
+        /// Diffusion step (of 1000) of the noise, VCD's schedule (ā_500 ≈ 0.745).
         #[arg(long, default_value_t = 500)]
         noise_step: usize,
         #[arg(long, default_value_t = 0)]
