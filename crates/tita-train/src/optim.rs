@@ -48,6 +48,12 @@ pub fn cosine_with_warmup(base: f64, step: usize, warmup: usize, total: usize) -
     base * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()).max(0.0)
 }
 
+/// The factor `clip_grad_norm_(max_norm)` scales every gradient by: `max / (norm + 1e-6)`,
+/// at most 1 (1 without clipping).
+pub fn clip_scale(grad_norm: f64, max_norm: Option<f64>) -> f64 {
+    max_norm.map_or(1.0, |max| (max / (grad_norm + 1e-6)).min(1.0))
+}
+
 /// The L2 norm of all gradients together.
 pub fn global_grad_norm<A: AutodiffBackend, M: AutodiffModule<A>>(
     module: &M,

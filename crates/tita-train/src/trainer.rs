@@ -20,7 +20,7 @@ use tita_models::Vlm;
 
 use crate::data::Dataset;
 use crate::objective::{dpo_loss, response_logps, Sequence};
-use crate::optim::{cosine_with_warmup, global_grad_norm, AdamW, AdamWConfig};
+use crate::optim::{clip_scale, cosine_with_warmup, global_grad_norm, AdamW, AdamWConfig};
 
 /// What is minimised.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
@@ -523,10 +523,7 @@ impl<A: AutodiffBackend> Learner<A> {
                 });
             }
         }
-        let scale = match config.max_grad_norm {
-            Some(max) => (max / (grad_norm + 1e-6)).min(1.0),
-            None => 1.0,
-        };
+        let scale = clip_scale(grad_norm, config.max_grad_norm);
         let policy = opt.step(policy, grads, lr, scale);
         let optimizer_ms = t3.elapsed().as_secs_f64() * 1e3;
         let secs = started.elapsed().as_secs_f64();
