@@ -30,6 +30,33 @@ fn greedy_tokens_match_transformers_for_every_case() {
 }
 
 #[test]
+fn greedy_log_probs_through_the_kv_cache_match_transformers() {
+    let p = load("llava-target");
+    for case in json("cases.json")["cases"].as_array().unwrap() {
+        let prompt = prompt(&p, case);
+        let tokens = ids(&case["greedy"]["token_ids"]);
+        let want: Vec<f32> = case["greedy"]["token_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(want.len(), tokens.len());
+        let (mut session, mut logits) =
+            tita_decode::Session::prefill(&p.model, &[&prompt], &p.device).unwrap();
+        for (i, (&t, w)) in tokens.iter().zip(&want).enumerate() {
+            let lp = tita_core::fusion::log_softmax(&logits[0])[t as usize];
+            assert!(
+                (lp - w).abs() <= 1e-4,
+                "{} step {i}: {lp} vs {w}",
+                case["prompt"]
+            );
+            logits = session.step(&[t]).unwrap();
+        }
+    }
+}
+
+#[test]
 fn batched_generation_equals_one_by_one() {
     let p = load("llava-target");
     let gen = Generator::new(&p, greedy(12));

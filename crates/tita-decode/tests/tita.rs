@@ -45,20 +45,18 @@ fn fused_greedy_matches_transformers_single_and_batched() {
             greedy(12),
         )
         .unwrap();
-        let expected: Vec<Vec<u32>> = cases
+        let entries: Vec<&serde_json::Value> = cases
             .iter()
             .map(|c| {
                 let e = &c[key];
-                ids(&sub.map_or(e, |s| &e[s])["token_ids"])
+                sub.map_or(e, |s| &e[s])
             })
             .collect();
-        for (req, want) in requests.iter().zip(&expected) {
-            assert_eq!(
-                &tita.generate(req).unwrap().generation.token_ids,
-                want,
-                "{fusion:?} single: {}",
-                req.prompt
-            );
+        let expected: Vec<Vec<u32>> = entries.iter().map(|e| ids(&e["token_ids"])).collect();
+        for ((req, want), e) in requests.iter().zip(&expected).zip(&entries) {
+            let out = tita.generate(req).unwrap().generation;
+            assert_eq!(&out.token_ids, want, "{fusion:?} single: {}", req.prompt);
+            assert_eq!(out.text, e["text"].as_str().unwrap(), "{fusion:?} text");
         }
         let batched: Vec<Vec<u32>> = tita
             .generate_batch(&requests)

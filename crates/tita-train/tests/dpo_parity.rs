@@ -100,12 +100,21 @@ fn dpo_logps_loss_and_gradients_match_transformers() {
     let beta = expected["beta"].as_f64().unwrap();
     let terms = dpo_loss(pc, pr, rc, rr, beta);
     let losses = values(terms.losses.clone());
+    let chosen = values(terms.chosen_rewards.clone());
+    let rejected = values(terms.rejected_rewards.clone());
     for (i, p) in pairs.iter().enumerate() {
         let want = p["loss"].as_f64().unwrap() as f32;
         assert!(
             (losses[i] - want).abs() <= 1e-5,
             "pair {i} loss {} vs {want}",
             losses[i]
+        );
+        // β·(chosen - rejected implicit rewards); log-probs agree to 1e-3, so this to β·2e-3.
+        let margin = chosen[i] - rejected[i];
+        let want = p["reward_margin"].as_f64().unwrap() as f32;
+        assert!(
+            (margin - want).abs() <= beta as f32 * 2e-3,
+            "pair {i} reward margin {margin} vs {want}"
         );
     }
     let mean = terms.losses.mean();
