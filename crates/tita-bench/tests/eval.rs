@@ -190,13 +190,46 @@ fn mme_release_runs_end_to_end() {
         ..EvalConfig::default()
     };
     evaluate(&models, &sets, &out, &config, false, "MME").unwrap();
-    let scores = tita_bench::mme::score_methods(&questions, &out, &config.methods).unwrap();
-    for s in scores.values() {
-        assert_eq!(s.categories.len(), 2);
-        assert!((0.0..=200.0).contains(&s.perception) && (0.0..=200.0).contains(&s.cognition));
-        for c in s.categories.values() {
-            assert_eq!(c.questions, 2);
-            assert!((c.score - 100.0 * (c.accuracy + c.accuracy_plus)).abs() < 1e-9);
+    // The fixture model's answers are gibberish; put known answers into the files the run
+    // wrote (same ids, format and paths) and check the scores against hand-computed ones.
+    // existence (perception): cat "Yes." (right), dog "No, there is none." (right) -> acc 1,
+    // acc+ 1 (the image has both right), score 200. code_reasoning (cognition): cat "yes"
+    // (right), dog "Yes" (wrong) -> acc 0.5, acc+ 0, score 50.
+    let hand = |set: &str, prompt: &str| match (set, prompt.contains("cat")) {
+        ("existence", true) => "Yes.",
+        ("existence", false) => "No, there is none.",
+        (_, true) => "yes",
+        (_, false) => "Yes",
+    };
+    for method in &config.methods {
+        for set in &sets {
+            let path = tita_bench::eval::answers_path(&out, method, &set.name);
+            let text: String = std::fs::read_to_string(&path)
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let mut a: serde_json::Value = serde_json::from_str(l).unwrap();
+                    a["text"] = hand(&set.name, a["prompt"].as_str().unwrap()).into();
+                    a.to_string() + "\n"
+                })
+                .collect();
+            assert_eq!(text.lines().count(), 2, "{}", path.display());
+            std::fs::write(&path, text).unwrap();
         }
+    }
+    let scores = tita_bench::mme::score_methods(&questions, &out, &config.methods).unwrap();
+    assert_eq!(scores.len(), 2);
+    for s in scores.values() {
+        let e = &s.categories["existence"];
+        let c = &s.categories["code_reasoning"];
+        assert_eq!(
+            (e.accuracy, e.accuracy_plus, e.score, e.questions),
+            (1.0, 1.0, 200.0, 2)
+        );
+        assert_eq!(
+            (c.accuracy, c.accuracy_plus, c.score, c.questions),
+            (0.5, 0.0, 50.0, 2)
+        );
+        assert_eq!((s.perception, s.cognition), (200.0, 50.0));
     }
 }

@@ -133,3 +133,113 @@ fn bad_runs_fail_before_writing() {
         .unwrap()
         .contains("Is there a cat?"));
 }
+
+/// Whether `out` shows a checkpoint being written: a `checkpoint-N.tmp` folder, or a
+/// `checkpoint-N` without its `trainer_state.json` yet (N >= 2).
+fn mid_checkpoint(out: &Path) -> bool {
+    listing(out).iter().any(|name| {
+        let Some(rest) = name.strip_prefix("checkpoint-") else {
+            return false;
+        };
+        let step: usize = rest.trim_end_matches(".tmp").parse().unwrap_or(0);
+        step >= 2 && (rest.ends_with(".tmp") || !out.join(name).join("trainer_state.json").exists())
+    })
+}
+
+#[test]
+fn a_run_killed_mid_checkpoint_resumes_to_the_same_final_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pairs.jsonl");
+    let pairs = [
+        r#"{"image": "images/square56.png", "prompt": "Is there a cat?", "chosen": "Yes, a cat.", "rejected": "No."}"#,
+        r#"{"image": "images/chelsea.png", "prompt": "What animal is this?", "chosen": "A cat.", "rejected": "A dog on a skateboard."}"#,
+    ];
+    std::fs::write(&data, pairs.join("\n")).unwrap();
+    let model = fixtures().join("llava-reward");
+    let images = fixtures().display().to_string();
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "dpo",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--images",
+            &images,
+            "--out",
+            out.to_str().unwrap(),
+            "--max-steps",
+            "8",
+            "--save-every",
+            "1",
+            "--batch-size",
+            "2",
+            "--warmup-steps",
+            "2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let whole = dir.path().join("whole");
+    let out = train(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The same run, killed (SIGKILL: no chance to clean up) while it writes a checkpoint.
+    let killed = dir.path().join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tita-train"))
+        .args(args(&killed))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut caught = false;
+    while child.try_wait().unwrap().is_none() {
+        if killed.is_dir() && mid_checkpoint(&killed) {
+            child.kill().unwrap();
+            caught = true;
+            break;
+        }
+    }
+    child.wait().unwrap();
+    assert!(
+        caught,
+        "the run finished before it could be killed mid-checkpoint"
+    );
+    assert!(!killed.join("final").exists());
+
+    // --resume takes the last complete checkpoint and ends where the uninterrupted run ended.
+    let mut resume = args(&killed);
+    resume.extend(["--resume".to_string(), killed.display().to_string()]);
+    let out = train(&resume.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let final_weights = |d: &Path| std::fs::read(d.join("final/model.safetensors")).unwrap();
+    assert!(
+        final_weights(&killed) == final_weights(&whole),
+        "the resumed run's final weights differ from the uninterrupted run's"
+    );
+    let steps = |d: &Path| -> Vec<u64> {
+        std::fs::read_to_string(d.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    assert_eq!(
+        steps(&killed),
+        (1..=8).collect::<Vec<_>>(),
+        "no step lost or written twice"
+    );
+}

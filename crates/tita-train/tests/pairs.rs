@@ -49,6 +49,8 @@ fn pairs_from_clean_and_noised_images_resume_without_repeats() {
     .unwrap();
     assert_eq!((s1.questions, s1.resumed_after), (2, 0));
     assert_eq!(s1.written + s1.dropped_identical, 2);
+    // Pairs must actually come out of it: clean and noised answers differ on these images.
+    assert!(s1.written >= 1, "no pair written: {s1:?}");
     let first = read(&out);
     assert_eq!(first.len(), s1.written);
 
@@ -116,6 +118,7 @@ fn pairs_from_clean_and_noised_images_resume_without_repeats() {
     .unwrap();
     assert_eq!((s2.questions, s2.resumed_after), (3, 2));
     assert_eq!(s2.written + s2.dropped_identical, 1);
+    assert_eq!(read(&out).len(), s1.written + s2.written);
     let all = read(&out);
     assert_eq!(&all[..first.len()], &first[..]);
     let lines: Vec<usize> = all.iter().map(|p| p.question_line).collect();
