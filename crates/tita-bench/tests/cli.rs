@@ -79,3 +79,60 @@ fn bad_evaluations_fail_before_writing() {
     );
     assert!(out.join("answers").is_dir());
 }
+
+#[test]
+fn pope_score_prints_json_and_refuses_unknown_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("coco_pope_random.json");
+    std::fs::write(
+        &q,
+        [
+            r#"{"question_id": 1, "image": "a.jpg", "text": "Is there a dog?", "label": "yes"}"#,
+            r#"{"question_id": 2, "image": "a.jpg", "text": "Is there a cat?", "label": "no"}"#,
+            r#"{"question_id": 3, "image": "b.jpg", "text": "Is there a car?", "label": "yes"}"#,
+            r#"{"question_id": 4, "image": "b.jpg", "text": "Is there a bus?", "label": "no"}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let a = dir.path().join("answers.jsonl");
+    // yes (right), "No, there is not." (right), "There is no car." (no: wrong), "Yes." (wrong).
+    std::fs::write(
+        &a,
+        [
+            r#"{"question_id": 1, "text": "Yes"}"#,
+            r#"{"question_id": 2, "text": "No, there is not."}"#,
+            r#"{"question_id": 3, "text": "There is no car."}"#,
+            r#"{"question_id": 4, "text": "Yes."}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let (q, a) = (q.to_str().unwrap(), a.to_str().unwrap());
+    let out = bench(&["pope-score", "--questions", q, "--answers", a, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // TP 1, FP 1, FN 1, TN 1: accuracy, precision, recall, F1 all 0.5; yes ratio 0.5.
+    assert_eq!(
+        m,
+        serde_json::json!({"accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5,
+            "yes_ratio": 0.5, "count": 4})
+    );
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, r#"{"question_id": 9, "text": "Yes"}"#).unwrap();
+    refused(
+        &[
+            "pope-score",
+            "--questions",
+            q,
+            "--answers",
+            bad.to_str().unwrap(),
+            "--json",
+        ],
+        "bad.jsonl:1: question_id 9 is not among the questions",
+    );
+}

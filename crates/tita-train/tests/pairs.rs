@@ -37,16 +37,18 @@ fn pairs_from_clean_and_noised_images_resume_without_repeats() {
         max_new_tokens: 8,
         ..PairsConfig::default()
     };
-    let s1 = synthesize(
-        &target,
-        &questions,
-        Some(&fixtures()),
-        &out,
-        &config,
-        Reuse::Fresh,
-        false,
-    )
-    .unwrap();
+    let run = |config: &PairsConfig, reuse| {
+        synthesize(
+            &target,
+            &questions,
+            Some(&fixtures()),
+            &out,
+            config,
+            reuse,
+            false,
+        )
+    };
+    let s1 = run(&config, Reuse::Fresh).unwrap();
     assert_eq!((s1.questions, s1.resumed_after), (2, 0));
     assert_eq!(s1.written + s1.dropped_identical, 2);
     // Pairs must actually come out of it: clean and noised answers differ on these images.
@@ -73,17 +75,7 @@ fn pairs_from_clean_and_noised_images_resume_without_repeats() {
     // A third question arrives; the rerun only answers it.
     std::fs::write(&questions, q.join("\n")).unwrap();
     // Not asked to resume: the existing pairs file is another run's and is left alone.
-    let err = synthesize(
-        &target,
-        &questions,
-        Some(&fixtures()),
-        &out,
-        &config,
-        Reuse::Fresh,
-        false,
-    )
-    .unwrap_err()
-    .to_string();
+    let err = run(&config, Reuse::Fresh).unwrap_err().to_string();
     assert!(
         err.contains("pairs.jsonl: exists") && err.contains("--resume"),
         "{err}"
@@ -93,29 +85,10 @@ fn pairs_from_clean_and_noised_images_resume_without_repeats() {
         seed: 7,
         ..config.clone()
     };
-    let err = synthesize(
-        &target,
-        &questions,
-        Some(&fixtures()),
-        &out,
-        &other,
-        Reuse::Resume,
-        false,
-    )
-    .unwrap_err()
-    .to_string();
+    let err = run(&other, Reuse::Resume).unwrap_err().to_string();
     assert!(err.contains("other settings"), "{err}");
     assert_eq!(read(&out), first);
-    let s2 = synthesize(
-        &target,
-        &questions,
-        Some(&fixtures()),
-        &out,
-        &config,
-        Reuse::Resume,
-        false,
-    )
-    .unwrap();
+    let s2 = run(&config, Reuse::Resume).unwrap();
     assert_eq!((s2.questions, s2.resumed_after), (3, 2));
     assert_eq!(s2.written + s2.dropped_identical, 1);
     assert_eq!(read(&out).len(), s1.written + s2.written);
@@ -127,16 +100,7 @@ fn pairs_from_clean_and_noised_images_resume_without_repeats() {
     assert_eq!(lines, dedup, "a question was written twice");
 
     // Nothing left: a third run writes nothing.
-    let s3 = synthesize(
-        &target,
-        &questions,
-        Some(&fixtures()),
-        &out,
-        &config,
-        Reuse::Resume,
-        false,
-    )
-    .unwrap();
+    let s3 = run(&config, Reuse::Resume).unwrap();
     assert_eq!(
         (s3.resumed_after, s3.written, s3.dropped_identical),
         (3, 0, 0)
