@@ -27,7 +27,8 @@ pub struct Pipeline<B: Backend> {
     /// Extra template variables, e.g. `add_vision_id` (transformers' `**kwargs`).
     pub template_kwargs: Map<String, serde_json::Value>,
     /// Text-only prompts go through the template too (set when a template is chosen
-    /// explicitly); otherwise they are tokenised as given, as a plain language model's are.
+    /// explicitly, and implied by a system message); otherwise they are tokenised as given,
+    /// as a plain language model's are.
     pub template_text_prompts: bool,
 }
 
@@ -177,7 +178,7 @@ impl<B: Backend> Pipeline<B> {
                         "the prompt holds `<image>` but no image was given",
                     ));
                 }
-                if self.template_text_prompts {
+                if self.template_text_prompts || self.system.is_some() {
                     return self.chat_prompt(&self.conversation(text, false), None, pad);
                 }
                 Ok(Prompt {

@@ -204,3 +204,60 @@ fn bad_requests_are_clear_errors() {
         .to_string();
     assert!(err.contains("tokenizer.json"), "{err}");
 }
+
+#[test]
+fn conversations_go_through_the_template() {
+    use tita_core::template::{ChatTemplate, Message};
+    let mut p = load("llava-target");
+    let image = fixtures().join("images/square56.png");
+    let case = &json("cases.json")["cases"][0];
+    // The default (llava_1_5) is the fixtures' prompt, however the request is put.
+    let question = case["prompt"].as_str().unwrap();
+    let plain = p.prompt(question, Some(&image), false).unwrap();
+    let chat = p
+        .chat_prompt(&[Message::user(question, true)], Some(&image), false)
+        .unwrap();
+    assert_eq!(plain.ids, ids(&case["input_ids"]));
+    assert_eq!(chat.ids, plain.ids);
+    // vicuna_v1 with a system message and an earlier turn: the rendered text, tokenised with
+    // BOS, the image expanded to its 16 features.
+    p.set_template(ChatTemplate::builtin("vicuna_v1").unwrap())
+        .unwrap();
+    let messages = vec![
+        Message::system("Answer briefly."),
+        Message::user("What is this?", true),
+        Message {
+            role: "assistant".into(),
+            content: vec![tita_core::template::Part::Text {
+                text: "A square.".into(),
+            }],
+        },
+        Message::user("What colour is it?", false),
+    ];
+    let text = p.render(&messages).unwrap();
+    assert_eq!(
+        text,
+        "Answer briefly. USER: <image>\nWhat is this? ASSISTANT: A square.</s> USER: What colour is it? ASSISTANT:"
+    );
+    let ids = p.chat_prompt(&messages, Some(&image), false).unwrap().ids;
+    let want = p.tokenizer.encode_with_image(&text, 32000, 16).unwrap();
+    assert_eq!(ids, want);
+    assert_eq!(ids[0], 1, "BOS");
+    // One image needs exactly one image part.
+    let err = p
+        .chat_prompt(&messages[2..], Some(&image), false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("0 image part(s) and an image was given"),
+        "{err}"
+    );
+    // A system message applies to text-only prompts too.
+    p.system = Some("Be brief.".into());
+    let text_only = p.prompt("Hi", None, false).unwrap();
+    let want = p
+        .tokenizer
+        .encode("Be brief. USER: Hi ASSISTANT:", true)
+        .unwrap();
+    assert_eq!(text_only.ids, want);
+}
