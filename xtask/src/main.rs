@@ -67,9 +67,10 @@ fn backend_features(args: &[String]) -> Result<String> {
     Ok(features.join(","))
 }
 
-/// Builds and runs `bin` of `package` with the backend features that `args` ask for.
+/// Builds and runs `bin` of `package` with the backend features that `args` ask for (and the
+/// `cli` feature the binaries need; library users of the crates do without it).
 fn run_binary(package: &str, bin: &str, args: &[String]) -> Result<()> {
-    let features = backend_features(args)?;
+    let features = backend_features(args)? + ",cli";
     run(cargo()
         .args([
             "run",
@@ -144,6 +145,7 @@ fn ci(args: &[String]) -> Result<()> {
         "warnings",
     ]))?;
     run(cargo().args(["test", "--release", "--workspace"]))?;
+    library_builds_without_cli_dependencies()?;
     if skip_wgpu {
         eprintln!(
             "{}",
@@ -162,6 +164,46 @@ fn ci(args: &[String]) -> Result<()> {
         "--features",
         "tita-models/test-wgpu,tita-decode/wgpu",
     ]))?;
+    Ok(())
+}
+
+/// A Rust app that depends on `tita-decode` compiles no CLI, plotting or progress-bar crates.
+fn library_builds_without_cli_dependencies() -> Result<()> {
+    let args = [
+        "tree",
+        "-p",
+        "tita-decode",
+        "--no-default-features",
+        "--features",
+        "flex",
+        "-e",
+        "normal",
+        "--prefix",
+        "none",
+    ];
+    eprintln!("$ cargo {}", args.join(" "));
+    let out = cargo()
+        .args(args)
+        .current_dir(root())
+        .output()
+        .context("running cargo tree")?;
+    if !out.status.success() {
+        bail!(
+            "cargo tree failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let tree = String::from_utf8_lossy(&out.stdout);
+    let found: Vec<&str> = ["clap", "anyhow", "plotters", "indicatif", "ab_glyph"]
+        .into_iter()
+        .filter(|name| tree.lines().any(|l| l.split(' ').next() == Some(*name)))
+        .collect();
+    if !found.is_empty() {
+        bail!(
+            "a dependent of tita-decode would compile {}",
+            found.join(", ")
+        );
+    }
     Ok(())
 }
 

@@ -327,11 +327,7 @@ pub fn answer_all<B: Backend>(
                 let t = Instant::now();
                 let g = match &solo[i] {
                     Some(tita) => tita.generate(&request)?.generation,
-                    None => plain.generate(&models.target.prompt(
-                        &request.prompt,
-                        request.image.as_deref(),
-                        request.pad,
-                    )?)?,
+                    None => plain.generate(&models.target.request_prompt(&request)?)?,
                 };
                 results.push((i, g, t.elapsed().as_secs_f64()));
             }

@@ -15,7 +15,8 @@ use tita_decode::{Prompt, Session};
 use tita_models::Vlm;
 
 /// Model shapes to benchmark with random weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum Preset {
     /// The fixtures' tiny LLaVA shapes (seconds on any machine).

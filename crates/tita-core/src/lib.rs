@@ -9,7 +9,9 @@ pub mod jpeg;
 pub mod jsonl;
 pub mod noise;
 pub mod output;
+#[cfg(feature = "report")]
 pub mod plot;
+#[cfg(feature = "report")]
 pub mod progress;
 pub mod sampling;
 pub mod template;

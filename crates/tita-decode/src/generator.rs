@@ -1,6 +1,8 @@
 //! The decoding loop: prefill once, then one KV-cached step per token, with greedy or seeded
 //! sampling, max-new-tokens, EOS and stop strings, streaming, and batches of requests.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
@@ -11,6 +13,32 @@ use tita_core::{Result, Tokenizer};
 use crate::pipeline::{Pipeline, Prompt};
 use crate::session::Session;
 
+/// A flag another thread (a server whose client went away, a UI) sets to stop a generation at
+/// its next token; the rows end with [`FinishReason::Cancelled`] and keep what they have.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Two handles are equal when they share the flag.
+impl PartialEq for Cancel {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 /// When to stop and how to pick tokens.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationConfig {
@@ -20,6 +48,8 @@ pub struct GenerationConfig {
     pub stop_strings: Vec<String>,
     /// EOS ids; `None` takes the model config's `eos_token_id`.
     pub eos_token_ids: Option<Vec<u32>>,
+    /// Checked before every token.
+    pub cancel: Option<Cancel>,
 }
 
 impl Default for GenerationConfig {
@@ -29,6 +59,7 @@ impl Default for GenerationConfig {
             sampling: SamplingConfig::greedy(),
             stop_strings: Vec::new(),
             eos_token_ids: None,
+            cancel: None,
         }
     }
 }
@@ -41,6 +72,8 @@ pub enum FinishReason {
     MaxNewTokens,
     /// The model's `max_position_embeddings` was reached.
     Context,
+    /// [`GenerationConfig::cancel`] was set.
+    Cancelled,
 }
 
 /// Wall-clock split of one generation call (shared by every row of a batch).
@@ -140,6 +173,15 @@ pub fn decode_loop(
             .for_each(|r| r.finish = Some(FinishReason::MaxNewTokens));
     }
     while rows.iter().any(|r| r.finish.is_none()) {
+        if config.cancel.as_ref().is_some_and(Cancel::is_cancelled) {
+            for row in rows.iter_mut().filter(|r| r.finish.is_none()) {
+                row.finish = Some(FinishReason::Cancelled);
+                // Text held back for a possible stop string was never streamed: the result is
+                // what the caller has seen.
+                row.text.truncate(row.streamed);
+            }
+            break;
+        }
         let room = has_room();
         let mut fed = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter_mut().enumerate() {

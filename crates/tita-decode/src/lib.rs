@@ -9,10 +9,12 @@ pub mod session;
 pub mod tita;
 
 pub use generator::{
-    decode_loop, FinishReason, Generation, GenerationConfig, Generator, Timings, TokenEvent,
+    decode_loop, Cancel, FinishReason, Generation, GenerationConfig, Generator, Timings, TokenEvent,
 };
-pub use pipeline::{Pipeline, Prompt, Request};
+pub use pipeline::{ImageInput, Pipeline, Prompt, Request};
 pub use session::Session;
 pub use tita::{Tita, TitaConfig, TitaGeneration, TokenExplanation};
 pub use tita_core::fusion::Fusion;
 pub use tita_core::sampling::SamplingConfig;
+pub use tita_core::template::{ChatTemplate, Message, Part};
+pub use tita_core::{Error, Result};

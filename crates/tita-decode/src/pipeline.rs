@@ -32,11 +32,50 @@ pub struct Pipeline<B: Backend> {
     pub template_text_prompts: bool,
 }
 
+/// An image for a request: a file, the bytes of an encoded file (JPEG, PNG, ...) already in
+/// memory, or decoded pixels. Every form is preprocessed the same way (JPEGs as Pillow decodes
+/// them; an alpha channel is dropped as `convert("RGB")` drops it).
+#[derive(Debug, Clone)]
+pub enum ImageInput {
+    Path(PathBuf),
+    Encoded(std::sync::Arc<[u8]>),
+    Decoded(std::sync::Arc<image::RgbImage>),
+}
+
+impl ImageInput {
+    /// Decoded pixels, from `image`'s own type (any colour type; converted to RGB).
+    pub fn from_dynamic(img: &image::DynamicImage) -> Self {
+        ImageInput::Decoded(std::sync::Arc::new(img.to_rgb8()))
+    }
+
+    fn rgb(&self) -> Result<image::RgbImage> {
+        match self {
+            ImageInput::Path(p) => tita_core::image::load_rgb(p),
+            ImageInput::Encoded(bytes) => {
+                tita_core::image::decode_rgb(bytes, Path::new("<image bytes>"))
+            }
+            ImageInput::Decoded(img) => Ok(img.as_ref().clone()),
+        }
+    }
+}
+
+impl From<&Path> for ImageInput {
+    fn from(p: &Path) -> Self {
+        ImageInput::Path(p.to_path_buf())
+    }
+}
+
+impl From<PathBuf> for ImageInput {
+    fn from(p: PathBuf) -> Self {
+        ImageInput::Path(p)
+    }
+}
+
 /// One request: the user's prompt (or a whole conversation) and an optional image.
 #[derive(Debug, Clone, Default)]
 pub struct Request {
     pub prompt: String,
-    pub image: Option<PathBuf>,
+    pub image: Option<ImageInput>,
     /// Pad the image to a square of the mean colour first (LLaVA-1.5 evaluation).
     pub pad: bool,
     /// A whole conversation (system, user and assistant turns) ending with the user's turn;
@@ -45,10 +84,11 @@ pub struct Request {
 }
 
 impl Request {
-    pub fn new(prompt: impl Into<String>, image: Option<PathBuf>, pad: bool) -> Self {
+    /// A prompt about an optional image (a path, or any [`ImageInput`]).
+    pub fn new(prompt: impl Into<String>, image: Option<impl Into<ImageInput>>, pad: bool) -> Self {
         Request {
             prompt: prompt.into(),
-            image,
+            image: image.map(Into::into),
             pad,
             messages: None,
         }
@@ -96,9 +136,16 @@ impl<B: Backend> Pipeline<B> {
 
     /// The model inputs of a request.
     pub fn request_prompt(&self, request: &Request) -> Result<Prompt> {
-        match &request.messages {
-            Some(messages) => self.chat_prompt(messages, request.image.as_deref(), request.pad),
-            None => self.prompt(&request.prompt, request.image.as_deref(), request.pad),
+        match (&request.messages, &request.image) {
+            (Some(messages), image) => self.chat_prompt(messages, image.as_ref(), request.pad),
+            (None, Some(ImageInput::Path(path))) => {
+                self.prompt(&request.prompt, Some(path), request.pad)
+            }
+            (None, Some(image)) => {
+                let pixels = self.preprocess(image, request.pad)?;
+                self.prompt_with_pixels(&request.prompt, pixels)
+            }
+            (None, None) => self.prompt(&request.prompt, None, request.pad),
         }
     }
 
@@ -107,7 +154,7 @@ impl<B: Backend> Pipeline<B> {
     pub fn chat_prompt(
         &self,
         messages: &[Message],
-        image: Option<&Path>,
+        image: Option<&ImageInput>,
         pad: bool,
     ) -> Result<Prompt> {
         let parts: usize = messages.iter().map(Message::images).sum();
@@ -126,8 +173,8 @@ impl<B: Backend> Pipeline<B> {
                 ids: self.encode_rendered(&text)?,
                 pixels: None,
             }),
-            Some(path) => {
-                let pixels = self.preprocess(path, pad)?;
+            Some(image) => {
+                let pixels = self.preprocess(image, pad)?;
                 Ok(Prompt {
                     ids: self.expand_image(&text)?,
                     pixels: Some(pixels),
@@ -153,7 +200,7 @@ impl<B: Backend> Pipeline<B> {
             .encode(text, self.template.add_special_tokens(text))
     }
 
-    fn preprocess(&self, path: &Path, pad: bool) -> Result<PixelValues> {
+    fn preprocess(&self, image: &ImageInput, pad: bool) -> Result<PixelValues> {
         let processor = self.processor.as_ref().ok_or_else(|| {
             Error::argument(
                 "image",
@@ -163,7 +210,7 @@ impl<B: Backend> Pipeline<B> {
                 ),
             )
         })?;
-        processor.preprocess_file(path, pad)
+        Ok(processor.preprocess(&image.rgb()?, pad))
     }
 
     /// The ids of a request. With an image the prompt goes through the conversation template
@@ -187,7 +234,7 @@ impl<B: Backend> Pipeline<B> {
                 })
             }
             Some(path) => {
-                let pixels = self.preprocess(path, pad)?;
+                let pixels = self.preprocess(&ImageInput::from(path), pad)?;
                 self.prompt_with_pixels(text, pixels)
             }
         }

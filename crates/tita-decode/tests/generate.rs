@@ -209,11 +209,12 @@ fn bad_requests_are_clear_errors() {
 fn conversations_go_through_the_template() {
     use tita_core::template::{ChatTemplate, Message};
     let mut p = load("llava-target");
-    let image = fixtures().join("images/square56.png");
+    let path = fixtures().join("images/square56.png");
+    let image = tita_decode::ImageInput::from(path.clone());
     let case = &json("cases.json")["cases"][0];
     // The default (llava_1_5) is the fixtures' prompt, however the request is put.
     let question = case["prompt"].as_str().unwrap();
-    let plain = p.prompt(question, Some(&image), false).unwrap();
+    let plain = p.prompt(question, Some(&path), false).unwrap();
     let chat = p
         .chat_prompt(&[Message::user(question, true)], Some(&image), false)
         .unwrap();
@@ -260,4 +261,38 @@ fn conversations_go_through_the_template() {
         .encode("Be brief. USER: Hi ASSISTANT:", true)
         .unwrap();
     assert_eq!(text_only.ids, want);
+}
+
+#[test]
+fn images_from_memory_equal_images_from_files() {
+    use tita_decode::{ImageInput, Request};
+    let p = load("llava-target");
+    let path = fixtures().join("jpeg/images/coco_q90_420.jpg");
+    let from_file = p
+        .request_prompt(&Request::new("What is it?", Some(path.clone()), true))
+        .unwrap();
+    let bytes: std::sync::Arc<[u8]> = std::fs::read(&path).unwrap().into();
+    let decoded = tita_core::image::load_rgb(&path).unwrap();
+    for image in [
+        ImageInput::Encoded(bytes),
+        ImageInput::from_dynamic(&image::DynamicImage::ImageRgb8(decoded)),
+    ] {
+        let prompt = p
+            .request_prompt(&Request::new("What is it?", Some(image), true))
+            .unwrap();
+        assert_eq!(prompt.ids, from_file.ids);
+        assert_eq!(prompt.pixels, from_file.pixels);
+    }
+    let err = p
+        .request_prompt(&Request::new(
+            "What is it?",
+            Some(ImageInput::Encoded(vec![1u8, 2, 3].into())),
+            false,
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("<image bytes>: image: not a readable image"),
+        "{err}"
+    );
 }

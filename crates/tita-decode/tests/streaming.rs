@@ -112,3 +112,47 @@ fn a_character_cut_off_by_the_token_limit_ends_the_text_as_transformers_decodes_
     assert_eq!(text, tokenizer().decode(&script, true).unwrap());
     assert_eq!(deltas.concat(), text);
 }
+
+#[test]
+fn a_cancelled_generation_stops_at_the_next_token_with_what_it_has() {
+    let tok = tokenizer();
+    let vocab = tok.vocab_size();
+    let cancel = tita_decode::Cancel::new();
+    let config = GenerationConfig {
+        max_new_tokens: 10,
+        eos_token_ids: Some(vec![2]),
+        cancel: Some(cancel.clone()),
+        ..Default::default()
+    };
+    let hello = id("▁Hello");
+    let mut deltas = Vec::new();
+    let rows = decode_loop(
+        &tok,
+        &config,
+        &[2],
+        vec![one_hot(vocab, hello)],
+        || true,
+        |_| Ok(vec![one_hot(vocab, hello)]),
+        &mut |ev| {
+            deltas.push(ev.text_delta.to_string());
+            if deltas.len() == 3 {
+                cancel.cancel();
+            }
+        },
+    )
+    .unwrap();
+    let (ids, text, finish) = &rows[0];
+    assert_eq!(*finish, FinishReason::Cancelled);
+    assert_eq!(ids.len(), 3);
+    assert_eq!(text, "Hello Hello Hello");
+    assert_eq!(deltas.concat(), *text);
+}
+
+#[test]
+fn pipelines_and_samplers_can_be_shared_across_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<tita_decode::Pipeline<burn::backend::Flex>>();
+    send_sync::<tita_decode::Tita<'static, burn::backend::Flex>>();
+    send_sync::<tita_decode::Request>();
+    send_sync::<tita_decode::GenerationConfig>();
+}

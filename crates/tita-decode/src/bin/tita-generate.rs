@@ -238,6 +238,7 @@ impl BackendTask for Run {
             sampling: a.sampling()?,
             stop_strings: a.stop.clone(),
             eos_token_ids: None,
+            cancel: None,
         };
         let request = a.request()?;
         let load = |dir: &PathBuf| -> anyhow::Result<Pipeline<B>> {

@@ -58,5 +58,5 @@ pub fn request(case: &serde_json::Value) -> Request {
 /// A case's model inputs for `p`.
 pub fn prompt(p: &Pipeline<B>, case: &serde_json::Value) -> Prompt {
     let r = request(case);
-    p.prompt(&r.prompt, r.image.as_deref(), r.pad).unwrap()
+    p.request_prompt(&r).unwrap()
 }
