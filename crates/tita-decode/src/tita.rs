@@ -93,7 +93,7 @@ pub struct TitaGeneration {
 /// let reward = Pipeline::<B>::load("tita-reward".as_ref(), &device)?;
 /// let config = TitaConfig { fusion: Fusion::Interpolate { lambda: 0.3 }, ..Default::default() };
 /// let tita = Tita::new(&target, Some(&reward), None, config, GenerationConfig::default())?;
-/// let request = Request::new("Is there a dog in the image?", Some("photo.jpg".into()), true);
+/// let request = Request::new("Is there a dog in the image?", Some(std::path::PathBuf::from("photo.jpg")), true);
 /// println!("{}", tita.generate(&request)?.generation.text);
 /// # Ok::<(), tita_core::Error>(())
 /// ```
