@@ -44,14 +44,7 @@ pub const LOCK_FILE: &str = ".tita.lock";
 /// A claimed output; the lock is held until this is dropped.
 #[derive(Debug)]
 pub struct Claim {
-    path: PathBuf,
     _lock: File,
-}
-
-impl Claim {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 /// Claims the folder `dir` for one run (created if missing).
@@ -60,37 +53,20 @@ pub fn claim_dir(dir: &Path, reuse: Reuse) -> Result<Claim> {
     let lock_path = dir.join(LOCK_FILE);
     let lock = lock(&lock_path, dir)?;
     let held = entries(dir)?;
-    match reuse {
-        Reuse::Resume => {}
-        Reuse::Fresh if held.is_empty() => {}
-        Reuse::Fresh => {
-            // A refused run leaves the folder as it found it.
-            let _ = std::fs::remove_file(&lock_path);
-            return Err(Error::checkpoint(
-                dir,
-                format!(
-                    "holds another run's files ({}); pass --resume to continue that run or --overwrite to delete them first",
-                    list(&held)
-                ),
-            ));
-        }
-        Reuse::Overwrite => {
-            refuse_project_dir(dir)?;
-            for name in held {
-                let path = dir.join(&name);
-                let removed = if path.is_dir() {
-                    std::fs::remove_dir_all(&path)
-                } else {
-                    std::fs::remove_file(&path)
-                };
-                removed.map_err(|e| Error::io(&path, e))?;
-            }
-        }
+    if reuse == Reuse::Overwrite {
+        refuse_project_dir(dir)?;
     }
-    Ok(Claim {
-        path: dir.to_path_buf(),
-        _lock: lock,
-    })
+    let refusal = || {
+        Error::checkpoint(
+            dir,
+            format!(
+                "holds another run's files ({}); pass --resume to continue that run or --overwrite to delete them first",
+                list(&held)
+            ),
+        )
+    };
+    let paths: Vec<PathBuf> = held.iter().map(|name| dir.join(name)).collect();
+    settle(lock, &lock_path, &paths, reuse, refusal)
 }
 
 /// Claims the output file `file` and its companions (`file` + each of `companions`, e.g.
@@ -105,26 +81,42 @@ pub fn claim_file(file: &Path, companions: &[&str], reuse: Reuse) -> Result<Clai
         .chain(companions.iter().map(|c| with_suffix(file, c)))
         .filter(|p| p.exists())
         .collect();
+    let refusal = || {
+        Error::checkpoint(
+            file,
+            "exists (another run's output); pass --resume to continue that run or --overwrite to replace it",
+        )
+    };
+    settle(lock, &lock_path, &held, reuse, refusal)
+}
+
+/// Applies `reuse` to the paths an output already holds: keep them (resume, or nothing there),
+/// refuse (leaving no lock file behind, so a refused run changes nothing), or delete them.
+fn settle(
+    lock: File,
+    lock_path: &Path,
+    held: &[PathBuf],
+    reuse: Reuse,
+    refusal: impl FnOnce() -> Error,
+) -> Result<Claim> {
     match reuse {
-        Reuse::Resume => {}
-        Reuse::Fresh if held.is_empty() => {}
-        Reuse::Fresh => {
-            let _ = std::fs::remove_file(&lock_path);
-            return Err(Error::checkpoint(
-                file,
-                "exists (another run's output); pass --resume to continue that run or --overwrite to replace it",
-            ));
+        Reuse::Fresh if !held.is_empty() => {
+            let _ = std::fs::remove_file(lock_path);
+            return Err(refusal());
         }
         Reuse::Overwrite => {
             for path in held {
-                std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+                let removed = if path.is_dir() {
+                    std::fs::remove_dir_all(path)
+                } else {
+                    std::fs::remove_file(path)
+                };
+                removed.map_err(|e| Error::io(path, e))?;
             }
         }
+        Reuse::Fresh | Reuse::Resume => {}
     }
-    Ok(Claim {
-        path: file.to_path_buf(),
-        _lock: lock,
-    })
+    Ok(Claim { _lock: lock })
 }
 
 /// `path` with `suffix` appended to its file name (`pairs.jsonl` -> `pairs.jsonl.lock`).

@@ -48,14 +48,17 @@ impl ImageInput {
         ImageInput::Decoded(std::sync::Arc::new(img.to_rgb8()))
     }
 
-    fn rgb(&self) -> Result<image::RgbImage> {
-        match self {
-            ImageInput::Path(p) => tita_core::image::load_rgb(p),
-            ImageInput::Encoded(bytes) => {
-                tita_core::image::decode_rgb(bytes, Path::new("<image bytes>"))
-            }
-            ImageInput::Decoded(img) => Ok(img.as_ref().clone()),
-        }
+    /// The RGB pixels; decoded ones are borrowed, not copied.
+    fn rgb(&self) -> Result<std::borrow::Cow<'_, image::RgbImage>> {
+        use std::borrow::Cow;
+        Ok(match self {
+            ImageInput::Path(p) => Cow::Owned(tita_core::image::load_rgb(p)?),
+            ImageInput::Encoded(bytes) => Cow::Owned(tita_core::image::decode_rgb(
+                bytes,
+                Path::new("<image bytes>"),
+            )?),
+            ImageInput::Decoded(img) => Cow::Borrowed(img.as_ref()),
+        })
     }
 }
 
@@ -210,7 +213,7 @@ impl<B: Backend> Pipeline<B> {
                 ),
             )
         })?;
-        Ok(processor.preprocess(&image.rgb()?, pad))
+        Ok(processor.preprocess(&*image.rgb()?, pad))
     }
 
     /// The ids of a request. With an image the prompt goes through the conversation template
