@@ -28,6 +28,9 @@ fn checked<B: Backend>(model: &Vlm<B>, rows: Vec<Vec<f32>>) -> Result<Vec<Vec<f3
     Ok(rows)
 }
 
+/// Positions of KV cache allocated beyond the prompt for the tokens to come.
+const DECODE_RESERVE: usize = 256;
+
 /// A prefilled KV cache of one model for a batch of sequences.
 pub struct Session<'m, B: Backend> {
     model: &'m Vlm<B>,
@@ -93,7 +96,10 @@ impl<'m, B: Backend> Session<'m, B> {
             })
             .collect();
         let embeds = model.embed(&ids, images, device)?;
-        let mut cache = KvCache::with_left_padding(model.language_model.layers.len(), pad_left);
+        // Decode steps write into buffers allocated here (they grow by as much again when full).
+        let reserve = (context - len).min(DECODE_RESERVE);
+        let mut cache = KvCache::with_left_padding(model.language_model.layers.len(), pad_left)
+            .reserve(reserve);
         let hidden = model.forward(embeds, &mut cache);
         let logits = checked(model, rows_to_host(model.last_logits(hidden)))?;
         Ok((

@@ -67,3 +67,37 @@ pub fn activate<B: Backend, const D: usize>(x: Tensor<B, D>, act: Activation) ->
         Activation::Relu => activation::relu(x),
     }
 }
+
+/// How many blocks [`project`] splits a decode step's products into on this backend: one per
+/// core on burn-flex, whose matrix-vector products are otherwise single-threaded (it
+/// parallelises only large products, or batches of them); 1 elsewhere.
+pub fn matvec_split<B: Backend>(device: &B::Device) -> usize {
+    if B::name(device).contains("flex") {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        1
+    }
+}
+
+/// `linear.forward(x)`; when only a few rows are multiplied (a decode step), the inner
+/// dimension is cut into `split` contiguous blocks multiplied as one batch, which flex runs
+/// one block per core, and the partial products are summed.
+pub fn project<B: Backend>(linear: &nn::Linear<B>, x: Tensor<B, 3>, split: usize) -> Tensor<B, 3> {
+    let [b, s, k] = x.dims();
+    let w = linear.weight.val();
+    let n = w.dims()[1];
+    if split <= 1 || b * s > 8 || k % split != 0 {
+        return linear.forward(x);
+    }
+    let blocks = w.reshape([split, k / split, n]);
+    let y = x
+        .reshape([b * s, split, k / split])
+        .swap_dims(0, 1)
+        .matmul(blocks)
+        .sum_dim(0)
+        .reshape([b, s, n]);
+    match &linear.bias {
+        Some(bias) => y + bias.val().unsqueeze::<3>(),
+        None => y,
+    }
+}

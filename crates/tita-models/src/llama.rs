@@ -7,16 +7,26 @@ use burn::nn;
 use burn::tensor::{activation, backend::Backend, Tensor, TensorData};
 use tita_core::{LlamaConfig, Result};
 
-use crate::layers::{activate, linear, rms_norm};
+use crate::layers::{activate, linear, matvec_split, project, rms_norm};
 use crate::weights::TensorSource;
 
 /// Keys and values of every layer for a batch of sequences, plus the left padding of each
 /// sequence (padded positions are never attended to).
+///
+/// With a capacity ([`KvCache::reserve`]) each layer's keys and values live in one buffer of
+/// that many positions, allocated at the first forward and written in place (`slice_assign`);
+/// attention reads the filled part. A full buffer grows by the same reserve again. Without
+/// one (training: one forward per batch) the first forward's keys and values are kept as they
+/// are.
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
     layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     len: usize,
+    reserve: usize,
     pad_left: Vec<usize>,
+    /// `[batch, 1, 1, 1, capacity]`: lowest-finite over each row's padding, else 0; built once
+    /// for the decode steps of a padded batch.
+    pad_bias: Option<Tensor<B, 5>>,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -30,8 +40,17 @@ impl<B: Backend> KvCache<B> {
         KvCache {
             layers: vec![None; num_layers],
             len: 0,
+            reserve: 0,
             pad_left,
+            pad_bias: None,
         }
+    }
+
+    /// Room for `extra` positions beyond the first forward (and the step by which a full
+    /// buffer grows): decode steps then write in place instead of concatenating.
+    pub fn reserve(mut self, extra: usize) -> Self {
+        self.reserve = extra;
+        self
     }
 
     /// Positions held, padding included.
@@ -51,52 +70,137 @@ impl<B: Backend> KvCache<B> {
         &self.pad_left
     }
 
+    /// Positions the buffers hold room for (`len` when there is no reserve).
+    pub fn capacity(&self) -> usize {
+        match self.layers.first() {
+            Some(Some((k, _))) => k.dims()[2],
+            _ => self.len,
+        }
+    }
+
+    /// Writes this forward's keys and values after the `len` held and returns all of them.
     fn append(
         &mut self,
         layer: usize,
         k: Tensor<B, 4>,
         v: Tensor<B, 4>,
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let kv = match self.layers[layer].take() {
-            None => (k, v),
-            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+        let [b, h, s, d] = k.dims();
+        let (past, t) = (self.len, self.len + s);
+        let (device, dtype) = (k.device(), k.dtype());
+        let (bk, bv) = match self.layers[layer].take() {
+            None if self.reserve == 0 => {
+                self.layers[layer] = Some((k.clone(), v.clone()));
+                return (k, v);
+            }
+            None => {
+                let z = Tensor::<B, 4>::zeros([b, h, t + self.reserve, d], (&device, dtype));
+                (z.clone(), z)
+            }
+            Some((bk, bv)) if bk.dims()[2] < t => {
+                let z = Tensor::<B, 4>::zeros(
+                    [b, h, t + self.reserve - bk.dims()[2], d],
+                    (&device, dtype),
+                );
+                (
+                    Tensor::cat(vec![bk, z.clone()], 2),
+                    Tensor::cat(vec![bv, z], 2),
+                )
+            }
+            Some(kv) => kv,
         };
-        self.layers[layer] = Some(kv.clone());
-        kv
+        let bk = bk.slice_assign([0..b, 0..h, past..t, 0..d], k);
+        let bv = bv.slice_assign([0..b, 0..h, past..t, 0..d], v);
+        let filled = (
+            bk.clone().slice([0..b, 0..h, 0..t, 0..d]),
+            bv.clone().slice([0..b, 0..h, 0..t, 0..d]),
+        );
+        self.layers[layer] = Some((bk, bv));
+        filled
+    }
+
+    /// The additive mask of one decode step over `t` keys (padding only), from a mask built
+    /// once per capacity.
+    fn step_bias(&mut self, t: usize, capacity: usize, device: &B::Device) -> Tensor<B, 5> {
+        let b = self.batch();
+        let stale = self.pad_bias.as_ref().is_none_or(|m| m.dims()[4] < t);
+        if stale {
+            let capacity = capacity.max(t);
+            let mut m = vec![0f32; b * capacity];
+            for (bi, &pad) in self.pad_left.iter().enumerate() {
+                m[bi * capacity..bi * capacity + pad.min(capacity)].fill(f32::MIN);
+            }
+            self.pad_bias = Some(Tensor::from_data(
+                TensorData::new(m, [b, 1, 1, 1, capacity]),
+                device,
+            ));
+        }
+        let m = self.pad_bias.clone().expect("built above");
+        m.slice([0..b, 0..1, 0..1, 0..1, 0..t])
     }
 }
 
-/// Rotary tables for the given positions, as transformers computes them in float32:
-/// `inv_freq = 1 / theta^(2i/d)`, angle = position · inv_freq, duplicated over both halves.
+/// Rotary tables of every position up to the context length, as transformers computes them
+/// in float32: `inv_freq = 1 / theta^(2i/d)`, angle = position · inv_freq, duplicated over
+/// both halves. Built once per model: `([positions, head_dim], [positions, head_dim])`.
 fn rope_tables<B: Backend>(
-    positions: &[Vec<usize>],
+    positions: usize,
     head_dim: usize,
     theta: f64,
     device: &B::Device,
-) -> (Tensor<B, 4>, Tensor<B, 4>) {
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let half = head_dim / 2;
     let inv_freq: Vec<f32> = (0..half)
         .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
         .collect();
-    let (b, s) = (positions.len(), positions[0].len());
-    let mut cos = Vec::with_capacity(b * s * head_dim);
-    let mut sin = Vec::with_capacity(b * s * head_dim);
-    for row in positions {
-        for &p in row {
-            for _half in 0..2 {
-                for f in &inv_freq {
-                    let angle = p as f32 * f;
-                    cos.push(angle.cos());
-                    sin.push(angle.sin());
-                }
+    let mut cos = Vec::with_capacity(positions * head_dim);
+    let mut sin = Vec::with_capacity(positions * head_dim);
+    for p in 0..positions {
+        for _half in 0..2 {
+            for f in &inv_freq {
+                let angle = p as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
             }
         }
     }
-    let shape = [b, 1, s, head_dim];
+    let shape = [positions, head_dim];
     (
         Tensor::from_data(TensorData::new(cos, shape), device),
         Tensor::from_data(TensorData::new(sin, shape), device),
     )
+}
+
+/// Rows of a `[positions, head_dim]` table for each sequence's positions `past..past + s`
+/// shifted back by its left padding (padded positions read position 0): `[batch, 1, s, d]`.
+fn rope_rows<B: Backend>(
+    table: &Tensor<B, 2>,
+    pad_left: &[usize],
+    past: usize,
+    s: usize,
+) -> Tensor<B, 4> {
+    let d = table.dims()[1];
+    let rows: Vec<Tensor<B, 2>> = pad_left
+        .iter()
+        .map(|&pad| {
+            let (first, end) = ((past).saturating_sub(pad), (past + s).saturating_sub(pad));
+            let real = table.clone().slice([first..end, 0..d]);
+            let padded = s - (end - first);
+            if padded == 0 {
+                real
+            } else {
+                let zero = table.clone().slice([0..1, 0..d]).repeat_dim(0, padded);
+                Tensor::cat(vec![zero, real], 0)
+            }
+        })
+        .collect();
+    let b = rows.len();
+    let rows = if b == 1 {
+        rows.into_iter().next().expect("one row")
+    } else {
+        Tensor::cat(rows, 0)
+    };
+    rows.reshape([b, 1, s, d])
 }
 
 /// `x · cos + rotate_half(x) · sin` with `rotate_half(x) = [-x2, x1]`.
@@ -117,6 +221,8 @@ pub struct Attention<B: Backend> {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// Blocks of a few-row projection (see [`project`]).
+    pub split: usize,
 }
 
 impl<B: Backend> Attention<B> {
@@ -131,19 +237,14 @@ impl<B: Backend> Attention<B> {
         let [b, s, _] = x.dims();
         let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let rep = h / kvh;
-        let q = self
-            .q_proj
-            .forward(x.clone())
+        let sp = self.split;
+        let q = project(&self.q_proj, x.clone(), sp)
             .reshape([b, s, h, d])
             .swap_dims(1, 2);
-        let k = self
-            .k_proj
-            .forward(x.clone())
+        let k = project(&self.k_proj, x.clone(), sp)
             .reshape([b, s, kvh, d])
             .swap_dims(1, 2);
-        let v = self
-            .v_proj
-            .forward(x)
+        let v = project(&self.v_proj, x, sp)
             .reshape([b, s, kvh, d])
             .swap_dims(1, 2);
         let q = apply_rope(q, &rope.0, &rope.1);
@@ -167,7 +268,7 @@ impl<B: Backend> Attention<B> {
             .reshape([b, h, s, d])
             .swap_dims(1, 2)
             .reshape([b, s, h * d]);
-        self.o_proj.forward(out)
+        project(&self.o_proj, out, sp)
     }
 }
 
@@ -178,12 +279,14 @@ pub struct Mlp<B: Backend> {
     pub down_proj: nn::Linear<B>,
     #[module(skip)]
     pub act: tita_core::Activation,
+    pub split: usize,
 }
 
 impl<B: Backend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = activate(self.gate_proj.forward(x.clone()), self.act);
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let sp = self.split;
+        let gate = activate(project(&self.gate_proj, x.clone(), sp), self.act);
+        project(&self.down_proj, gate * project(&self.up_proj, x, sp), sp)
     }
 }
 
@@ -202,6 +305,8 @@ pub struct Llama<B: Backend> {
     pub norm: nn::RmsNorm<B>,
     /// `None` when the output projection is tied to `embed_tokens`.
     pub lm_head: Option<nn::Linear<B>>,
+    /// Rotary cos and sin of every position (constants, not parameters).
+    pub rope: (Tensor<B, 2>, Tensor<B, 2>),
     #[module(skip)]
     pub config: LlamaConfig,
 }
@@ -231,6 +336,7 @@ impl<B: Backend> Llama<B> {
             [c.vocab_size, hid],
             device,
         )?;
+        let split = matvec_split::<B>(device);
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let l = format!("{p}layers.{i}");
@@ -280,6 +386,7 @@ impl<B: Backend> Llama<B> {
                     n_heads: c.num_attention_heads,
                     n_kv_heads: c.num_key_value_heads,
                     head_dim: hd,
+                    split,
                 },
                 post_attention_layernorm: rms_norm(
                     w,
@@ -314,6 +421,7 @@ impl<B: Backend> Llama<B> {
                         device,
                     )?,
                     act: c.hidden_act,
+                    split,
                 },
             });
             // Old checkpoints carry the rotary buffer; it is recomputed from `rope_theta`.
@@ -332,6 +440,7 @@ impl<B: Backend> Llama<B> {
             layers,
             norm,
             lm_head,
+            rope: rope_tables(c.max_position_embeddings, hd, c.rope_theta, device),
             config: config.clone(),
         })
     }
@@ -358,22 +467,15 @@ impl<B: Backend> Llama<B> {
         let device = x.device();
         let past = cache.len;
         let t = past + s;
-        let positions: Vec<Vec<usize>> = cache
-            .pad_left
-            .iter()
-            .map(|&p| (past..t).map(|i| i.saturating_sub(p)).collect())
-            .collect();
-        let rope = rope_tables::<B>(
-            &positions,
-            self.config.head_dim,
-            self.config.rope_theta,
-            &device,
+        let rope = (
+            rope_rows(&self.rope.0, &cache.pad_left, past, s),
+            rope_rows(&self.rope.1, &cache.pad_left, past, s),
         );
 
         // Additive mask over keys: causal within the new block, and never a padded position.
         // A lowest-finite value (not -inf) keeps fully padded query rows finite, as transformers does.
         let padded = cache.pad_left.iter().any(|&p| p > 0);
-        let bias = (s > 1 || padded).then(|| {
+        let bias = if s > 1 {
             let mut m = vec![0f32; b * s * t];
             for (bi, &pad) in cache.pad_left.iter().enumerate() {
                 for i in 0..s {
@@ -384,8 +486,16 @@ impl<B: Backend> Llama<B> {
                     }
                 }
             }
-            Tensor::<B, 5>::from_data(TensorData::new(m, [b, 1, 1, s, t]), &device)
-        });
+            Some(Tensor::<B, 5>::from_data(
+                TensorData::new(m, [b, 1, 1, s, t]),
+                &device,
+            ))
+        } else if padded {
+            let capacity = t + cache.reserve;
+            Some(cache.step_bias(t, capacity, &device))
+        } else {
+            None
+        };
 
         let mut x = x;
         for (i, layer) in self.layers.iter().enumerate() {

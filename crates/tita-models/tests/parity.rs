@@ -87,3 +87,47 @@ fn text_only_llama_with_tied_embeddings() {
         assert!(d <= TOL, "case {i} logits_last: max |Δ| {d}");
     }
 }
+
+/// A left-padded batch decoded step by step through a small in-place KV buffer (so that it
+/// grows twice) gives each row the logits of that row's own unpadded prefill.
+#[test]
+fn padded_batch_in_place_cache_equals_unpadded_prefill() {
+    use tita_models::KvCache;
+    let model = Vlm::<B>::load(&fixtures().join("llama-text"), &device()).unwrap();
+    let dev = device();
+    let prompts: [Vec<u32>; 2] = [vec![1, 15, 27, 3, 9, 44, 8], vec![1, 71, 5]];
+    let steps: [u32; 5] = [12, 7, 30, 2, 19];
+    let width = prompts[0].len();
+    let pad: Vec<usize> = prompts.iter().map(|r| width - r.len()).collect();
+    let ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|r| {
+            std::iter::repeat_n(0, width - r.len())
+                .chain(r.iter().copied())
+                .collect()
+        })
+        .collect();
+    let mut cache = KvCache::with_left_padding(model.language_model.layers.len(), pad).reserve(2);
+    let hidden = model.forward(model.embed(&ids, None, &dev).unwrap(), &mut cache);
+    let mut batched = vec![rows(model.last_logits(hidden))];
+    for &t in &steps {
+        let hidden = model.forward(
+            model.language_model.embed(&[vec![t], vec![t]], &dev),
+            &mut cache,
+        );
+        batched.push(rows(model.last_logits(hidden)));
+    }
+    assert_eq!(cache.len(), width + steps.len());
+    assert!(cache.capacity() >= cache.len() && cache.capacity() <= cache.len() + 2);
+    for (r, row) in prompts.iter().enumerate() {
+        let mut seq = row.clone();
+        for (k, step) in batched.iter().enumerate() {
+            let alone = all_logits(&model, &seq, None, &mut model.new_cache(1));
+            let d = max_abs_diff(alone.last().unwrap(), &step[r]);
+            assert!(d <= TOL, "row {r}, step {k}: batched vs alone max |Δ| {d}");
+            if let Some(&t) = steps.get(k) {
+                seq.push(t);
+            }
+        }
+    }
+}
