@@ -1,18 +1,21 @@
-//! Decode speed against the memory-bandwidth bound.
+//! Decode speed against the memory-bandwidth bound, and the cost of one POPE-shaped query.
 //!
 //! At batch 1 a decode step streams every weight matrix once, so tokens/s can be at most
 //! `bandwidth / bytes(weights read per token)`. The report gives measured tokens/s, that
-//! bound and their ratio, all from one run (machines are noisy; compare ratios, not times).
+//! bound and their ratio, all from one run (machines are noisy; compare ratios, not times),
+//! and how many cores each phase kept busy (process CPU time / wall time).
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::tensor::{backend::Backend, Distribution, Tensor};
+use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
 use serde::Serialize;
+use tita_core::image::PixelValues;
 use tita_core::sampling::argmax;
 use tita_core::{ClipVisionConfig, LlamaConfig, LlavaConfig, ModelConfig, Result};
 use tita_decode::{Prompt, Session};
-use tita_models::Vlm;
+use tita_models::{Precision, StoredDtype, Vlm};
 
 /// Model shapes to benchmark with random weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -29,6 +32,15 @@ pub enum Preset {
     #[value(name = "25m")]
     #[serde(rename = "25m")]
     M25,
+    /// `150m` behind a small CLIP at LLaVA-1.5's 336-px / 14-px geometry (576 image tokens):
+    /// POPE-shaped queries on a CPU.
+    #[value(name = "llava-150m")]
+    #[serde(rename = "llava-150m")]
+    Llava150m,
+    /// `25m` behind the same small CLIP (the reward of `llava-150m`).
+    #[value(name = "llava-25m")]
+    #[serde(rename = "llava-25m")]
+    Llava25m,
     /// LLaVA-1.5-7B: CLIP ViT-L/14-336 + LLaMA-7B (GPU machines).
     #[value(name = "llava-7b")]
     #[serde(rename = "llava-7b")]
@@ -52,6 +64,28 @@ impl Preset {
             ),
             Preset::M150 => ModelConfig::Llama(LlamaConfig::sized(1024, 8, 16, 4, 2816)),
             Preset::M25 => ModelConfig::Llama(LlamaConfig::sized(320, 4, 5, 5, 864)),
+            Preset::Llava150m | Preset::Llava25m => {
+                let ModelConfig::Llama(text) = (if self == Preset::Llava150m {
+                    Preset::M150
+                } else {
+                    Preset::M25
+                })
+                .config() else {
+                    unreachable!("text presets are LLaMA")
+                };
+                LlavaConfig::llava_1_5(
+                    text,
+                    ClipVisionConfig {
+                        hidden_size: 256,
+                        intermediate_size: 1024,
+                        num_hidden_layers: 4,
+                        num_attention_heads: 4,
+                        image_size: 336,
+                        patch_size: 14,
+                        ..Default::default()
+                    },
+                )
+            }
             Preset::Llava7b => LlavaConfig::llava_1_5(
                 LlamaConfig::sized(4096, 32, 32, 32, 11008),
                 ClipVisionConfig::vit_l_14_336(),
@@ -100,12 +134,85 @@ pub fn device_bandwidth_gbs<B: Backend>(device: &B::Device) -> f64 {
     2.0 * (n * 4) as f64 / best / 1e9
 }
 
+/// A model to benchmark: random weights at a preset's shapes, or a checkpoint directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelSpec {
+    Preset(Preset),
+    Dir(PathBuf),
+}
+
+impl ModelSpec {
+    /// Loads the model in `precision` (`auto` is f32 for random weights); `seed` picks the
+    /// random weights.
+    pub fn load<B: Backend>(
+        &self,
+        precision: Precision,
+        seed: u64,
+        device: &B::Device,
+    ) -> Result<Vlm<B>> {
+        match self {
+            ModelSpec::Preset(p) => Vlm::random_in(
+                p.config(),
+                seed,
+                precision.resolve(StoredDtype::F32),
+                device,
+            ),
+            ModelSpec::Dir(dir) => Vlm::load_in(dir, precision, device),
+        }
+    }
+}
+
+impl std::fmt::Display for ModelSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelSpec::Preset(p) => write!(f, "{}", p.to_possible_value_name()),
+            ModelSpec::Dir(d) => write!(f, "{}", d.display()),
+        }
+    }
+}
+
+impl Preset {
+    fn to_possible_value_name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+}
+
+/// Process CPU time (user + system) in seconds, from `/proc/self/stat` (Linux; 0 elsewhere).
+pub fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name: utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // Clock ticks are 100 per second on every Linux configuration in use.
+    f.iter().sum::<f64>() / 100.0
+}
+
+/// Wall seconds and cores kept busy (CPU seconds / wall seconds) of `work`.
+fn timed<T>(work: impl FnOnce() -> Result<T>) -> Result<(T, f64, f64)> {
+    let (c, t) = (cpu_seconds(), Instant::now());
+    let out = work()?;
+    let wall = t.elapsed().as_secs_f64();
+    Ok((out, wall, (cpu_seconds() - c) / wall))
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct SpeedReport {
-    pub preset: Preset,
+    pub model: String,
     pub backend: String,
+    pub dtype: String,
     pub parameters: usize,
-    /// f32 weight bytes a decode step reads (everything but the embedding table).
+    /// Weight bytes a decode step reads (everything but an untied embedding table).
     pub decode_weight_bytes: usize,
     pub bandwidth_gbs: f64,
     pub bandwidth_source: &'static str,
@@ -114,8 +221,11 @@ pub struct SpeedReport {
     pub decode_tokens_per_s: f64,
     /// `decode_tokens_per_s / bound_tokens_per_s`.
     pub decode_vs_bound: f64,
+    /// Process CPU time / wall time while decoding (1.0 = one core busy).
+    pub decode_cores: f64,
     pub prompt_tokens: usize,
     pub prefill_tokens_per_s: f64,
+    pub prefill_cores: f64,
     pub image_encode_ms: Option<f64>,
     /// Peak resident memory of the process so far (Linux), in MB.
     pub peak_rss_mb: Option<f64>,
@@ -129,66 +239,79 @@ pub fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// `report.md` and `speed.png` (decode tokens/s against the bound per backend, and plain
-/// against TITA tokens/s per batch size) for a speed run.
-pub fn write_report(
-    out: &std::path::Path,
-    runs: &[(SpeedReport, Option<TitaSpeedReport>)],
-) -> Result<()> {
+/// Everything one speed run measured on one backend.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpeedRun {
+    pub decode: SpeedReport,
+    pub tita: Option<TitaSpeedReport>,
+    pub pope: Option<PopeSpeedReport>,
+}
+
+/// `report.md` and `speed.png` (decode tokens/s against the bound per backend, plain against
+/// TITA tokens/s per batch size) for a speed run.
+pub fn write_report(out: &std::path::Path, runs: &[SpeedRun]) -> Result<()> {
     use std::fmt::Write as _;
     let mut md =
-        String::from("# Speed\n\nOne run; compare the ratios, not the absolute times.\n\n");
-    md.push_str("| preset | backend | params | decode tok/s | bound tok/s | decode / bound | prefill tok/s | image ms | peak RSS MB |\n|---|---|---|---|---|---|---|---|---|\n");
+        String::from("# Speed\n\nOne run; compare the ratios, not the absolute times. Cores = process CPU time / wall time.\n\n");
+    md.push_str("| model | backend | dtype | params | decode tok/s | bound tok/s | decode / bound | decode cores | prefill tok/s | prefill cores | image ms | peak RSS MB |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     let mut bars = Vec::new();
-    for (r, _) in runs {
+    for SpeedRun { decode: r, .. } in runs {
         let _ = writeln!(
             md,
-            "| {:?} | {} | {:.1}M | {:.1} | {:.1} | {:.2} | {:.1} | {} | {} |",
-            r.preset,
+            "| {} | {} | {} | {:.1}M | {:.1} | {:.1} | {:.2} | {:.2} | {:.1} | {:.2} | {} | {} |",
+            r.model,
             r.backend,
+            r.dtype,
             r.parameters as f64 / 1e6,
             r.decode_tokens_per_s,
             r.bound_tokens_per_s,
             r.decode_vs_bound,
+            r.decode_cores,
             r.prefill_tokens_per_s,
+            r.prefill_cores,
             r.image_encode_ms.map_or("-".into(), |v| format!("{v:.1}")),
             r.peak_rss_mb.map_or("-".into(), |v| format!("{v:.0}")),
         );
         bars.push((format!("{} decode", r.backend), r.decode_tokens_per_s));
         bars.push((format!("{} bound", r.backend), r.bound_tokens_per_s));
     }
-    for (_, t) in runs {
-        let Some(t) = t else { continue };
-        let _ = writeln!(
-            md,
-            "\nTITA ({:?} target + {:?} reward on {}), bound 1 + R/T = {:.3}\n\n| batch | plain tok/s | TITA tok/s | slowdown | slowdown / bound |\n|---|---|---|---|---|",
-            t.target, t.reward, t.backend, t.slowdown_bound
-        );
-        for row in &t.rows {
+    for run in runs {
+        if let Some(t) = &run.tita {
             let _ = writeln!(
                 md,
-                "| {} | {:.1} | {:.1} | {:.3} | {:.3} |",
-                row.batch,
-                row.plain_tokens_per_s,
-                row.tita_tokens_per_s,
-                row.slowdown,
-                row.slowdown_vs_bound
+                "\nTITA ({} target + {} reward on {}), bound 1 + R/T = {:.3}\n\n| batch | plain tok/s | TITA tok/s | slowdown | slowdown / bound |\n|---|---|---|---|---|",
+                t.target, t.reward, t.backend, t.slowdown_bound
             );
-            bars.push((
-                format!("{} b={} plain", t.backend, row.batch),
-                row.plain_tokens_per_s,
-            ));
-            bars.push((
-                format!("{} b={} TITA", t.backend, row.batch),
-                row.tita_tokens_per_s,
-            ));
+            for row in &t.rows {
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.1} | {:.1} | {:.3} | {:.3} |",
+                    row.batch,
+                    row.plain_tokens_per_s,
+                    row.tita_tokens_per_s,
+                    row.slowdown,
+                    row.slowdown_vs_bound
+                );
+                bars.push((
+                    format!("{} b={} plain", t.backend, row.batch),
+                    row.plain_tokens_per_s,
+                ));
+                bars.push((
+                    format!("{} b={} TITA", t.backend, row.batch),
+                    row.tita_tokens_per_s,
+                ));
+            }
+        }
+        if let Some(p) = &run.pope {
+            let _ = writeln!(md, "\n{p}");
         }
     }
     tita_core::jsonl::write_atomic(&out.join("report.md"), md.as_bytes())?;
     tita_core::plot::bar_chart(&out.join("speed.png"), "tokens/s", "tokens/s", &bars)
 }
 
-/// Bytes of f32 weights read by one batch-1 decode step of `model`'s language model.
+/// Bytes of weights read by one batch-1 decode step of `model`'s language model (an untied
+/// embedding table is gathered from, not streamed).
 pub fn decode_weight_bytes<B: Backend>(model: &Vlm<B>) -> usize {
     let lm = &model.language_model;
     let embed = if lm.lm_head.is_some() {
@@ -196,19 +319,23 @@ pub fn decode_weight_bytes<B: Backend>(model: &Vlm<B>) -> usize {
     } else {
         0
     };
-    (lm.num_params() - embed) * 4
+    (lm.num_params() - embed) * model.dtype().size()
 }
 
-/// Builds `preset` with random weights and measures image encoding, prefill and decode.
+fn dtype_name(dtype: DType) -> String {
+    format!("{dtype:?}").to_lowercase()
+}
+
+/// Measures image encoding, prefill of a `prompt_tokens` prompt and `new_tokens` decode steps.
 pub fn run<B: Backend>(
-    preset: Preset,
+    model: &Vlm<B>,
+    label: &str,
     backend: &str,
     on_gpu: bool,
     prompt_tokens: usize,
     new_tokens: usize,
     device: &B::Device,
 ) -> Result<SpeedReport> {
-    let model = Vlm::<B>::random(preset.config(), 0, device)?;
     let image_encode_ms = match model.llava_config() {
         None => None,
         Some(c) => {
@@ -216,7 +343,7 @@ pub fn run<B: Backend>(
             let pixels = Tensor::<B, 4>::random(
                 [1, c.vision.num_channels, s, s],
                 Distribution::Default,
-                device,
+                (device, model.dtype()),
             );
             let _ = model.encode_images(pixels.clone())?; // warm-up
             let _ = B::sync(device);
@@ -226,27 +353,23 @@ pub fn run<B: Backend>(
             Some(t.elapsed().as_secs_f64() * 1e3)
         }
     };
-    let vocab = model.language_model.config.vocab_size as u32;
-    let ids: Vec<u32> = (0..prompt_tokens as u32)
-        .map(|i| 3 + (i * 7919) % (vocab.min(32000) - 3))
-        .collect();
-    let prompt = Prompt { ids, pixels: None };
-    // Warm-up over the same lengths: GPU backends compile kernels for each new cache length.
+    let prompt = prompts(1, prompt_tokens, vocab(model)).remove(0);
+    // Warm-up over the same lengths: GPU backends compile and tune kernels per shape.
     {
-        let (mut s, _) = Session::prefill(&model, &[&prompt], device)?;
+        let (mut s, _) = Session::prefill(model, &[&prompt], device)?;
         for _ in 0..new_tokens {
             s.step(&[5])?;
         }
     }
-    let t = Instant::now();
-    let (mut session, mut logits) = Session::prefill(&model, &[&prompt], device)?;
-    let prefill_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    for _ in 0..new_tokens {
-        let next = argmax(&logits[0]);
-        logits = session.step(&[next])?;
-    }
-    let decode_s = t.elapsed().as_secs_f64();
+    let ((mut session, mut logits), prefill_s, prefill_cores) =
+        timed(|| Session::prefill(model, &[&prompt], device))?;
+    let ((), decode_s, decode_cores) = timed(|| {
+        for _ in 0..new_tokens {
+            let next = argmax(&logits[0]);
+            logits = session.step(&[next])?;
+        }
+        Ok(())
+    })?;
     let peak_rss_mb = peak_rss_mb();
     // After the peak memory reading: the host measurement streams a buffer of its own.
     let (bandwidth_gbs, bandwidth_source) = if on_gpu {
@@ -254,12 +377,13 @@ pub fn run<B: Backend>(
     } else {
         (host_bandwidth_gbs(), "host streaming read, all cores")
     };
-    let bytes = decode_weight_bytes(&model);
+    let bytes = decode_weight_bytes(model);
     let bound = bandwidth_gbs * 1e9 / bytes as f64;
     let decode = new_tokens as f64 / decode_s;
     Ok(SpeedReport {
-        preset,
+        model: label.into(),
         backend: backend.into(),
+        dtype: dtype_name(model.dtype()),
         parameters: model.num_params(),
         decode_weight_bytes: bytes,
         bandwidth_gbs,
@@ -267,8 +391,10 @@ pub fn run<B: Backend>(
         bound_tokens_per_s: bound,
         decode_tokens_per_s: decode,
         decode_vs_bound: decode / bound,
+        decode_cores,
         prompt_tokens,
         prefill_tokens_per_s: prompt_tokens as f64 / prefill_s,
+        prefill_cores,
         image_encode_ms,
         peak_rss_mb,
     })
@@ -278,9 +404,10 @@ impl std::fmt::Display for SpeedReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "preset {:?} on {} ({:.1}M parameters, {:.1} MB read per decode step)",
-            self.preset,
+            "{} on {} in {} ({:.1}M parameters, {:.1} MB read per decode step)",
+            self.model,
             self.backend,
+            self.dtype,
             self.parameters as f64 / 1e6,
             self.decode_weight_bytes as f64 / 1e6
         )?;
@@ -296,14 +423,15 @@ impl std::fmt::Display for SpeedReport {
         )?;
         writeln!(
             f,
-            "  decode           {:>10.1} tok/s  = {:.0}% of the bound",
+            "  decode           {:>10.1} tok/s  = {:.0}% of the bound, {:.2} cores busy",
             self.decode_tokens_per_s,
-            100.0 * self.decode_vs_bound
+            100.0 * self.decode_vs_bound,
+            self.decode_cores
         )?;
         write!(
             f,
-            "  prefill          {:>10.1} tok/s  ({} prompt tokens)",
-            self.prefill_tokens_per_s, self.prompt_tokens
+            "  prefill          {:>10.1} tok/s  ({} prompt tokens), {:.2} cores busy",
+            self.prefill_tokens_per_s, self.prompt_tokens, self.prefill_cores
         )?;
         if let Some(ms) = self.image_encode_ms {
             write!(f, "\n  image encoding   {ms:>10.1} ms")?;
@@ -318,8 +446,8 @@ impl std::fmt::Display for SpeedReport {
 /// TITA's decode cost against plain decoding of the target alone, at several batch sizes.
 #[derive(Debug, Clone, Serialize)]
 pub struct TitaSpeedReport {
-    pub target: Preset,
-    pub reward: Preset,
+    pub target: String,
+    pub reward: String,
     pub backend: String,
     pub target_bytes: usize,
     pub reward_bytes: usize,
@@ -338,6 +466,12 @@ pub struct TitaSpeedRow {
     pub slowdown: f64,
     /// `slowdown / slowdown_bound` (1.0 = at the bound; the CPU target is <= 1.05).
     pub slowdown_vs_bound: f64,
+}
+
+/// The token range both models can embed, capped at LLaMA's 32000 text tokens (above them
+/// LLaVA keeps `<image>` and padding).
+fn vocab<B: Backend>(model: &Vlm<B>) -> u32 {
+    model.language_model.config.vocab_size.min(32000) as u32
 }
 
 fn prompts(n: usize, len: usize, vocab: u32) -> Vec<Prompt> {
@@ -367,16 +501,9 @@ fn decode_rate<B: Backend>(
         sessions.push(s);
         logits.push(l);
     }
-    let fusion = tita_core::fusion::Fusion::Interpolate { lambda: 0.3 };
     let t = Instant::now();
     for _ in 0..steps {
-        let next: Vec<u32> = (0..refs.len())
-            .map(|r| match logits.as_slice() {
-                [t] => argmax(&t[r]),
-                [t, g, ..] => argmax(&tita_core::fusion::fuse(fusion, &t[r], &g[r], None, None)),
-                [] => 0,
-            })
-            .collect();
+        let next: Vec<u32> = (0..refs.len()).map(|r| pick(TITA, &logits, r)).collect();
         logits = sessions
             .iter_mut()
             .map(|s| s.step(&next))
@@ -385,40 +512,45 @@ fn decode_rate<B: Backend>(
     Ok((steps * refs.len()) as f64 / t.elapsed().as_secs_f64())
 }
 
-/// Plain versus TITA decoding of random `target` and `reward` models at each batch size.
+const TITA: tita_core::fusion::Fusion = tita_core::fusion::Fusion::Interpolate { lambda: 0.3 };
+
+/// The greedy token of row `r`: the first model's alone, or fused with the second's.
+fn pick(fusion: tita_core::fusion::Fusion, logits: &[Vec<Vec<f32>>], r: usize) -> u32 {
+    match logits {
+        [t] => argmax(&t[r]),
+        [t, g, ..] => argmax(&tita_core::fusion::fuse(fusion, &t[r], &g[r], None, None)),
+        [] => 0,
+    }
+}
+
+/// Plain versus TITA decoding of `target` and `reward` at each batch size.
+#[allow(clippy::too_many_arguments)]
 pub fn run_tita<B: Backend>(
-    target: Preset,
-    reward: Preset,
+    (t, target): (&Vlm<B>, &str),
+    (r, reward): (&Vlm<B>, &str),
     backend: &str,
     batches: &[usize],
     prompt_tokens: usize,
     new_tokens: usize,
     device: &B::Device,
 ) -> Result<TitaSpeedReport> {
-    let t = Vlm::<B>::random(target.config(), 0, device)?;
-    let r = Vlm::<B>::random(reward.config(), 1, device)?;
-    let vocab = t
-        .language_model
-        .config
-        .vocab_size
-        .min(r.language_model.config.vocab_size)
-        .min(32000) as u32;
-    // Warm-up over the same lengths (GPU backends compile kernels per cache length).
+    let vocab = vocab(t).min(vocab(r));
+    // Warm-up over the same lengths (GPU backends compile kernels per shape).
     for &batch in batches {
         decode_rate(
-            &[&t, &r],
+            &[t, r],
             &prompts(batch, prompt_tokens, vocab),
             new_tokens,
             device,
         )?;
     }
-    let (tb, rb) = (decode_weight_bytes(&t), decode_weight_bytes(&r));
+    let (tb, rb) = (decode_weight_bytes(t), decode_weight_bytes(r));
     let bound = 1.0 + rb as f64 / tb as f64;
     let mut rows = Vec::new();
     for &batch in batches {
         let ps = prompts(batch, prompt_tokens, vocab);
-        let plain = decode_rate(&[&t], &ps, new_tokens, device)?;
-        let tita = decode_rate(&[&t, &r], &ps, new_tokens, device)?;
+        let plain = decode_rate(&[t], &ps, new_tokens, device)?;
+        let tita = decode_rate(&[t, r], &ps, new_tokens, device)?;
         let slowdown = plain / tita;
         rows.push(TitaSpeedRow {
             batch,
@@ -429,8 +561,8 @@ pub fn run_tita<B: Backend>(
         });
     }
     Ok(TitaSpeedReport {
-        target,
-        reward,
+        target: target.into(),
+        reward: reward.into(),
         backend: backend.into(),
         target_bytes: tb,
         reward_bytes: rb,
@@ -443,7 +575,7 @@ impl std::fmt::Display for TitaSpeedReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "TITA {:?} target + {:?} reward on {} ({:.1} + {:.1} MB per step): slowdown bound 1 + R/T = {:.3}",
+            "TITA {} target + {} reward on {} ({:.1} + {:.1} MB per step): slowdown bound 1 + R/T = {:.3}",
             self.target, self.reward, self.backend, self.target_bytes as f64 / 1e6, self.reward_bytes as f64 / 1e6, self.slowdown_bound
         )?;
         write!(
@@ -459,5 +591,196 @@ impl std::fmt::Display for TitaSpeedReport {
             )?;
         }
         Ok(())
+    }
+}
+
+/// Seconds per POPE-shaped query (a LLaVA prompt around one image, a short answer) for greedy
+/// decoding, TITA and VCD: what evaluating a benchmark costs per question.
+#[derive(Debug, Clone, Serialize)]
+pub struct PopeSpeedReport {
+    pub target: String,
+    pub reward: Option<String>,
+    pub backend: String,
+    /// Prompt length with the image tokens.
+    pub prompt_tokens: usize,
+    pub image_tokens: usize,
+    /// Tokens generated per answer (prefill gives the first).
+    pub answer_tokens: usize,
+    /// Medians over the measured queries.
+    pub greedy_s: f64,
+    pub tita_s: Option<f64>,
+    pub vcd_s: f64,
+    /// `tita_s / greedy_s`.
+    pub tita_vs_greedy: Option<f64>,
+    /// `1 + bytes(reward) / bytes(target)`.
+    pub tita_bound: Option<f64>,
+    pub vcd_vs_greedy: f64,
+    pub queries: usize,
+}
+
+/// A LLaVA-style question prompt: BOS, a few tokens, the image's placeholder tokens, then
+/// `text` question tokens.
+fn pope_prompt<B: Backend>(model: &Vlm<B>, text: usize, seed: u32) -> Result<Prompt> {
+    let c = model.llava_config().ok_or_else(|| {
+        tita_core::Error::argument(
+            "workload",
+            format!(
+                "pope needs a vision-language target; {} is text-only",
+                model.name
+            ),
+        )
+    })?;
+    let v = vocab(model);
+    let word = |i: u32| 3 + (i * 7919 + seed * 104_729) % (v - 3);
+    let mut ids: Vec<u32> = [1].into_iter().chain((0..4).map(word)).collect();
+    ids.extend(std::iter::repeat_n(c.image_token_id, c.image_tokens()));
+    ids.extend((4..4 + text as u32).map(word));
+    let s = c.vision.image_size;
+    let n = c.vision.num_channels * s * s;
+    let data = (0..n)
+        .map(|i| {
+            ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32
+                / (1u32 << 24) as f32
+                * 4.0
+                - 2.0
+        })
+        .collect();
+    Ok(Prompt {
+        ids,
+        pixels: Some(PixelValues {
+            data,
+            height: s,
+            width: s,
+        }),
+    })
+}
+
+/// One query: prefill each (model, prompt) pair, then `answer_tokens - 1` steps of the fused
+/// greedy choice.
+fn query<B: Backend>(
+    runs: &[(&Vlm<B>, &Prompt)],
+    fusion: tita_core::fusion::Fusion,
+    answer_tokens: usize,
+    device: &B::Device,
+) -> Result<f64> {
+    let t = Instant::now();
+    let mut sessions = Vec::new();
+    let mut logits = Vec::new();
+    for (m, p) in runs {
+        let (s, l) = Session::prefill(m, &[*p], device)?;
+        sessions.push(s);
+        logits.push(l);
+    }
+    for _ in 1..answer_tokens {
+        let next = pick(fusion, &logits, 0);
+        logits = sessions
+            .iter_mut()
+            .map(|s| s.step(&[next]))
+            .collect::<Result<_>>()?;
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Times POPE-shaped queries (`queries` of each method after one warm-up) for greedy, TITA
+/// (with `reward`) and VCD (the target on the image and on a noised copy).
+pub fn run_pope<B: Backend>(
+    (target, tname): (&Vlm<B>, &str),
+    reward: Option<(&Vlm<B>, &str)>,
+    backend: &str,
+    answer_tokens: usize,
+    queries: usize,
+    device: &B::Device,
+) -> Result<PopeSpeedReport> {
+    const QUESTION_TOKENS: usize = 36; // "\nIs there a … in the image? Answer … ASSISTANT:"
+    let answer_tokens = answer_tokens.max(1);
+    let mut greedy = Vec::new();
+    let mut tita = Vec::new();
+    let mut vcd = Vec::new();
+    let vcd_fusion = tita_core::fusion::Fusion::Contrastive { alpha: 1.0 };
+    for q in 0..=queries {
+        let tp = pope_prompt(target, QUESTION_TOKENS, q as u32)?;
+        let mut noised = tp.clone();
+        if let Some(px) = noised.pixels.as_mut() {
+            tita_core::noise::add_diffusion_noise(&mut px.data, 500, q as u64)?;
+        }
+        let g = query(&[(target, &tp)], TITA, answer_tokens, device)?;
+        let t = match reward {
+            Some((r, _)) => {
+                let rp = pope_prompt(r, QUESTION_TOKENS, q as u32)?;
+                Some(query(
+                    &[(target, &tp), (r, &rp)],
+                    TITA,
+                    answer_tokens,
+                    device,
+                )?)
+            }
+            None => None,
+        };
+        let v = query(
+            &[(target, &tp), (target, &noised)],
+            vcd_fusion,
+            answer_tokens,
+            device,
+        )?;
+        if q > 0 {
+            greedy.push(g);
+            tita.extend(t);
+            vcd.push(v);
+        }
+    }
+    let greedy_s = median(greedy);
+    let tita_s = (!tita.is_empty()).then(|| median(tita));
+    let vcd_s = median(vcd);
+    let tp = pope_prompt(target, QUESTION_TOKENS, 0)?;
+    Ok(PopeSpeedReport {
+        target: tname.into(),
+        reward: reward.map(|(_, n)| n.to_string()),
+        backend: backend.into(),
+        prompt_tokens: tp.ids.len(),
+        image_tokens: target.image_tokens().unwrap_or(0),
+        answer_tokens,
+        greedy_s,
+        tita_s,
+        vcd_s,
+        tita_vs_greedy: tita_s.map(|t| t / greedy_s),
+        tita_bound: reward.map(|(r, _)| 1.0 + r.num_params() as f64 / target.num_params() as f64),
+        vcd_vs_greedy: vcd_s / greedy_s,
+        queries,
+    })
+}
+
+impl std::fmt::Display for PopeSpeedReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "POPE-shaped queries on {}: {} prompt tokens ({} image), {} answer token(s), median of {}",
+            self.backend, self.prompt_tokens, self.image_tokens, self.answer_tokens, self.queries
+        )?;
+        write!(
+            f,
+            "  greedy ({})      {:>8.3} s/query",
+            self.target, self.greedy_s
+        )?;
+        if let (Some(t), Some(r), Some(b), Some(name)) = (
+            self.tita_s,
+            self.tita_vs_greedy,
+            self.tita_bound,
+            &self.reward,
+        ) {
+            write!(
+                f,
+                "\n  TITA (+ {name}) {t:>8.3} s/query = {r:.3}x greedy (bound 1 + params(R)/params(T) = {b:.3})"
+            )?;
+        }
+        write!(
+            f,
+            "\n  VCD               {:>8.3} s/query = {:.3}x greedy",
+            self.vcd_s, self.vcd_vs_greedy
+        )
     }
 }

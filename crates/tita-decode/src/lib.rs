@@ -18,3 +18,4 @@ pub use tita_core::fusion::Fusion;
 pub use tita_core::sampling::SamplingConfig;
 pub use tita_core::template::{ChatTemplate, Message, Part};
 pub use tita_core::{Error, Result};
+pub use tita_models::Precision;

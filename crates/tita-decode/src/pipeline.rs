@@ -10,7 +10,7 @@ use tita_core::image::{ImageProcessor, PixelValues};
 use tita_core::template::{ChatTemplate, Message};
 use tita_core::tokenizer::IMAGE_PLACEHOLDER;
 use tita_core::{Error, Result, Tokenizer};
-use tita_models::Vlm;
+use tita_models::{Precision, Vlm};
 
 /// Model, tokenizer and image processor of one checkpoint directory.
 pub struct Pipeline<B: Backend> {
@@ -109,7 +109,13 @@ impl<B: Backend> Pipeline<B> {
     /// Loads `config.json`, the safetensors weights, `tokenizer.json` and (for LLaVA)
     /// `preprocessor_config.json` from `dir`.
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self> {
-        let model = Vlm::load(dir, device)?;
+        Self::load_in(dir, Precision::F32, device)
+    }
+
+    /// [`Pipeline::load`] with the weights held and computed in `precision` (logits and the
+    /// fusion stay f32).
+    pub fn load_in(dir: &Path, precision: Precision, device: &B::Device) -> Result<Self> {
+        let model = Vlm::load_in(dir, precision, device)?;
         let tokenizer = Tokenizer::from_file(dir)?;
         let processor = match model.llava_config() {
             Some(_) => Some(ImageProcessor::from_file(dir)?),

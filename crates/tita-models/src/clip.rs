@@ -4,11 +4,11 @@
 
 use burn::module::{Module, Param};
 use burn::nn;
-use burn::tensor::{activation, backend::Backend, Tensor};
+use burn::tensor::{activation, backend::Backend, DType, Tensor};
 use tita_core::{ClipVisionConfig, Result};
 
 use crate::layers::{activate, layer_norm, linear};
-use crate::weights::TensorSource;
+use crate::weights::{cast, TensorSource};
 
 #[derive(Module, Debug)]
 pub struct ClipAttention<B: Backend> {
@@ -30,7 +30,10 @@ impl<B: Backend> ClipAttention<B> {
         let scores = q
             .matmul(k.swap_dims(2, 3))
             .mul_scalar((d as f64).powf(-0.5));
-        let out = activation::softmax(scores, 3).matmul(v);
+        // Softmax in f32 whatever the weights are, as transformers does.
+        let dtype = scores.dtype();
+        let probs = cast(activation::softmax(cast(scores, DType::F32), 3), dtype);
+        let out = probs.matmul(v);
         self.out_proj
             .forward(out.swap_dims(1, 2).reshape([b, s, hid]))
     }

@@ -10,5 +10,6 @@ pub mod weights;
 pub use llama::{KvCache, Llama, LlamaKeys};
 pub use llava::{KeyLayout, Vlm};
 pub use weights::{
-    param_id, save_safetensors, RandomWeights, StoredDtype, StoredTensor, TensorSource, Weights,
+    cast, param_id, save_safetensors, Precision, RandomWeights, StoredDtype, StoredTensor,
+    TensorSource, Weights,
 };

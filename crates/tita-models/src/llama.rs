@@ -4,11 +4,11 @@
 
 use burn::module::{Module, Param};
 use burn::nn;
-use burn::tensor::{activation, backend::Backend, Tensor, TensorData};
+use burn::tensor::{activation, backend::Backend, DType, Tensor, TensorData};
 use tita_core::{LlamaConfig, Result};
 
 use crate::layers::{activate, linear, matvec_split, project, rms_norm};
-use crate::weights::TensorSource;
+use crate::weights::{cast, TensorSource};
 
 /// Keys and values of every layer for a batch of sequences, plus the left padding of each
 /// sequence (padded positions are never attended to).
@@ -255,14 +255,16 @@ impl<B: Backend> Attention<B> {
         // Grouped-query attention without copying K/V: the `rep` query heads that share a KV
         // head are stacked along the sequence axis (heads are grouped as in `repeat_kv`).
         let q = q.reshape([b, kvh, rep * s, d]);
+        let dtype = q.dtype();
         let scores = q
             .matmul(k.swap_dims(2, 3))
             .mul_scalar((d as f64).powf(-0.5));
-        let mut scores = scores.reshape([b, kvh, rep, s, t]);
+        // Mask and softmax in f32 whatever the weights are, as transformers does.
+        let mut scores = cast(scores, DType::F32).reshape([b, kvh, rep, s, t]);
         if let Some(bias) = bias {
             scores = scores + bias.clone();
         }
-        let probs = activation::softmax(scores, 4).reshape([b, kvh, rep * s, t]);
+        let probs = cast(activation::softmax(scores, 4), dtype).reshape([b, kvh, rep * s, t]);
         let out = probs
             .matmul(v)
             .reshape([b, h, s, d])
@@ -435,12 +437,17 @@ impl<B: Backend> Llama<B> {
             let prefix = keys.lm_head.trim_end_matches(".weight");
             Some(linear(w, prefix, hid, c.vocab_size, false, device)?)
         };
+        let rope = {
+            let (cos, sin) = rope_tables(c.max_position_embeddings, hd, c.rope_theta, device);
+            let dtype = embed_tokens.val().dtype();
+            (cast(cos, dtype), cast(sin, dtype))
+        };
         Ok(Llama {
             embed_tokens,
             layers,
             norm,
             lm_head,
-            rope: rope_tables(c.max_position_embeddings, hd, c.rope_theta, device),
+            rope,
             config: config.clone(),
         })
     }
@@ -518,7 +525,7 @@ impl<B: Backend> Llama<B> {
 
     /// Vocabulary logits of hidden states: `[batch, seq, vocab]`.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        match &self.lm_head {
+        let logits = match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => {
                 let [b, s, h] = hidden.dims();
@@ -528,6 +535,7 @@ impl<B: Backend> Llama<B> {
                     .matmul(w)
                     .reshape([b, s, self.config.vocab_size])
             }
-        }
+        };
+        cast(logits, DType::F32)
     }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::nn;
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 use tita_core::image::PixelValues;
 use tita_core::{Activation, Error, LlavaConfig, ModelConfig, Result, SelectStrategy};
 
@@ -15,7 +15,7 @@ use crate::clip::ClipVision;
 use crate::layers::{activate, linear};
 use crate::llama::{KvCache, Llama, LlamaKeys};
 use crate::weights::{
-    save_safetensors, RandomWeights, Recorder, StoredTensor, TensorSource, Weights,
+    save_safetensors, Precision, RandomWeights, Recorder, StoredTensor, TensorSource, Weights,
 };
 
 #[derive(Module, Debug)]
@@ -178,10 +178,16 @@ impl<B: Backend> Vlm<B> {
     /// Loads `config.json` and the safetensors weights of a checkpoint directory. Every tensor
     /// the config implies must be present with its shape, and nothing else may be.
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self> {
+        Self::load_in(dir, Precision::F32, device)
+    }
+
+    /// [`Vlm::load`] with the weights held and computed in `precision`.
+    pub fn load_in(dir: &Path, precision: Precision, device: &B::Device) -> Result<Self> {
         let config = ModelConfig::from_file(dir)?;
         let mut w = Weights::open(dir)?;
         let keys = KeyLayout::detect(&w, &config)?;
-        let mut model = Self::from_source(&mut w, config, keys, device)?;
+        let dtype = precision.resolve(w.dtype());
+        let mut model = Self::from_source(&mut w, config, keys, dtype, device)?;
         w.finish()?;
         model.name = dir.display().to_string();
         Ok(model)
@@ -221,21 +227,38 @@ impl<B: Backend> Vlm<B> {
 
     /// A model of `config`'s shapes with random weights (benchmarks at real sizes).
     pub fn random(config: ModelConfig, seed: u64, device: &B::Device) -> Result<Self> {
+        Self::random_in(config, seed, DType::F32, device)
+    }
+
+    /// [`Vlm::random`] with the weights in `dtype`.
+    pub fn random_in(
+        config: ModelConfig,
+        seed: u64,
+        dtype: DType,
+        device: &B::Device,
+    ) -> Result<Self> {
         let keys = KeyLayout::hub(&config);
-        let mut model =
-            Self::from_source(&mut RandomWeights::new(0.02, seed), config, keys, device)?;
+        let mut model = Self::from_source(
+            &mut RandomWeights::new(0.02, seed),
+            config,
+            keys,
+            dtype,
+            device,
+        )?;
         model.name = format!("a random model (seed {seed})");
         Ok(model)
     }
 
-    /// Builds the model from any tensor source whose names follow `keys`.
+    /// Builds the model from any tensor source whose names follow `keys`, its parameters in
+    /// `dtype`.
     pub fn from_source(
         source: &mut impl TensorSource,
         config: ModelConfig,
         keys: KeyLayout,
+        dtype: DType,
         device: &B::Device,
     ) -> Result<Self> {
-        let w = &mut Recorder::new(source);
+        let w = &mut Recorder::new(source, dtype);
         let language_model = Llama::load(w, &keys.text, config.text(), device)?;
         let vision = match &config {
             ModelConfig::Llama(_) => None,
@@ -271,6 +294,11 @@ impl<B: Backend> Vlm<B> {
             stored,
             name: "a model".into(),
         })
+    }
+
+    /// The float type the weights are held and computed in.
+    pub fn dtype(&self) -> DType {
+        self.language_model.embed_tokens.val().dtype()
     }
 
     pub fn llava_config(&self) -> Option<&LlavaConfig> {
@@ -314,7 +342,7 @@ impl<B: Backend> Vlm<B> {
         }
         Ok(Tensor::from_data(
             TensorData::new(data, [images.len(), ch, s, s]),
-            device,
+            (device, self.dtype()),
         ))
     }
 

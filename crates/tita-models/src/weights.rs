@@ -7,7 +7,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 use memmap2::Mmap;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -337,13 +337,16 @@ pub struct StoredTensor {
 pub struct Recorder<'a, S> {
     inner: &'a mut S,
     pub taken: Vec<StoredTensor>,
+    /// The float type parameters are held in.
+    dtype: DType,
 }
 
 impl<'a, S: TensorSource> Recorder<'a, S> {
-    pub fn new(inner: &'a mut S) -> Self {
+    pub fn new(inner: &'a mut S, dtype: DType) -> Self {
         Recorder {
             inner,
             taken: Vec::new(),
+            dtype,
         }
     }
 
@@ -384,7 +387,7 @@ impl<S: TensorSource> TensorSource for Recorder<'_, S> {
     ) -> Result<Tensor<B, D>> {
         let t = self.inner.take(name, expected, device)?;
         self.note(name, &expected, false);
-        Ok(t)
+        Ok(cast(t, self.dtype))
     }
 
     fn take_transposed<B: Backend>(
@@ -395,7 +398,68 @@ impl<S: TensorSource> TensorSource for Recorder<'_, S> {
     ) -> Result<Tensor<B, 2>> {
         let t = self.inner.take_transposed(name, stored, device)?;
         self.note(name, stored, true);
-        Ok(t)
+        Ok(cast(t, self.dtype))
+    }
+}
+
+/// `t` in `dtype` (no copy when it already is).
+pub fn cast<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if t.dtype() == dtype {
+        t
+    } else {
+        t.cast(dtype)
+    }
+}
+
+/// The float type a model computes in: the checkpoint's own (`Auto`) or a chosen one. Logits
+/// and everything after them are f32 whatever this is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// The checkpoint's stored dtype (its most common float type).
+    Auto,
+    /// f32 whatever the checkpoint stores: the reference for parity.
+    #[default]
+    F32,
+    F16,
+    BF16,
+}
+
+impl Precision {
+    /// The burn dtype for a checkpoint stored as `stored`.
+    pub fn resolve(self, stored: StoredDtype) -> DType {
+        match (self, stored) {
+            (Precision::Auto, StoredDtype::F16) | (Precision::F16, _) => DType::F16,
+            (Precision::Auto, StoredDtype::BF16) | (Precision::BF16, _) => DType::BF16,
+            _ => DType::F32,
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Precision::Auto),
+            "f32" | "float32" => Ok(Precision::F32),
+            "f16" | "float16" => Ok(Precision::F16),
+            "bf16" | "bfloat16" => Ok(Precision::BF16),
+            other => Err(Error::argument(
+                "dtype",
+                format!("`{other}` is not one of auto, f32, f16, bf16"),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Auto => "auto",
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::BF16 => "bf16",
+        })
     }
 }
 

@@ -131,3 +131,37 @@ fn padded_batch_in_place_cache_equals_unpadded_prefill() {
         }
     }
 }
+
+/// Weights held in f16 / bf16 (computing in that type, softmax and logits in f32) stay as
+/// close to the f32 logits on every fixture case as transformers' do: PyTorch 2.15 CPU with
+/// transformers 5.24 loading this model with `dtype=float16` / `bfloat16` deviates by up to
+/// 0.055 / 0.41 here (logits up to ~6). The bounds allow 1.5x that; the deviation is printed.
+#[test]
+fn half_precision_logits_stay_close_to_f32() {
+    use tita_models::Precision;
+    let dir = fixtures().join("llava-target");
+    let f32_model = Vlm::<B>::load(&dir, &device()).unwrap();
+    for (precision, bound) in [(Precision::F16, 0.083), (Precision::BF16, 0.62)] {
+        let model = Vlm::<B>::load_in(&dir, precision, &device()).unwrap();
+        assert_eq!(
+            format!("{:?}", model.dtype()).to_lowercase(),
+            precision.to_string()
+        );
+        let mut worst = 0f32;
+        let mut scale = 0f32;
+        for case in cases().iter() {
+            let (ids, pixels) = prepare(&dir, &f32_model, case);
+            let exact = all_logits(&f32_model, &ids, Some(&pixels), &mut f32_model.new_cache(1));
+            let half = all_logits(&model, &ids, Some(&pixels), &mut model.new_cache(1));
+            for (a, b) in exact.iter().zip(&half) {
+                assert!(b.iter().all(|v| v.is_finite()));
+                worst = worst.max(max_abs_diff(a, b));
+                scale = scale.max(a.iter().fold(0f32, |m, v| m.max(v.abs())));
+            }
+        }
+        eprintln!(
+            "{precision}: max |logit - f32 logit| = {worst:.2e} (largest |logit| {scale:.2})"
+        );
+        assert!(worst <= bound, "{precision}: max |Δ| {worst} > {bound}");
+    }
+}

@@ -9,10 +9,11 @@ use tita_bench::demo::{self, DemoConfig};
 use tita_bench::eval::{EvalConfig, Method, Models, QuestionSet, SHORT_ANSWER};
 use tita_bench::mme;
 use tita_bench::report::evaluate;
-use tita_bench::speed::{self, Preset, SpeedReport, TitaSpeedReport};
+use tita_bench::speed::{self, ModelSpec, Preset, SpeedRun};
 use tita_core::output::{claim_dir, Claim, Reuse};
 use tita_decode::backend::{dispatch, BackendKind, BackendTask};
 use tita_decode::Pipeline;
+use tita_decode::Precision;
 
 #[derive(Parser)]
 #[command(about = "TITA benchmarks")]
@@ -83,29 +84,53 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Decode and prefill speed of a random model against the memory-bandwidth bound.
+    /// Decode and prefill speed against the memory-bandwidth bound, TITA's cost, and seconds
+    /// per POPE-shaped query; on random weights at a preset's shapes or on a checkpoint.
     Speed {
+        /// Random weights at these shapes (when no --model is given).
         #[arg(long, value_enum, default_value = "150m")]
         preset: Preset,
+        /// A checkpoint directory instead of a preset.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// The reward model of the TITA measurements: a checkpoint directory ...
+        #[arg(long)]
+        reward: Option<PathBuf>,
+        /// ... or random weights at these shapes (default: llava-25m for a vision-language
+        /// target, 25m otherwise).
+        #[arg(long, value_enum)]
+        reward_preset: Option<Preset>,
+        /// Weights held and computed in: auto (the checkpoint's), f32, f16, bf16.
+        #[arg(long, default_value = "f32")]
+        dtype: Precision,
         /// Backends to measure in this run (comma separated); default: the first compiled in.
         #[arg(long, value_enum, value_delimiter = ',')]
         backend: Vec<BackendKind>,
-        #[arg(long, default_value_t = 128)]
+        #[arg(long, default_value_t = 600)]
         prompt_tokens: usize,
         #[arg(long, default_value_t = 32)]
         new_tokens: usize,
-        /// Also measure TITA decoding (this preset as target) against plain decoding.
+        /// Also measure TITA decoding against plain decoding at each --batch.
         #[arg(long)]
         tita: bool,
-        /// Reward model shapes for --tita.
-        #[arg(long, value_enum, default_value = "25m")]
-        reward_preset: Preset,
         /// Batch sizes for --tita.
         #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
         batch: Vec<usize>,
-        /// Directory for results.json.
+        /// Also time POPE-shaped queries (image + question, short answer): greedy, TITA, VCD.
+        #[arg(long)]
+        pope: bool,
+        /// Tokens per POPE answer ("Yes" and the end of the turn).
+        #[arg(long, default_value_t = 2)]
+        answer_tokens: usize,
+        /// Measured POPE queries per method (after one warm-up).
+        #[arg(long, default_value_t = 3)]
+        queries: usize,
+        /// Directory for results.json, report.md and speed.png.
         #[arg(long, default_value = "bench-out/speed")]
         out: PathBuf,
+        /// Replace what an earlier run left in --out.
+        #[arg(long)]
+        overwrite: bool,
     },
 }
 
@@ -120,6 +145,9 @@ struct EvalArgs {
     /// The reward model's DPO reference (reference methods).
     #[arg(long)]
     reference: Option<PathBuf>,
+    /// Weights held and computed in: auto (each checkpoint's stored type), f32, f16, bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: Precision,
     /// Directory the question files' image names are relative to.
     #[arg(long)]
     images: Option<PathBuf>,
@@ -203,7 +231,7 @@ impl BackendTask for EvalTask {
         let config = a.config()?;
         let _claim = claim_eval_dir(a, &config)?;
         let load = |dir: &PathBuf| -> anyhow::Result<Pipeline<B>> {
-            let mut p = Pipeline::<B>::load(dir, &device)?;
+            let mut p = Pipeline::<B>::load_in(dir, a.dtype, &device)?;
             if let Some(spec) = &a.template {
                 p.set_template(tita_core::template::ChatTemplate::resolve(spec)?)?;
             }
@@ -250,37 +278,62 @@ impl BackendTask for EvalTask {
 }
 
 struct SpeedTask {
-    preset: Preset,
+    target: ModelSpec,
+    reward: ModelSpec,
+    dtype: Precision,
     prompt_tokens: usize,
     new_tokens: usize,
-    /// Reward preset and batch sizes of the TITA comparison, if asked for.
-    tita: Option<(Preset, Vec<usize>)>,
+    /// Batch sizes of the TITA comparison, if asked for.
+    tita: Option<Vec<usize>>,
+    /// Answer tokens and queries of the POPE workload, if asked for.
+    pope: Option<(usize, usize)>,
 }
 
 impl BackendTask for SpeedTask {
-    type Output = tita_core::Result<(SpeedReport, Option<TitaSpeedReport>)>;
+    type Output = tita_core::Result<SpeedRun>;
     fn run<B: Backend>(self, device: B::Device, kind: BackendKind) -> Self::Output {
         let on_gpu = matches!(kind, BackendKind::Wgpu | BackendKind::Cuda);
         let (p, n) = (self.prompt_tokens, self.new_tokens);
-        let plain = speed::run::<B>(self.preset, kind.feature(), on_gpu, p, n, &device)?;
-        println!("{plain}");
-        let tita = match self.tita {
-            None => None,
-            Some((reward, batches)) => {
-                let r = speed::run_tita::<B>(
-                    self.preset,
-                    reward,
+        let (tname, rname) = (self.target.to_string(), self.reward.to_string());
+        let target = self.target.load::<B>(self.dtype, 0, &device)?;
+        let decode = speed::run(&target, &tname, kind.feature(), on_gpu, p, n, &device)?;
+        println!("{decode}");
+        let reward = match (&self.tita, &self.pope) {
+            (None, None) => None,
+            _ => Some(self.reward.load::<B>(self.dtype, 1, &device)?),
+        };
+        let tita = match (&self.tita, &reward) {
+            (Some(batches), Some(r)) => {
+                let t = speed::run_tita(
+                    (&target, &tname),
+                    (r, &rname),
                     kind.feature(),
-                    &batches,
+                    batches,
                     p,
                     n,
+                    &device,
+                )?;
+                println!("{t}");
+                Some(t)
+            }
+            _ => None,
+        };
+        let pope = match self.pope {
+            Some((answer, queries)) => {
+                let r = speed::run_pope(
+                    (&target, &tname),
+                    reward.as_ref().map(|r| (r, rname.as_str())),
+                    kind.feature(),
+                    answer,
+                    queries,
                     &device,
                 )?;
                 println!("{r}");
                 Some(r)
             }
+            None => None,
         };
-        Ok((plain, tita))
+        Ok(SpeedRun { decode, tita, pope })
     }
 }
 
@@ -293,7 +346,7 @@ fn claim_eval_dir(a: &EvalArgs, config: &EvalConfig) -> anyhow::Result<Claim> {
         "target": a.target, "reward": a.reward, "reference": a.reference, "images": a.images,
         "suffix": config.suffix, "max_new_tokens": config.max_new_tokens, "pad": config.pad,
         "noise_step": config.noise_step, "seed": config.seed,
-        "template": a.template, "system": a.system,
+        "template": a.template, "system": a.system, "dtype": a.dtype,
     });
     let path = a.out.join("run.json");
     if path.is_file() {
@@ -442,37 +495,61 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Speed {
             preset,
+            model,
+            reward,
+            reward_preset,
+            dtype,
             backend,
             prompt_tokens,
             new_tokens,
             tita,
-            reward_preset,
             batch,
+            pope,
+            answer_tokens,
+            queries,
             out,
+            overwrite,
         } => {
+            let _claim = claim_dir(&out, Reuse::from_flags(false, overwrite)?)?;
+            let target = match model {
+                Some(dir) => ModelSpec::Dir(dir),
+                None => ModelSpec::Preset(preset),
+            };
+            let reward = match (reward, reward_preset) {
+                (Some(dir), _) => ModelSpec::Dir(dir),
+                (None, Some(p)) => ModelSpec::Preset(p),
+                (None, None) => {
+                    let config = match &target {
+                        ModelSpec::Preset(p) => p.config(),
+                        ModelSpec::Dir(d) => tita_core::ModelConfig::from_file(d)?,
+                    };
+                    match config {
+                        tita_core::ModelConfig::Llava(_) => ModelSpec::Preset(Preset::Llava25m),
+                        tita_core::ModelConfig::Llama(_) => ModelSpec::Preset(Preset::M25),
+                    }
+                }
+            };
             let kinds: Vec<Option<BackendKind>> = if backend.is_empty() {
                 vec![None]
             } else {
                 backend.into_iter().map(Some).collect()
             };
-            let mut reports = Vec::new();
+            let mut runs = Vec::new();
             for kind in kinds {
-                let tita = tita.then(|| (reward_preset, batch.clone()));
                 let task = SpeedTask {
-                    preset,
+                    target: target.clone(),
+                    reward: reward.clone(),
+                    dtype,
                     prompt_tokens,
                     new_tokens,
-                    tita,
+                    tita: tita.then(|| batch.clone()),
+                    pope: pope.then_some((answer_tokens, queries)),
                 };
-                reports.push(dispatch(kind, task).map_err(|e| anyhow!(e))??);
+                runs.push(dispatch(kind, task).map_err(|e| anyhow!(e))??);
             }
-            let json: Vec<_> = reports
-                .iter()
-                .map(|(plain, tita)| serde_json::json!({"decode": plain, "tita": tita}))
-                .collect();
             let path = out.join("results.json");
-            tita_core::jsonl::write_atomic(&path, serde_json::to_string_pretty(&json)?.as_bytes())?;
-            speed::write_report(&out, &reports)?;
+            tita_core::jsonl::write_atomic(&path, serde_json::to_string_pretty(&runs)?.as_bytes())?;
+            speed::write_report(&out, &runs)?;
             eprintln!("wrote {}, report.md, speed.png", path.display());
         }
     }

@@ -65,6 +65,10 @@ struct Args {
     pad: bool,
     #[arg(long, value_enum)]
     backend: Option<BackendKind>,
+    /// Weights held and computed in (every model): auto (each checkpoint's stored type), f32,
+    /// f16, bf16. Logits and the fusion are f32 whatever this is.
+    #[arg(long, default_value = "f32")]
+    dtype: tita_decode::Precision,
     /// Reward VLM directory: turns on TITA (interpolate mode unless --mode says otherwise).
     #[arg(long)]
     reward: Option<PathBuf>,
@@ -242,7 +246,7 @@ impl BackendTask for Run {
         };
         let request = a.request()?;
         let load = |dir: &PathBuf| -> anyhow::Result<Pipeline<B>> {
-            let mut p = Pipeline::<B>::load(dir, &device)
+            let mut p = Pipeline::<B>::load_in(dir, a.dtype, &device)
                 .with_context(|| format!("loading {}", dir.display()))?;
             a.configure(&mut p)?;
             Ok(p)
