@@ -1,27 +1,34 @@
 #!/usr/bin/env bash
-# One prepared run on a lent NVIDIA machine (no cargo there): CUDA parity tests on the
-# fixtures, then the speed benchmarks (150M + TITA, and LLaVA-1.5-7B shapes with random
-# weights). The binaries are built on the development machine by
-#   cargo test  --release -p tita-models --features test-cuda --no-run
-#   cargo test  --release -p tita-decode --no-default-features --features cuda --no-run
-#   cargo build --release -p tita-bench  --no-default-features --features cuda
-# then stripped and packed into .devbin/devbin.tar.xz (the test binaries renamed parity,
-# generate, tita), with the repository path they were built at in .devbin/built-at.
+# One prepared run on a lent NVIDIA machine (no cargo and no network there): CUDA parity on the
+# fixtures (f32, and the f16/bf16 deviation), LLaVA-1.5-7B shapes with random weights in f16
+# (decode, prefill of 600 tokens, seconds per POPE-shaped query for greedy / TITA / VCD) with
+# burn's autotune, then the same with kernel fusion, and PyTorch on the same shapes.
+#
+# Build on the development machine first (scripts/device-build.sh does it), which leaves
+# .devbin/devbin.tar.xz (tita-bench, tita-bench-fusion, parity) and .devbin/built-at; run with
+#   device run --carry .devbin "bash scripts/device-check.sh"
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 BIN=/tmp/tita-bin
 mkdir -p "$OUT" "$BIN"
 tar xJf .devbin/devbin.tar.xz -C "$BIN"
-# Test binaries find the fixtures through the absolute path they were built at.
+# The test binary finds the fixtures through the absolute path it was built at.
 built=$(cat .devbin/built-at)
 if [ ! -e "$built" ]; then mkdir -p "$(dirname "$built")" && ln -s "$PWD" "$built"; fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-ldconfig -p | grep -E "libnvrtc|libcuda\.so" | head -3
-for t in parity generate tita; do
-  echo "== $t (cuda)"
-  timeout 90 "$BIN/$t" --test-threads 1 2>&1 | grep -E "^test |panicked|assert|test result|Error" | head -20
-done
-echo "== speed llava-7b (cuda)"
-timeout 180 "$BIN/tita-bench" speed --preset llava-7b --backend cuda --prompt-tokens 128 --new-tokens 32 --out "$OUT/speed7b"
-echo "== speed 150m + TITA (cuda)"
-timeout 110 "$BIN/tita-bench" speed --preset 150m --backend cuda --tita --batch 1,4,16 --out "$OUT/speed150"
+speed() { # label binary args...
+  local label=$1 bin=$2
+  shift 2
+  echo "== $label"
+  timeout 150 "$BIN/$bin" speed --backend cuda --out "$OUT/$label" --overwrite "$@" 2>&1 | grep -v "^wrote"
+}
+echo "== parity (cuda, f32 / f16 / bf16)"
+timeout 120 "$BIN/parity" --test-threads 1 --nocapture 2>&1 | grep -E "^test |max \||panicked|Δ|test result" | head -20
+speed 7b-f16 tita-bench --preset llava-7b --dtype f16 --prompt-tokens 600 --new-tokens 64 --pope --queries 3
+speed 7b-f16-fusion tita-bench-fusion --preset llava-7b --dtype f16 --prompt-tokens 600 --new-tokens 64 --pope --queries 3
+speed 150m-f32 tita-bench --preset 150m --dtype f32 --prompt-tokens 600 --new-tokens 64 --tita --batch 1,4,16
+echo "== PyTorch $(python3 -c 'import torch, transformers; print(torch.__version__, transformers.__version__)')"
+timeout 120 python3 scripts/torch_speed.py --preset llava-7b --device cuda --dtype f16 --new-tokens 64
+timeout 60 python3 scripts/torch_speed.py --preset 150m --device cuda --dtype f32 --new-tokens 64
+cp "$OUT"/*/results.json "$OUT/" 2>/dev/null || true
+for d in "$OUT"/*/; do cp "$d/results.json" "$OUT/$(basename "$d").json" 2>/dev/null; done

@@ -309,6 +309,8 @@ pub struct Llama<B: Backend> {
     pub lm_head: Option<nn::Linear<B>>,
     /// Rotary cos and sin of every position (constants, not parameters).
     pub rope: (Tensor<B, 2>, Tensor<B, 2>),
+    /// Blocks of a few-row projection (see [`project`]).
+    pub split: usize,
     #[module(skip)]
     pub config: LlamaConfig,
 }
@@ -448,6 +450,7 @@ impl<B: Backend> Llama<B> {
             norm,
             lm_head,
             rope,
+            split,
             config: config.clone(),
         })
     }
@@ -526,7 +529,7 @@ impl<B: Backend> Llama<B> {
     /// Vocabulary logits of hidden states: `[batch, seq, vocab]`.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         let logits = match &self.lm_head {
-            Some(head) => head.forward(hidden),
+            Some(head) => project(head, hidden, self.split),
             None => {
                 let [b, s, h] = hidden.dims();
                 let w = self.embed_tokens.val().transpose();
