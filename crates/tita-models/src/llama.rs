@@ -496,8 +496,16 @@ impl<B: Backend> Llama<B> {
                     }
                 }
             }
+            // Repeated over the heads here, once per forward: adding a broadcast operand is a
+            // slow strided loop on the CPU backend, in every layer.
+            let heads = self.config.num_attention_heads;
+            let kvh = self.config.num_key_value_heads;
+            let m: Vec<f32> = m
+                .chunks(s * t)
+                .flat_map(|row| std::iter::repeat_n(row, heads).flatten().copied())
+                .collect();
             Some(Tensor::<B, 5>::from_data(
-                TensorData::new(m, [b, 1, 1, s, t]),
+                TensorData::new(m, [b, kvh, heads / kvh, s, t]),
                 &device,
             ))
         } else if padded {

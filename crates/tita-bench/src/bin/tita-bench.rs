@@ -296,6 +296,12 @@ impl BackendTask for SpeedTask {
         let (p, n) = (self.prompt_tokens, self.new_tokens);
         let (tname, rname) = (self.target.to_string(), self.reward.to_string());
         let target = self.target.load::<B>(self.dtype, 0, &device)?;
+        if self.pope.is_some() && target.llava_config().is_none() {
+            return Err(tita_core::Error::argument(
+                "pope",
+                format!("POPE-shaped queries need a vision-language target; {tname} is text-only (try --preset llava-150m)"),
+            ));
+        }
         let decode = speed::run(&target, &tname, kind.feature(), on_gpu, p, n, &device)?;
         println!("{decode}");
         let reward = match (&self.tita, &self.pope) {
