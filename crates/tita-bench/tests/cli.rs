@@ -136,3 +136,83 @@ fn pope_score_prints_json_and_refuses_unknown_ids() {
         "bad.jsonl:1: question_id 9 is not among the questions",
     );
 }
+
+/// `speed` on checkpoints in f16: decode against the bound, TITA at two batch sizes and
+/// POPE-shaped queries, every number finite; a text-only target is refused for --pope.
+#[test]
+fn speed_on_checkpoints_reports_every_phase() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("speed");
+    let target = fixtures().join("llava-target");
+    let reward = fixtures().join("llava-reward");
+    let args = [
+        "speed",
+        "--model",
+        target.to_str().unwrap(),
+        "--reward",
+        reward.to_str().unwrap(),
+        "--dtype",
+        "f16",
+        "--prompt-tokens",
+        "12",
+        "--new-tokens",
+        "3",
+        "--tita",
+        "--batch",
+        "1,2",
+        "--pope",
+        "--queries",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let run = bench(&args);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let runs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let run = &runs[0];
+    assert_eq!(run["decode"]["dtype"], "f16");
+    for key in [
+        "decode_tokens_per_s",
+        "bound_tokens_per_s",
+        "prefill_tokens_per_s",
+        "decode_cores",
+    ] {
+        assert!(run["decode"][key].as_f64().unwrap().is_finite(), "{key}");
+    }
+    assert_eq!(run["tita"]["rows"].as_array().unwrap().len(), 2);
+    let pope = &run["pope"];
+    assert_eq!(pope["image_tokens"], 16);
+    for key in [
+        "greedy_s",
+        "tita_s",
+        "vcd_s",
+        "tita_vs_greedy",
+        "tita_bound",
+    ] {
+        assert!(pope[key].as_f64().unwrap() > 0.0, "{key}");
+    }
+    assert!(out.join("report.md").is_file() && out.join("speed.png").is_file());
+    // The same folder again needs --overwrite.
+    refused(&args, "--overwrite");
+    let text_only = fixtures().join("llama-text");
+    refused(
+        &[
+            "speed",
+            "--model",
+            text_only.to_str().unwrap(),
+            "--pope",
+            "--out",
+            dir.path().join("t").to_str().unwrap(),
+        ],
+        "text-only",
+    );
+    assert!(
+        !dir.path().join("t").exists(),
+        "a refused run wrote its folder"
+    );
+}

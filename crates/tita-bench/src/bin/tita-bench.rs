@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::anyhow;
+use anyhow::{anyhow, bail};
 use burn::tensor::backend::Backend;
 use clap::{Parser, Subcommand};
 use tita_bench::demo::{self, DemoConfig};
@@ -11,6 +11,7 @@ use tita_bench::mme;
 use tita_bench::report::evaluate;
 use tita_bench::speed::{self, ModelSpec, Preset, SpeedRun};
 use tita_core::output::{claim_dir, Claim, Reuse};
+use tita_core::ModelConfig;
 use tita_decode::backend::{dispatch, BackendKind, BackendTask};
 use tita_decode::Pipeline;
 use tita_decode::Precision;
@@ -296,12 +297,6 @@ impl BackendTask for SpeedTask {
         let (p, n) = (self.prompt_tokens, self.new_tokens);
         let (tname, rname) = (self.target.to_string(), self.reward.to_string());
         let target = self.target.load::<B>(self.dtype, 0, &device)?;
-        if self.pope.is_some() && target.llava_config().is_none() {
-            return Err(tita_core::Error::argument(
-                "pope",
-                format!("POPE-shaped queries need a vision-language target; {tname} is text-only (try --preset llava-150m)"),
-            ));
-        }
         let decode = speed::run(&target, &tname, kind.feature(), on_gpu, p, n, &device)?;
         println!("{decode}");
         let reward = match (&self.tita, &self.pope) {
@@ -358,7 +353,7 @@ fn claim_eval_dir(a: &EvalArgs, config: &EvalConfig) -> anyhow::Result<Claim> {
     if path.is_file() {
         let before = tita_core::error::read_json(&path)?;
         if before != settings {
-            anyhow::bail!(
+            bail!(
                 "{} holds answers made with other settings ({before}); --resume needs the same ones ({settings}), or use --overwrite",
                 a.out.display()
             );
@@ -516,25 +511,24 @@ fn main() -> anyhow::Result<()> {
             out,
             overwrite,
         } => {
-            let _claim = claim_dir(&out, Reuse::from_flags(false, overwrite)?)?;
             let target = match model {
                 Some(dir) => ModelSpec::Dir(dir),
                 None => ModelSpec::Preset(preset),
             };
+            let vision_target = match &target {
+                ModelSpec::Preset(p) => matches!(p.config(), ModelConfig::Llava(_)),
+                ModelSpec::Dir(d) => matches!(ModelConfig::from_file(d)?, ModelConfig::Llava(_)),
+            };
+            if pope && !vision_target {
+                bail!("--pope times image questions: {target} is a text-only model (try --preset llava-150m)");
+            }
             let reward = match (reward, reward_preset) {
                 (Some(dir), _) => ModelSpec::Dir(dir),
                 (None, Some(p)) => ModelSpec::Preset(p),
-                (None, None) => {
-                    let config = match &target {
-                        ModelSpec::Preset(p) => p.config(),
-                        ModelSpec::Dir(d) => tita_core::ModelConfig::from_file(d)?,
-                    };
-                    match config {
-                        tita_core::ModelConfig::Llava(_) => ModelSpec::Preset(Preset::Llava25m),
-                        tita_core::ModelConfig::Llama(_) => ModelSpec::Preset(Preset::M25),
-                    }
-                }
+                (None, None) if vision_target => ModelSpec::Preset(Preset::Llava25m),
+                (None, None) => ModelSpec::Preset(Preset::M25),
             };
+            let _claim = claim_dir(&out, Reuse::from_flags(false, overwrite)?)?;
             let kinds: Vec<Option<BackendKind>> = if backend.is_empty() {
                 vec![None]
             } else {
