@@ -6,6 +6,7 @@
 //! cargo xtask train pairs|dpo|sft --model DIR ... [--backend ...]
 //! cargo xtask bench [--retrain | --quick] [--backend ...]   (the built-in demo)
 //! cargo xtask bench speed|pope|mme|pope-score ...
+//! cargo xtask serve --model DIR [--reward DIR] [--reference DIR] [--port 8000] [--backend ...]
 //! cargo xtask ci [--skip-wgpu]   (skipping the wgpu leg makes the run fail: exit code 2)
 //! ```
 
@@ -215,7 +216,7 @@ fn banner(msg: &str) -> String {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = args.split_first() else {
-        bail!("usage: cargo xtask <generate|train|bench|ci> [args]");
+        bail!("usage: cargo xtask <generate|train|bench|serve|ci> [args]");
     };
     match cmd.as_str() {
         "generate" => run_binary("tita-decode", "tita-generate", rest),
@@ -230,7 +231,8 @@ fn main() -> Result<()> {
             };
             run_binary("tita-bench", "tita-bench", &rest)
         }
+        "serve" => run_binary("tita-serve", "tita-serve", rest),
         "ci" => ci(rest),
-        other => bail!("unknown command `{other}` (expected generate, train, bench or ci)"),
+        other => bail!("unknown command `{other}` (expected generate, train, bench, serve or ci)"),
     }
 }

@@ -1,0 +1,134 @@
+//! `tita-serve`: what `cargo xtask serve` runs.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context};
+use burn::tensor::backend::Backend;
+use clap::Parser;
+use tita_decode::backend::{dispatch, BackendKind, BackendTask};
+use tita_decode::{Pipeline, Precision};
+use tita_serve::{router, Models, ServerConfig};
+
+/// An OpenAI-compatible server (`/v1/models`, `/v1/chat/completions`) with TITA as the
+/// `tita` body field.
+#[derive(Parser)]
+struct Args {
+    /// Target VLM directory (Hugging Face layout).
+    #[arg(long)]
+    model: PathBuf,
+    /// Reward VLM directory (enables `tita` interpolate / reference requests).
+    #[arg(long)]
+    reward: Option<PathBuf>,
+    /// The reward model's DPO reference (reference mode).
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// Address to bind; loopback unless you mean to expose it.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    #[arg(long, value_enum)]
+    backend: Option<BackendKind>,
+    /// Weights held and computed in: auto, f32, f16, bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: Precision,
+    /// Require `Authorization: Bearer KEY` on every request.
+    #[arg(long, env = "TITA_API_KEY")]
+    api_key: Option<String>,
+    /// Folder whose files `image_url` may name (otherwise only data: URLs).
+    #[arg(long)]
+    allow_images: Option<PathBuf>,
+    /// The model name `/v1/models` lists (default: the target folder's name).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Largest request body in MB.
+    #[arg(long, default_value_t = 20)]
+    max_body_mb: usize,
+    /// Largest image in megapixels.
+    #[arg(long, default_value_t = 16.0)]
+    max_image_megapixels: f64,
+    /// Longest prompt in tokens (image tokens included).
+    #[arg(long, default_value_t = 4096)]
+    max_prompt_tokens: usize,
+    /// Default and largest `max_tokens`.
+    #[arg(long, default_value_t = 512)]
+    max_tokens: usize,
+}
+
+struct Serve(Args);
+
+impl BackendTask for Serve {
+    type Output = anyhow::Result<()>;
+    fn run<B: Backend>(self, device: B::Device, kind: BackendKind) -> anyhow::Result<()> {
+        let a = self.0;
+        let load = |dir: &PathBuf| {
+            Pipeline::<B>::load_in(dir, a.dtype, &device)
+                .with_context(|| format!("loading {}", dir.display()))
+        };
+        let models = Models {
+            target: load(&a.model)?,
+            reward: a.reward.as_ref().map(load).transpose()?,
+            reference: a.reference.as_ref().map(load).transpose()?,
+        };
+        let name = a.served_model_name.clone().unwrap_or_else(|| {
+            a.model
+                .file_name()
+                .map_or("tita".into(), |n| n.to_string_lossy().into_owned())
+        });
+        let config = ServerConfig {
+            model_name: name.clone(),
+            api_key: a.api_key.clone(),
+            allow_images: a.allow_images.clone(),
+            max_body_bytes: a.max_body_mb << 20,
+            max_image_pixels: (a.max_image_megapixels * 1e6) as u64,
+            max_prompt_tokens: a.max_prompt_tokens,
+            max_tokens: a.max_tokens,
+        };
+        let app = router(models, config);
+        let rt = tokio::runtime::Runtime::new()?;
+        rt.block_on(async move {
+            let addr = format!("{}:{}", a.host, a.port);
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
+            eprintln!(
+                "serving `{name}` on http://{} ({} backend); Ctrl-C or SIGTERM stops after the answers in flight",
+                listener.local_addr()?,
+                kind.feature()
+            );
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown())
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+/// Ctrl-C or SIGTERM: stop accepting, finish the answers in flight.
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    eprintln!("shutting down: finishing the answers in flight");
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let backend = args.backend;
+    dispatch(backend, Serve(args)).map_err(|e| anyhow!(e))?
+}

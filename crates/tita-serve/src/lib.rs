@@ -1,0 +1,770 @@
+//! tita-serve: an OpenAI-compatible HTTP API over loaded models, with TITA as an extra body
+//! field. `GET /v1/models`, `POST /v1/chat/completions` (OpenAI's message format, `image_url`
+//! parts as `data:` URLs or files under an allowed folder, `stream: true` as server-sent
+//! events ending with `data: [DONE]`).
+//!
+//! The models live on one worker thread that answers queued requests one at a time (a burn
+//! backend runs one graph at a time anyway); HTTP handling, image decoding and validation run
+//! on tokio beside it. A client that goes away cancels its generation at the next token.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use burn::tensor::backend::Backend;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tita_core::template::{Message, Part};
+use tita_decode::{
+    Cancel, FinishReason, Fusion, GenerationConfig, Generator, ImageInput, Pipeline, Request,
+    SamplingConfig, Tita, TitaConfig, TokenExplanation,
+};
+use tokio::sync::mpsc as tmpsc;
+
+/// Limits and access settings of a server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The name `/v1/models` lists and responses carry.
+    pub model_name: String,
+    /// Bearer key every request must carry, if set.
+    pub api_key: Option<String>,
+    /// Folder whose files `image_url` may name (file paths are refused without it).
+    pub allow_images: Option<PathBuf>,
+    /// Largest request body in bytes (413 above).
+    pub max_body_bytes: usize,
+    /// Largest image in pixels (width · height; 400 above).
+    pub max_image_pixels: u64,
+    /// Longest prompt in tokens, image tokens included (400 above).
+    pub max_prompt_tokens: usize,
+    /// `max_tokens` when a request gives none, and the most one may ask for.
+    pub max_tokens: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            model_name: "tita".into(),
+            api_key: None,
+            allow_images: None,
+            max_body_bytes: 20 << 20,
+            max_image_pixels: 4096 * 4096,
+            max_prompt_tokens: 4096,
+            max_tokens: 512,
+        }
+    }
+}
+
+/// The loaded models: the target, and the reward / reference models TITA modes use.
+pub struct Models<B: Backend> {
+    pub target: Pipeline<B>,
+    pub reward: Option<Pipeline<B>>,
+    pub reference: Option<Pipeline<B>>,
+}
+
+/// An error answered in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub param: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    fn bad(param: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            param: Some(param),
+        }
+    }
+
+    fn body(&self) -> Value {
+        let kind = match self.status.as_u16() {
+            401 => "authentication_error",
+            413 | 400 | 404 | 422 => "invalid_request_error",
+            _ => "server_error",
+        };
+        json!({"error": {"message": self.message, "type": kind, "param": self.param, "code": null}})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body())).into_response()
+    }
+}
+
+/// A library error as an answer: the caller's mistakes are 400, the rest 500.
+fn from_library(e: tita_core::Error) -> ApiError {
+    use tita_core::Error as E;
+    match &e {
+        E::Argument { .. } | E::ContextOverflow { .. } | E::Image { .. } | E::Template { .. } => {
+            ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+        }
+        _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The body of `POST /v1/chat/completions` (fields OpenAI defines that are not listed are
+/// refused, so nothing is silently ignored).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatRequest {
+    #[serde(default)]
+    pub model: Option<String>,
+    pub messages: Vec<ChatMessage>,
+    #[serde(default)]
+    pub max_tokens: Option<usize>,
+    #[serde(default)]
+    pub max_completion_tokens: Option<usize>,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub stop: Option<Stop>,
+    #[serde(default)]
+    pub n: Option<usize>,
+    #[serde(default)]
+    pub stream: bool,
+    #[serde(default)]
+    pub stream_options: Option<Value>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub tita: Option<TitaOptions>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: Content,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentPart {
+    Text { text: String },
+    ImageUrl { image_url: ImageUrl },
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ImageUrl {
+    pub url: String,
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+/// The `tita` body field.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TitaOptions {
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub lambda: Option<f32>,
+    #[serde(default)]
+    pub alpha: Option<f32>,
+    #[serde(default)]
+    pub tau: Option<f32>,
+    #[serde(default)]
+    pub explain: bool,
+}
+
+impl TitaOptions {
+    fn config(&self) -> Result<TitaConfig, ApiError> {
+        let fusion = match self.mode.as_deref().unwrap_or("interpolate") {
+            "interpolate" => Fusion::Interpolate {
+                lambda: self.lambda.unwrap_or(0.3),
+            },
+            "reference" => Fusion::Reference {
+                alpha: self.alpha.unwrap_or(1.0),
+            },
+            "contrastive" => Fusion::Contrastive {
+                alpha: self.alpha.unwrap_or(1.0),
+            },
+            other => {
+                return Err(ApiError::bad(
+                    "tita.mode",
+                    format!("unknown mode `{other}` (interpolate, reference, contrastive)"),
+                ))
+            }
+        };
+        fusion
+            .validate()
+            .map_err(|e| ApiError::bad("tita", e.to_string()))?;
+        Ok(TitaConfig {
+            fusion,
+            tau: self.tau,
+            explain: self.explain,
+            ..TitaConfig::default()
+        })
+    }
+}
+
+/// One queued generation: what to run and where its events go.
+struct Job {
+    request: Request,
+    generation: GenerationConfig,
+    tita: Option<TitaConfig>,
+    events: tmpsc::UnboundedSender<JobEvent>,
+}
+
+enum JobEvent {
+    Delta(String),
+    Done(Finished),
+    Failed(ApiError),
+}
+
+struct Finished {
+    finish_reason: FinishReason,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    explain: Vec<TokenExplanation>,
+}
+
+/// Counts of finished generations (`GET /health`).
+#[derive(Debug, Default)]
+struct Stats {
+    completed: AtomicUsize,
+    cancelled: AtomicUsize,
+    failed: AtomicUsize,
+}
+
+/// Shared state of the HTTP handlers.
+struct AppState {
+    config: ServerConfig,
+    jobs: mpsc::Sender<Job>,
+    stats: Arc<Stats>,
+}
+
+/// Starts the worker thread that owns `models` and returns the API's router.
+pub fn router<B: Backend>(models: Models<B>, config: ServerConfig) -> Router {
+    let (jobs, queue) = mpsc::channel::<Job>();
+    let max_prompt = config.max_prompt_tokens;
+    let stats = Arc::new(Stats::default());
+    let counts = stats.clone();
+    std::thread::Builder::new()
+        .name("tita-worker".into())
+        .spawn(move || {
+            for job in queue {
+                let events = job.events.clone();
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run_job(&models, job, max_prompt)
+                }));
+                let failure = match result {
+                    Ok(Ok(reason)) => {
+                        let count = if reason == FinishReason::Cancelled {
+                            &counts.cancelled
+                        } else {
+                            &counts.completed
+                        };
+                        count.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    Ok(Err(e)) => e,
+                    Err(_) => ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the generation failed unexpectedly",
+                    ),
+                };
+                counts.failed.fetch_add(1, Ordering::Relaxed);
+                let _ = events.send(JobEvent::Failed(failure));
+            }
+        })
+        .expect("spawning the worker thread");
+    let limit = config.max_body_bytes;
+    let state = Arc::new(AppState {
+        config,
+        jobs,
+        stats,
+    });
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/models", get(list_models))
+        .route("/v1/chat/completions", post(chat_completions))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Runs one job on the worker thread; its tokens go out as they are chosen.
+fn run_job<B: Backend>(
+    models: &Models<B>,
+    job: Job,
+    max_prompt: usize,
+) -> Result<FinishReason, ApiError> {
+    let target = &models.target;
+    let prompt = target.request_prompt(&job.request).map_err(from_library)?;
+    if prompt.ids.len() > max_prompt {
+        return Err(ApiError::bad(
+            "messages",
+            format!(
+                "the prompt is {} tokens long (image tokens included); this server takes at most {max_prompt}",
+                prompt.ids.len()
+            ),
+        ));
+    }
+    let cancel = job.generation.cancel.clone().unwrap_or_default();
+    let events = job.events;
+    // A closed channel means the client went away: stop at the next token.
+    let mut on_token = |ev: tita_decode::TokenEvent| {
+        if events
+            .send(JobEvent::Delta(ev.text_delta.to_string()))
+            .is_err()
+        {
+            cancel.cancel();
+        }
+    };
+    let (generation, explain) = match job.tita {
+        None => (
+            Generator::new(target, job.generation)
+                .generate_streaming(&prompt, &mut on_token)
+                .map_err(from_library)?,
+            Vec::new(),
+        ),
+        Some(config) => {
+            let tita = Tita::new(
+                target,
+                models.reward.as_ref(),
+                models.reference.as_ref(),
+                config,
+                job.generation,
+            )
+            .map_err(|e| ApiError::bad("tita", e.to_string()))?;
+            let out = tita
+                .generate_streaming(&job.request, &mut on_token)
+                .map_err(from_library)?;
+            (out.generation, out.explain)
+        }
+    };
+    let reason = generation.finish_reason;
+    let _ = events.send(JobEvent::Done(Finished {
+        finish_reason: reason,
+        prompt_tokens: generation.prompt_tokens,
+        completion_tokens: generation.generated_tokens,
+        explain,
+    }));
+    Ok(reason)
+}
+
+fn check_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(key) = &state.config.api_key else {
+        return Ok(());
+    };
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given == Some(key.as_str()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong API key (send `Authorization: Bearer KEY`)",
+        ))
+    }
+}
+
+/// Liveness and counts of finished generations (not part of OpenAI's API).
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let s = &state.stats;
+    Json(json!({
+        "status": "ok",
+        "completed": s.completed.load(Ordering::Relaxed),
+        "cancelled": s.cancelled.load(Ordering::Relaxed),
+        "failed": s.failed.load(Ordering::Relaxed),
+    }))
+    .into_response()
+}
+
+async fn list_models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = check_key(&state, &headers) {
+        return e.into_response();
+    }
+    Json(json!({
+        "object": "list",
+        "data": [{"id": state.config.model_name, "object": "model", "created": 0, "owned_by": "tita"}],
+    }))
+    .into_response()
+}
+
+fn finish_reason(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::MaxNewTokens | FinishReason::Context => "length",
+        FinishReason::Eos | FinishReason::StopString | FinishReason::Cancelled => "stop",
+    }
+}
+
+async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<ChatRequest>, JsonRejection>,
+) -> Response {
+    match chat(state, headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn chat(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<ChatRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    check_key(&state, &headers)?;
+    let Json(req) = body.map_err(|e| {
+        let status = match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.body_text())
+    })?;
+    let config = state.config.clone();
+    let stream = req.stream;
+    let (request, generation, tita) = tokio::task::spawn_blocking(move || prepare(req, &config))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "request preparation failed",
+            )
+        })??;
+    let (tx, mut rx) = tmpsc::unbounded_channel();
+    state
+        .jobs
+        .send(Job {
+            request,
+            generation,
+            tita,
+            events: tx,
+        })
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is shutting down",
+            )
+        })?;
+    let id = format!("chatcmpl-{:x}", rand_id());
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let model = state.config.model_name.clone();
+    if !stream {
+        let mut text = String::new();
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                JobEvent::Delta(d) => text.push_str(&d),
+                JobEvent::Failed(e) => return Err(e),
+                JobEvent::Done(f) => {
+                    let mut body = json!({
+                        "id": id, "object": "chat.completion", "created": created, "model": model,
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                     "finish_reason": finish_reason(f.finish_reason), "logprobs": null}],
+                        "usage": usage(&f),
+                    });
+                    if !f.explain.is_empty() {
+                        body["tita_explain"] = json!(f.explain);
+                    }
+                    return Ok(Json(body).into_response());
+                }
+            }
+        }
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the generation ended without an answer",
+        ));
+    }
+    // The first event decides the status: a request the worker refuses is answered 400, not
+    // an event stream that carries an error.
+    let first = rx.recv().await;
+    if let Some(JobEvent::Failed(e)) = first {
+        return Err(e);
+    }
+    let chunk = move |delta: Value, finish: Option<&str>, extra: Option<(&str, Value)>| {
+        let mut c = json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
+        });
+        if let Some((k, v)) = extra {
+            c[k] = v;
+        }
+        Event::default().data(c.to_string())
+    };
+    let events = async_stream(first, rx, chunk);
+    Ok(Sse::new(events).into_response())
+}
+
+/// The event stream of one streamed answer: a role chunk, content chunks, a final chunk with
+/// the finish reason and usage, then `[DONE]`.
+fn async_stream(
+    first: Option<JobEvent>,
+    mut rx: tmpsc::UnboundedReceiver<JobEvent>,
+    chunk: impl Fn(Value, Option<&str>, Option<(&str, Value)>) -> Event + Send + 'static,
+) -> impl tokio_stream::Stream<Item = Result<Event, std::convert::Infallible>> {
+    let (tx, out) = tmpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let send = |e: Event| tx.send(Ok(e)).is_ok();
+        if !send(chunk(
+            json!({"role": "assistant", "content": ""}),
+            None,
+            None,
+        )) {
+            return;
+        }
+        let mut next = first;
+        while let Some(ev) = next {
+            let open = match ev {
+                JobEvent::Delta(d) if d.is_empty() => true,
+                JobEvent::Delta(d) => send(chunk(json!({"content": d}), None, None)),
+                JobEvent::Failed(e) => {
+                    let _ = send(Event::default().data(e.body().to_string()));
+                    false
+                }
+                JobEvent::Done(f) => {
+                    let mut last = chunk(
+                        json!({}),
+                        Some(finish_reason(f.finish_reason)),
+                        Some(("usage", usage(&f))),
+                    );
+                    if !f.explain.is_empty() {
+                        last = chunk(
+                            json!({}),
+                            Some(finish_reason(f.finish_reason)),
+                            Some(("tita_explain", json!(f.explain))),
+                        );
+                        let _ =
+                            send(Event::default().data(json!({"usage": usage(&f)}).to_string()));
+                    }
+                    let _ = send(last);
+                    false
+                }
+            };
+            if !open {
+                break;
+            }
+            next = rx.recv().await;
+        }
+        let _ = send(Event::default().data("[DONE]"));
+        // Dropping `rx` here (or earlier, when the client left) tells the worker to stop.
+    });
+    tokio_stream::wrappers::UnboundedReceiverStream::new(out)
+}
+
+fn usage(f: &Finished) -> Value {
+    json!({
+        "prompt_tokens": f.prompt_tokens,
+        "completion_tokens": f.completion_tokens,
+        "total_tokens": f.prompt_tokens + f.completion_tokens,
+    })
+}
+
+fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// Checks a request and turns it into the library's terms; images are decoded here, so a bad
+/// one is answered before anything is queued.
+fn prepare(
+    req: ChatRequest,
+    config: &ServerConfig,
+) -> Result<(Request, GenerationConfig, Option<TitaConfig>), ApiError> {
+    if let Some(m) = &req.model {
+        if m != &config.model_name {
+            return Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: format!(
+                    "model `{m}` is not served here (this server has `{}`)",
+                    config.model_name
+                ),
+                param: Some("model"),
+            });
+        }
+    }
+    if req.n.unwrap_or(1) != 1 {
+        return Err(ApiError::bad("n", "only n = 1 is supported"));
+    }
+    if req.messages.is_empty() {
+        return Err(ApiError::bad("messages", "no messages"));
+    }
+    let max_tokens = req
+        .max_completion_tokens
+        .or(req.max_tokens)
+        .unwrap_or(config.max_tokens);
+    if max_tokens == 0 || max_tokens > config.max_tokens {
+        return Err(ApiError::bad(
+            "max_tokens",
+            format!("must be between 1 and {}", config.max_tokens),
+        ));
+    }
+    let temperature = req.temperature.unwrap_or(0.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError::bad("temperature", "must be in [0, 2]"));
+    }
+    if let Some(p) = req.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(ApiError::bad("top_p", "must be in (0, 1]"));
+        }
+    }
+    let mut image = None;
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for m in req.messages {
+        if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
+            return Err(ApiError::bad(
+                "messages",
+                format!("unknown role `{}`", m.role),
+            ));
+        }
+        let content = match m.content {
+            Content::Text(text) => vec![Part::Text { text }],
+            Content::Parts(parts) => {
+                let mut out = Vec::with_capacity(parts.len());
+                for p in parts {
+                    match p {
+                        ContentPart::Text { text } => out.push(Part::Text { text }),
+                        ContentPart::ImageUrl { image_url } => {
+                            if image.is_some() {
+                                return Err(ApiError::bad(
+                                    "messages",
+                                    "one image per request is supported",
+                                ));
+                            }
+                            image = Some(load_image(&image_url.url, config)?);
+                            out.push(Part::Image {});
+                        }
+                    }
+                }
+                out
+            }
+        };
+        messages.push(Message {
+            role: m.role,
+            content,
+        });
+    }
+    let stop_strings = match req.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s],
+        Some(Stop::Many(v)) => v,
+    };
+    let generation = GenerationConfig {
+        max_new_tokens: max_tokens,
+        sampling: SamplingConfig {
+            temperature,
+            top_p: req.top_p,
+            seed: req.seed.unwrap_or(0),
+            ..SamplingConfig::default()
+        },
+        stop_strings,
+        eos_token_ids: None,
+        cancel: Some(Cancel::new()),
+    };
+    let tita = req.tita.as_ref().map(TitaOptions::config).transpose()?;
+    let request = Request {
+        prompt: String::new(),
+        image,
+        pad: false,
+        messages: Some(messages),
+    };
+    Ok((request, generation, tita))
+}
+
+/// An `image_url`: a `data:` URL, or a file under `--allow-images`; decoded and size-checked.
+fn load_image(url: &str, config: &ServerConfig) -> Result<ImageInput, ApiError> {
+    let bytes = if let Some(rest) = url.strip_prefix("data:") {
+        let (_, b64) = rest.split_once(";base64,").ok_or_else(|| {
+            ApiError::bad(
+                "image_url",
+                "a data: URL must be base64 (`data:image/png;base64,...`)",
+            )
+        })?;
+        base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|e| ApiError::bad("image_url", format!("invalid base64: {e}")))?
+    } else if url.starts_with("http://") || url.starts_with("https://") {
+        return Err(ApiError::bad(
+            "image_url",
+            "this server fetches nothing from the network: send the image as a data: URL",
+        ));
+    } else {
+        let Some(root) = &config.allow_images else {
+            return Err(ApiError::bad(
+                "image_url",
+                "file paths are refused (start the server with --allow-images DIR)",
+            ));
+        };
+        let path = std::path::Path::new(url.strip_prefix("file://").unwrap_or(url));
+        let path = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            root.join(path)
+        };
+        let (root, path) = (
+            root.canonicalize()
+                .map_err(|e| ApiError::bad("image_url", format!("{}: {e}", root.display())))?,
+            path.canonicalize()
+                .map_err(|e| ApiError::bad("image_url", format!("{url}: {e}")))?,
+        );
+        if !path.starts_with(&root) {
+            return Err(ApiError::bad(
+                "image_url",
+                format!("{url} is outside the allowed folder"),
+            ));
+        }
+        std::fs::read(&path).map_err(|e| ApiError::bad("image_url", format!("{url}: {e}")))?
+    };
+    let img = tita_core::image::decode_rgb(&bytes, std::path::Path::new("<image_url>"))
+        .map_err(|e| ApiError::bad("image_url", e.to_string()))?;
+    let pixels = img.width() as u64 * img.height() as u64;
+    if pixels > config.max_image_pixels {
+        return Err(ApiError::bad(
+            "image_url",
+            format!(
+                "the image has {pixels} pixels; this server takes at most {}",
+                config.max_image_pixels
+            ),
+        ));
+    }
+    Ok(ImageInput::Decoded(Arc::new(img)))
+}

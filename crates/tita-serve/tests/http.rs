@@ -1,0 +1,341 @@
+//! The server over HTTP on the fixture models, against the library's own answers: greedy and
+//! TITA text, streaming, concurrency, a client that leaves mid-stream, and refusals.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use tita_core::template::{Message, Part};
+use tita_decode::{
+    Fusion, GenerationConfig, Generator, ImageInput, Pipeline, Request, Tita, TitaConfig,
+};
+use tita_serve::{router, Models, ServerConfig};
+use ureq::Agent;
+
+type B = burn::backend::Flex;
+
+const KEY: &str = "test-key";
+const PROMPT: &str = "Describe the image.";
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn pipeline(name: &str) -> Pipeline<B> {
+    Pipeline::load(&fixtures().join(name), &Default::default()).unwrap()
+}
+
+fn image_bytes() -> Vec<u8> {
+    std::fs::read(fixtures().join("images/rocket.jpg")).unwrap()
+}
+
+/// One server for every test (the models load once), on an ephemeral loopback port.
+fn base() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        let models = Models {
+            target: pipeline("llava-target"),
+            reward: Some(pipeline("llava-reward")),
+            reference: None,
+        };
+        let config = ServerConfig {
+            model_name: "llava-target".into(),
+            api_key: Some(KEY.into()),
+            max_body_bytes: 256 << 10,
+            max_tokens: 2048,
+            ..ServerConfig::default()
+        };
+        let app = router(models, config);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap()).unwrap();
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+        format!("http://{}", rx.recv().unwrap())
+    })
+}
+
+fn agent() -> Agent {
+    Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+fn post(body: &Value) -> (u16, Value) {
+    let mut resp = agent()
+        .post(format!("{}/v1/chat/completions", base()))
+        .header("Authorization", format!("Bearer {KEY}"))
+        .send_json(body)
+        .unwrap();
+    (resp.status().as_u16(), resp.body_mut().read_json().unwrap())
+}
+
+fn data_url(bytes: &[u8]) -> String {
+    format!(
+        "data:image/jpeg;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+fn chat(prompt: &str, max_tokens: usize) -> Value {
+    json!({
+        "model": "llava-target",
+        "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": data_url(&image_bytes())}},
+            {"type": "text", "text": prompt},
+        ]}],
+    })
+}
+
+fn library_request(prompt: &str) -> Request {
+    Request {
+        prompt: String::new(),
+        image: Some(ImageInput::Encoded(image_bytes().into())),
+        pad: false,
+        messages: Some(vec![Message {
+            role: "user".into(),
+            content: vec![
+                Part::Image {},
+                Part::Text {
+                    text: prompt.into(),
+                },
+            ],
+        }]),
+    }
+}
+
+fn generation(max_new_tokens: usize) -> GenerationConfig {
+    GenerationConfig {
+        max_new_tokens,
+        ..GenerationConfig::default()
+    }
+}
+
+/// What `Generator` answers for `prompt` (greedy).
+fn expected_greedy(prompt: &str, max_tokens: usize) -> (String, usize) {
+    let p = pipeline("llava-target");
+    let ids = p.request_prompt(&library_request(prompt)).unwrap();
+    let g = Generator::new(&p, generation(max_tokens))
+        .generate(&ids)
+        .unwrap();
+    (g.text, g.prompt_tokens)
+}
+
+fn content(v: &Value) -> &str {
+    v["choices"][0]["message"]["content"].as_str().unwrap()
+}
+
+#[test]
+fn greedy_answer_equals_the_generator() {
+    let (status, v) = post(&chat(PROMPT, 8));
+    assert_eq!(status, 200, "{v}");
+    let (text, prompt_tokens) = expected_greedy(PROMPT, 8);
+    assert_eq!(content(&v), text);
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["usage"]["prompt_tokens"], prompt_tokens);
+    assert_eq!(v["usage"]["completion_tokens"], 8);
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+}
+
+/// The `data:` lines of a streamed answer, read until `[DONE]`.
+fn stream(body: &Value) -> Vec<String> {
+    let resp = agent()
+        .post(format!("{}/v1/chat/completions", base()))
+        .header("Authorization", format!("Bearer {KEY}"))
+        .send_json(body)
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let reader = BufReader::new(resp.into_body().into_reader());
+    let mut out = Vec::new();
+    for line in reader.lines() {
+        let line = line.unwrap();
+        if let Some(data) = line.strip_prefix("data: ") {
+            out.push(data.to_string());
+            if data == "[DONE]" {
+                break;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn streamed_deltas_add_up_to_the_answer() {
+    let mut body = chat(PROMPT, 8);
+    body["stream"] = json!(true);
+    let events = stream(&body);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, expected_greedy(PROMPT, 8).0);
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+    assert_eq!(last["usage"]["completion_tokens"], 8);
+}
+
+#[test]
+fn tita_field_equals_the_sampler() {
+    let mut body = chat(PROMPT, 8);
+    body["tita"] = json!({"mode": "interpolate", "lambda": 0.3, "explain": true});
+    let (status, v) = post(&body);
+    assert_eq!(status, 200, "{v}");
+    let (target, reward) = (pipeline("llava-target"), pipeline("llava-reward"));
+    let config = TitaConfig {
+        fusion: Fusion::Interpolate { lambda: 0.3 },
+        explain: true,
+        ..TitaConfig::default()
+    };
+    let want = Tita::new(&target, Some(&reward), None, config, generation(8))
+        .unwrap()
+        .generate(&library_request(PROMPT))
+        .unwrap();
+    assert_eq!(content(&v), want.generation.text);
+    let rows = v["tita_explain"].as_array().unwrap();
+    assert_eq!(rows.len(), want.explain.len());
+    assert_eq!(rows[0]["token"]["id"], want.explain[0].token.id);
+    // Without a reference model, reference mode is the caller's mistake.
+    body["tita"] = json!({"mode": "reference"});
+    let (status, v) = post(&body);
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("reference"));
+}
+
+#[test]
+fn eight_concurrent_requests_all_answer_correctly() {
+    let prompts = ["Describe the image.", "What is in the picture?"];
+    let want: Vec<String> = prompts.iter().map(|p| expected_greedy(p, 6).0).collect();
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let body = chat(prompts[i % 2], 6);
+            std::thread::spawn(move || post(&body))
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let (status, v) = h.join().unwrap();
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(content(&v), want[i % 2], "request {i}");
+    }
+}
+
+fn health() -> Value {
+    agent()
+        .get(format!("{}/health", base()))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap()
+}
+
+#[test]
+fn a_client_that_leaves_mid_stream_cancels_its_generation() {
+    let before = health()["cancelled"].as_u64().unwrap();
+    let mut body = chat(PROMPT, 2048);
+    body["stream"] = json!(true);
+    {
+        let resp = agent()
+            .post(format!("{}/v1/chat/completions", base()))
+            .header("Authorization", format!("Bearer {KEY}"))
+            .send_json(&body)
+            .unwrap();
+        let mut reader = BufReader::new(resp.into_body().into_reader());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert!(line.starts_with("data: "), "{line}");
+    } // the connection closes here
+    let start = Instant::now();
+    while health()["cancelled"].as_u64().unwrap() == before {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the generation was not cancelled"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, v) = post(&chat(PROMPT, 2));
+    assert_eq!(status, 200, "{v}");
+}
+
+fn error_of(status: u16, v: &Value, want_status: u16, want: &str) {
+    assert_eq!(status, want_status, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(want), "{msg}");
+    assert!(v["error"]["type"].is_string());
+}
+
+#[test]
+fn bad_requests_get_openai_errors_and_the_server_stays_up() {
+    // A bad image.
+    let mut body = chat(PROMPT, 4);
+    body["messages"][0]["content"][0]["image_url"]["url"] = json!(data_url(b"not an image"));
+    let (status, v) = post(&body);
+    error_of(status, &v, 400, "image");
+    // Not JSON at all.
+    let mut resp = agent()
+        .post(format!("{}/v1/chat/completions", base()))
+        .header("Authorization", format!("Bearer {KEY}"))
+        .content_type("application/json")
+        .send("{\"messages\": [")
+        .unwrap();
+    let v: Value = resp.body_mut().read_json().unwrap();
+    error_of(resp.status().as_u16(), &v, 400, "");
+    // An unknown field value and an unknown field.
+    let mut body = chat(PROMPT, 4);
+    body["tita"] = json!({"mode": "sideways"});
+    let (status, v) = post(&body);
+    error_of(status, &v, 400, "sideways");
+    let mut body = chat(PROMPT, 4);
+    body["logit_bias"] = json!({});
+    let (status, v) = post(&body);
+    error_of(status, &v, 400, "logit_bias");
+    // A body over the limit.
+    let mut body = chat(PROMPT, 4);
+    body["messages"][0]["content"][1]["text"] = json!("x".repeat(300 << 10));
+    let (status, v) = post(&body);
+    error_of(status, &v, 413, "");
+    // Network images and paths without --allow-images.
+    let mut body = chat(PROMPT, 4);
+    body["messages"][0]["content"][0]["image_url"]["url"] = json!("https://example.com/a.png");
+    let (status, v) = post(&body);
+    error_of(status, &v, 400, "network");
+    // A wrong key.
+    let mut resp = agent()
+        .post(format!("{}/v1/chat/completions", base()))
+        .header("Authorization", "Bearer nope")
+        .send_json(chat(PROMPT, 4))
+        .unwrap();
+    let v: Value = resp.body_mut().read_json().unwrap();
+    error_of(resp.status().as_u16(), &v, 401, "key");
+    // And the next request is answered.
+    let (status, v) = post(&chat(PROMPT, 2));
+    assert_eq!(status, 200, "{v}");
+    let mut resp = agent()
+        .get(format!("{}/v1/models", base()))
+        .header("Authorization", format!("Bearer {KEY}"))
+        .call()
+        .unwrap();
+    let v: Value = resp.body_mut().read_json().unwrap();
+    assert_eq!(v["data"][0]["id"], "llava-target");
+}
