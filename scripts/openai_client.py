@@ -7,6 +7,7 @@ an image question, the same question streamed, and TITA through `extra_body`.
 
 import argparse
 import base64
+import json
 
 from openai import OpenAI
 
@@ -42,6 +43,10 @@ def main():
         extra_body={"tita": {"mode": "interpolate", "lambda": 0.3}},
     )
     print("TITA λ=0.3:", repr(tita.choices[0].message.content))
+    # One line a test can read back.
+    print(json.dumps({"greedy": plain.choices[0].message.content, "streamed": streamed,
+                      "tita": tita.choices[0].message.content,
+                      "completion_tokens": plain.usage.completion_tokens}))
 
 
 if __name__ == "__main__":

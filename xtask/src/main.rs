@@ -145,7 +145,10 @@ fn ci(args: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    run(cargo().args(["test", "--release", "--workspace"]))?;
+    let openai = install_openai_client();
+    run(cargo()
+        .args(["test", "--release", "--workspace"])
+        .env("TITA_REQUIRE_OPENAI", if openai { "1" } else { "0" }))?;
     library_builds_without_cli_dependencies()?;
     if skip_wgpu {
         eprintln!(
@@ -166,6 +169,34 @@ fn ci(args: &[String]) -> Result<()> {
         "tita-models/test-wgpu,tita-decode/wgpu",
     ]))?;
     Ok(())
+}
+
+/// pip-installs the official `openai` Python client for the server test that drives it (CI
+/// reaches PyPI); false, with a notice, where there is no python3 or pip.
+fn install_openai_client() -> bool {
+    let present = Command::new("python3")
+        .args(["-c", "import openai"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let ok = present
+        || Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "openai",
+            ])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!(
+            "{}",
+            banner("no python3/pip: the official openai client check will not run")
+        );
+    }
+    ok
 }
 
 /// A Rust app that depends on `tita-decode` compiles no CLI, plotting or progress-bar crates.

@@ -339,3 +339,57 @@ fn bad_requests_get_openai_errors_and_the_server_stays_up() {
     let v: Value = resp.body_mut().read_json().unwrap();
     assert_eq!(v["data"][0]["id"], "llava-target");
 }
+
+/// The official `openai` Python client against the server (`scripts/openai_client.py`): plain,
+/// streamed and TITA answers equal the library's. `cargo xtask ci` installs the client and
+/// sets `TITA_REQUIRE_OPENAI=1`, which makes a missing client a failure; elsewhere the test
+/// runs when `python3 -c "import openai"` works and says so when it does not.
+#[test]
+fn official_openai_client_gets_the_library_answers() {
+    let required = std::env::var("TITA_REQUIRE_OPENAI").is_ok_and(|v| v == "1");
+    let has_client = std::process::Command::new("python3")
+        .args(["-c", "import openai"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_client {
+        assert!(
+            !required,
+            "TITA_REQUIRE_OPENAI=1 but python3 cannot import openai"
+        );
+        eprintln!(
+            "python3 with the openai package not found: the official-client check did not run"
+        );
+        return;
+    }
+    let script = fixtures().join("../scripts/openai_client.py");
+    let image = fixtures().join("images/rocket.jpg");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["--base-url", &format!("{}/v1", base()), "--api-key", KEY])
+        .args(["--image", image.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let prompt = "Is there a rocket in the image?";
+    let want = expected_greedy(prompt, 12).0;
+    assert_eq!(v["greedy"], want.as_str());
+    assert_eq!(v["streamed"], want.as_str());
+    let (target, reward) = (pipeline("llava-target"), pipeline("llava-reward"));
+    let tita = Tita::new(
+        &target,
+        Some(&reward),
+        None,
+        TitaConfig::default(),
+        generation(12),
+    )
+    .unwrap()
+    .generate(&library_request(prompt))
+    .unwrap();
+    assert_eq!(v["tita"], tita.generation.text.as_str());
+}
