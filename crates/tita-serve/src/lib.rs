@@ -3,9 +3,11 @@
 //! parts as `data:` URLs or files under an allowed folder, `stream: true` as server-sent
 //! events ending with `data: [DONE]`).
 //!
-//! The models live on one worker thread that answers queued requests one at a time (a burn
-//! backend runs one graph at a time anyway); HTTP handling, image decoding and validation run
-//! on tokio beside it. A client that goes away cancels its generation at the next token.
+//! The models live on one worker thread; HTTP handling, image decoding and validation run on
+//! tokio beside it. Requests that queued up while the worker was busy are decoded together as
+//! one batch when their settings allow (greedy, same settings), the rest in turn. A client that
+//! goes away stops receiving at once and its generation stops at the next token (a batch
+//! stops when all of its clients have gone).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -264,6 +266,8 @@ struct Stats {
     completed: AtomicUsize,
     cancelled: AtomicUsize,
     failed: AtomicUsize,
+    /// Most requests decoded together so far.
+    largest_batch: AtomicUsize,
 }
 
 /// Shared state of the HTTP handlers.
@@ -273,6 +277,9 @@ struct AppState {
     stats: Arc<Stats>,
 }
 
+/// Most requests decoded together in one batch.
+const MAX_BATCH: usize = 8;
+
 /// Starts the worker thread that owns `models` and returns the API's router.
 pub fn router<B: Backend>(models: Models<B>, config: ServerConfig) -> Router {
     let (jobs, queue) = mpsc::channel::<Job>();
@@ -281,32 +288,7 @@ pub fn router<B: Backend>(models: Models<B>, config: ServerConfig) -> Router {
     let counts = stats.clone();
     std::thread::Builder::new()
         .name("tita-worker".into())
-        .spawn(move || {
-            for job in queue {
-                let events = job.events.clone();
-                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run_job(&models, job, max_prompt)
-                }));
-                let failure = match result {
-                    Ok(Ok(reason)) => {
-                        let count = if reason == FinishReason::Cancelled {
-                            &counts.cancelled
-                        } else {
-                            &counts.completed
-                        };
-                        count.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    Ok(Err(e)) => e,
-                    Err(_) => ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "the generation failed unexpectedly",
-                    ),
-                };
-                counts.failed.fetch_add(1, Ordering::Relaxed);
-                let _ = events.send(JobEvent::Failed(failure));
-            }
-        })
+        .spawn(move || worker(&models, queue, max_prompt, &counts))
         .expect("spawning the worker thread");
     let limit = config.max_body_bytes;
     let state = Arc::new(AppState {
@@ -322,64 +304,169 @@ pub fn router<B: Backend>(models: Models<B>, config: ServerConfig) -> Router {
         .with_state(state)
 }
 
-/// Runs one job on the worker thread; its tokens go out as they are chosen.
-fn run_job<B: Backend>(
+/// Requests decode together when everything but their prompts is the same, and greedy (so
+/// each row's tokens are what it gets alone).
+fn batch_key(job: &Job) -> Option<(GenerationConfig, Option<TitaConfig>, bool)> {
+    let g = GenerationConfig {
+        cancel: None,
+        ..job.generation.clone()
+    };
+    (g.sampling.temperature == 0.0).then(|| (g, job.tita.clone(), job.request.image.is_some()))
+}
+
+/// The worker: takes what has queued up (at most [`MAX_BATCH`]), runs compatible requests as
+/// one batch and the rest in turn, in arrival order.
+fn worker<B: Backend>(
     models: &Models<B>,
-    job: Job,
+    queue: mpsc::Receiver<Job>,
     max_prompt: usize,
-) -> Result<FinishReason, ApiError> {
-    let target = &models.target;
-    let prompt = target.request_prompt(&job.request).map_err(from_library)?;
-    if prompt.ids.len() > max_prompt {
-        return Err(ApiError::bad(
-            "messages",
-            format!(
-                "the prompt is {} tokens long (image tokens included); this server takes at most {max_prompt}",
-                prompt.ids.len()
-            ),
-        ));
+    counts: &Stats,
+) {
+    while let Ok(first) = queue.recv() {
+        let mut pending = vec![first];
+        while pending.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => pending.push(job),
+                Err(_) => break,
+            }
+        }
+        while !pending.is_empty() {
+            let key = batch_key(&pending[0]);
+            let (group, rest): (Vec<Job>, Vec<Job>) = match key {
+                None => {
+                    let mut it = pending.into_iter();
+                    (it.next().into_iter().collect(), it.collect())
+                }
+                Some(key) => pending
+                    .into_iter()
+                    .partition(|j| batch_key(j).as_ref() == Some(&key)),
+            };
+            pending = rest;
+            let senders: Vec<_> = group.iter().map(|j| j.events.clone()).collect();
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_batch(models, group, max_prompt, counts)
+            }));
+            if result.is_err() {
+                for tx in senders {
+                    counts.failed.fetch_add(1, Ordering::Relaxed);
+                    let _ = tx.send(JobEvent::Failed(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the generation failed unexpectedly",
+                    )));
+                }
+            }
+        }
     }
-    let cancel = job.generation.cancel.clone().unwrap_or_default();
-    let events = job.events;
-    // A closed channel means the client went away: stop at the next token.
+}
+
+/// Runs one batch of compatible jobs; each row's tokens go to its client as they are chosen.
+/// A row whose client left is no longer sent; the batch stops when every client has left.
+fn run_batch<B: Backend>(models: &Models<B>, jobs: Vec<Job>, max_prompt: usize, counts: &Stats) {
+    let target = &models.target;
+    let fail = |job: &Job, e: ApiError| {
+        counts.failed.fetch_add(1, Ordering::Relaxed);
+        let _ = job.events.send(JobEvent::Failed(e));
+    };
+    let mut ready = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let checked = target
+            .request_prompt(&job.request)
+            .map_err(from_library)
+            .and_then(|prompt| {
+                if prompt.ids.len() > max_prompt {
+                    Err(ApiError::bad(
+                        "messages",
+                        format!(
+                            "the prompt is {} tokens long (image tokens included); this server takes at most {max_prompt}",
+                            prompt.ids.len()
+                        ),
+                    ))
+                } else {
+                    Ok(prompt)
+                }
+            });
+        match checked {
+            Ok(prompt) => ready.push((job, prompt)),
+            Err(e) => fail(&job, e),
+        }
+    }
+    let Some((first, _)) = ready.first() else {
+        return;
+    };
+    counts
+        .largest_batch
+        .fetch_max(ready.len(), Ordering::Relaxed);
+    let cancel = Cancel::new();
+    let generation = GenerationConfig {
+        cancel: Some(cancel.clone()),
+        ..first.generation.clone()
+    };
+    let tita = first.tita.clone();
+    let mut open = vec![true; ready.len()];
     let mut on_token = |ev: tita_decode::TokenEvent| {
-        if events
-            .send(JobEvent::Delta(ev.text_delta.to_string()))
-            .is_err()
+        let (job, _) = &ready[ev.row];
+        if open[ev.row]
+            && job
+                .events
+                .send(JobEvent::Delta(ev.text_delta.to_string()))
+                .is_err()
         {
-            cancel.cancel();
+            open[ev.row] = false;
+            if open.iter().all(|o| !o) {
+                cancel.cancel();
+            }
         }
     };
-    let (generation, explain) = match job.tita {
-        None => (
-            Generator::new(target, job.generation)
-                .generate_streaming(&prompt, &mut on_token)
-                .map_err(from_library)?,
-            Vec::new(),
-        ),
-        Some(config) => {
-            let tita = Tita::new(
+    let outcome: Result<Vec<(tita_decode::Generation, Vec<TokenExplanation>)>, ApiError> =
+        match tita {
+            None => {
+                let prompts: Vec<_> = ready.iter().map(|(_, p)| p).collect();
+                Generator::new(target, generation)
+                    .generate_batch_streaming(&prompts, &mut on_token)
+                    .map(|gs| gs.into_iter().map(|g| (g, Vec::new())).collect())
+                    .map_err(from_library)
+            }
+            Some(config) => Tita::new(
                 target,
                 models.reward.as_ref(),
                 models.reference.as_ref(),
                 config,
-                job.generation,
+                generation,
             )
-            .map_err(|e| ApiError::bad("tita", e.to_string()))?;
-            let out = tita
-                .generate_streaming(&job.request, &mut on_token)
-                .map_err(from_library)?;
-            (out.generation, out.explain)
+            .map_err(|e| ApiError::bad("tita", e.to_string()))
+            .and_then(|tita| {
+                let requests: Vec<Request> = ready.iter().map(|(j, _)| j.request.clone()).collect();
+                tita.generate_batch_streaming(&requests, &mut on_token)
+                    .map(|gs| gs.into_iter().map(|g| (g.generation, g.explain)).collect())
+                    .map_err(from_library)
+            }),
+        };
+    match outcome {
+        Err(e) => {
+            for (job, _) in &ready {
+                fail(job, e.clone());
+            }
         }
-    };
-    let reason = generation.finish_reason;
-    let _ = events.send(JobEvent::Done(Finished {
-        finish_reason: reason,
-        prompt_tokens: generation.prompt_tokens,
-        completion_tokens: generation.generated_tokens,
-        explain,
-    }));
-    Ok(reason)
+        Ok(rows) => {
+            for ((job, _), (generation, explain)) in ready.iter().zip(rows) {
+                let delivered = job
+                    .events
+                    .send(JobEvent::Done(Finished {
+                        finish_reason: generation.finish_reason,
+                        prompt_tokens: generation.prompt_tokens,
+                        completion_tokens: generation.generated_tokens,
+                        explain,
+                    }))
+                    .is_ok();
+                let count = if delivered && generation.finish_reason != FinishReason::Cancelled {
+                    &counts.completed
+                } else {
+                    &counts.cancelled
+                };
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 fn check_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -408,6 +495,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         "completed": s.completed.load(Ordering::Relaxed),
         "cancelled": s.cancelled.load(Ordering::Relaxed),
         "failed": s.failed.load(Ordering::Relaxed),
+        "largest_batch": s.largest_batch.load(Ordering::Relaxed),
     }))
     .into_response()
 }

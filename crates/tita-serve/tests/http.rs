@@ -238,6 +238,12 @@ fn eight_concurrent_requests_all_answer_correctly() {
         assert_eq!(status, 200, "{v}");
         assert_eq!(content(&v), want[i % 2], "request {i}");
     }
+    // Those that queued while the first was answered were decoded as one batch.
+    assert!(
+        health()["largest_batch"].as_u64().unwrap() >= 2,
+        "{}",
+        health()
+    );
 }
 
 fn health() -> Value {
