@@ -99,12 +99,14 @@ pub struct Generation {
     pub timings: Timings,
 }
 
-/// A streamed token: which row of the batch, the id, and the text it added.
+/// A streamed token: which row of the batch, the id, the text it added, and the scores it was
+/// chosen from (the model's logits, or a sampler's fused scores) before temperature.
 #[derive(Debug, Clone, Copy)]
 pub struct TokenEvent<'a> {
     pub row: usize,
     pub token: u32,
     pub text_delta: &'a str,
+    pub scores: &'a [f32],
 }
 
 /// Per-row bookkeeping of the decoding loop.
@@ -231,6 +233,7 @@ pub fn decode_loop(
                 row: i,
                 token,
                 text_delta: delta,
+                scores: &scores[i],
             });
             row.streamed = row.streamed.max(end);
         }

@@ -155,6 +155,13 @@ pub struct ChatRequest {
     pub user: Option<String>,
     #[serde(default)]
     pub tita: Option<TitaOptions>,
+    /// Per-token log-probabilities of the distribution each token was chosen from (the fused
+    /// one under TITA), before temperature.
+    #[serde(default)]
+    pub logprobs: bool,
+    /// How many alternatives per token with `logprobs` (0 to 20).
+    #[serde(default)]
+    pub top_logprobs: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,11 +251,14 @@ struct Job {
     request: Request,
     generation: GenerationConfig,
     tita: Option<TitaConfig>,
+    /// `Some(top)` when the client asked for log-probabilities.
+    logprobs: Option<usize>,
     events: tmpsc::UnboundedSender<JobEvent>,
 }
 
 enum JobEvent {
-    Delta(String),
+    /// A token: the text it added and, when asked for, its log-probability entry.
+    Delta(String, Option<Value>),
     Done(Finished),
     Failed(ApiError),
 }
@@ -403,14 +413,14 @@ fn run_batch<B: Backend>(models: &Models<B>, jobs: Vec<Job>, max_prompt: usize, 
     };
     let tita = first.tita.clone();
     let mut open = vec![true; ready.len()];
+    let tokenizer = &target.tokenizer;
     let mut on_token = |ev: tita_decode::TokenEvent| {
         let (job, _) = &ready[ev.row];
-        if open[ev.row]
-            && job
-                .events
-                .send(JobEvent::Delta(ev.text_delta.to_string()))
-                .is_err()
-        {
+        let logprob = job
+            .logprobs
+            .map(|top| logprob_entry(tokenizer, ev.scores, ev.token, top));
+        let delta = JobEvent::Delta(ev.text_delta.to_string(), logprob);
+        if open[ev.row] && job.events.send(delta).is_err() {
             open[ev.row] = false;
             if open.iter().all(|o| !o) {
                 cancel.cancel();
@@ -544,14 +554,16 @@ async fn chat(
     })?;
     let config = state.config.clone();
     let stream = req.stream;
-    let (request, generation, tita) = tokio::task::spawn_blocking(move || prepare(req, &config))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "request preparation failed",
-            )
-        })??;
+    let with_logprobs = req.logprobs;
+    let (request, generation, tita, logprobs) =
+        tokio::task::spawn_blocking(move || prepare(req, &config))
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "request preparation failed",
+                )
+            })??;
     let (tx, mut rx) = tmpsc::unbounded_channel();
     state
         .jobs
@@ -559,6 +571,7 @@ async fn chat(
             request,
             generation,
             tita,
+            logprobs,
             events: tx,
         })
         .map_err(|_| {
@@ -574,15 +587,20 @@ async fn chat(
     let model = state.config.model_name.clone();
     if !stream {
         let mut text = String::new();
+        let mut logprobs = Vec::new();
         while let Some(ev) = rx.recv().await {
             match ev {
-                JobEvent::Delta(d) => text.push_str(&d),
+                JobEvent::Delta(d, lp) => {
+                    text.push_str(&d);
+                    logprobs.extend(lp);
+                }
                 JobEvent::Failed(e) => return Err(e),
                 JobEvent::Done(f) => {
                     let mut body = json!({
                         "id": id, "object": "chat.completion", "created": created, "model": model,
                         "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                     "finish_reason": finish_reason(f.finish_reason), "logprobs": null}],
+                                     "finish_reason": finish_reason(f.finish_reason),
+                                     "logprobs": if with_logprobs { json!({"content": logprobs}) } else { Value::Null }}],
                         "usage": usage(&f),
                     });
                     if !f.explain.is_empty() {
@@ -604,11 +622,15 @@ async fn chat(
         return Err(e);
     }
     let chunk = move |delta: Value, finish: Option<&str>, extra: Option<(&str, Value)>| {
+        let logprobs = match extra {
+            Some(("logprobs", ref v)) => json!({"content": [v]}),
+            _ => Value::Null,
+        };
         let mut c = json!({
             "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}],
         });
-        if let Some((k, v)) = extra {
+        if let Some((k, v)) = extra.filter(|(k, _)| *k != "logprobs") {
             c[k] = v;
         }
         Event::default().data(c.to_string())
@@ -637,8 +659,12 @@ fn async_stream(
         let mut next = first;
         while let Some(ev) = next {
             let open = match ev {
-                JobEvent::Delta(d) if d.is_empty() => true,
-                JobEvent::Delta(d) => send(chunk(json!({"content": d}), None, None)),
+                JobEvent::Delta(d, None) if d.is_empty() => true,
+                JobEvent::Delta(d, lp) => send(chunk(
+                    json!({"content": d}),
+                    None,
+                    lp.map(|v| ("logprobs", v)),
+                )),
                 JobEvent::Failed(e) => {
                     let _ = send(Event::default().data(e.body().to_string()));
                     false
@@ -694,10 +720,9 @@ fn rand_id() -> u64 {
 
 /// Checks a request and turns it into the library's terms; images are decoded here, so a bad
 /// one is answered before anything is queued.
-fn prepare(
-    req: ChatRequest,
-    config: &ServerConfig,
-) -> Result<(Request, GenerationConfig, Option<TitaConfig>), ApiError> {
+type Prepared = (Request, GenerationConfig, Option<TitaConfig>, Option<usize>);
+
+fn prepare(req: ChatRequest, config: &ServerConfig) -> Result<Prepared, ApiError> {
     if let Some(m) = &req.model {
         if m != &config.model_name {
             return Err(ApiError {
@@ -789,13 +814,49 @@ fn prepare(
         cancel: Some(Cancel::new()),
     };
     let tita = req.tita.as_ref().map(TitaOptions::config).transpose()?;
+    let logprobs = match (req.logprobs, req.top_logprobs) {
+        (_, Some(k)) if k > 20 => {
+            return Err(ApiError::bad("top_logprobs", "must be between 0 and 20"))
+        }
+        (false, Some(_)) => return Err(ApiError::bad("top_logprobs", "needs `logprobs: true`")),
+        (true, k) => Some(k.unwrap_or(0)),
+        (false, None) => None,
+    };
     let request = Request {
         prompt: String::new(),
         image,
         pad: false,
         messages: Some(messages),
     };
-    Ok((request, generation, tita))
+    Ok((request, generation, tita, logprobs))
+}
+
+/// OpenAI's `logprobs.content` entry of `token` under the scores it was chosen from, with
+/// the `top` most likely alternatives. Impossible tokens get -9999, as OpenAI reports them.
+fn logprob_entry(
+    tokenizer: &tita_core::Tokenizer,
+    scores: &[f32],
+    token: u32,
+    top: usize,
+) -> Value {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + scores.iter().map(|s| (s - max).exp()).sum::<f32>().ln();
+    let entry = |id: u32| {
+        let text = tokenizer.decode(&[id], false).unwrap_or_default();
+        let lp = (scores[id as usize] - lse).max(-9999.0);
+        json!({"token": text, "logprob": lp, "bytes": text.as_bytes()})
+    };
+    let mut best: Vec<u32> = (0..scores.len() as u32).collect();
+    if top > 0 && top < best.len() {
+        best.select_nth_unstable_by(top, |&a, &b| {
+            scores[b as usize].total_cmp(&scores[a as usize])
+        });
+    }
+    best.truncate(top);
+    best.sort_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]));
+    let mut e = entry(token);
+    e["top_logprobs"] = best.into_iter().map(entry).collect();
+    e
 }
 
 /// An `image_url`: a `data:` URL, or a file under `--allow-images`; decoded and size-checked.

@@ -399,3 +399,46 @@ fn official_openai_client_gets_the_library_answers() {
     .unwrap();
     assert_eq!(v["tita"], tita.generation.text.as_str());
 }
+
+/// `logprobs` in OpenAI's shape: one entry per token, the greedy token on top of its
+/// alternatives, and the first token's log-probability equal to the library's prefill logits'.
+#[test]
+fn logprobs_come_from_the_distribution_each_token_was_chosen_from() {
+    for tita in [None, Some(json!({"lambda": 0.3}))] {
+        let mut body = chat(PROMPT, 5);
+        body["logprobs"] = json!(true);
+        body["top_logprobs"] = json!(3);
+        if let Some(t) = &tita {
+            body["tita"] = t.clone();
+        }
+        let (status, v) = post(&body);
+        assert_eq!(status, 200, "{v}");
+        let entries = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+        assert_eq!(entries.len(), 5);
+        for e in entries {
+            let top = e["top_logprobs"].as_array().unwrap();
+            assert_eq!(top.len(), 3);
+            assert_eq!(top[0]["token"], e["token"], "greedy picks the most likely");
+            assert_eq!(top[0]["logprob"], e["logprob"]);
+            let lps: Vec<f64> = top.iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
+            assert!(
+                lps.windows(2).all(|w| w[0] >= w[1]) && lps[0] <= 0.0,
+                "{lps:?}"
+            );
+        }
+        if tita.is_none() {
+            let p = pipeline("llava-target");
+            let prompt = p.request_prompt(&library_request(PROMPT)).unwrap();
+            let (_, logits) =
+                tita_decode::Session::prefill(&p.model, &[&prompt], &p.device).unwrap();
+            let ls = tita_core::fusion::log_softmax(&logits[0]);
+            let best = ls.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let got = entries[0]["logprob"].as_f64().unwrap() as f32;
+            assert!((got - best).abs() < 1e-4, "{got} vs {best}");
+        }
+    }
+    let mut body = chat(PROMPT, 2);
+    body["top_logprobs"] = json!(2);
+    let (status, _) = post(&body);
+    assert_eq!(status, 400);
+}
