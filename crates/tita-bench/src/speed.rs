@@ -166,14 +166,15 @@ impl ModelSpec {
 impl std::fmt::Display for ModelSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ModelSpec::Preset(p) => write!(f, "{}", p.to_possible_value_name()),
+            ModelSpec::Preset(p) => write!(f, "{}", p.name()),
             ModelSpec::Dir(d) => write!(f, "{}", d.display()),
         }
     }
 }
 
 impl Preset {
-    fn to_possible_value_name(self) -> String {
+    /// The name the command line and results.json use.
+    pub fn name(self) -> String {
         serde_json::to_value(self)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))

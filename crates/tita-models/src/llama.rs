@@ -94,8 +94,9 @@ impl<B: Backend> KvCache<B> {
                 return (k, v);
             }
             None => {
-                let z = Tensor::<B, 4>::zeros([b, h, t + self.reserve, d], (&device, dtype));
-                (z.clone(), z)
+                // Two buffers: a shared one would be copied at its first write.
+                let zeros = || Tensor::<B, 4>::zeros([b, h, t + self.reserve, d], (&device, dtype));
+                (zeros(), zeros())
             }
             Some((bk, bv)) if bk.dims()[2] < t => {
                 let z = Tensor::<B, 4>::zeros(

@@ -258,6 +258,20 @@ impl<B: Backend> Vlm<B> {
         dtype: DType,
         device: &B::Device,
     ) -> Result<Self> {
+        if !B::supports_dtype(device, dtype) {
+            return Err(Error::argument(
+                "dtype",
+                format!(
+                    "{dtype:?} is not supported by the {} backend on this device; use f32{}",
+                    B::name(device),
+                    if B::supports_dtype(device, DType::F16) {
+                        " or f16"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
         let w = &mut Recorder::new(source, dtype);
         let language_model = Llama::load(w, &keys.text, config.text(), device)?;
         let vision = match &config {

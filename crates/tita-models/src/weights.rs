@@ -1,6 +1,7 @@
 //! Reading Hugging Face safetensors checkpoints: one `model.safetensors` or shards listed in
-//! `model.safetensors.index.json`; f32, f16 and bf16 stored weights (upcast to f32); every
-//! tensor is checked by name and shape, and tensors nobody asked for are reported.
+//! `model.safetensors.index.json`; f32, f16 and bf16 stored weights (held in f32 unless a
+//! [`Precision`] says otherwise); every tensor is checked by name and shape, and tensors nobody
+//! asked for are reported.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
