@@ -621,16 +621,18 @@ async fn chat(
     if let Some(JobEvent::Failed(e)) = first {
         return Err(e);
     }
-    let chunk = move |delta: Value, finish: Option<&str>, extra: Option<(&str, Value)>| {
-        let logprobs = match extra {
-            Some(("logprobs", ref v)) => json!({"content": [v]}),
-            _ => Value::Null,
-        };
+    // One chunk: the delta, the finish reason, a token's log-prob entry, and top-level extras
+    // (`usage`, `tita_explain`) on the last one.
+    let chunk = move |delta: Value,
+                      finish: Option<&str>,
+                      logprob: Option<Value>,
+                      extra: Vec<(&str, Value)>| {
+        let logprobs = logprob.map_or(Value::Null, |v| json!({"content": [v]}));
         let mut c = json!({
             "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}],
         });
-        if let Some((k, v)) = extra.filter(|(k, _)| *k != "logprobs") {
+        for (k, v) in extra {
             c[k] = v;
         }
         Event::default().data(c.to_string())
@@ -644,7 +646,7 @@ async fn chat(
 fn async_stream(
     first: Option<JobEvent>,
     mut rx: tmpsc::UnboundedReceiver<JobEvent>,
-    chunk: impl Fn(Value, Option<&str>, Option<(&str, Value)>) -> Event + Send + 'static,
+    chunk: impl Fn(Value, Option<&str>, Option<Value>, Vec<(&str, Value)>) -> Event + Send + 'static,
 ) -> impl tokio_stream::Stream<Item = Result<Event, std::convert::Infallible>> {
     let (tx, out) = tmpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -653,6 +655,7 @@ fn async_stream(
             json!({"role": "assistant", "content": ""}),
             None,
             None,
+            Vec::new(),
         )) {
             return;
         }
@@ -660,31 +663,22 @@ fn async_stream(
         while let Some(ev) = next {
             let open = match ev {
                 JobEvent::Delta(d, None) if d.is_empty() => true,
-                JobEvent::Delta(d, lp) => send(chunk(
-                    json!({"content": d}),
-                    None,
-                    lp.map(|v| ("logprobs", v)),
-                )),
+                JobEvent::Delta(d, lp) => send(chunk(json!({"content": d}), None, lp, Vec::new())),
                 JobEvent::Failed(e) => {
                     let _ = send(Event::default().data(e.body().to_string()));
                     false
                 }
                 JobEvent::Done(f) => {
-                    let mut last = chunk(
+                    let mut extra = vec![("usage", usage(&f))];
+                    if !f.explain.is_empty() {
+                        extra.push(("tita_explain", json!(f.explain)));
+                    }
+                    let _ = send(chunk(
                         json!({}),
                         Some(finish_reason(f.finish_reason)),
-                        Some(("usage", usage(&f))),
-                    );
-                    if !f.explain.is_empty() {
-                        last = chunk(
-                            json!({}),
-                            Some(finish_reason(f.finish_reason)),
-                            Some(("tita_explain", json!(f.explain))),
-                        );
-                        let _ =
-                            send(Event::default().data(json!({"usage": usage(&f)}).to_string()));
-                    }
-                    let _ = send(last);
+                        None,
+                        extra,
+                    ));
                     false
                 }
             };
