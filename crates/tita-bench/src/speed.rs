@@ -12,6 +12,7 @@ use burn::module::Module;
 use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
 use serde::Serialize;
 use tita_core::image::PixelValues;
+use tita_models::PixelBatch;
 use tita_core::sampling::argmax;
 use tita_core::{ClipVisionConfig, LlamaConfig, LlavaConfig, ModelConfig, Result};
 use tita_decode::{Prompt, Session};
@@ -341,16 +342,16 @@ pub fn run<B: Backend>(
         None => None,
         Some(c) => {
             let s = c.vision.image_size;
-            let pixels = Tensor::<B, 4>::random(
+            let pixels = PixelBatch::Square(Tensor::<B, 4>::random(
                 [1, c.vision.num_channels, s, s],
                 Distribution::Default,
                 (device, model.dtype()),
-            );
+            ));
             let _ = model.encode_images(pixels.clone())?; // warm-up
             let _ = B::sync(device);
             let t = Instant::now();
             let f = model.encode_images(pixels)?;
-            let _ = f.into_data();
+            let _ = f.rows.into_data();
             Some(t.elapsed().as_secs_f64() * 1e3)
         }
     };

@@ -71,8 +71,14 @@ pub struct LlamaConfig {
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
     pub tie_word_embeddings: bool,
+    /// Bias on the q, k and v projections.
     pub attention_bias: bool,
+    /// Bias on the output projection (LLaMA: as `attention_bias`; Qwen2: none).
+    pub o_proj_bias: bool,
     pub mlp_bias: bool,
+    /// Qwen2-VL's multimodal RoPE: how many rotary frequencies follow the temporal, height and
+    /// width position rows. Empty: one position per token (plain RoPE).
+    pub mrope_section: Vec<usize>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     pub pad_token_id: Option<u32>,
@@ -150,11 +156,60 @@ impl LlavaConfig {
     }
 }
 
+/// `Qwen2_5_VLVisionConfig`: the Qwen2.5-VL vision tower and its patch merger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QwenVisionConfig {
+    pub depth: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_heads: usize,
+    pub in_channels: usize,
+    pub patch_size: usize,
+    pub temporal_patch_size: usize,
+    pub spatial_merge_size: usize,
+    /// Side of an attention window in pixels.
+    pub window_size: usize,
+    /// Blocks that attend over the whole image; the others attend within windows.
+    pub fullatt_block_indexes: Vec<usize>,
+    pub out_hidden_size: usize,
+    pub hidden_act: Activation,
+    pub rope_theta: f64,
+    pub tokens_per_second: usize,
+}
+
+impl QwenVisionConfig {
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_heads
+    }
+
+    /// Values in one flattened patch: channels × temporal patch × patch × patch.
+    pub fn patch_values(&self) -> usize {
+        self.in_channels * self.temporal_patch_size * self.patch_size * self.patch_size
+    }
+
+    /// Side of a window in merged cells (`window_size / merge / patch`).
+    pub fn window_cells(&self) -> usize {
+        self.window_size / self.spatial_merge_size / self.patch_size
+    }
+}
+
+/// `Qwen2_5_VLConfig`: the Qwen2 decoder (M-RoPE) and the vision tower.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QwenVlConfig {
+    pub text: LlamaConfig,
+    pub vision: QwenVisionConfig,
+    pub image_token_id: u32,
+    pub video_token_id: u32,
+    pub vision_start_token_id: u32,
+    pub vision_end_token_id: u32,
+}
+
 /// What a checkpoint directory holds.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelConfig {
     Llava(LlavaConfig),
     Llama(LlamaConfig),
+    QwenVl(QwenVlConfig),
 }
 
 impl ModelConfig {
@@ -174,12 +229,16 @@ impl ModelConfig {
         let root = Fields::root(value, path)?;
         match root.opt_str("model_type")?.as_deref() {
             Some("llava") => Ok(ModelConfig::Llava(parse_llava(&root)?)),
-            Some("llama") => Ok(ModelConfig::Llama(parse_llama(&root, None)?)),
+            Some("llama") => Ok(ModelConfig::Llama(parse_text(&root, None, TextFamily::Llama)?)),
+            Some("qwen2_5_vl") => Ok(ModelConfig::QwenVl(parse_qwen_vl(&root)?)),
             Some(other) => Err(root.err(
                 "model_type",
-                format!("`{other}` is not supported (expected `llava` or `llama`)"),
+                format!("`{other}` is not supported (expected `llava`, `llama` or `qwen2_5_vl`)"),
             )),
-            None => Err(root.err("model_type", "missing (expected `llava` or `llama`)")),
+            None => Err(root.err(
+                "model_type",
+                "missing (expected `llava`, `llama` or `qwen2_5_vl`)",
+            )),
         }
     }
 
@@ -212,6 +271,57 @@ impl ModelConfig {
         };
         match self {
             ModelConfig::Llama(c) => text(c),
+            ModelConfig::QwenVl(c) => {
+                let (t, v) = (&c.text, &c.vision);
+                serde_json::json!({
+                    "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+                    "model_type": "qwen2_5_vl",
+                    "image_token_id": c.image_token_id,
+                    "video_token_id": c.video_token_id,
+                    "vision_start_token_id": c.vision_start_token_id,
+                    "vision_end_token_id": c.vision_end_token_id,
+                    "tie_word_embeddings": t.tie_word_embeddings,
+                    "dtype": t.dtype.clone().unwrap_or_else(|| "float32".into()),
+                    "text_config": {
+                        "model_type": "qwen2_5_vl_text",
+                        "vocab_size": t.vocab_size,
+                        "hidden_size": t.hidden_size,
+                        "intermediate_size": t.intermediate_size,
+                        "num_hidden_layers": t.num_hidden_layers,
+                        "num_attention_heads": t.num_attention_heads,
+                        "num_key_value_heads": t.num_key_value_heads,
+                        "hidden_act": t.hidden_act.hf_name(),
+                        "max_position_embeddings": t.max_position_embeddings,
+                        "rms_norm_eps": t.rms_norm_eps,
+                        "rope_parameters": {
+                            "rope_type": "default",
+                            "rope_theta": t.rope_theta,
+                            "mrope_section": t.mrope_section,
+                        },
+                        "tie_word_embeddings": t.tie_word_embeddings,
+                        "bos_token_id": t.bos_token_id,
+                        "eos_token_id": t.eos_token_ids,
+                        "pad_token_id": t.pad_token_id,
+                    },
+                    "vision_config": {
+                        "model_type": "qwen2_5_vl_vision",
+                        "depth": v.depth,
+                        "hidden_size": v.hidden_size,
+                        "intermediate_size": v.intermediate_size,
+                        "num_heads": v.num_heads,
+                        "in_channels": v.in_channels,
+                        "patch_size": v.patch_size,
+                        "temporal_patch_size": v.temporal_patch_size,
+                        "spatial_merge_size": v.spatial_merge_size,
+                        "window_size": v.window_size,
+                        "fullatt_block_indexes": v.fullatt_block_indexes,
+                        "out_hidden_size": v.out_hidden_size,
+                        "hidden_act": v.hidden_act.hf_name(),
+                        "tokens_per_second": v.tokens_per_second,
+                        "rope_parameters": {"rope_type": "axial", "rope_theta": v.rope_theta},
+                    },
+                })
+            }
             ModelConfig::Llava(c) => {
                 let v = &c.vision;
                 let layer = match c.vision_feature_layers.as_slice() {
@@ -255,6 +365,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Llava(c) => &c.text,
             ModelConfig::Llama(c) => c,
+            ModelConfig::QwenVl(c) => &c.text,
         }
     }
 }
@@ -383,27 +494,42 @@ fn positive(f: &Fields, field: &str, value: usize) -> Result<usize> {
     Ok(value)
 }
 
-/// `LlamaConfig` with transformers' defaults. `parent` is the enclosing LLaVA config, whose
-/// top-level ids and dtype stand in when the text config leaves them out.
-fn parse_llama(f: &Fields, parent: Option<&Fields>) -> Result<LlamaConfig> {
+/// The decoder families a text config can describe; each has transformers' defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TextFamily {
+    Llama,
+    /// `Qwen2_5_VLTextConfig`: bias on q/k/v only, `head_dim = hidden / heads`, M-RoPE.
+    Qwen2Vl,
+}
+
+/// A text config with its family's transformers defaults. `parent` is the enclosing VLM
+/// config, whose top-level ids and dtype stand in when the text config leaves them out.
+fn parse_text(f: &Fields, parent: Option<&Fields>, family: TextFamily) -> Result<LlamaConfig> {
+    let qwen = family == TextFamily::Qwen2Vl;
+    let accepted: &[&str] = if qwen {
+        &["qwen2_5_vl_text", "qwen2_5_vl", "qwen2_vl_text", "qwen2_vl"]
+    } else {
+        &["llama"]
+    };
     if let Some(mt) = f.opt_str("model_type")? {
-        if mt != "llama" {
+        if !accepted.contains(&mt.as_str()) {
             return Err(f.err(
                 "model_type",
-                format!("`{mt}` is not supported (expected `llama`)"),
+                format!("`{mt}` is not supported (expected `{}`)", accepted[0]),
             ));
         }
     }
-    let hidden_size = positive(f, "hidden_size", f.usize("hidden_size", 4096)?)?;
+    let d = |llama: usize, qwen2: usize| if qwen { qwen2 } else { llama };
+    let hidden_size = positive(f, "hidden_size", f.usize("hidden_size", d(4096, 8192))?)?;
     let num_attention_heads = positive(
         f,
         "num_attention_heads",
-        f.usize("num_attention_heads", 32)?,
+        f.usize("num_attention_heads", d(32, 64))?,
     )?;
     let num_key_value_heads = positive(
         f,
         "num_key_value_heads",
-        f.usize("num_key_value_heads", num_attention_heads)?,
+        f.usize("num_key_value_heads", d(num_attention_heads, 8))?,
     )?;
     if num_attention_heads % num_key_value_heads != 0 {
         return Err(f.err(
@@ -413,7 +539,8 @@ fn parse_llama(f: &Fields, parent: Option<&Fields>) -> Result<LlamaConfig> {
             ),
         ));
     }
-    let head_dim = match f.opt_usize("head_dim")? {
+    // Qwen2-VL's attention takes `hidden_size / heads` whatever `head_dim` says.
+    let head_dim = match f.opt_usize("head_dim")?.filter(|_| !qwen) {
         Some(d) => positive(f, "head_dim", d)?,
         None => {
             if hidden_size % num_attention_heads != 0 {
@@ -436,7 +563,9 @@ fn parse_llama(f: &Fields, parent: Option<&Fields>) -> Result<LlamaConfig> {
 
     // transformers < 5 writes `rope_theta` (+ `rope_scaling`); 5 writes `rope_parameters`.
     let rope = f.child("rope_parameters")?;
-    let rope_theta = rope.f64("rope_theta", f.f64("rope_theta", 10000.0)?)?;
+    let theta_default = if qwen { 1_000_000.0 } else { 10000.0 };
+    let rope_theta = rope.f64("rope_theta", f.f64("rope_theta", theta_default)?)?;
+    let mut mrope_section = Vec::new();
     for (block, fields) in [
         ("rope_scaling", f.child("rope_scaling")?),
         ("rope_parameters", rope),
@@ -445,10 +574,39 @@ fn parse_llama(f: &Fields, parent: Option<&Fields>) -> Result<LlamaConfig> {
             Some(k) => Some(k),
             None => fields.opt_str("type")?,
         };
-        if let Some(kind) = kind.filter(|k| k != "default") {
+        let plain = |k: &String| k == "default" || (qwen && k == "mrope");
+        if let Some(kind) = kind.filter(|k| !plain(k)) {
             return Err(f.err(
                 block,
                 format!("rope type `{kind}` is not supported (only `default`)"),
+            ));
+        }
+        if qwen && fields.get("mrope_section").is_some() {
+            mrope_section = fields
+                .ids("mrope_section", &[])?
+                .into_iter()
+                .map(|x| x as usize)
+                .collect();
+        }
+    }
+    if qwen {
+        if mrope_section.is_empty() {
+            mrope_section = vec![16, 24, 24];
+        }
+        let sum: usize = mrope_section.iter().sum();
+        if mrope_section.len() != 3 || sum != head_dim / 2 {
+            return Err(f.err(
+                "rope_parameters.mrope_section",
+                format!(
+                    "{mrope_section:?} must be three counts summing to head_dim / 2 = {}",
+                    head_dim / 2
+                ),
+            ));
+        }
+        if f.bool("use_sliding_window", false)? {
+            return Err(f.err(
+                "use_sliding_window",
+                "sliding-window attention is not supported",
             ));
         }
     }
@@ -470,11 +628,20 @@ fn parse_llama(f: &Fields, parent: Option<&Fields>) -> Result<LlamaConfig> {
             None => None,
         },
     };
+    // Qwen2.5-VL ties when either the top level or the text config says so.
+    let tie = f.bool("tie_word_embeddings", false)?
+        || (qwen && parent.map_or(Ok(false), |p| p.bool("tie_word_embeddings", false))?);
+    let attention_bias = qwen || f.bool("attention_bias", false)?;
+    let (bos, eos) = if qwen { (151643, 151645) } else { (1, 2) };
     Ok(LlamaConfig {
-        vocab_size: positive(f, "vocab_size", f.usize("vocab_size", 32000)?)?,
+        vocab_size: positive(f, "vocab_size", f.usize("vocab_size", d(32000, 152064))?)?,
         hidden_size,
-        intermediate_size: positive(f, "intermediate_size", f.usize("intermediate_size", 11008)?)?,
-        num_hidden_layers: f.usize("num_hidden_layers", 32)?,
+        intermediate_size: positive(
+            f,
+            "intermediate_size",
+            f.usize("intermediate_size", d(11008, 29568))?,
+        )?,
+        num_hidden_layers: f.usize("num_hidden_layers", d(32, 80))?,
         num_attention_heads,
         num_key_value_heads,
         head_dim,
@@ -482,15 +649,17 @@ fn parse_llama(f: &Fields, parent: Option<&Fields>) -> Result<LlamaConfig> {
         max_position_embeddings: positive(
             f,
             "max_position_embeddings",
-            f.usize("max_position_embeddings", 2048)?,
+            f.usize("max_position_embeddings", d(2048, 32768))?,
         )?,
-        rms_norm_eps: f.f64("rms_norm_eps", 1e-6)?,
+        rms_norm_eps: f.f64("rms_norm_eps", if qwen { 1e-5 } else { 1e-6 })?,
         rope_theta,
-        tie_word_embeddings: f.bool("tie_word_embeddings", false)?,
-        attention_bias: f.bool("attention_bias", false)?,
-        mlp_bias: f.bool("mlp_bias", false)?,
-        bos_token_id: pick("bos_token_id")?.map_or(Some(1), |v| v.first().copied()),
-        eos_token_ids: pick("eos_token_id")?.unwrap_or_else(|| vec![2]),
+        tie_word_embeddings: tie,
+        attention_bias,
+        o_proj_bias: attention_bias && !qwen,
+        mlp_bias: !qwen && f.bool("mlp_bias", false)?,
+        mrope_section,
+        bos_token_id: pick("bos_token_id")?.map_or(Some(bos), |v| v.first().copied()),
+        eos_token_ids: pick("eos_token_id")?.unwrap_or_else(|| vec![eos]),
         pad_token_id: pick("pad_token_id")?.and_then(|v| v.first().copied()),
         dtype,
     })
@@ -570,7 +739,9 @@ impl LlamaConfig {
             rope_theta: 10000.0,
             tie_word_embeddings: false,
             attention_bias: false,
+            o_proj_bias: false,
             mlp_bias: false,
+            mrope_section: Vec::new(),
             bos_token_id: Some(1),
             eos_token_ids: vec![2],
             pad_token_id: None,
@@ -619,7 +790,7 @@ fn parse_llava(f: &Fields) -> Result<LlavaConfig> {
     } else {
         ClipVisionConfig::vit_l_14_336()
     };
-    let text = parse_llama(&f.child("text_config")?, Some(f))?;
+    let text = parse_text(&f.child("text_config")?, Some(f), TextFamily::Llama)?;
     let image_token_id = match f.ids("image_token_index", &[])?.first() {
         Some(&id) => id,
         None => *f.ids("image_token_id", &[32000])?.first().unwrap_or(&32000),
@@ -683,6 +854,126 @@ fn parse_llava(f: &Fields) -> Result<LlavaConfig> {
         vision_feature_layers,
         vision_feature_select_strategy,
         multimodal_projector_bias: f.bool("multimodal_projector_bias", true)?,
+    })
+}
+
+/// `Qwen2_5_VLConfig` in either layout: transformers 5's nested `text_config`, or the flat one
+/// of the official hub configs (text fields at the top level, `rope_scaling` with
+/// `mrope_section`, the vision tower's `in_chans`).
+fn parse_qwen_vl(f: &Fields) -> Result<QwenVlConfig> {
+    let text = if f.get("text_config").is_some() {
+        parse_text(&f.child("text_config")?, Some(f), TextFamily::Qwen2Vl)?
+    } else {
+        parse_text(f, None, TextFamily::Qwen2Vl)?
+    };
+    let v = f.child("vision_config")?;
+    if let Some(mt) = v.opt_str("model_type")? {
+        if mt != "qwen2_5_vl_vision" && mt != "qwen2_5_vl" {
+            return Err(v.err(
+                "model_type",
+                format!("`{mt}` is not supported (expected `qwen2_5_vl_vision`)"),
+            ));
+        }
+    }
+    let hidden_size = positive(&v, "hidden_size", v.usize("hidden_size", 3584)?)?;
+    let num_heads = positive(&v, "num_heads", v.usize("num_heads", 16)?)?;
+    if hidden_size % num_heads != 0 || (hidden_size / num_heads) % 4 != 0 {
+        return Err(v.err(
+            "num_heads",
+            format!(
+                "{num_heads} heads must divide hidden_size = {hidden_size} into a head size divisible by 4 (2-D rotary)"
+            ),
+        ));
+    }
+    let in_channels = match v.opt_usize("in_channels")? {
+        Some(c) => c,
+        None => v.usize("in_chans", 3)?,
+    };
+    let patch_size = positive(&v, "patch_size", v.usize("patch_size", 14)?)?;
+    let spatial_merge_size = positive(
+        &v,
+        "spatial_merge_size",
+        v.usize("spatial_merge_size", 2)?,
+    )?;
+    let window_size = v.usize("window_size", 112)?;
+    if window_size < patch_size * spatial_merge_size {
+        return Err(v.err(
+            "window_size",
+            format!(
+                "{window_size} is smaller than one merged cell ({} pixels)",
+                patch_size * spatial_merge_size
+            ),
+        ));
+    }
+    let depth = v.usize("depth", 32)?;
+    let fullatt_block_indexes: Vec<usize> = v
+        .ids("fullatt_block_indexes", &[7, 15, 23, 31])?
+        .into_iter()
+        .map(|x| x as usize)
+        .collect();
+    if let Some(&bad) = fullatt_block_indexes.iter().find(|&&i| i >= depth) {
+        return Err(v.err(
+            "fullatt_block_indexes",
+            format!("{bad} is not a block of a {depth}-block tower"),
+        ));
+    }
+    let rope = v.child("rope_parameters")?;
+    if let Some(kind) = rope.opt_str("rope_type")?.filter(|k| k != "axial") {
+        return Err(rope.err(
+            "rope_type",
+            format!("`{kind}` is not supported (expected `axial`)"),
+        ));
+    }
+    let vision = QwenVisionConfig {
+        depth,
+        hidden_size,
+        intermediate_size: positive(
+            &v,
+            "intermediate_size",
+            v.usize("intermediate_size", 3420)?,
+        )?,
+        num_heads,
+        in_channels: positive(&v, "in_channels", in_channels)?,
+        patch_size,
+        temporal_patch_size: positive(
+            &v,
+            "temporal_patch_size",
+            v.usize("temporal_patch_size", 2)?,
+        )?,
+        spatial_merge_size,
+        window_size,
+        fullatt_block_indexes,
+        out_hidden_size: positive(&v, "out_hidden_size", v.usize("out_hidden_size", 3584)?)?,
+        hidden_act: v.activation("hidden_act", Activation::Silu)?,
+        rope_theta: rope.f64("rope_theta", 10000.0)?,
+        tokens_per_second: v.usize("tokens_per_second", 4)?,
+    };
+    if vision.out_hidden_size != text.hidden_size {
+        return Err(v.err(
+            "out_hidden_size",
+            format!(
+                "{} differs from the text hidden_size {}",
+                vision.out_hidden_size, text.hidden_size
+            ),
+        ));
+    }
+    let id = |field: &str, default: u32| -> Result<u32> {
+        let id = *f.ids(field, &[default])?.first().unwrap_or(&default);
+        if id as usize >= text.vocab_size {
+            return Err(f.err(
+                field,
+                format!("{id} is outside the vocabulary of {} ids", text.vocab_size),
+            ));
+        }
+        Ok(id)
+    };
+    Ok(QwenVlConfig {
+        image_token_id: id("image_token_id", 151655)?,
+        video_token_id: id("video_token_id", 151656)?,
+        vision_start_token_id: id("vision_start_token_id", 151652)?,
+        vision_end_token_id: id("vision_end_token_id", 151653)?,
+        text,
+        vision,
     })
 }
 

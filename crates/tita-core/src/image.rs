@@ -18,6 +18,21 @@ const OPENAI_CLIP_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
 pub enum ResizeTo {
     ShortestEdge(usize),
     Exact { height: usize, width: usize },
+    /// Qwen2-VL's `smart_resize`: both sides rounded to multiples of `factor`, the area kept
+    /// within `min_pixels..=max_pixels`, the aspect ratio nearly kept.
+    Smart {
+        factor: usize,
+        min_pixels: usize,
+        max_pixels: usize,
+    },
+}
+
+/// How Qwen2-VL cuts a resized image into the vision tower's input patches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PatchLayout {
+    pub patch_size: usize,
+    pub temporal_patch_size: usize,
+    pub merge_size: usize,
 }
 
 /// Pillow resampling filters (`resample` in the config: 2 bilinear, 3 bicubic).
@@ -49,6 +64,11 @@ pub struct ImageProcessor {
     pub do_normalize: bool,
     pub image_mean: [f64; 3],
     pub image_std: [f64; 3],
+    /// Whose 8-bit resampling to reproduce.
+    pub resizer: Resizer,
+    /// Set for Qwen2-VL's processor (`Qwen2VLImageProcessor`): the model cuts the image into
+    /// patches of this layout.
+    pub patches: Option<PatchLayout>,
 }
 
 impl Default for ImageProcessor {
@@ -65,6 +85,8 @@ impl Default for ImageProcessor {
             do_normalize: true,
             image_mean: OPENAI_CLIP_MEAN,
             image_std: OPENAI_CLIP_STD,
+            resizer: Resizer::Pillow,
+            patches: None,
         }
     }
 }
@@ -155,12 +177,58 @@ impl ImageProcessor {
         if image_std.contains(&0.0) {
             return Err(err("image_std", "must not contain zero"));
         }
+        let qwen = v
+            .get("image_processor_type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.starts_with("Qwen2VLImageProcessor"))
+            || v.get("merge_size").is_some();
+        let positive = |k: &str, def: usize| -> Result<usize> {
+            match v.get(k) {
+                None | Some(Value::Null) => Ok(def),
+                Some(x) => num(x, k),
+            }
+        };
+        let (size, patches) = if qwen {
+            let layout = PatchLayout {
+                patch_size: positive("patch_size", 14)?,
+                temporal_patch_size: positive("temporal_patch_size", 2)?,
+                merge_size: positive("merge_size", 2)?,
+            };
+            // Hub files write `min_pixels`/`max_pixels`; transformers 5 writes
+            // `size.shortest_edge`/`size.longest_edge` (areas, despite the names).
+            let from_size = |k: &str| v.get("size").and_then(|s| s.get(k)).cloned();
+            let area = |k: &str, alt: &str, def: usize| -> Result<usize> {
+                match v.get(k).filter(|x| !x.is_null()).cloned().or(from_size(alt)) {
+                    None => Ok(def),
+                    Some(x) => num(&x, k),
+                }
+            };
+            let min_pixels = area("min_pixels", "shortest_edge", 56 * 56)?;
+            let max_pixels = area("max_pixels", "longest_edge", 28 * 28 * 1280)?;
+            if min_pixels > max_pixels {
+                return Err(err(
+                    "min_pixels",
+                    &format!("{min_pixels} is larger than max_pixels = {max_pixels}"),
+                ));
+            }
+            let factor = layout.patch_size * layout.merge_size;
+            (
+                ResizeTo::Smart {
+                    factor,
+                    min_pixels,
+                    max_pixels,
+                },
+                Some(layout),
+            )
+        } else {
+            (size, None)
+        };
         Ok(ImageProcessor {
             do_convert_rgb: flag("do_convert_rgb", true)?,
             do_resize: flag("do_resize", true)?,
             size,
             resample,
-            do_center_crop: flag("do_center_crop", true)?,
+            do_center_crop: flag("do_center_crop", !qwen)?,
             crop_size,
             do_rescale: flag("do_rescale", true)?,
             rescale_factor: match v.get("rescale_factor") {
@@ -172,6 +240,13 @@ impl ImageProcessor {
             do_normalize: flag("do_normalize", true)?,
             image_mean: triple("image_mean", d.image_mean)?,
             image_std,
+            // transformers 5 runs Qwen2-VL's processor on torchvision by default.
+            resizer: if qwen {
+                Resizer::Torchvision
+            } else {
+                Resizer::Pillow
+            },
+            patches,
         })
     }
 
@@ -181,7 +256,7 @@ impl ImageProcessor {
     }
 
     /// Full pipeline on an RGB image; `pad` first expands it to a square of the mean colour.
-    pub fn preprocess(&self, img: &RgbImage, pad: bool) -> PixelValues {
+    pub fn preprocess(&self, img: &RgbImage, pad: bool) -> Result<PixelValues> {
         let mut img = if pad {
             expand_to_square(img, self.pad_color())
         } else {
@@ -192,8 +267,13 @@ impl ImageProcessor {
             let (nh, nw) = match self.size {
                 ResizeTo::Exact { height, width } => (height, width),
                 ResizeTo::ShortestEdge(s) => shortest_edge_size(h, w, s),
+                ResizeTo::Smart {
+                    factor,
+                    min_pixels,
+                    max_pixels,
+                } => smart_resize(h, w, factor, min_pixels, max_pixels)?,
             };
-            img = resize(&img, nw, nh, self.resample);
+            img = resize(&img, nw, nh, self.resample, self.resizer);
         }
         if self.do_center_crop {
             img = center_crop(&img, self.crop_size.0, self.crop_size.1);
@@ -212,16 +292,16 @@ impl ImageProcessor {
                 data[c * h * w + y as usize * w + x as usize] = v;
             }
         }
-        PixelValues {
+        Ok(PixelValues {
             data,
             height: h,
             width: w,
-        }
+        })
     }
 
     /// Opens an image file and preprocesses it.
     pub fn preprocess_file(&self, path: &Path, pad: bool) -> Result<PixelValues> {
-        Ok(self.preprocess(&load_rgb(path)?, pad))
+        self.preprocess(&load_rgb(path)?, pad)
     }
 }
 
@@ -254,6 +334,78 @@ fn shortest_edge_size(h: usize, w: usize, size: usize) -> (usize, usize) {
     } else {
         (size, new_long)
     }
+}
+
+/// Qwen2-VL's `smart_resize` (Python's round-half-to-even included): the (height, width) a
+/// `h`×`w` image is resized to.
+pub fn smart_resize(
+    h: usize,
+    w: usize,
+    factor: usize,
+    min_pixels: usize,
+    max_pixels: usize,
+) -> Result<(usize, usize)> {
+    if h == 0 || w == 0 || h.max(w) as f64 / h.min(w) as f64 > 200.0 {
+        return Err(Error::argument(
+            "image",
+            format!("{w}x{h}: the aspect ratio must be at most 200 (Qwen2-VL's limit)"),
+        ));
+    }
+    let (hf, wf, f) = (h as f64, w as f64, factor as f64);
+    let mut hb = (hf / f).round_ties_even() * f;
+    let mut wb = (wf / f).round_ties_even() * f;
+    if hb * wb > max_pixels as f64 {
+        let beta = (hf * wf / max_pixels as f64).sqrt();
+        hb = f.max((hf / beta / f).floor() * f);
+        wb = f.max((wf / beta / f).floor() * f);
+    } else if hb * wb < min_pixels as f64 {
+        let beta = (min_pixels as f64 / (hf * wf)).sqrt();
+        hb = (hf * beta / f).ceil() * f;
+        wb = (wf * beta / f).ceil() * f;
+    }
+    Ok((hb as usize, wb as usize))
+}
+
+/// Qwen2-VL's patch flattening of a preprocessed image: the image repeated over the temporal
+/// patch, cut into `[grid_t·grid_h·grid_w, C·T·P·P]` rows in merge-block order (row-major over
+/// merged cells, then row-major inside each cell). Returns the rows and `[grid_t, grid_h, grid_w]`.
+pub fn flatten_patches(pixels: &PixelValues, layout: PatchLayout) -> Result<(Vec<f32>, [usize; 3])> {
+    let PatchLayout {
+        patch_size: p,
+        temporal_patch_size: tp,
+        merge_size: m,
+    } = layout;
+    let (h, w) = (pixels.height, pixels.width);
+    let c = pixels.data.len() / (h * w).max(1);
+    if h % (p * m) != 0 || w % (p * m) != 0 || c * h * w != pixels.data.len() {
+        return Err(Error::argument(
+            "image",
+            format!(
+                "{w}x{h} pixels ({} values) cannot be cut into {p}-pixel patches merged {m}x{m}",
+                pixels.data.len()
+            ),
+        ));
+    }
+    let (gh, gw) = (h / p, w / p);
+    let mut out = Vec::with_capacity(gh * gw * c * tp * p * p);
+    for bh in 0..gh / m {
+        for bw in 0..gw / m {
+            for mh in 0..m {
+                for mw in 0..m {
+                    let (y0, x0) = ((bh * m + mh) * p, (bw * m + mw) * p);
+                    for ch in 0..c {
+                        for _t in 0..tp {
+                            for y in y0..y0 + p {
+                                let row = ch * h * w + y * w;
+                                out.extend_from_slice(&pixels.data[row + x0..row + x0 + p]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok((out, [1, gh, gw]))
 }
 
 /// LLaVA's `expand2square`: paste onto a square canvas of `color`, centred on the short axis.
@@ -299,6 +451,17 @@ fn center_crop(img: &RgbImage, ch: usize, cw: usize) -> RgbImage {
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
+/// Whose 8-bit resampler to reproduce: the two share the filter and the support, and differ
+/// in how the weights are made integers, which moves a pixel by one level now and then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resizer {
+    /// Pillow: 22-bit fixed-point weights (what the PIL image processors use).
+    Pillow,
+    /// torchvision on uint8 tensors (transformers' default "fast" processors): int16 weights
+    /// at the largest precision that keeps the biggest weight below 2^15, as Pillow-SIMD.
+    Torchvision,
+}
+
 fn filter(resample: Resample, x: f64) -> f64 {
     let x = x.abs();
     match resample {
@@ -329,14 +492,20 @@ fn support(resample: Resample) -> f64 {
     }
 }
 
-/// Per output pixel: first input index and fixed-point weights (Pillow's `precompute_coeffs`
-/// followed by `normalize_coeffs_8bpc`).
-fn coefficients(in_size: usize, out_size: usize, resample: Resample) -> Vec<(usize, Vec<i32>)> {
+/// Fixed-point weights of one resampling pass: per output pixel its first input index and
+/// weights, and the number of fractional bits.
+struct Coefficients {
+    taps: Vec<(usize, Vec<i32>)>,
+    precision: u32,
+}
+
+/// Pillow's `precompute_coeffs` followed by the resizer's conversion to integers.
+fn coefficients(in_size: usize, out_size: usize, resample: Resample, by: Resizer) -> Coefficients {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let sup = support(resample) * filterscale;
     let ss = 1.0 / filterscale;
-    (0..out_size)
+    let normalized: Vec<(usize, Vec<f64>)> = (0..out_size)
         .map(|xx| {
             let center = (xx as f64 + 0.5) * scale;
             let xmin = ((center - sup + 0.5) as i64).max(0) as usize;
@@ -345,61 +514,81 @@ fn coefficients(in_size: usize, out_size: usize, resample: Resample) -> Vec<(usi
                 .map(|x| filter(resample, (x as f64 - center + 0.5) * ss))
                 .collect();
             let total: f64 = w.iter().sum();
+            let w = w
+                .iter()
+                .map(|&v| if total != 0.0 { v / total } else { v })
+                .collect();
+            (xmin, w)
+        })
+        .collect();
+    let precision = match by {
+        Resizer::Pillow => PRECISION_BITS,
+        Resizer::Torchvision => {
+            let max = normalized
+                .iter()
+                .flat_map(|(_, w)| w.iter().copied())
+                .fold(0.0, f64::max);
+            (0..22)
+                .find(|&p| (0.5 + max * (1u64 << (p + 1)) as f64) as i64 >= 1 << 15)
+                .unwrap_or(22)
+        }
+    };
+    let one = (1u64 << precision) as f64;
+    let taps = normalized
+        .into_iter()
+        .map(|(xmin, w)| {
             let k = w
                 .iter()
                 .map(|&v| {
-                    let v = if total != 0.0 { v / total } else { v };
-                    let f = v * (1u32 << PRECISION_BITS) as f64;
+                    let f = v * one;
                     (if f < 0.0 { f - 0.5 } else { f + 0.5 }) as i32
                 })
                 .collect();
             (xmin, k)
         })
-        .collect()
+        .collect();
+    Coefficients { taps, precision }
 }
 
-fn clip8(v: i64) -> u8 {
-    (v >> PRECISION_BITS).clamp(0, 255) as u8
+/// One pass along x (`horizontal`) or y, each output rounded to 8 bits.
+fn resample_pass(img: &RgbImage, out_len: usize, horizontal: bool, c: &Coefficients) -> RgbImage {
+    let (w, h) = (img.width(), img.height());
+    let (ow, oh) = if horizontal {
+        (out_len as u32, h)
+    } else {
+        (w, out_len as u32)
+    };
+    let round = 1i64 << (c.precision.max(1) - 1);
+    let clip = |v: i64| (v >> c.precision).clamp(0, 255) as u8;
+    RgbImage::from_fn(ow, oh, |x, y| {
+        let (first, k) = &c.taps[if horizontal { x } else { y } as usize];
+        let mut acc = [if c.precision == 0 { 0 } else { round }; 3];
+        for (i, &wt) in k.iter().enumerate() {
+            let at = (first + i) as u32;
+            let p = if horizontal {
+                img.get_pixel(at, y)
+            } else {
+                img.get_pixel(x, at)
+            }
+            .0;
+            for ch in 0..3 {
+                acc[ch] += p[ch] as i64 * wt as i64;
+            }
+        }
+        image::Rgb(acc.map(clip))
+    })
 }
 
-/// `Image.resize((w, h), resample)`: horizontal pass then vertical pass, each rounded to 8 bits.
-fn resize(img: &RgbImage, out_w: usize, out_h: usize, resample: Resample) -> RgbImage {
+/// `Image.resize((w, h), resample)` (or torchvision's uint8 resize with antialias): horizontal
+/// pass then vertical pass, each rounded to 8 bits.
+fn resize(img: &RgbImage, out_w: usize, out_h: usize, resample: Resample, by: Resizer) -> RgbImage {
     let (in_w, in_h) = (img.width() as usize, img.height() as usize);
     let mut cur = img.clone();
     if out_w != in_w {
-        let coeffs = coefficients(in_w, out_w, resample);
-        let mut out = RgbImage::new(out_w as u32, in_h as u32);
-        for y in 0..in_h {
-            for (xx, (xmin, k)) in coeffs.iter().enumerate() {
-                let mut acc = [1i64 << (PRECISION_BITS - 1); 3];
-                for (i, &w) in k.iter().enumerate() {
-                    let p = cur.get_pixel((xmin + i) as u32, y as u32).0;
-                    for c in 0..3 {
-                        acc[c] += p[c] as i64 * w as i64;
-                    }
-                }
-                out.put_pixel(xx as u32, y as u32, image::Rgb(acc.map(clip8)));
-            }
-        }
-        cur = out;
+        cur = resample_pass(&cur, out_w, true, &coefficients(in_w, out_w, resample, by));
     }
     if out_h != in_h {
-        let coeffs = coefficients(in_h, out_h, resample);
-        let w = cur.width() as usize;
-        let mut out = RgbImage::new(w as u32, out_h as u32);
-        for (yy, (ymin, k)) in coeffs.iter().enumerate() {
-            for x in 0..w {
-                let mut acc = [1i64 << (PRECISION_BITS - 1); 3];
-                for (i, &wt) in k.iter().enumerate() {
-                    let p = cur.get_pixel(x as u32, (ymin + i) as u32).0;
-                    for c in 0..3 {
-                        acc[c] += p[c] as i64 * wt as i64;
-                    }
-                }
-                out.put_pixel(x as u32, yy as u32, image::Rgb(acc.map(clip8)));
-            }
-        }
-        cur = out;
+        cur = resample_pass(&cur, out_h, false, &coefficients(in_h, out_h, resample, by));
     }
     cur
 }
@@ -416,12 +605,27 @@ mod tests {
     }
 
     #[test]
+    fn smart_resize_rounds_and_bounds_the_area() {
+        // The fixture's cases: no resize, and max_pixels shrinking 200x90 to 140x56.
+        assert_eq!(smart_resize(84, 112, 28, 3136, 12544).unwrap(), (84, 112));
+        assert_eq!(smart_resize(90, 200, 28, 3136, 12544).unwrap(), (56, 140));
+        // Half-way rounds to even as Python does: 42/28 = 1.5 -> 2, 70/28 = 2.5 -> 2.
+        assert_eq!(smart_resize(42, 70, 28, 0, 1 << 30).unwrap(), (56, 56));
+        // Too small grows to min_pixels.
+        assert_eq!(smart_resize(20, 20, 28, 3136, 12544).unwrap(), (56, 56));
+        assert!(smart_resize(1, 300, 28, 3136, 12544).is_err());
+    }
+
+    #[test]
     fn resize_to_same_size_is_identity_and_weights_sum_to_one() {
         let img = RgbImage::from_fn(7, 5, |x, y| image::Rgb([(x * 30) as u8, (y * 40) as u8, 9]));
-        assert_eq!(resize(&img, 7, 5, Resample::Bicubic), img);
-        for (_, k) in coefficients(100, 37, Resample::Bicubic) {
-            let s: i64 = k.iter().map(|&v| v as i64).sum();
-            assert!((s - (1 << PRECISION_BITS)).abs() <= k.len() as i64, "{s}");
+        for by in [Resizer::Pillow, Resizer::Torchvision] {
+            assert_eq!(resize(&img, 7, 5, Resample::Bicubic, by), img);
+            let c = coefficients(100, 37, Resample::Bicubic, by);
+            for (_, k) in c.taps {
+                let s: i64 = k.iter().map(|&v| v as i64).sum();
+                assert!((s - (1 << c.precision)).abs() <= k.len() as i64, "{s}");
+            }
         }
     }
 }

@@ -18,7 +18,8 @@ pub mod template;
 pub mod tokenizer;
 
 pub use config::{
-    Activation, ClipVisionConfig, LlamaConfig, LlavaConfig, ModelConfig, SelectStrategy,
+    Activation, ClipVisionConfig, LlamaConfig, LlavaConfig, ModelConfig, QwenVisionConfig,
+    QwenVlConfig, SelectStrategy,
 };
 pub use error::{Error, Result};
 pub use tokenizer::Tokenizer;

@@ -219,7 +219,7 @@ impl<B: Backend> Pipeline<B> {
                 ),
             )
         })?;
-        Ok(processor.preprocess(&*image.rgb()?, pad))
+        processor.preprocess(&*image.rgb()?, pad)
     }
 
     /// The ids of a request. With an image the prompt goes through the conversation template

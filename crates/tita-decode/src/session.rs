@@ -100,7 +100,7 @@ impl<'m, B: Backend> Session<'m, B> {
         let reserve = (context - len).min(DECODE_RESERVE);
         let mut cache = KvCache::with_left_padding(model.language_model.layers.len(), pad_left)
             .reserve(reserve);
-        let hidden = model.forward(embeds, &mut cache);
+        let hidden = model.forward(embeds, &mut cache)?;
         let logits = checked(model, rows_to_host(model.last_logits(hidden)))?;
         Ok((
             Session {
@@ -148,7 +148,7 @@ impl<'m, B: Backend> Session<'m, B> {
         let ids: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();
         // Straight to the embedding table: a generated id is text, whatever its value.
         let embeds = self.model.language_model.embed(&ids, &self.device);
-        let hidden = self.model.forward(embeds, &mut self.cache);
+        let hidden = self.model.forward(embeds.into(), &mut self.cache)?;
         checked(self.model, rows_to_host(self.model.last_logits(hidden)))
     }
 }

@@ -24,6 +24,9 @@ pub struct KvCache<B: Backend> {
     len: usize,
     reserve: usize,
     pad_left: Vec<usize>,
+    /// Per row, what to add to a token's index to get its rotary position (Qwen2-VL's
+    /// `rope_deltas`: image tokens advance the position by less than their count).
+    rope_delta: Vec<i64>,
     /// `[batch, 1, 1, 1, capacity]`: lowest-finite over each row's padding, else 0; built once
     /// for the decode steps of a padded batch.
     pad_bias: Option<Tensor<B, 5>>,
@@ -41,6 +44,7 @@ impl<B: Backend> KvCache<B> {
             layers: vec![None; num_layers],
             len: 0,
             reserve: 0,
+            rope_delta: vec![0; pad_left.len()],
             pad_left,
             pad_bias: None,
         }
@@ -68,6 +72,11 @@ impl<B: Backend> KvCache<B> {
 
     pub fn pad_left(&self) -> &[usize] {
         &self.pad_left
+    }
+
+    /// Per row, the rotary position of token `i` (after the padding) minus `i`.
+    pub fn rope_delta(&self) -> &[i64] {
+        &self.rope_delta
     }
 
     /// Positions the buffers hold room for (`len` when there is no reserve).
@@ -172,19 +181,24 @@ fn rope_tables<B: Backend>(
     )
 }
 
-/// Rows of a `[positions, head_dim]` table for each sequence's positions `past..past + s`
-/// shifted back by its left padding (padded positions read position 0): `[batch, 1, s, d]`.
+/// Rows of a `[positions, head_dim]` table for each sequence's tokens `past..past + s`: token
+/// `i` of a row left-padded by `pad` with rotary offset `delta` reads position
+/// `i - pad + delta`, and padded tokens read position 0: `[batch, 1, s, d]`.
 fn rope_rows<B: Backend>(
     table: &Tensor<B, 2>,
     pad_left: &[usize],
+    delta: &[i64],
     past: usize,
     s: usize,
 ) -> Tensor<B, 4> {
     let d = table.dims()[1];
     let rows: Vec<Tensor<B, 2>> = pad_left
         .iter()
-        .map(|&pad| {
-            let (first, end) = ((past).saturating_sub(pad), (past + s).saturating_sub(pad));
+        .zip(delta)
+        .map(|(&pad, &delta)| {
+            let shift = delta - pad as i64;
+            let first = (past as i64 + shift).max(0) as usize;
+            let end = (past as i64 + s as i64 + shift).max(0) as usize;
             let real = table.clone().slice([first..end, 0..d]);
             let padded = s - (end - first);
             if padded == 0 {
@@ -202,6 +216,56 @@ fn rope_rows<B: Backend>(
         Tensor::cat(rows, 0)
     };
     rows.reshape([b, 1, s, d])
+}
+
+/// Explicit rotary positions of a prefill (Qwen2-VL's M-RoPE): per batch row the temporal,
+/// height and width position of every token (padding included, at 0), and the row's offset
+/// for the tokens that follow (`rope_deltas`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MropePositions {
+    pub rows: Vec<[Vec<i64>; 3]>,
+    pub deltas: Vec<i64>,
+}
+
+/// M-RoPE cos and sin `[batch, 1, s, head_dim]`: frequency `i` turns with the position row its
+/// `mrope_section` assigns (temporal, then height, then width), duplicated over both halves,
+/// in f32 as transformers computes them.
+fn mrope_tables<B: Backend>(
+    positions: &MropePositions,
+    section: &[usize],
+    head_dim: usize,
+    theta: f64,
+    device: &B::Device,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let half = head_dim / 2;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
+        .collect();
+    let axis: Vec<usize> = section
+        .iter()
+        .enumerate()
+        .flat_map(|(a, &n)| std::iter::repeat_n(a, n))
+        .collect();
+    let b = positions.rows.len();
+    let s = positions.rows[0][0].len();
+    let mut cos = Vec::with_capacity(b * s * head_dim);
+    let mut sin = Vec::with_capacity(b * s * head_dim);
+    for row in &positions.rows {
+        for t in 0..s {
+            for _half in 0..2 {
+                for (f, &a) in inv_freq.iter().zip(&axis) {
+                    let angle = row[a][t] as f32 * f;
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+    }
+    let shape = [b, 1, s, head_dim];
+    (
+        Tensor::from_data(TensorData::new(cos, shape), device),
+        Tensor::from_data(TensorData::new(sin, shape), device),
+    )
 }
 
 /// `x · cos + rotate_half(x) · sin` with `rotate_half(x) = [-x2, x1]`.
@@ -385,7 +449,7 @@ impl<B: Backend> Llama<B> {
                         &format!("{l}.self_attn.o_proj"),
                         c.num_attention_heads * hd,
                         hid,
-                        ab,
+                        c.o_proj_bias,
                         device,
                     )?,
                     n_heads: c.num_attention_heads,
@@ -474,14 +538,35 @@ impl<B: Backend> Llama<B> {
     /// Runs `x` (`[batch, seq, hidden]` input embeddings) after what `cache` holds and returns
     /// the final-normed hidden states; the cache grows by `seq`.
     pub fn forward(&self, x: Tensor<B, 3>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
+        self.forward_at(x, None, cache)
+    }
+
+    /// [`Llama::forward`] with explicit M-RoPE positions for these tokens; their deltas are
+    /// kept in the cache for the tokens that follow.
+    pub fn forward_at(
+        &self,
+        x: Tensor<B, 3>,
+        positions: Option<&MropePositions>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
         let [b, s, _] = x.dims();
         let device = x.device();
         let past = cache.len;
         let t = past + s;
-        let rope = (
-            rope_rows(&self.rope.0, &cache.pad_left, past, s),
-            rope_rows(&self.rope.1, &cache.pad_left, past, s),
-        );
+        let rope = match positions {
+            Some(p) => {
+                cache.rope_delta = p.deltas.clone();
+                let c = &self.config;
+                let (cos, sin) =
+                    mrope_tables(p, &c.mrope_section, c.head_dim, c.rope_theta, &device);
+                let dtype = self.embed_tokens.val().dtype();
+                (cast(cos, dtype), cast(sin, dtype))
+            }
+            None => (
+                rope_rows(&self.rope.0, &cache.pad_left, &cache.rope_delta, past, s),
+                rope_rows(&self.rope.1, &cache.pad_left, &cache.rope_delta, past, s),
+            ),
+        };
 
         // Additive mask over keys: causal within the new block, and never a padded position.
         // A lowest-finite value (not -inf) keeps fully padded query rows finite, as transformers does.

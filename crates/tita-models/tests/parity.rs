@@ -108,13 +108,17 @@ fn padded_batch_in_place_cache_equals_unpadded_prefill() {
         })
         .collect();
     let mut cache = KvCache::with_left_padding(model.language_model.layers.len(), pad).reserve(2);
-    let hidden = model.forward(model.embed(&ids, None, &dev).unwrap(), &mut cache);
+    let hidden = model
+        .forward(model.embed(&ids, None, &dev).unwrap(), &mut cache)
+        .unwrap();
     let mut batched = vec![rows(model.last_logits(hidden))];
     for &t in &steps {
-        let hidden = model.forward(
-            model.language_model.embed(&[vec![t], vec![t]], &dev),
-            &mut cache,
-        );
+        let hidden = model
+            .forward(
+                model.language_model.embed(&[vec![t], vec![t]], &dev).into(),
+                &mut cache,
+            )
+            .unwrap();
         batched.push(rows(model.last_logits(hidden)));
     }
     assert_eq!(cache.len(), width + steps.len());

@@ -45,14 +45,11 @@ pub fn response_logps<B: Backend>(
     distinct.dedup();
     let pixels: Vec<_> = distinct.iter().map(|&i| &data.images[i]).collect();
     let features = model.encode_images(model.pixels_tensor(&pixels, device)?)?;
-    let rows: Vec<i64> = seqs
+    let rows: Vec<usize> = seqs
         .iter()
-        .map(|s| distinct.binary_search(&s.image).expect("listed above") as i64)
+        .map(|s| distinct.binary_search(&s.image).expect("listed above"))
         .collect();
-    let features = features.select(
-        0,
-        Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), device),
-    );
+    let features = features.select(&rows);
 
     let mut ids = Vec::with_capacity(n);
     let mut pad = Vec::with_capacity(n);
@@ -77,7 +74,7 @@ pub fn response_logps<B: Backend>(
 
     let embeds = model.embed(&ids, Some(features), device)?;
     let mut cache = tita_models::KvCache::with_left_padding(model.language_model.layers.len(), pad);
-    let hidden = model.forward(embeds, &mut cache);
+    let hidden = model.forward(embeds, &mut cache)?;
     let h = hidden.dims()[2];
     // Position t predicts token t + 1.
     let hidden = hidden.slice([0..n, width - resp - 1..width - 1, 0..h]);

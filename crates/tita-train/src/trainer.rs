@@ -542,16 +542,29 @@ impl<A: AutodiffBackend> Learner<A> {
 
 fn freeze<A: AutodiffBackend>(mut model: Vlm<A>, config: &TrainConfig) -> Vlm<A> {
     use burn::module::Module;
-    if let Some(v) = model.vision.take() {
-        let mut v = v;
-        if config.freeze_vision {
-            v.vision_tower = v.vision_tower.no_grad();
+    use tita_models::Vision;
+    model.vision = model.vision.take().map(|v| match v {
+        Vision::Llava(mut v) => {
+            if config.freeze_vision {
+                v.vision_tower = v.vision_tower.no_grad();
+            }
+            if config.freeze_projector {
+                v.multi_modal_projector = v.multi_modal_projector.no_grad();
+            }
+            Vision::Llava(v)
         }
-        if config.freeze_projector {
-            v.multi_modal_projector = v.multi_modal_projector.no_grad();
+        // Qwen2.5-VL's merger is its projector.
+        Vision::Qwen(mut v) => {
+            if config.freeze_vision {
+                v.patch_embed = v.patch_embed.no_grad();
+                v.blocks = v.blocks.no_grad();
+            }
+            if config.freeze_projector {
+                v.merger = v.merger.no_grad();
+            }
+            Vision::Qwen(v)
         }
-        model.vision = Some(v);
-    }
+    });
     model
 }
 

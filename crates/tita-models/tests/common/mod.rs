@@ -81,7 +81,7 @@ pub fn all_logits(
             .unwrap()
     });
     let embeds = model.embed(&[ids.to_vec()], images, &dev).unwrap();
-    let logits = model.logits(model.forward(embeds, cache));
+    let logits = model.logits(model.forward(embeds, cache).unwrap());
     rows(logits.reshape([ids.len() as i32, -1]))
 }
 

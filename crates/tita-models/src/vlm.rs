@@ -1,0 +1,473 @@
+//! The model above the families: a decoder (LLaMA, or Qwen2 with M-RoPE) and, for a VLM, its
+//! vision half (LLaVA's CLIP + projector, or Qwen2.5-VL's tower). Decoding and training code
+//! talks to this type only: pixels in, image features, embeddings of a prompt with its image
+//! features in place, hidden states, logits.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
+use tita_core::image::{flatten_patches, PatchLayout, PixelValues};
+use tita_core::{Error, ModelConfig, Result};
+
+use crate::llama::{KvCache, Llama, MropePositions};
+use crate::llava::{KeyLayout, VisionPart};
+use crate::qwen_vision::QwenVision;
+use crate::qwen_vl::batch_positions;
+use crate::weights::{
+    save_safetensors, Precision, RandomWeights, Recorder, StoredTensor, TensorSource, Weights,
+};
+
+/// The vision half of a VLM, by family.
+#[derive(Module, Debug)]
+pub enum Vision<B: Backend> {
+    Llava(VisionPart<B>),
+    Qwen(QwenVision<B>),
+}
+
+/// Preprocessed images as the vision tower takes them.
+#[derive(Debug, Clone)]
+pub enum PixelBatch<B: Backend> {
+    /// LLaVA: `[n, C, S, S]`.
+    Square(Tensor<B, 4>),
+    /// Qwen2-VL: every image's patch rows `[Σ patches, C·T·P·P]` and its `[t, h, w]` grid.
+    Patches {
+        rows: Tensor<B, 2>,
+        grids: Vec<[usize; 3]>,
+    },
+}
+
+/// Image features ready to fill a prompt's image positions: `rows` `[Σ counts, hidden]`, image
+/// `i` taking `counts[i]` consecutive rows; Qwen2-VL images also carry their grids (positions).
+#[derive(Debug, Clone)]
+pub struct ImageFeatures<B: Backend> {
+    pub rows: Tensor<B, 2>,
+    pub counts: Vec<usize>,
+    pub grids: Vec<[usize; 3]>,
+}
+
+impl<B: Backend> ImageFeatures<B> {
+    /// The features of `images[j]` for `j` in order (an image may repeat).
+    pub fn select(&self, images: &[usize]) -> Self {
+        let starts: Vec<usize> = self
+            .counts
+            .iter()
+            .scan(0, |acc, &c| {
+                let s = *acc;
+                *acc += c;
+                Some(s)
+            })
+            .collect();
+        let idx: Vec<i64> = images
+            .iter()
+            .flat_map(|&i| (starts[i]..starts[i] + self.counts[i]).map(|r| r as i64))
+            .collect();
+        let n = idx.len();
+        let device = self.rows.device();
+        ImageFeatures {
+            rows: self
+                .rows
+                .clone()
+                .select(0, Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [n]), &device)),
+            counts: images.iter().map(|&i| self.counts[i]).collect(),
+            grids: if self.grids.is_empty() {
+                Vec::new()
+            } else {
+                images.iter().map(|&i| self.grids[i]).collect()
+            },
+        }
+    }
+}
+
+/// Input embeddings of a batch and, for Qwen2-VL prompts with images, what their rotary
+/// positions are computed from (the ids and each row's image grids).
+#[derive(Debug, Clone)]
+pub struct Embeds<B: Backend> {
+    pub x: Tensor<B, 3>,
+    layout: Option<(Vec<Vec<u32>>, Vec<Vec<[usize; 3]>>)>,
+}
+
+impl<B: Backend> From<Tensor<B, 3>> for Embeds<B> {
+    /// Embeddings of text tokens: positions follow the cache.
+    fn from(x: Tensor<B, 3>) -> Self {
+        Embeds { x, layout: None }
+    }
+}
+
+/// A loaded checkpoint: the language model and, for a VLM, the vision part.
+#[derive(Module, Debug)]
+pub struct Vlm<B: Backend> {
+    pub language_model: Llama<B>,
+    pub vision: Option<Vision<B>>,
+    #[module(skip)]
+    pub config: ModelConfig,
+    #[module(skip)]
+    pub keys: KeyLayout,
+    /// The checkpoint tensors the parameters came from, in load order (what a save writes).
+    #[module(skip)]
+    pub stored: Vec<StoredTensor>,
+    /// Where the weights came from (the checkpoint directory), named in errors.
+    #[module(skip)]
+    pub name: String,
+}
+
+fn text_only() -> Error {
+    Error::argument("image", "this is a text-only model; it takes no image")
+}
+
+impl<B: Backend> Vlm<B> {
+    /// Loads `config.json` and the safetensors weights of a checkpoint directory. Every tensor
+    /// the config implies must be present with its shape, and nothing else may be.
+    pub fn load(dir: &Path, device: &B::Device) -> Result<Self> {
+        Self::load_in(dir, Precision::F32, device)
+    }
+
+    /// [`Vlm::load`] with the weights held and computed in `precision`.
+    pub fn load_in(dir: &Path, precision: Precision, device: &B::Device) -> Result<Self> {
+        let config = ModelConfig::from_file(dir)?;
+        let mut w = Weights::open(dir)?;
+        let keys = KeyLayout::detect(&w, &config)?;
+        let dtype = precision.resolve(w.dtype());
+        let mut model = Self::from_source(&mut w, config, keys, dtype, device)?;
+        w.finish()?;
+        model.name = dir.display().to_string();
+        Ok(model)
+    }
+
+    /// Writes the model as a Hugging Face checkpoint directory: `model.safetensors` with the
+    /// key names and dtypes it was loaded from, next to a copy of every other file of
+    /// `source_dir` (config, tokenizer, preprocessor). The directory appears complete or not
+    /// at all: it is written under a temporary name and renamed.
+    pub fn save_pretrained(&self, source_dir: &Path, out: &Path) -> Result<()> {
+        let tmp = out.with_extension("tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        for entry in std::fs::read_dir(source_dir).map_err(|e| Error::io(source_dir, e))? {
+            let path = entry.map_err(|e| Error::io(source_dir, e))?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            let weights = name.ends_with(".safetensors") || name == "model.safetensors.index.json";
+            if path.is_file() && !weights {
+                std::fs::copy(&path, tmp.join(name)).map_err(|e| Error::io(&path, e))?;
+            }
+        }
+        if let Err(e) = save_safetensors(self, &self.stored, &tmp.join("model.safetensors")) {
+            // Leave nothing half-written behind (a NaN weight is refused here, for instance).
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        if out.exists() {
+            std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
+        }
+        std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
+    }
+
+    /// A model of `config`'s shapes with random weights (benchmarks at real sizes).
+    pub fn random(config: ModelConfig, seed: u64, device: &B::Device) -> Result<Self> {
+        Self::random_in(config, seed, DType::F32, device)
+    }
+
+    /// [`Vlm::random`] with the weights in `dtype`.
+    pub fn random_in(
+        config: ModelConfig,
+        seed: u64,
+        dtype: DType,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let keys = KeyLayout::hub(&config);
+        let mut model = Self::from_source(
+            &mut RandomWeights::new(0.02, seed),
+            config,
+            keys,
+            dtype,
+            device,
+        )?;
+        model.name = format!("a random model (seed {seed})");
+        Ok(model)
+    }
+
+    /// Builds the model from any tensor source whose names follow `keys`, its parameters in
+    /// `dtype`.
+    pub fn from_source(
+        source: &mut impl TensorSource,
+        config: ModelConfig,
+        keys: KeyLayout,
+        dtype: DType,
+        device: &B::Device,
+    ) -> Result<Self> {
+        if !B::supports_dtype(device, dtype) {
+            return Err(Error::argument(
+                "dtype",
+                format!(
+                    "{dtype:?} is not supported by the {} backend on this device; use f32{}",
+                    B::name(device),
+                    if B::supports_dtype(device, DType::F16) {
+                        " or f16"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        let w = &mut Recorder::new(source, dtype);
+        let language_model = Llama::load(w, &keys.text, config.text(), device)?;
+        let vision = match &config {
+            ModelConfig::Llama(_) => None,
+            ModelConfig::Llava(c) => Some(Vision::Llava(VisionPart::load(w, &keys, c, device)?)),
+            ModelConfig::QwenVl(c) => Some(Vision::Qwen(QwenVision::load(
+                w,
+                keys.vision.as_deref().unwrap_or_default(),
+                &c.vision,
+                device,
+            )?)),
+        };
+        let stored = std::mem::take(&mut w.taken);
+        Ok(Vlm {
+            language_model,
+            vision,
+            config,
+            keys,
+            stored,
+            name: "a model".into(),
+        })
+    }
+
+    /// The float type the weights are held and computed in.
+    pub fn dtype(&self) -> DType {
+        self.language_model.embed_tokens.val().dtype()
+    }
+
+    pub fn llava_config(&self) -> Option<&tita_core::LlavaConfig> {
+        match &self.config {
+            ModelConfig::Llava(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The id that stands for image features in a prompt (None for a text-only model).
+    pub fn image_token_id(&self) -> Option<u32> {
+        match &self.config {
+            ModelConfig::Llava(c) => Some(c.image_token_id),
+            ModelConfig::QwenVl(c) => Some(c.image_token_id),
+            ModelConfig::Llama(_) => None,
+        }
+    }
+
+    /// Positions every image occupies in the prompt when that is fixed (LLaVA); None for a
+    /// text-only model or one whose count depends on the image (Qwen2-VL: see
+    /// [`Vlm::image_tokens_for`]).
+    pub fn image_tokens(&self) -> Option<usize> {
+        self.llava_config().map(tita_core::LlavaConfig::image_tokens)
+    }
+
+    /// Positions `image` occupies in the prompt.
+    pub fn image_tokens_for(&self, image: &PixelValues) -> Result<usize> {
+        match &self.config {
+            ModelConfig::Llava(c) => Ok(c.image_tokens()),
+            ModelConfig::QwenVl(c) => {
+                let (_, [t, h, w]) = flatten_patches(image, self.patch_layout().expect("qwen"))?;
+                Ok(t * h * w / c.vision.spatial_merge_size.pow(2))
+            }
+            ModelConfig::Llama(_) => Err(text_only()),
+        }
+    }
+
+    fn patch_layout(&self) -> Option<PatchLayout> {
+        match &self.config {
+            ModelConfig::QwenVl(c) => Some(PatchLayout {
+                patch_size: c.vision.patch_size,
+                temporal_patch_size: c.vision.temporal_patch_size,
+                merge_size: c.vision.spatial_merge_size,
+            }),
+            _ => None,
+        }
+    }
+
+    pub fn new_cache(&self, batch: usize) -> KvCache<B> {
+        self.language_model.new_cache(batch)
+    }
+
+    /// Puts preprocessed images into the tower's input form, checking them against the
+    /// vision config (LLaVA: one size for all; Qwen2-VL: sides in whole merged patches).
+    pub fn pixels_tensor(
+        &self,
+        images: &[&PixelValues],
+        device: &B::Device,
+    ) -> Result<PixelBatch<B>> {
+        match &self.config {
+            ModelConfig::Llama(_) => Err(text_only()),
+            ModelConfig::QwenVl(c) => {
+                let layout = self.patch_layout().expect("qwen");
+                let mut data = Vec::new();
+                let mut grids = Vec::with_capacity(images.len());
+                for img in images {
+                    let (rows, grid) = flatten_patches(img, layout)?;
+                    data.extend_from_slice(&rows);
+                    grids.push(grid);
+                }
+                let width = c.vision.patch_values();
+                if data.len() % width != 0 {
+                    return Err(Error::argument(
+                        "image",
+                        format!(
+                            "patches of {} values, expected {width} (vision_config: {} channels)",
+                            data.len() / grids.iter().map(|g| g.iter().product::<usize>()).sum::<usize>().max(1),
+                            c.vision.in_channels
+                        ),
+                    ));
+                }
+                let n = data.len() / width;
+                Ok(PixelBatch::Patches {
+                    rows: Tensor::from_data(TensorData::new(data, [n, width]), (device, self.dtype())),
+                    grids,
+                })
+            }
+            ModelConfig::Llava(c) => {
+                let (ch, s) = (c.vision.num_channels, c.vision.image_size);
+                let mut data = Vec::with_capacity(images.len() * ch * s * s);
+                for img in images {
+                    if img.height != s || img.width != s || img.data.len() != ch * s * s {
+                        return Err(Error::argument(
+                            "image",
+                            format!(
+                                "preprocessed to {}x{} ({} values) but vision_config.image_size is {s} with {ch} channels",
+                                img.height,
+                                img.width,
+                                img.data.len()
+                            ),
+                        ));
+                    }
+                    data.extend_from_slice(&img.data);
+                }
+                Ok(PixelBatch::Square(Tensor::from_data(
+                    TensorData::new(data, [images.len(), ch, s, s]),
+                    (device, self.dtype()),
+                )))
+            }
+        }
+    }
+
+    /// Image features in the text model's width, one run of rows per image.
+    pub fn encode_images(&self, pixels: PixelBatch<B>) -> Result<ImageFeatures<B>> {
+        match (self.vision.as_ref(), pixels) {
+            (Some(Vision::Llava(v)), PixelBatch::Square(p)) => {
+                let f = v.forward(p);
+                let [n, per, hid] = f.dims();
+                Ok(ImageFeatures {
+                    rows: f.reshape([n * per, hid]),
+                    counts: vec![per; n],
+                    grids: Vec::new(),
+                })
+            }
+            (Some(Vision::Qwen(v)), PixelBatch::Patches { rows, grids }) => {
+                let unit = v.config.spatial_merge_size.pow(2);
+                Ok(ImageFeatures {
+                    rows: v.forward(rows, &grids),
+                    counts: grids.iter().map(|g| g.iter().product::<usize>() / unit).collect(),
+                    grids,
+                })
+            }
+            (None, _) => Err(text_only()),
+            _ => Err(Error::argument(
+                "image",
+                "pixels of another model family (see Vlm::pixels_tensor)",
+            )),
+        }
+    }
+
+    /// Input embeddings of a batch of equal-length id rows; row `b`'s image positions are
+    /// filled, in order, with image `b`'s features (one image per row).
+    pub fn embed(
+        &self,
+        ids: &[Vec<u32>],
+        images: Option<ImageFeatures<B>>,
+        device: &B::Device,
+    ) -> Result<Embeds<B>> {
+        let lm = &self.language_model;
+        let text = lm.embed(ids, device);
+        let Some(images) = images else {
+            if let Some(image_id) = self.image_token_id() {
+                if ids.iter().flatten().any(|&t| t == image_id) {
+                    return Err(Error::argument(
+                        "input_ids",
+                        "the prompt holds image tokens but no image was given",
+                    ));
+                }
+            }
+            return Ok(text.into());
+        };
+        let image_id = self.image_token_id().ok_or_else(text_only)?;
+        let [total, hid] = images.rows.dims();
+        let (b, s) = (ids.len(), ids[0].len());
+        if images.counts.len() != b {
+            return Err(Error::argument(
+                "image",
+                format!("{} images for {b} prompts (one each expected)", images.counts.len()),
+            ));
+        }
+        // One gather over [text rows; image rows] puts every feature in place (and keeps autodiff).
+        let mut idx = Vec::with_capacity(b * s);
+        let mut first = 0;
+        for (bi, (row, &per)) in ids.iter().zip(&images.counts).enumerate() {
+            let mut k = 0;
+            for (i, &t) in row.iter().enumerate() {
+                if t == image_id {
+                    idx.push((b * s + first + k.min(per - 1)) as i64);
+                    k += 1;
+                } else {
+                    idx.push((bi * s + i) as i64);
+                }
+            }
+            if k != per {
+                return Err(Error::argument(
+                    "input_ids",
+                    format!("prompt {bi} holds {k} image tokens (id {image_id}) but the image yields {per} features"),
+                ));
+            }
+            first += per;
+        }
+        let table = Tensor::cat(vec![text.reshape([b * s, hid]), images.rows], 0);
+        debug_assert_eq!(first, total);
+        let idx = Tensor::from_data(TensorData::new(idx, [b * s]), device);
+        let x = table.select(0, idx).reshape([b, s, hid]);
+        let layout = (!images.grids.is_empty())
+            .then(|| (ids.to_vec(), images.grids.iter().map(|&g| vec![g]).collect()));
+        Ok(Embeds { x, layout })
+    }
+
+    /// Runs input embeddings through the decoder after what `cache` holds: final hidden states.
+    pub fn forward(&self, embeds: Embeds<B>, cache: &mut KvCache<B>) -> Result<Tensor<B, 3>> {
+        let positions: Option<MropePositions> = match (&self.config, embeds.layout) {
+            (ModelConfig::QwenVl(c), Some((ids, grids))) => {
+                if !cache.is_empty() {
+                    return Err(Error::argument(
+                        "image",
+                        "images are taken in the first forward of a sequence only",
+                    ));
+                }
+                Some(batch_positions(c, &ids, cache.pad_left(), &grids)?)
+            }
+            _ => None,
+        };
+        Ok(self
+            .language_model
+            .forward_at(embeds.x, positions.as_ref(), cache))
+    }
+
+    /// Vocabulary logits of hidden states.
+    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.language_model.logits(hidden)
+    }
+
+    /// Logits of the last position of every row: `[batch, vocab]`.
+    pub fn last_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 2> {
+        let [b, s, h] = hidden.dims();
+        let last = hidden.slice([0..b, s - 1..s, 0..h]);
+        self.logits(last)
+            .reshape([b, self.language_model.config.vocab_size])
+    }
+}
