@@ -20,15 +20,16 @@ speed() { # label binary args...
   local label=$1 bin=$2
   shift 2
   echo "== $label"
-  timeout 150 "$BIN/$bin" speed --backend cuda --out "$OUT/$label" --overwrite "$@" 2>&1 | grep -v "^wrote"
+  timeout ${SPEED_TIMEOUT:-110} "$BIN/$bin" speed --backend cuda --out "$OUT/$label" --overwrite "$@" 2>&1 | grep -v "^wrote"
 }
 echo "== parity (cuda, f32 / f16 / bf16)"
-timeout 120 "$BIN/parity" --test-threads 1 --nocapture 2>&1 | grep -E "^test |max \||panicked|Δ|test result" | head -20
+timeout 90 "$BIN/parity" --test-threads 1 --nocapture 2>&1 | grep -E "^test |max \||panicked|Δ|test result" | head -20
+# In order of value: the 600 s a command may run leaves no room for all of them at worst.
 speed 7b-f16 tita-bench --preset llava-7b --dtype f16 --prompt-tokens 600 --new-tokens 64 --pope --queries 3
-speed 7b-f16-fusion tita-bench-fusion --preset llava-7b --dtype f16 --prompt-tokens 600 --new-tokens 64 --pope --queries 3
-speed 150m-f32 tita-bench --preset 150m --dtype f32 --prompt-tokens 600 --new-tokens 64 --tita --batch 1,4,16
 echo "== PyTorch $(python3 -c 'import torch, transformers; print(torch.__version__, transformers.__version__)')"
-timeout 120 python3 scripts/torch_speed.py --preset llava-7b --device cuda --dtype f16 --new-tokens 64
-timeout 60 python3 scripts/torch_speed.py --preset 150m --device cuda --dtype f32 --new-tokens 64
+timeout 90 python3 scripts/torch_speed.py --preset llava-7b --device cuda --dtype f16 --new-tokens 64
+speed 150m-f32 tita-bench --preset 150m --dtype f32 --prompt-tokens 600 --new-tokens 64 --tita --batch 1,4,16
+timeout 40 python3 scripts/torch_speed.py --preset 150m --device cuda --dtype f32 --new-tokens 64
+speed 7b-f16-fusion tita-bench-fusion --preset llava-7b --dtype f16 --prompt-tokens 600 --new-tokens 64 --pope --queries 3
 cp "$OUT"/*/results.json "$OUT/" 2>/dev/null || true
 for d in "$OUT"/*/; do cp "$d/results.json" "$OUT/$(basename "$d").json" 2>/dev/null; done
