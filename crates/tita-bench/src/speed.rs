@@ -12,10 +12,10 @@ use burn::module::Module;
 use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
 use serde::Serialize;
 use tita_core::image::PixelValues;
-use tita_models::PixelBatch;
 use tita_core::sampling::argmax;
 use tita_core::{ClipVisionConfig, LlamaConfig, LlavaConfig, ModelConfig, Result};
 use tita_decode::{Prompt, Session};
+use tita_models::PixelBatch;
 use tita_models::{Precision, StoredDtype, Vlm};
 
 /// Model shapes to benchmark with random weights.

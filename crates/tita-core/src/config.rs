@@ -229,7 +229,11 @@ impl ModelConfig {
         let root = Fields::root(value, path)?;
         match root.opt_str("model_type")?.as_deref() {
             Some("llava") => Ok(ModelConfig::Llava(parse_llava(&root)?)),
-            Some("llama") => Ok(ModelConfig::Llama(parse_text(&root, None, TextFamily::Llama)?)),
+            Some("llama") => Ok(ModelConfig::Llama(parse_text(
+                &root,
+                None,
+                TextFamily::Llama,
+            )?)),
             Some("qwen2_5_vl") => Ok(ModelConfig::QwenVl(parse_qwen_vl(&root)?)),
             Some(other) => Err(root.err(
                 "model_type",
@@ -890,11 +894,7 @@ fn parse_qwen_vl(f: &Fields) -> Result<QwenVlConfig> {
         None => v.usize("in_chans", 3)?,
     };
     let patch_size = positive(&v, "patch_size", v.usize("patch_size", 14)?)?;
-    let spatial_merge_size = positive(
-        &v,
-        "spatial_merge_size",
-        v.usize("spatial_merge_size", 2)?,
-    )?;
+    let spatial_merge_size = positive(&v, "spatial_merge_size", v.usize("spatial_merge_size", 2)?)?;
     let window_size = v.usize("window_size", 112)?;
     if window_size < patch_size * spatial_merge_size {
         return Err(v.err(
@@ -927,11 +927,7 @@ fn parse_qwen_vl(f: &Fields) -> Result<QwenVlConfig> {
     let vision = QwenVisionConfig {
         depth,
         hidden_size,
-        intermediate_size: positive(
-            &v,
-            "intermediate_size",
-            v.usize("intermediate_size", 3420)?,
-        )?,
+        intermediate_size: positive(&v, "intermediate_size", v.usize("intermediate_size", 3420)?)?,
         num_heads,
         in_channels: positive(&v, "in_channels", in_channels)?,
         patch_size,

@@ -17,7 +17,10 @@ const OPENAI_CLIP_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ResizeTo {
     ShortestEdge(usize),
-    Exact { height: usize, width: usize },
+    Exact {
+        height: usize,
+        width: usize,
+    },
     /// Qwen2-VL's `smart_resize`: both sides rounded to multiples of `factor`, the area kept
     /// within `min_pixels..=max_pixels`, the aspect ratio nearly kept.
     Smart {
@@ -198,7 +201,12 @@ impl ImageProcessor {
             // `size.shortest_edge`/`size.longest_edge` (areas, despite the names).
             let from_size = |k: &str| v.get("size").and_then(|s| s.get(k)).cloned();
             let area = |k: &str, alt: &str, def: usize| -> Result<usize> {
-                match v.get(k).filter(|x| !x.is_null()).cloned().or(from_size(alt)) {
+                match v
+                    .get(k)
+                    .filter(|x| !x.is_null())
+                    .cloned()
+                    .or(from_size(alt))
+                {
                     None => Ok(def),
                     Some(x) => num(&x, k),
                 }
@@ -369,7 +377,10 @@ pub fn smart_resize(
 /// Qwen2-VL's patch flattening of a preprocessed image: the image repeated over the temporal
 /// patch, cut into `[grid_t·grid_h·grid_w, C·T·P·P]` rows in merge-block order (row-major over
 /// merged cells, then row-major inside each cell). Returns the rows and `[grid_t, grid_h, grid_w]`.
-pub fn flatten_patches(pixels: &PixelValues, layout: PatchLayout) -> Result<(Vec<f32>, [usize; 3])> {
+pub fn flatten_patches(
+    pixels: &PixelValues,
+    layout: PatchLayout,
+) -> Result<(Vec<f32>, [usize; 3])> {
     let PatchLayout {
         patch_size: p,
         temporal_patch_size: tp,

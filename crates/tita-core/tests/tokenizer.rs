@@ -91,3 +91,63 @@ fn missing_tokenizer_names_the_file() {
         "{err}"
     );
 }
+
+// ---- Qwen2.5 (fixtures/qwen2_5_vl): byte-level BPE with the Qwen2 pre-tokenizer ----
+
+fn qwen_dir() -> PathBuf {
+    fixtures().join("qwen2_5_vl")
+}
+
+fn json(path: PathBuf) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn qwen_llama_cpp_vectors() {
+    let tok = Tokenizer::from_file(&qwen_dir().join("model")).unwrap();
+    let v = json(qwen_dir().join("tokenizer/test_vectors.json"));
+    let cases = v["ggml-vocab-qwen2.gguf"]["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 46);
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["llamacpp_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(tok.encode(text, false).unwrap(), want, "input {text:?}");
+        assert_eq!(tok.decode(&want, false).unwrap(), text, "decode {text:?}");
+    }
+}
+
+#[test]
+fn qwen_chat_template_text_and_ids() {
+    use tita_core::template::{ChatTemplate, Message};
+    let dir = qwen_dir().join("model");
+    let tok = Tokenizer::from_file(&dir).unwrap();
+    let template = ChatTemplate::for_model(&dir).unwrap();
+    let cases = json(qwen_dir().join("cases.json"));
+    for (name, case) in cases["cases"].as_object().unwrap() {
+        let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
+        let text = template
+            .render(&messages, true, &serde_json::Map::new())
+            .unwrap();
+        assert_eq!(text, case["prompt_text"].as_str().unwrap(), "{name} text");
+        let ids = tok
+            .encode(&text, template.add_special_tokens(&text))
+            .unwrap();
+        let image_pad = tok.token_to_id("<|image_pad|>").unwrap();
+        let ids = match case["num_image_tokens"].as_u64() {
+            Some(n) => tok.expand_image_ids(ids, image_pad, n as usize).unwrap(),
+            None => ids,
+        };
+        let want: Vec<u32> = case["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(ids, want, "{name} ids");
+    }
+}

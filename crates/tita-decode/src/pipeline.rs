@@ -117,7 +117,7 @@ impl<B: Backend> Pipeline<B> {
     pub fn load_in(dir: &Path, precision: Precision, device: &B::Device) -> Result<Self> {
         let model = Vlm::load_in(dir, precision, device)?;
         let tokenizer = Tokenizer::from_file(dir)?;
-        let processor = match model.llava_config() {
+        let processor = match model.image_token_id() {
             Some(_) => Some(ImageProcessor::from_file(dir)?),
             None => None,
         };
@@ -185,11 +185,23 @@ impl<B: Backend> Pipeline<B> {
             Some(image) => {
                 let pixels = self.preprocess(image, pad)?;
                 Ok(Prompt {
-                    ids: self.expand_image(&text)?,
+                    ids: self.expand_image(&text, &pixels)?,
                     pixels: Some(pixels),
                 })
             }
         }
+    }
+
+    /// What separates the generation prompt from the answer in a rendered conversation: a
+    /// space after LLaVA's `ASSISTANT:`, nothing after a prompt that ends in a newline (ChatML's
+    /// `<|im_start|>assistant\n`).
+    pub fn answer_separator(&self) -> Result<&'static str> {
+        let prompt = self.render(&self.conversation("?", false))?;
+        Ok(if prompt.ends_with(char::is_whitespace) {
+            ""
+        } else {
+            " "
+        })
     }
 
     /// `messages` as the template renders them with the generation prompt appended.
@@ -228,10 +240,10 @@ impl<B: Backend> Pipeline<B> {
     pub fn prompt(&self, text: &str, image: Option<&Path>, pad: bool) -> Result<Prompt> {
         match image {
             None => {
-                if self.model.llava_config().is_some() && text.contains(IMAGE_PLACEHOLDER) {
+                if let Some(placeholder) = self.image_placeholder().filter(|p| text.contains(p)) {
                     return Err(Error::argument(
                         "image",
-                        "the prompt holds `<image>` but no image was given",
+                        format!("the prompt holds `{placeholder}` but no image was given"),
                     ));
                 }
                 if self.template_text_prompts || self.system.is_some() {
@@ -252,28 +264,39 @@ impl<B: Backend> Pipeline<B> {
     /// As [`Pipeline::prompt`] with an already preprocessed image.
     pub fn prompt_with_pixels(&self, text: &str, pixels: PixelValues) -> Result<Prompt> {
         Ok(Prompt {
-            ids: self.image_prompt_ids(text)?,
+            ids: self.image_prompt_ids(text, &pixels)?,
             pixels: Some(pixels),
         })
     }
 
-    /// The ids of a prompt about one image: the conversation template (unless `text` already
-    /// holds `<image>`) with `<image>` expanded to one id per image feature.
-    pub fn image_prompt_ids(&self, text: &str) -> Result<Vec<u32>> {
-        if text.contains(IMAGE_PLACEHOLDER) {
-            return self.expand_image(text);
-        }
-        self.expand_image(&self.render(&self.conversation(text, true))?)
+    /// The text that stands for the image in a templated prompt: `<image>` for LLaVA,
+    /// `<|image_pad|>` for Qwen2-VL (None for a text-only model).
+    pub fn image_placeholder(&self) -> Option<String> {
+        let id = self.model.image_token_id()?;
+        Some(
+            self.tokenizer
+                .id_to_token(id)
+                .unwrap_or_else(|| IMAGE_PLACEHOLDER.to_string()),
+        )
     }
 
-    /// Tokenises templated text that holds one `<image>` and expands it to one id per image
-    /// feature.
-    fn expand_image(&self, text: &str) -> Result<Vec<u32>> {
-        let c = self.model.llava_config().ok_or_else(|| {
+    /// The ids of a prompt about one image: the conversation template (unless `text` already
+    /// holds the image placeholder) with the placeholder expanded to one id per image feature.
+    pub fn image_prompt_ids(&self, text: &str, pixels: &PixelValues) -> Result<Vec<u32>> {
+        if self.image_placeholder().is_some_and(|p| text.contains(&p)) {
+            return self.expand_image(text, pixels);
+        }
+        self.expand_image(&self.render(&self.conversation(text, true))?, pixels)
+    }
+
+    /// Tokenises templated text that holds one image placeholder and expands it to one id per
+    /// feature the image yields.
+    fn expand_image(&self, text: &str, pixels: &PixelValues) -> Result<Vec<u32>> {
+        let id = self.model.image_token_id().ok_or_else(|| {
             Error::argument("image", "this is a text-only model; it takes no image")
         })?;
         let ids = self.encode_rendered(text)?;
         self.tokenizer
-            .expand_image_ids(ids, c.image_token_id, c.image_tokens())
+            .expand_image_ids(ids, id, self.model.image_tokens_for(pixels)?)
     }
 }

@@ -173,11 +173,12 @@ impl<'p, B: Backend> Tita<'p, B> {
             ));
         }
         for guide in [reward, reference].into_iter().flatten() {
-            if guide.model.llava_config().is_some() != target.model.llava_config().is_some() {
+            let (g, t) = (guide.model.family(), target.model.family());
+            if g != t {
                 return Err(Error::argument(
                     "reward",
                     format!(
-                        "{} and the target {} must both be VLMs or both text-only",
+                        "{} is a {g} model and the target {} a {t} one: the guide must be of the target's family (same tokenizer, same image tokens)",
                         guide.dir.display(),
                         target.dir.display()
                     ),

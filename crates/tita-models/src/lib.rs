@@ -15,6 +15,6 @@ pub use llama::{KvCache, Llama, LlamaKeys, MropePositions};
 pub use llava::KeyLayout;
 pub use vlm::{Embeds, ImageFeatures, PixelBatch, Vision, Vlm};
 pub use weights::{
-    cast, param_id, save_safetensors, Precision, RandomWeights, StoredTensor, StoredDtype,
+    cast, param_id, save_safetensors, Precision, RandomWeights, StoredDtype, StoredTensor,
     TensorSource, Weights,
 };

@@ -213,9 +213,10 @@ impl KeyLayout {
                 let decoder = first_present(w, &text, "embed_tokens.weight")
                     .ok_or_else(|| not_found("the language model", &text, "embed_tokens.weight"))?;
                 let vis = ["visual.", "model.visual."];
-                let vision = first_present(w, &vis, "patch_embed.proj.weight").ok_or_else(|| {
-                    not_found("the vision tower", &vis, "patch_embed.proj.weight")
-                })?;
+                let vision =
+                    first_present(w, &vis, "patch_embed.proj.weight").ok_or_else(|| {
+                        not_found("the vision tower", &vis, "patch_embed.proj.weight")
+                    })?;
                 Ok(KeyLayout {
                     text: LlamaKeys {
                         decoder,
@@ -228,4 +229,3 @@ impl KeyLayout {
         }
     }
 }
-

@@ -38,11 +38,20 @@ impl<B: Backend> VisionAttention<B> {
     }
 
     /// `x`: `[n, hidden]` in window order.
-    fn forward(&self, x: Tensor<B, 2>, rope: &(Tensor<B, 3>, Tensor<B, 3>), seg: &Segments<B>) -> Tensor<B, 2> {
+    fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        rope: &(Tensor<B, 3>, Tensor<B, 3>),
+        seg: &Segments<B>,
+    ) -> Tensor<B, 2> {
         let [n, d] = x.dims();
         let (h, hd) = (self.n_heads, d / self.n_heads);
         let qkv = self.qkv.forward(x).reshape([n, 3, h, hd]);
-        let part = |i: usize| qkv.clone().slice([0..n, i..i + 1, 0..h, 0..hd]).reshape([n, h, hd]);
+        let part = |i: usize| {
+            qkv.clone()
+                .slice([0..n, i..i + 1, 0..h, 0..hd])
+                .reshape([n, h, hd])
+        };
         let dtype = qkv.dtype();
         // Rotary in f32, as transformers does.
         let rotate = |t: Tensor<B, 3>| {
@@ -103,7 +112,12 @@ impl<B: Backend> VisionBlock<B> {
         })
     }
 
-    fn forward(&self, x: Tensor<B, 2>, rope: &(Tensor<B, 3>, Tensor<B, 3>), seg: &Segments<B>) -> Tensor<B, 2> {
+    fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        rope: &(Tensor<B, 3>, Tensor<B, 3>),
+        seg: &Segments<B>,
+    ) -> Tensor<B, 2> {
         let x = x.clone() + self.attn.forward(self.norm1.forward(x), rope, seg);
         x.clone() + self.mlp.forward(self.norm2.forward(x))
     }
@@ -129,7 +143,14 @@ impl<B: Backend> PatchMerger<B> {
             ln_q: rms_norm(w, &format!("{p}.ln_q"), c.hidden_size, VISION_EPS, device)?,
             // `nn.Sequential(Linear, GELU, Linear)`: indices 0 and 2.
             fc1: linear(w, &format!("{p}.mlp.0"), wide, wide, true, device)?,
-            fc2: linear(w, &format!("{p}.mlp.2"), wide, c.out_hidden_size, true, device)?,
+            fc2: linear(
+                w,
+                &format!("{p}.mlp.2"),
+                wide,
+                c.out_hidden_size,
+                true,
+                device,
+            )?,
         })
     }
 
@@ -265,11 +286,20 @@ impl<B: Backend> Segments<B> {
     }
 
     /// `q`, `k`, `v`: `[n, heads, head_dim]` -> `[n, heads·head_dim]`.
-    fn attend(&self, q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>, scale: f64) -> Tensor<B, 2> {
+    fn attend(
+        &self,
+        q: Tensor<B, 3>,
+        k: Tensor<B, 3>,
+        v: Tensor<B, 3>,
+        scale: f64,
+    ) -> Tensor<B, 2> {
         let [n, h, d] = q.dims();
         let (s, l) = (self.count, self.longest);
         let batch = |t: Tensor<B, 3>| match &self.gather {
-            Some((into, _, _)) => t.select(0, into.clone()).reshape([s, l, h, d]).swap_dims(1, 2),
+            Some((into, _, _)) => t
+                .select(0, into.clone())
+                .reshape([s, l, h, d])
+                .swap_dims(1, 2),
             None => t.reshape([1, n, h, d]).swap_dims(1, 2),
         };
         let (q, k, v) = (batch(q), batch(k), batch(v));
@@ -320,7 +350,10 @@ impl<B: Backend> QwenVision<B> {
         let inv_freq: Vec<f32> = (0..quarter)
             .map(|i| 1.0 / (self.config.rope_theta as f32).powf((2 * i) as f32 / (hd / 2) as f32))
             .collect();
-        let (mut cos, mut sin) = (Vec::with_capacity(hw.len() * hd), Vec::with_capacity(hw.len() * hd));
+        let (mut cos, mut sin) = (
+            Vec::with_capacity(hw.len() * hd),
+            Vec::with_capacity(hw.len() * hd),
+        );
         for &(y, x) in hw {
             for _half in 0..2 {
                 for pos in [y, x] {
@@ -361,7 +394,8 @@ impl<B: Backend> QwenVision<B> {
         }
         let merged = self.merger.forward(x);
         let cells = plan.cells_back.len();
-        let back = Tensor::<B, 1, Int>::from_data(TensorData::new(plan.cells_back, [cells]), &device);
+        let back =
+            Tensor::<B, 1, Int>::from_data(TensorData::new(plan.cells_back, [cells]), &device);
         merged.select(0, back)
     }
 }

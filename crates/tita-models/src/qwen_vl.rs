@@ -11,7 +11,11 @@ use crate::llama::MropePositions;
 /// width position of every token, and the row's `rope_delta` (the position after the last
 /// token minus the number of tokens). `grids` are the row's images in order (`[t, h, w]` in
 /// patches).
-pub fn rope_index(c: &QwenVlConfig, ids: &[u32], grids: &[[usize; 3]]) -> Result<([Vec<i64>; 3], i64)> {
+pub fn rope_index(
+    c: &QwenVlConfig,
+    ids: &[u32],
+    grids: &[[usize; 3]],
+) -> Result<([Vec<i64>; 3], i64)> {
     let m = c.vision.spatial_merge_size;
     let mut rows: [Vec<i64>; 3] = Default::default();
     let mut grids = grids.iter();
@@ -26,7 +30,10 @@ pub fn rope_index(c: &QwenVlConfig, ids: &[u32], grids: &[[usize; 3]]) -> Result
             i += 1;
             continue;
         }
-        let run = ids[i..].iter().take_while(|&&t| t == c.image_token_id).count();
+        let run = ids[i..]
+            .iter()
+            .take_while(|&&t| t == c.image_token_id)
+            .count();
         let &[t, h, w] = grids.next().ok_or_else(|| {
             Error::argument(
                 "input_ids",
@@ -79,7 +86,8 @@ pub fn batch_positions(
     };
     for ((row, &pad), grids) in ids.iter().zip(pad_left).zip(grids) {
         let (rows, delta) = rope_index(c, &row[pad..], grids)?;
-        out.rows.push(rows.map(|r| std::iter::repeat_n(0, pad).chain(r).collect()));
+        out.rows
+            .push(rows.map(|r| std::iter::repeat_n(0, pad).chain(r).collect()));
         out.deltas.push(delta);
     }
     Ok(out)

@@ -65,10 +65,10 @@ impl<B: Backend> ImageFeatures<B> {
         let n = idx.len();
         let device = self.rows.device();
         ImageFeatures {
-            rows: self
-                .rows
-                .clone()
-                .select(0, Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [n]), &device)),
+            rows: self.rows.clone().select(
+                0,
+                Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [n]), &device),
+            ),
             counts: images.iter().map(|&i| self.counts[i]).collect(),
             grids: if self.grids.is_empty() {
                 Vec::new()
@@ -241,6 +241,15 @@ impl<B: Backend> Vlm<B> {
         self.language_model.embed_tokens.val().dtype()
     }
 
+    /// The model family, as `model_type` names it.
+    pub fn family(&self) -> &'static str {
+        match &self.config {
+            ModelConfig::Llava(_) => "llava",
+            ModelConfig::Llama(_) => "llama",
+            ModelConfig::QwenVl(_) => "qwen2_5_vl",
+        }
+    }
+
     pub fn llava_config(&self) -> Option<&tita_core::LlavaConfig> {
         match &self.config {
             ModelConfig::Llava(c) => Some(c),
@@ -261,7 +270,8 @@ impl<B: Backend> Vlm<B> {
     /// text-only model or one whose count depends on the image (Qwen2-VL: see
     /// [`Vlm::image_tokens_for`]).
     pub fn image_tokens(&self) -> Option<usize> {
-        self.llava_config().map(tita_core::LlavaConfig::image_tokens)
+        self.llava_config()
+            .map(tita_core::LlavaConfig::image_tokens)
     }
 
     /// Positions `image` occupies in the prompt.
@@ -315,14 +325,22 @@ impl<B: Backend> Vlm<B> {
                         "image",
                         format!(
                             "patches of {} values, expected {width} (vision_config: {} channels)",
-                            data.len() / grids.iter().map(|g| g.iter().product::<usize>()).sum::<usize>().max(1),
+                            data.len()
+                                / grids
+                                    .iter()
+                                    .map(|g| g.iter().product::<usize>())
+                                    .sum::<usize>()
+                                    .max(1),
                             c.vision.in_channels
                         ),
                     ));
                 }
                 let n = data.len() / width;
                 Ok(PixelBatch::Patches {
-                    rows: Tensor::from_data(TensorData::new(data, [n, width]), (device, self.dtype())),
+                    rows: Tensor::from_data(
+                        TensorData::new(data, [n, width]),
+                        (device, self.dtype()),
+                    ),
                     grids,
                 })
             }
@@ -367,7 +385,10 @@ impl<B: Backend> Vlm<B> {
                 let unit = v.config.spatial_merge_size.pow(2);
                 Ok(ImageFeatures {
                     rows: v.forward(rows, &grids),
-                    counts: grids.iter().map(|g| g.iter().product::<usize>() / unit).collect(),
+                    counts: grids
+                        .iter()
+                        .map(|g| g.iter().product::<usize>() / unit)
+                        .collect(),
                     grids,
                 })
             }
@@ -406,7 +427,10 @@ impl<B: Backend> Vlm<B> {
         if images.counts.len() != b {
             return Err(Error::argument(
                 "image",
-                format!("{} images for {b} prompts (one each expected)", images.counts.len()),
+                format!(
+                    "{} images for {b} prompts (one each expected)",
+                    images.counts.len()
+                ),
             ));
         }
         // One gather over [text rows; image rows] puts every feature in place (and keeps autodiff).
@@ -434,8 +458,12 @@ impl<B: Backend> Vlm<B> {
         debug_assert_eq!(first, total);
         let idx = Tensor::from_data(TensorData::new(idx, [b * s]), device);
         let x = table.select(0, idx).reshape([b, s, hid]);
-        let layout = (!images.grids.is_empty())
-            .then(|| (ids.to_vec(), images.grids.iter().map(|&g| vec![g]).collect()));
+        let layout = (!images.grids.is_empty()).then(|| {
+            (
+                ids.to_vec(),
+                images.grids.iter().map(|&g| vec![g]).collect(),
+            )
+        });
         Ok(Embeds { x, layout })
     }
 

@@ -115,42 +115,94 @@ fn logits_positions_and_greedy_tokens_match_transformers() {
     for name in ["image_main", "image_resize", "text_only"] {
         let c = case(name);
         let ids = ids_of(&c["input_ids"]);
-        let pixels = c["image"].as_str().map(|f| {
-            proc.preprocess_file(&dir().join(f), false).unwrap()
-        });
+        let pixels = c["image"]
+            .as_str()
+            .map(|f| proc.preprocess_file(&dir().join(f), false).unwrap());
         let images = pixels.as_ref().map(|p| {
             let batch = model.pixels_tensor(&[p], &dev).unwrap();
             model.encode_images(batch).unwrap()
         });
         if let Some(f) = &images {
-            let got: Vec<f32> = f.rows.clone().into_data().convert::<f32>().into_vec().unwrap();
-            assert_close(&format!("{name} image_embeds"), &got, &exp(&format!("{name}.image_embeds")), TOL);
+            let got: Vec<f32> = f
+                .rows
+                .clone()
+                .into_data()
+                .convert::<f32>()
+                .into_vec()
+                .unwrap();
+            assert_close(
+                &format!("{name} image_embeds"),
+                &got,
+                &exp(&format!("{name}.image_embeds")),
+                TOL,
+            );
             // Positions: transformers' get_rope_index.
             let (rows, delta) = rope_index(&qc, &ids, &f.grids).unwrap();
             let want: Vec<Vec<i64>> = c["position_ids"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|r| r.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect())
+                .map(|r| {
+                    r.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_i64().unwrap())
+                        .collect()
+                })
                 .collect();
             assert_eq!(rows.to_vec(), want, "{name} position_ids");
-            assert_eq!(delta, c["rope_delta"].as_i64().unwrap(), "{name} rope_delta");
+            assert_eq!(
+                delta,
+                c["rope_delta"].as_i64().unwrap(),
+                "{name} rope_delta"
+            );
         }
         let embeds = model.embed(&[ids.clone()], images, &dev).unwrap();
-        let got: Vec<f32> = embeds.x.clone().into_data().convert::<f32>().into_vec().unwrap();
-        assert_close(&format!("{name} inputs_embeds"), &got, &exp(&format!("{name}.text_inputs_embeds")), TOL);
+        let got: Vec<f32> = embeds
+            .x
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .unwrap();
+        assert_close(
+            &format!("{name} inputs_embeds"),
+            &got,
+            &exp(&format!("{name}.text_inputs_embeds")),
+            TOL,
+        );
         let mut cache = model.new_cache(1);
         let hidden = model.forward(embeds, &mut cache).unwrap();
-        let got: Vec<f32> = hidden.clone().into_data().convert::<f32>().into_vec().unwrap();
-        assert_close(&format!("{name} final norm"), &got, &exp(&format!("{name}.text_final_norm")), TOL);
+        let got: Vec<f32> = hidden
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .unwrap();
+        assert_close(
+            &format!("{name} final norm"),
+            &got,
+            &exp(&format!("{name}.text_final_norm")),
+            TOL,
+        );
         let logits = rows(model.logits(hidden).reshape([ids.len() as i32, -1]));
         let cols = exp_i64("logits_cols");
         let slice = exp(&format!("{name}.logits_cols_slice"));
         for (pos, row) in logits.iter().enumerate() {
             let picked: Vec<f32> = cols.iter().map(|&c| row[c as usize]).collect();
-            assert_close(&format!("{name} logits_cols_slice[{pos}]"), &picked, &slice[pos * 256..(pos + 1) * 256], TOL);
+            assert_close(
+                &format!("{name} logits_cols_slice[{pos}]"),
+                &picked,
+                &slice[pos * 256..(pos + 1) * 256],
+                TOL,
+            );
         }
-        assert_close(&format!("{name} logits_last"), logits.last().unwrap(), &exp(&format!("{name}.logits_last")), TOL);
+        assert_close(
+            &format!("{name} logits_last"),
+            logits.last().unwrap(),
+            &exp(&format!("{name}.logits_last")),
+            TOL,
+        );
 
         // Greedy decoding through the cache: positions continue with the row's rope delta.
         if let Some(g) = c.get("generation") {
@@ -171,6 +223,42 @@ fn logits_positions_and_greedy_tokens_match_transformers() {
 fn argmax(row: &[f32]) -> u32 {
     row.iter()
         .enumerate()
-        .fold((0, f32::MIN), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+        .fold(
+            (0, f32::MIN),
+            |best, (i, &v)| if v > best.1 { (i, v) } else { best },
+        )
         .0 as u32
+}
+
+/// The second fixture model (other shapes: hidden 16, one KV head, full attention in block 0),
+/// made by `gen_qwen_tita.py`: last logits at the checked columns.
+#[test]
+fn reward_model_of_other_shapes_matches_transformers() {
+    let dev = device();
+    let model = Vlm::<B>::load(&dir().join("reward"), &dev).unwrap();
+    let proc = ImageProcessor::from_file(&dir().join("reward")).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("tita.json")).unwrap()).unwrap();
+    let cols = exp_i64("logits_cols");
+    for name in ["image_main", "image_resize", "text_only"] {
+        let c = case(name);
+        let ids = ids_of(&c["input_ids"]);
+        let images = c["image"].as_str().map(|f| {
+            let p = proc.preprocess_file(&dir().join(f), false).unwrap();
+            model
+                .encode_images(model.pixels_tensor(&[&p], &dev).unwrap())
+                .unwrap()
+        });
+        let embeds = model.embed(&[ids], images, &dev).unwrap();
+        let hidden = model.forward(embeds, &mut model.new_cache(1)).unwrap();
+        let last = &rows(model.last_logits(hidden))[0];
+        let got: Vec<f32> = cols.iter().map(|&c| last[c as usize]).collect();
+        let want: Vec<f32> = expected["reward_logits"][name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        assert_close(&format!("reward {name} logits"), &got, &want, TOL);
+    }
 }

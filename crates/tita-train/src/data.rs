@@ -75,10 +75,13 @@ impl Record for SftRecord {
     }
 }
 
-/// Token ids of a response as it follows `ASSISTANT:` in the chat: a leading space, no BOS,
-/// EOS appended (how transformers-based trainers tokenise the answer).
+/// Token ids of a response as it follows the generation prompt in the chat (a leading space
+/// after LLaVA's `ASSISTANT:`, none after ChatML's `assistant\n`), no BOS, EOS appended (how
+/// transformers-based trainers tokenise the answer).
 pub fn response_ids<B: Backend>(pipeline: &Pipeline<B>, text: &str) -> Result<Vec<u32>> {
-    let mut ids = pipeline.tokenizer.encode(&format!(" {text}"), false)?;
+    let mut ids = pipeline
+        .tokenizer
+        .encode(&format!("{}{text}", pipeline.answer_separator()?), false)?;
     ids.push(pipeline.model.config.text().eos_token_ids[0]);
     Ok(ids)
 }
@@ -146,7 +149,7 @@ impl Dataset {
                     images.len() - 1
                 }
             };
-            let prompt = pipeline.image_prompt_ids(texts[0].1)?;
+            let prompt = pipeline.image_prompt_ids(texts[0].1, &images[image])?;
             let mut responses = Vec::new();
             for (field, text) in &texts[1..] {
                 let ids = response_ids(pipeline, text)?;
