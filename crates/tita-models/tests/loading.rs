@@ -306,3 +306,104 @@ fn save_then_load_gives_identical_tensors_names_dtypes_and_logits() {
         assert_eq!(last_logits(&src), last_logits(&saved));
     }
 }
+
+// ---- Qwen2.5-VL (fixtures/qwen2_5_vl/model: hub layout, bf16, tied lm_head) ----
+
+const QWEN: &str = "qwen2_5_vl/model";
+
+#[test]
+fn qwen_in_memory_layout_loads_and_errors_name_the_tensor() {
+    // transformers 5's in-memory names: `model.language_model.*`, `model.visual.*`.
+    let moved = rewrite(
+        QWEN,
+        |n| {
+            Some(match n.strip_prefix("model.") {
+                Some(rest) => format!("model.language_model.{rest}"),
+                None => format!("model.{n}"),
+            })
+        },
+        vec![],
+    );
+    let model = Vlm::<B>::load(moved.path(), &device()).unwrap();
+    assert_eq!(model.keys.vision.as_deref(), Some("model.visual."));
+    assert_eq!(model.keys.text.decoder, "model.language_model.");
+
+    let gone = "visual.merger.mlp.0.weight";
+    let dir = rewrite(QWEN, |n| (n != gone).then(|| n.to_string()), vec![]);
+    let err = load_err(dir.path());
+    assert!(err.contains(gone) && err.contains("missing"), "{err}");
+
+    let bad = "model.layers.1.self_attn.k_proj.bias";
+    let dir = rewrite(
+        QWEN,
+        |n| (n != bad).then(|| n.to_string()),
+        vec![(bad.into(), vec![15], vec![0.0; 15])],
+    );
+    let err = load_err(dir.path());
+    assert!(
+        err.contains(bad) && err.contains("[15]") && err.contains("[16]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn qwen_config_errors_name_the_field() {
+    let src = fixtures().join(QWEN).join("config.json");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&src).unwrap()).unwrap();
+    let cases: [(&str, fn(&mut serde_json::Value)); 3] = [
+        ("text_config.rope_parameters.mrope_section", |c| {
+            c["text_config"]["rope_parameters"]["mrope_section"] = serde_json::json!([1, 1, 1])
+        }),
+        ("vision_config.fullatt_block_indexes", |c| {
+            c["vision_config"]["fullatt_block_indexes"] = serde_json::json!([5])
+        }),
+        ("vision_config.out_hidden_size", |c| {
+            c["vision_config"]["out_hidden_size"] = serde_json::json!(48)
+        }),
+    ];
+    for (field, edit) in cases {
+        let mut c = config.clone();
+        edit(&mut c);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, c.to_string()).unwrap();
+        let err = tita_core::ModelConfig::from_file(&path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(field) && err.contains("config.json"),
+            "{field}: {err}"
+        );
+    }
+}
+
+#[test]
+fn qwen_save_then_load_round_trips_names_and_dtypes() {
+    let src = fixtures().join(QWEN);
+    let model = Vlm::<B>::load(&src, &device()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let dst = out.path().join("saved");
+    model.save_pretrained(&src, &dst).unwrap();
+    let (a, b) = (
+        std::fs::read(src.join("model.safetensors")).unwrap(),
+        std::fs::read(dst.join("model.safetensors")).unwrap(),
+    );
+    let (a, b) = (
+        SafeTensors::deserialize(&a).unwrap(),
+        SafeTensors::deserialize(&b).unwrap(),
+    );
+    let mut names: Vec<String> = a.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    let mut saved: Vec<String> = b.names().into_iter().map(str::to_string).collect();
+    saved.sort();
+    assert_eq!(names, saved);
+    for n in &names {
+        let (x, y) = (a.tensor(n).unwrap(), b.tensor(n).unwrap());
+        assert_eq!(
+            (x.dtype(), x.shape(), x.data()),
+            (y.dtype(), y.shape(), y.data()),
+            "{n}"
+        );
+    }
+}
