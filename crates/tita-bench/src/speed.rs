@@ -13,9 +13,8 @@ use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
 use serde::Serialize;
 use tita_core::image::PixelValues;
 use tita_core::sampling::argmax;
-use tita_core::{ClipVisionConfig, LlamaConfig, LlavaConfig, ModelConfig, Result};
+use tita_core::{ClipVisionConfig, LlamaConfig, LlavaConfig, ModelConfig, QwenVlConfig, Result};
 use tita_decode::{Prompt, Session};
-use tita_models::PixelBatch;
 use tita_models::{Precision, StoredDtype, Vlm};
 
 /// Model shapes to benchmark with random weights.
@@ -46,6 +45,14 @@ pub enum Preset {
     #[value(name = "llava-7b")]
     #[serde(rename = "llava-7b")]
     Llava7b,
+    /// Qwen2.5-VL-7B-Instruct's shapes (vocabulary 152064, untied output).
+    #[value(name = "qwen2.5-vl-7b")]
+    #[serde(rename = "qwen2.5-vl-7b")]
+    QwenVl7b,
+    /// Qwen2.5-VL-3B-Instruct's shapes (vocabulary 151936, tied output): the 7B's reward.
+    #[value(name = "qwen2.5-vl-3b")]
+    #[serde(rename = "qwen2.5-vl-3b")]
+    QwenVl3b,
 }
 
 impl Preset {
@@ -91,6 +98,8 @@ impl Preset {
                 LlamaConfig::sized(4096, 32, 32, 32, 11008),
                 ClipVisionConfig::vit_l_14_336(),
             ),
+            Preset::QwenVl7b => QwenVlConfig::qwen2_5_vl((3584, 28, 28, 4, 18944), 152_064, false),
+            Preset::QwenVl3b => QwenVlConfig::qwen2_5_vl((2048, 36, 16, 2, 11008), 151_936, true),
         }
     }
 }
@@ -338,20 +347,17 @@ pub fn run<B: Backend>(
     new_tokens: usize,
     device: &B::Device,
 ) -> Result<SpeedReport> {
-    let image_encode_ms = match model.llava_config() {
+    let image_encode_ms = match bench_image(model, 0) {
         None => None,
-        Some(c) => {
-            let s = c.vision.image_size;
-            let pixels = PixelBatch::Square(Tensor::<B, 4>::random(
-                [1, c.vision.num_channels, s, s],
-                Distribution::Default,
-                (device, model.dtype()),
-            ));
-            let _ = model.encode_images(pixels.clone())?; // warm-up
-            let _ = B::sync(device);
+        Some(image) => {
+            let encode = || -> Result<()> {
+                let f = model.encode_images(model.pixels_tensor(&[&image], device)?)?;
+                let _ = f.rows.into_data();
+                Ok(())
+            };
+            encode()?; // warm-up
             let t = Instant::now();
-            let f = model.encode_images(pixels)?;
-            let _ = f.rows.into_data();
+            encode()?;
             Some(t.elapsed().as_secs_f64() * 1e3)
         }
     };
@@ -620,26 +626,15 @@ pub struct PopeSpeedReport {
     pub queries: usize,
 }
 
-/// A LLaVA-style question prompt: BOS, a few tokens, the image's placeholder tokens, then
-/// `text` question tokens.
-fn pope_prompt<B: Backend>(model: &Vlm<B>, text: usize, seed: u32) -> Result<Prompt> {
-    let c = model.llava_config().ok_or_else(|| {
-        tita_core::Error::argument(
-            "workload",
-            format!(
-                "pope needs a vision-language target; {} is text-only",
-                model.name
-            ),
-        )
-    })?;
-    let v = vocab(model);
-    let word = |i: u32| 3 + (i * 7919 + seed * 104_729) % (v - 3);
-    let mut ids: Vec<u32> = [1].into_iter().chain((0..4).map(word)).collect();
-    ids.extend(std::iter::repeat_n(c.image_token_id, c.image_tokens()));
-    ids.extend((4..4 + text as u32).map(word));
-    let s = c.vision.image_size;
-    let n = c.vision.num_channels * s * s;
-    let data = (0..n)
+/// A preprocessed-looking image of the size a model takes: LLaVA's square, or for Qwen2-VL a
+/// COCO photo (640x480) after `smart_resize` (644x476: 391 image tokens). None: text-only.
+fn bench_image<B: Backend>(model: &Vlm<B>, seed: u32) -> Option<PixelValues> {
+    let (height, width) = match &model.config {
+        ModelConfig::Llava(c) => (c.vision.image_size, c.vision.image_size),
+        ModelConfig::QwenVl(_) => (476, 644),
+        ModelConfig::Llama(_) => return None,
+    };
+    let data = (0..3 * height * width)
         .map(|i| {
             ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32
                 / (1u32 << 24) as f32
@@ -647,13 +642,36 @@ fn pope_prompt<B: Backend>(model: &Vlm<B>, text: usize, seed: u32) -> Result<Pro
                 - 2.0
         })
         .collect();
+    Some(PixelValues {
+        data,
+        height,
+        width,
+    })
+}
+
+/// A question prompt: a few tokens, the image's placeholder tokens, then `text` question
+/// tokens.
+fn pope_prompt<B: Backend>(model: &Vlm<B>, text: usize, seed: u32) -> Result<Prompt> {
+    let (Some(image_id), Some(pixels)) = (model.image_token_id(), bench_image(model, seed)) else {
+        return Err(tita_core::Error::argument(
+            "workload",
+            format!(
+                "pope needs a vision-language target; {} is text-only",
+                model.name
+            ),
+        ));
+    };
+    let v = vocab(model);
+    let word = |i: u32| 3 + (i * 7919 + seed * 104_729) % (v - 3);
+    let mut ids: Vec<u32> = [1].into_iter().chain((0..4).map(word)).collect();
+    ids.extend(std::iter::repeat_n(
+        image_id,
+        model.image_tokens_for(&pixels)?,
+    ));
+    ids.extend((4..4 + text as u32).map(word));
     Ok(Prompt {
         ids,
-        pixels: Some(PixelValues {
-            data,
-            height: s,
-            width: s,
-        }),
+        pixels: Some(pixels),
     })
 }
 
@@ -744,7 +762,11 @@ pub fn run_pope<B: Backend>(
         reward: reward.map(|(_, n)| n.to_string()),
         backend: backend.into(),
         prompt_tokens: tp.ids.len(),
-        image_tokens: target.image_tokens().unwrap_or(0),
+        image_tokens: tp
+            .ids
+            .iter()
+            .filter(|&&t| Some(t) == target.image_token_id())
+            .count(),
         answer_tokens,
         greedy_s,
         tita_s,

@@ -216,3 +216,41 @@ fn speed_on_checkpoints_reports_every_phase() {
         "a refused run wrote its folder"
     );
 }
+
+/// `speed --pope` on the Qwen2.5-VL fixtures: the image takes the tokens its grid gives (a
+/// 644x476 photo: 23x17 merged cells), the Qwen reward steers, every number finite.
+#[test]
+fn speed_pope_on_qwen_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("speed");
+    let q = fixtures().join("qwen2_5_vl");
+    let run = bench(&[
+        "speed",
+        "--model",
+        q.join("model").to_str().unwrap(),
+        "--reward",
+        q.join("reward").to_str().unwrap(),
+        "--prompt-tokens",
+        "8",
+        "--new-tokens",
+        "2",
+        "--pope",
+        "--queries",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let runs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let pope = &runs[0]["pope"];
+    assert_eq!(pope["image_tokens"], 23 * 17);
+    for key in ["greedy_s", "tita_s", "vcd_s"] {
+        assert!(pope[key].as_f64().unwrap() > 0.0, "{key}");
+    }
+    assert!(runs[0]["decode"]["image_encode_ms"].as_f64().unwrap() > 0.0);
+}

@@ -754,6 +754,53 @@ impl LlamaConfig {
     }
 }
 
+impl QwenVlConfig {
+    /// A Qwen2.5-VL of the given decoder shape (hidden, layers, heads, KV heads, MLP width,
+    /// vocabulary, tied output) behind the released models' vision tower (32 blocks of width
+    /// 1280, windows of 112 px, full attention in blocks 7/15/23/31): random-weight benchmarks.
+    pub fn qwen2_5_vl(
+        (hidden, layers, heads, kv, inter): (usize, usize, usize, usize, usize),
+        vocab_size: usize,
+        tie_word_embeddings: bool,
+    ) -> ModelConfig {
+        let text = LlamaConfig {
+            vocab_size,
+            max_position_embeddings: 128_000,
+            rms_norm_eps: 1e-6,
+            rope_theta: 1_000_000.0,
+            tie_word_embeddings,
+            attention_bias: true,
+            mrope_section: vec![16, 24, 24],
+            bos_token_id: Some(151_643),
+            eos_token_ids: vec![151_645],
+            ..LlamaConfig::sized(hidden, layers, heads, kv, inter)
+        };
+        ModelConfig::QwenVl(QwenVlConfig {
+            vision: QwenVisionConfig {
+                depth: 32,
+                hidden_size: 1280,
+                intermediate_size: 3420,
+                num_heads: 16,
+                in_channels: 3,
+                patch_size: 14,
+                temporal_patch_size: 2,
+                spatial_merge_size: 2,
+                window_size: 112,
+                fullatt_block_indexes: vec![7, 15, 23, 31],
+                out_hidden_size: hidden,
+                hidden_act: Activation::Silu,
+                rope_theta: 10000.0,
+                tokens_per_second: 2,
+            },
+            text,
+            image_token_id: 151_655,
+            video_token_id: 151_656,
+            vision_start_token_id: 151_652,
+            vision_end_token_id: 151_653,
+        })
+    }
+}
+
 impl LlavaConfig {
     /// LLaVA-1.5's composition of a text and a vision config: `<image>` = 32000, GELU
     /// projector with bias, features of the second-to-last layer without CLS.

@@ -516,8 +516,8 @@ fn main() -> anyhow::Result<()> {
                 None => ModelSpec::Preset(preset),
             };
             let vision_target = match &target {
-                ModelSpec::Preset(p) => matches!(p.config(), ModelConfig::Llava(_)),
-                ModelSpec::Dir(d) => matches!(ModelConfig::from_file(d)?, ModelConfig::Llava(_)),
+                ModelSpec::Preset(p) => !matches!(p.config(), ModelConfig::Llama(_)),
+                ModelSpec::Dir(d) => !matches!(ModelConfig::from_file(d)?, ModelConfig::Llama(_)),
             };
             if pope && !vision_target {
                 bail!("--pope times image questions: {target} is a text-only model (try --preset llava-150m)");
