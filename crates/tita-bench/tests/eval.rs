@@ -233,3 +233,46 @@ fn mme_release_runs_end_to_end() {
         assert_eq!((s.perception, s.cognition), (200.0, 50.0));
     }
 }
+
+/// POPE on Qwen2.5-VL (target + the Qwen reward of the fixtures): images of any size take the
+/// tokens their grid gives, every method answers, and the λ-sweep shortcut equals full decoding.
+#[test]
+fn pope_run_on_qwen_models() {
+    let device = Default::default();
+    let q = fixtures().join("qwen2_5_vl");
+    let load = |n: &str| Pipeline::<Flex>::load(&q.join(n), &device).unwrap();
+    let (target, reward) = (load("model"), load("reward"));
+    let models = Models {
+        target: &target,
+        reward: Some(&reward),
+        reference: None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("questions.jsonl");
+    std::fs::write(
+        &file,
+        r#"{"question_id": 1, "image": "qwen2_5_vl/images/image_main_112x84.png", "text": "Is there a red square in the image?", "label": "yes"}
+{"question_id": 2, "image": "images/chelsea.png", "text": "Is there a dog in the image?", "label": "no"}
+"#,
+    )
+    .unwrap();
+    let sets = vec![QuestionSet::read(&file, Some(&fixtures()), None).unwrap()];
+    let config = |shortcut| EvalConfig {
+        methods: ["greedy", "tita:0.3", "tita:0.6", "vcd:1"]
+            .iter()
+            .map(|m| Method::parse(m).unwrap())
+            .collect(),
+        max_new_tokens: 4,
+        shortcut,
+        ..EvalConfig::default()
+    };
+    let (fast, slow) = (dir.path().join("fast"), dir.path().join("slow"));
+    let r = evaluate(&models, &sets, &fast, &config(true), false, "test").unwrap();
+    evaluate(&models, &sets, &slow, &config(false), false, "test").unwrap();
+    for m in &config(true).methods {
+        assert_eq!(r.sets["questions"][&m.name()].count, 2, "{}", m.name());
+        let texts =
+            |out: &Path| -> Vec<String> { answers(out, m).into_iter().map(|a| a.text).collect() };
+        assert_eq!(texts(&fast), texts(&slow), "{}", m.name());
+    }
+}

@@ -421,3 +421,47 @@ fn a_diverging_run_stops_at_the_first_non_finite_step_and_keeps_its_good_checkpo
         .unwrap();
     }
 }
+
+/// DPO of a Qwen2.5-VL reward model (reference: the fixture target, same tokenizer): the loss
+/// falls, and the final checkpoint is in the hub layout and dtype it was loaded from.
+#[test]
+fn dpo_on_qwen_saves_a_hub_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = fixtures().join("qwen2_5_vl");
+    let data = write(
+        dir.path(),
+        "pairs.jsonl",
+        r#"{"image": "qwen2_5_vl/images/image_main_112x84.png", "prompt": "What is in this image?", "chosen": "A red square and a blue disc.", "rejected": "Two cats on a sofa."}
+{"image": "qwen2_5_vl/images/image_resize_200x90.png", "prompt": "Describe the picture.", "chosen": "Colour gradients.", "rejected": "A dog."}
+"#,
+    );
+    let out = dir.path().join("out");
+    let paths = TrainPaths {
+        model: q.join("reward"),
+        reference: Some(q.join("model")),
+        ..paths(data, out.clone())
+    };
+    let config = TrainConfig {
+        batch_size: 2,
+        grad_accum: 1,
+        ..dpo_config(4)
+    };
+    let m = run(&paths, &config, None);
+    assert!(m[3].loss < m[0].loss, "loss {} -> {}", m[0].loss, m[3].loss);
+    let a = std::fs::read(q.join("reward/model.safetensors")).unwrap();
+    let b = std::fs::read(out.join("final/model.safetensors")).unwrap();
+    let (a, b) = (
+        SafeTensors::deserialize(&a).unwrap(),
+        SafeTensors::deserialize(&b).unwrap(),
+    );
+    let (mut na, mut nb) = (a.names(), b.names());
+    na.sort();
+    nb.sort();
+    assert_eq!(na, nb);
+    assert!(na.iter().any(|n| n.starts_with("visual.")) && !na.contains(&"lm_head.weight"));
+    for name in na {
+        let (ta, tb) = (a.tensor(name).unwrap(), b.tensor(name).unwrap());
+        assert_eq!((ta.dtype(), ta.shape()), (tb.dtype(), tb.shape()), "{name}");
+    }
+    tita_models::Vlm::<Flex>::load(&out.join("final"), &Default::default()).unwrap();
+}
