@@ -250,11 +250,12 @@ fn mrope_tables<B: Backend>(
     let s = positions.rows[0][0].len();
     let mut cos = Vec::with_capacity(b * s * head_dim);
     let mut sin = Vec::with_capacity(b * s * head_dim);
-    for row in &positions.rows {
-        for t in 0..s {
+    for [pt, ph, pw] in &positions.rows {
+        for ((&t, &h), &w) in pt.iter().zip(ph).zip(pw) {
+            let pos = [t, h, w];
             for _half in 0..2 {
                 for (f, &a) in inv_freq.iter().zip(&axis) {
-                    let angle = row[a][t] as f32 * f;
+                    let angle = pos[a] as f32 * f;
                     cos.push(angle.cos());
                     sin.push(angle.sin());
                 }

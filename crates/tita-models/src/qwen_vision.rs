@@ -242,10 +242,20 @@ fn plan(c: &QwenVisionConfig, grids: &[[usize; 3]]) -> Plan {
 /// Block-diagonal attention over contiguous segments, run as one padded batch
 /// `[segments, longest, ...]` with padded keys masked.
 struct Segments<B: Backend> {
-    /// Row of each padded slot (padding reads row 0), or None when one segment covers all.
-    gather: Option<(Tensor<B, 1, Int>, Tensor<B, 1, Int>, Tensor<B, 4>)>,
+    /// None when one segment covers every row.
+    gather: Option<Gather<B>>,
     count: usize,
     longest: usize,
+}
+
+/// Rows into the padded batch and back, and the mask of its padded keys.
+struct Gather<B: Backend> {
+    /// Row of each padded slot (padding reads row 0): `[segments · longest]`.
+    into: Tensor<B, 1, Int>,
+    /// Padded slot of each row: `[n]`.
+    back: Tensor<B, 1, Int>,
+    /// `[segments, 1, 1, longest]`: 0, or lowest-finite on padding.
+    bias: Tensor<B, 4>,
 }
 
 impl<B: Backend> Segments<B> {
@@ -275,11 +285,11 @@ impl<B: Backend> Segments<B> {
         }
         let k = segments.len();
         Segments {
-            gather: Some((
-                Tensor::from_data(TensorData::new(into, [k * longest]), device),
-                Tensor::from_data(TensorData::new(back, [n]), device),
-                Tensor::from_data(TensorData::new(bias, [k, 1, 1, longest]), device),
-            )),
+            gather: Some(Gather {
+                into: Tensor::from_data(TensorData::new(into, [k * longest]), device),
+                back: Tensor::from_data(TensorData::new(back, [n]), device),
+                bias: Tensor::from_data(TensorData::new(bias, [k, 1, 1, longest]), device),
+            }),
             count: k,
             longest,
         }
@@ -296,8 +306,8 @@ impl<B: Backend> Segments<B> {
         let [n, h, d] = q.dims();
         let (s, l) = (self.count, self.longest);
         let batch = |t: Tensor<B, 3>| match &self.gather {
-            Some((into, _, _)) => t
-                .select(0, into.clone())
+            Some(g) => t
+                .select(0, g.into.clone())
                 .reshape([s, l, h, d])
                 .swap_dims(1, 2),
             None => t.reshape([1, n, h, d]).swap_dims(1, 2),
@@ -305,13 +315,13 @@ impl<B: Backend> Segments<B> {
         let (q, k, v) = (batch(q), batch(k), batch(v));
         let dtype = q.dtype();
         let mut scores = cast(q.matmul(k.swap_dims(2, 3)).mul_scalar(scale), DType::F32);
-        if let Some((_, _, bias)) = &self.gather {
-            scores = scores + bias.clone();
+        if let Some(g) = &self.gather {
+            scores = scores + g.bias.clone();
         }
         let probs = cast(activation::softmax(scores, 3), dtype);
         let out = probs.matmul(v).swap_dims(1, 2).reshape([s * l, h * d]);
         match &self.gather {
-            Some((_, back, _)) => out.select(0, back.clone()),
+            Some(g) => out.select(0, g.back.clone()),
             None => out,
         }
     }
@@ -374,7 +384,7 @@ impl<B: Backend> QwenVision<B> {
 
     /// Merged features `[Σ cells, out_hidden]` of patch rows `[Σ patches, C·T·P·P]` (the
     /// processor's order) of images with `grids` (`[t, h, w]` in patches), in the processor's
-    /// cell order. Also returns the patch embedding (window order undone) for inspection.
+    /// cell order.
     pub fn forward(&self, rows: Tensor<B, 2>, grids: &[[usize; 3]]) -> Tensor<B, 2> {
         let device = rows.device();
         let plan = plan(&self.config, grids);

@@ -19,6 +19,8 @@ use crate::weights::{
 };
 
 /// The vision half of a VLM, by family.
+// One per model: boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Vision<B: Backend> {
     Llava(VisionPart<B>),
@@ -84,7 +86,14 @@ impl<B: Backend> ImageFeatures<B> {
 #[derive(Debug, Clone)]
 pub struct Embeds<B: Backend> {
     pub x: Tensor<B, 3>,
-    layout: Option<(Vec<Vec<u32>>, Vec<Vec<[usize; 3]>>)>,
+    layout: Option<ImageLayout>,
+}
+
+/// The ids of a batch and each row's image grids (`[t, h, w]` in patches).
+#[derive(Debug, Clone)]
+struct ImageLayout {
+    ids: Vec<Vec<u32>>,
+    grids: Vec<Vec<[usize; 3]>>,
 }
 
 impl<B: Backend> From<Tensor<B, 3>> for Embeds<B> {
@@ -458,11 +467,9 @@ impl<B: Backend> Vlm<B> {
         debug_assert_eq!(first, total);
         let idx = Tensor::from_data(TensorData::new(idx, [b * s]), device);
         let x = table.select(0, idx).reshape([b, s, hid]);
-        let layout = (!images.grids.is_empty()).then(|| {
-            (
-                ids.to_vec(),
-                images.grids.iter().map(|&g| vec![g]).collect(),
-            )
+        let layout = (!images.grids.is_empty()).then(|| ImageLayout {
+            ids: ids.to_vec(),
+            grids: images.grids.iter().map(|&g| vec![g]).collect(),
         });
         Ok(Embeds { x, layout })
     }
@@ -470,7 +477,7 @@ impl<B: Backend> Vlm<B> {
     /// Runs input embeddings through the decoder after what `cache` holds: final hidden states.
     pub fn forward(&self, embeds: Embeds<B>, cache: &mut KvCache<B>) -> Result<Tensor<B, 3>> {
         let positions: Option<MropePositions> = match (&self.config, embeds.layout) {
-            (ModelConfig::QwenVl(c), Some((ids, grids))) => {
+            (ModelConfig::QwenVl(c), Some(ImageLayout { ids, grids })) => {
                 if !cache.is_empty() {
                     return Err(Error::argument(
                         "image",

@@ -351,7 +351,8 @@ fn qwen_config_errors_name_the_field() {
     let src = fixtures().join(QWEN).join("config.json");
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&src).unwrap()).unwrap();
-    let cases: [(&str, fn(&mut serde_json::Value)); 3] = [
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, Edit); 3] = [
         ("text_config.rope_parameters.mrope_section", |c| {
             c["text_config"]["rope_parameters"]["mrope_section"] = serde_json::json!([1, 1, 1])
         }),

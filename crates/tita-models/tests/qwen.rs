@@ -157,7 +157,9 @@ fn logits_positions_and_greedy_tokens_match_transformers() {
                 "{name} rope_delta"
             );
         }
-        let embeds = model.embed(&[ids.clone()], images, &dev).unwrap();
+        let embeds = model
+            .embed(std::slice::from_ref(&ids), images, &dev)
+            .unwrap();
         let got: Vec<f32> = embeds
             .x
             .clone()
