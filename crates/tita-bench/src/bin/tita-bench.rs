@@ -515,18 +515,20 @@ fn main() -> anyhow::Result<()> {
                 Some(dir) => ModelSpec::Dir(dir),
                 None => ModelSpec::Preset(preset),
             };
-            let vision_target = match &target {
-                ModelSpec::Preset(p) => !matches!(p.config(), ModelConfig::Llama(_)),
-                ModelSpec::Dir(d) => !matches!(ModelConfig::from_file(d)?, ModelConfig::Llama(_)),
+            let target_config = match &target {
+                ModelSpec::Preset(p) => p.config(),
+                ModelSpec::Dir(d) => ModelConfig::from_file(d)?,
             };
-            if pope && !vision_target {
+            if pope && matches!(target_config, ModelConfig::Llama(_)) {
                 bail!("--pope times image questions: {target} is a text-only model (try --preset llava-150m)");
             }
-            let reward = match (reward, reward_preset) {
-                (Some(dir), _) => ModelSpec::Dir(dir),
-                (None, Some(p)) => ModelSpec::Preset(p),
-                (None, None) if vision_target => ModelSpec::Preset(Preset::Llava25m),
-                (None, None) => ModelSpec::Preset(Preset::M25),
+            // By default a guide of the target's family (its image tokens and vocabulary).
+            let reward = match (reward, reward_preset, target_config) {
+                (Some(dir), _, _) => ModelSpec::Dir(dir),
+                (None, Some(p), _) => ModelSpec::Preset(p),
+                (None, None, ModelConfig::Llava(_)) => ModelSpec::Preset(Preset::Llava25m),
+                (None, None, ModelConfig::QwenVl(_)) => ModelSpec::Preset(Preset::QwenVl3b),
+                (None, None, ModelConfig::Llama(_)) => ModelSpec::Preset(Preset::M25),
             };
             let _claim = claim_dir(&out, Reuse::from_flags(false, overwrite)?)?;
             let kinds: Vec<Option<BackendKind>> = if backend.is_empty() {
