@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use tita_decode::{Fusion, Generator, Request, Tita, TitaConfig};
+use tita_decode::{Fusion, Generator, Request, Session, Tita, TitaConfig};
 
 fn qwen(name: &str) -> tita_decode::Pipeline<B> {
     load(&format!("qwen2_5_vl/{name}"))
@@ -82,4 +82,42 @@ fn a_llava_guide_for_a_qwen_target_is_refused() {
     .expect("refused")
     .to_string();
     assert!(err.contains("llava") && err.contains("qwen2_5_vl"), "{err}");
+}
+
+#[test]
+fn batched_prompts_of_different_images_equal_one_by_one() {
+    // Two images of different grids (12 and 10 image tokens) and a text-only prompt: left
+    // padding shifts no M-RoPE position, and each row's rope delta carries into decoding.
+    let p = qwen("model");
+    let gen = Generator::new(&p, greedy(6));
+    let with_image: Vec<_> = ["image_main", "image_resize"]
+        .iter()
+        .map(|n| p.request_prompt(&request(n)).unwrap())
+        .collect();
+    assert_ne!(with_image[0].ids.len(), with_image[1].ids.len());
+    let batched = gen
+        .generate_batch(&with_image.iter().collect::<Vec<_>>())
+        .unwrap();
+    for (prompt, b) in with_image.iter().zip(&batched) {
+        let alone = gen.generate(prompt).unwrap();
+        assert_eq!(b.token_ids, alone.token_ids);
+    }
+    // The logits themselves, at the prefill and after a decode step.
+    let (mut batch, first) =
+        Session::prefill(&p.model, &with_image.iter().collect::<Vec<_>>(), &p.device).unwrap();
+    let next = batch
+        .step(&[batched[0].token_ids[0], batched[1].token_ids[0]])
+        .unwrap();
+    for (r, (prompt, out)) in with_image.iter().zip(&batched).enumerate() {
+        let (mut one, alone) = Session::prefill(&p.model, &[prompt], &p.device).unwrap();
+        let alone_next = one.step(&[out.token_ids[0]]).unwrap();
+        for (a, b) in [(&first[r], &alone[0]), (&next[r], &alone_next[0])] {
+            let d = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
+            assert!(d <= 1e-4, "row {r}: max |Δ| {d}");
+        }
+    }
 }
