@@ -2,7 +2,7 @@
 //! checkpoint, and the activations the configs name.
 
 use burn::nn;
-use burn::tensor::{activation, backend::Backend, Tensor};
+use burn::tensor::{activation, backend::Backend, Tensor, TensorData};
 use tita_core::{Activation, Result};
 
 use crate::weights::TensorSource;
@@ -100,4 +100,25 @@ pub fn project<B: Backend>(linear: &nn::Linear<B>, x: Tensor<B, 3>, split: usize
         Some(bias) => y + bias.val().unsqueeze::<3>(),
         None => y,
     }
+}
+
+/// Rotary inverse frequencies `1 / theta^(2i/dim)` for `i < dim / 2`, in f32 as transformers
+/// computes them.
+pub fn rope_inv_freq(theta: f64, dim: usize) -> Vec<f32> {
+    (0..dim / 2)
+        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / dim as f32))
+        .collect()
+}
+
+/// Cos and sin tables of rotation angles (in f32) laid out as `shape`.
+pub fn cos_sin<B: Backend, const D: usize>(
+    angles: impl Iterator<Item = f32>,
+    shape: [usize; D],
+    device: &B::Device,
+) -> (Tensor<B, D>, Tensor<B, D>) {
+    let (cos, sin): (Vec<f32>, Vec<f32>) = angles.map(|a| (a.cos(), a.sin())).unzip();
+    (
+        Tensor::from_data(TensorData::new(cos, shape), device),
+        Tensor::from_data(TensorData::new(sin, shape), device),
+    )
 }

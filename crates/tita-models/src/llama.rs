@@ -7,7 +7,7 @@ use burn::nn;
 use burn::tensor::{activation, backend::Backend, DType, Tensor, TensorData};
 use tita_core::{LlamaConfig, Result};
 
-use crate::layers::{activate, linear, matvec_split, project, rms_norm};
+use crate::layers::{activate, cos_sin, linear, matvec_split, project, rms_norm, rope_inv_freq};
 use crate::weights::{cast, TensorSource};
 
 /// Keys and values of every layer for a batch of sequences, plus the left padding of each
@@ -159,26 +159,13 @@ fn rope_tables<B: Backend>(
     theta: f64,
     device: &B::Device,
 ) -> (Tensor<B, 2>, Tensor<B, 2>) {
-    let half = head_dim / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
-        .collect();
-    let mut cos = Vec::with_capacity(positions * head_dim);
-    let mut sin = Vec::with_capacity(positions * head_dim);
-    for p in 0..positions {
-        for _half in 0..2 {
-            for f in &inv_freq {
-                let angle = p as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
-    }
-    let shape = [positions, head_dim];
-    (
-        Tensor::from_data(TensorData::new(cos, shape), device),
-        Tensor::from_data(TensorData::new(sin, shape), device),
-    )
+    let inv_freq = rope_inv_freq(theta, head_dim);
+    let angles = (0..positions).flat_map(|p| {
+        std::iter::repeat_n(&inv_freq, 2)
+            .flatten()
+            .map(move |f| p as f32 * f)
+    });
+    cos_sin(angles, [positions, head_dim], device)
 }
 
 /// Rows of a `[positions, head_dim]` table for each sequence's tokens `past..past + s`: token
@@ -237,36 +224,26 @@ fn mrope_tables<B: Backend>(
     theta: f64,
     device: &B::Device,
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
-    let half = head_dim / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
-        .collect();
+    let inv_freq = rope_inv_freq(theta, head_dim);
     let axis: Vec<usize> = section
         .iter()
         .enumerate()
         .flat_map(|(a, &n)| std::iter::repeat_n(a, n))
         .collect();
-    let b = positions.rows.len();
-    let s = positions.rows[0][0].len();
-    let mut cos = Vec::with_capacity(b * s * head_dim);
-    let mut sin = Vec::with_capacity(b * s * head_dim);
-    for [pt, ph, pw] in &positions.rows {
-        for ((&t, &h), &w) in pt.iter().zip(ph).zip(pw) {
+    let (b, s) = (positions.rows.len(), positions.rows[0][0].len());
+    let (inv_freq, axis) = (&inv_freq, &axis);
+    let angles = positions.rows.iter().flat_map(|[pt, ph, pw]| {
+        pt.iter().zip(ph).zip(pw).flat_map(move |((&t, &h), &w)| {
             let pos = [t, h, w];
-            for _half in 0..2 {
-                for (f, &a) in inv_freq.iter().zip(&axis) {
-                    let angle = pos[a] as f32 * f;
-                    cos.push(angle.cos());
-                    sin.push(angle.sin());
-                }
-            }
-        }
-    }
-    let shape = [b, 1, s, head_dim];
-    (
-        Tensor::from_data(TensorData::new(cos, shape), device),
-        Tensor::from_data(TensorData::new(sin, shape), device),
-    )
+            (0..2).flat_map(move |_half| {
+                inv_freq
+                    .iter()
+                    .zip(axis)
+                    .map(move |(f, &a)| pos[a] as f32 * f)
+            })
+        })
+    });
+    cos_sin(angles, [b, 1, s, head_dim], device)
 }
 
 /// `x · cos + rotate_half(x) · sin` with `rotate_half(x) = [-x2, x1]`.

@@ -9,7 +9,7 @@ use burn::nn;
 use burn::tensor::{activation, backend::Backend, DType, Int, Tensor, TensorData};
 use tita_core::{Activation, QwenVisionConfig, Result};
 
-use crate::layers::{activate, linear, rms_norm};
+use crate::layers::{activate, cos_sin, linear, rms_norm, rope_inv_freq};
 use crate::weights::{cast, TensorSource};
 
 /// Transformers' vision RMSNorm epsilon (fixed, not in the config).
@@ -356,30 +356,14 @@ impl<B: Backend> QwenVision<B> {
     /// turns with the patch row, the second with the column, then both halves repeat.
     fn rope(&self, hw: &[(usize, usize)], device: &B::Device) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let hd = self.config.head_dim();
-        let quarter = hd / 4;
-        let inv_freq: Vec<f32> = (0..quarter)
-            .map(|i| 1.0 / (self.config.rope_theta as f32).powf((2 * i) as f32 / (hd / 2) as f32))
-            .collect();
-        let (mut cos, mut sin) = (
-            Vec::with_capacity(hw.len() * hd),
-            Vec::with_capacity(hw.len() * hd),
-        );
-        for &(y, x) in hw {
-            for _half in 0..2 {
-                for pos in [y, x] {
-                    for f in &inv_freq {
-                        let angle = pos as f32 * f;
-                        cos.push(angle.cos());
-                        sin.push(angle.sin());
-                    }
-                }
-            }
-        }
-        let shape = [hw.len(), 1, hd];
-        (
-            Tensor::from_data(TensorData::new(cos, shape), device),
-            Tensor::from_data(TensorData::new(sin, shape), device),
-        )
+        let inv_freq = rope_inv_freq(self.config.rope_theta, hd / 2);
+        let inv_freq = &inv_freq;
+        let angles = hw.iter().flat_map(|&(y, x)| {
+            [y, x, y, x]
+                .into_iter()
+                .flat_map(move |pos| inv_freq.iter().map(move |f| pos as f32 * f))
+        });
+        cos_sin(angles, [hw.len(), 1, hd], device)
     }
 
     /// Merged features `[Σ cells, out_hidden]` of patch rows `[Σ patches, C·T·P·P]` (the
