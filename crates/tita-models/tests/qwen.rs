@@ -54,6 +54,7 @@ fn qwen_config(m: &Vlm<B>) -> &tita_core::QwenVlConfig {
 fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let d = max_abs_diff(got, want);
+    eprintln!("{what}: max |Δ| {d:.2e}");
     assert!(d <= tol, "{what}: max |Δ| {d} > {tol}");
 }
 
