@@ -527,6 +527,29 @@ impl<B: Backend> Llama<B> {
         positions: Option<&MropePositions>,
         cache: &mut KvCache<B>,
     ) -> Tensor<B, 3> {
+        self.run(x, positions, cache, None)
+    }
+
+    /// The output of every decoder layer (before the final norm), as transformers'
+    /// `hidden_states[1..]`; the cache advances as in a forward.
+    pub fn layer_states(
+        &self,
+        x: Tensor<B, 3>,
+        positions: Option<&MropePositions>,
+        cache: &mut KvCache<B>,
+    ) -> Vec<Tensor<B, 3>> {
+        let mut states = Vec::with_capacity(self.layers.len());
+        self.run(x, positions, cache, Some(&mut states));
+        states
+    }
+
+    fn run(
+        &self,
+        x: Tensor<B, 3>,
+        positions: Option<&MropePositions>,
+        cache: &mut KvCache<B>,
+        mut states: Option<&mut Vec<Tensor<B, 3>>>,
+    ) -> Tensor<B, 3> {
         let [b, s, _] = x.dims();
         let device = x.device();
         let past = cache.len;
@@ -593,6 +616,9 @@ impl<B: Backend> Llama<B> {
                 + layer
                     .mlp
                     .forward(layer.post_attention_layernorm.forward(x1));
+            if let Some(states) = states.as_deref_mut() {
+                states.push(x.clone());
+            }
         }
         cache.len = t;
         self.norm.forward(x)

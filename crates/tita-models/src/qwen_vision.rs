@@ -370,11 +370,36 @@ impl<B: Backend> QwenVision<B> {
     /// processor's order) of images with `grids` (`[t, h, w]` in patches), in the processor's
     /// cell order.
     pub fn forward(&self, rows: Tensor<B, 2>, grids: &[[usize; 3]]) -> Tensor<B, 2> {
+        self.run(rows, grids, None)
+    }
+
+    /// The output of every block `[Σ patches, hidden]`, in the processor's patch order.
+    pub fn block_states(&self, rows: Tensor<B, 2>, grids: &[[usize; 3]]) -> Vec<Tensor<B, 2>> {
+        let mut states = Vec::with_capacity(self.blocks.len());
+        self.run(rows, grids, Some(&mut states));
+        states
+    }
+
+    fn run(
+        &self,
+        rows: Tensor<B, 2>,
+        grids: &[[usize; 3]],
+        mut states: Option<&mut Vec<Tensor<B, 2>>>,
+    ) -> Tensor<B, 2> {
         let device = rows.device();
         let plan = plan(&self.config, grids);
         let n = plan.order.len();
-        let order = Tensor::<B, 1, Int>::from_data(TensorData::new(plan.order, [n]), &device);
-        let mut x = rows.matmul(self.patch_embed.val()).select(0, order);
+        let mut patches_back = vec![0i64; n];
+        for (pos, &patch) in plan.order.iter().enumerate() {
+            patches_back[patch as usize] = pos as i64;
+        }
+        let index = |v: Vec<i64>| {
+            let len = v.len();
+            Tensor::<B, 1, Int>::from_data(TensorData::new(v, [len]), &device)
+        };
+        let mut x = rows
+            .matmul(self.patch_embed.val())
+            .select(0, index(plan.order));
         let rope = self.rope(&plan.hw, &device);
         let windows = Segments::new(&plan.windows, n, &device);
         let images = Segments::new(&plan.images, n, &device);
@@ -385,11 +410,10 @@ impl<B: Backend> QwenVision<B> {
                 &windows
             };
             x = block.forward(x, &rope, seg);
+            if let Some(states) = states.as_deref_mut() {
+                states.push(x.clone().select(0, index(patches_back.clone())));
+            }
         }
-        let merged = self.merger.forward(x);
-        let cells = plan.cells_back.len();
-        let back =
-            Tensor::<B, 1, Int>::from_data(TensorData::new(plan.cells_back, [cells]), &device);
-        merged.select(0, back)
+        self.merger.forward(x).select(0, index(plan.cells_back))
     }
 }

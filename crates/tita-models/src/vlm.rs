@@ -476,7 +476,28 @@ impl<B: Backend> Vlm<B> {
 
     /// Runs input embeddings through the decoder after what `cache` holds: final hidden states.
     pub fn forward(&self, embeds: Embeds<B>, cache: &mut KvCache<B>) -> Result<Tensor<B, 3>> {
-        let positions: Option<MropePositions> = match (&self.config, embeds.layout) {
+        let positions = self.positions(&embeds, cache)?;
+        Ok(self
+            .language_model
+            .forward_at(embeds.x, positions.as_ref(), cache))
+    }
+
+    /// [`Vlm::forward`] returning every decoder layer's output (before the final norm).
+    pub fn layer_states(
+        &self,
+        embeds: Embeds<B>,
+        cache: &mut KvCache<B>,
+    ) -> Result<Vec<Tensor<B, 3>>> {
+        let positions = self.positions(&embeds, cache)?;
+        Ok(self
+            .language_model
+            .layer_states(embeds.x, positions.as_ref(), cache))
+    }
+
+    /// Explicit M-RoPE positions for Qwen2-VL prompts with images; None where the cache's
+    /// running positions serve.
+    fn positions(&self, embeds: &Embeds<B>, cache: &KvCache<B>) -> Result<Option<MropePositions>> {
+        Ok(match (&self.config, &embeds.layout) {
             (ModelConfig::QwenVl(c), Some(ImageLayout { ids, grids })) => {
                 if !cache.is_empty() {
                     return Err(Error::argument(
@@ -484,13 +505,10 @@ impl<B: Backend> Vlm<B> {
                         "images are taken in the first forward of a sequence only",
                     ));
                 }
-                Some(batch_positions(c, &ids, cache.pad_left(), &grids)?)
+                Some(batch_positions(c, ids, cache.pad_left(), grids)?)
             }
             _ => None,
-        };
-        Ok(self
-            .language_model
-            .forward_at(embeds.x, positions.as_ref(), cache))
+        })
     }
 
     /// Vocabulary logits of hidden states.

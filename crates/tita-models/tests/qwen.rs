@@ -1,6 +1,7 @@
 //! Qwen2.5-VL against transformers on `fixtures/qwen2_5_vl` (tiny seeded model, bf16 weights
-//! computed in f32): config in both layouts, processor, M-RoPE positions, vision features,
-//! decoder states, logits (1e-4) and 12 greedy tokens through the KV cache.
+//! computed in f32): config in both layouts, processor, M-RoPE positions, every vision block's
+//! and decoder layer's output, image features, logits (1e-4) and 12 greedy tokens through the
+//! KV cache.
 
 mod common;
 
@@ -10,7 +11,7 @@ use common::*;
 use tita_core::image::{flatten_patches, ImageProcessor, PatchLayout};
 use tita_core::ModelConfig;
 use tita_models::qwen_vl::rope_index;
-use tita_models::Vlm;
+use tita_models::{PixelBatch, Vlm};
 
 const TOL: f32 = 1e-4;
 
@@ -123,6 +124,25 @@ fn logits_positions_and_greedy_tokens_match_transformers() {
             let batch = model.pixels_tensor(&[p], &dev).unwrap();
             model.encode_images(batch).unwrap()
         });
+        if let Some(p) = &pixels {
+            // Every vision block's output, in the processor's patch order.
+            let Some(tita_models::Vision::Qwen(tower)) = &model.vision else {
+                panic!("a Qwen tower")
+            };
+            let PixelBatch::Patches { rows, grids } = model.pixels_tensor(&[p], &dev).unwrap()
+            else {
+                panic!("patches")
+            };
+            for (i, state) in tower.block_states(rows, &grids).into_iter().enumerate() {
+                let got: Vec<f32> = state.into_data().convert::<f32>().into_vec().unwrap();
+                assert_close(
+                    &format!("{name} vision block {i}"),
+                    &got,
+                    &exp(&format!("{name}.vision_block{i}_out")),
+                    TOL,
+                );
+            }
+        }
         if let Some(f) = &images {
             let got: Vec<f32> = f
                 .rows
@@ -174,6 +194,18 @@ fn logits_positions_and_greedy_tokens_match_transformers() {
             &exp(&format!("{name}.text_inputs_embeds")),
             TOL,
         );
+        let states = model
+            .layer_states(embeds.clone(), &mut model.new_cache(1))
+            .unwrap();
+        for (i, state) in states.into_iter().enumerate() {
+            let got: Vec<f32> = state.into_data().convert::<f32>().into_vec().unwrap();
+            assert_close(
+                &format!("{name} text layer {i}"),
+                &got,
+                &exp(&format!("{name}.text_layer{i}_out")),
+                TOL,
+            );
+        }
         let mut cache = model.new_cache(1);
         let hidden = model.forward(embeds, &mut cache).unwrap();
         let got: Vec<f32> = hidden
