@@ -313,7 +313,10 @@ fn bad_configurations_are_clear_errors() {
         config(Fusion::Interpolate { lambda: 0.3 }),
         greedy(4),
     ));
-    assert!(e.contains("both be VLMs"), "{e}");
+    assert!(
+        e.contains("a llama model") && e.contains("a llava one") && e.contains("family"),
+        "{e}"
+    );
     // A reward model whose tokenizer differs: its added token 32001 is another string.
     let dir = tempfile::tempdir().unwrap();
     for f in [
