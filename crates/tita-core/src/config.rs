@@ -191,6 +191,15 @@ impl QwenVisionConfig {
     pub fn window_cells(&self) -> usize {
         self.window_size / self.spatial_merge_size / self.patch_size
     }
+
+    /// How the processor must cut images for this tower.
+    pub fn patch_layout(&self) -> crate::image::PatchLayout {
+        crate::image::PatchLayout {
+            patch_size: self.patch_size,
+            temporal_patch_size: self.temporal_patch_size,
+            merge_size: self.spatial_merge_size,
+        }
+    }
 }
 
 /// `Qwen2_5_VLConfig`: the Qwen2 decoder (M-RoPE) and the vision tower.

@@ -38,6 +38,30 @@ pub struct PatchLayout {
     pub merge_size: usize,
 }
 
+impl PatchLayout {
+    /// `[grid_t, grid_h, grid_w]` in patches of a still `height`×`width` image, whose sides
+    /// must be whole merged patches (what `smart_resize` makes).
+    pub fn grid(&self, height: usize, width: usize) -> Result<[usize; 3]> {
+        let cell = self.patch_size * self.merge_size;
+        if height == 0 || width == 0 || height % cell != 0 || width % cell != 0 {
+            return Err(Error::argument(
+                "image",
+                format!(
+                    "{width}x{height} pixels cannot be cut into {}-pixel patches merged {m}x{m}",
+                    self.patch_size,
+                    m = self.merge_size
+                ),
+            ));
+        }
+        Ok([1, height / self.patch_size, width / self.patch_size])
+    }
+
+    /// Image tokens a `[t, h, w]` grid becomes after the merger.
+    pub fn tokens(&self, grid: [usize; 3]) -> usize {
+        grid.iter().product::<usize>() / self.merge_size.pow(2)
+    }
+}
+
 /// Pillow resampling filters (`resample` in the config: 2 bilinear, 3 bicubic).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Resample {
@@ -387,12 +411,13 @@ pub fn flatten_patches(
         merge_size: m,
     } = layout;
     let (h, w) = (pixels.height, pixels.width);
-    let c = pixels.data.len() / (h * w).max(1);
-    if h % (p * m) != 0 || w % (p * m) != 0 || c * h * w != pixels.data.len() {
+    let grid = layout.grid(h, w)?;
+    let c = pixels.data.len() / (h * w);
+    if c * h * w != pixels.data.len() {
         return Err(Error::argument(
             "image",
             format!(
-                "{w}x{h} pixels ({} values) cannot be cut into {p}-pixel patches merged {m}x{m}",
+                "{} values are not whole channels of {w}x{h} pixels",
                 pixels.data.len()
             ),
         ));
@@ -416,7 +441,7 @@ pub fn flatten_patches(
             }
         }
     }
-    Ok((out, [1, gh, gw]))
+    Ok((out, grid))
 }
 
 /// LLaVA's `expand2square`: paste onto a square canvas of `color`, centred on the short axis.

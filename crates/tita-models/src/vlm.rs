@@ -7,7 +7,7 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
-use tita_core::image::{flatten_patches, PatchLayout, PixelValues};
+use tita_core::image::{flatten_patches, PixelValues};
 use tita_core::{Error, ModelConfig, Result};
 
 use crate::llama::{KvCache, Llama, MropePositions};
@@ -288,21 +288,10 @@ impl<B: Backend> Vlm<B> {
         match &self.config {
             ModelConfig::Llava(c) => Ok(c.image_tokens()),
             ModelConfig::QwenVl(c) => {
-                let (_, [t, h, w]) = flatten_patches(image, self.patch_layout().expect("qwen"))?;
-                Ok(t * h * w / c.vision.spatial_merge_size.pow(2))
+                let layout = c.vision.patch_layout();
+                Ok(layout.tokens(layout.grid(image.height, image.width)?))
             }
             ModelConfig::Llama(_) => Err(text_only()),
-        }
-    }
-
-    fn patch_layout(&self) -> Option<PatchLayout> {
-        match &self.config {
-            ModelConfig::QwenVl(c) => Some(PatchLayout {
-                patch_size: c.vision.patch_size,
-                temporal_patch_size: c.vision.temporal_patch_size,
-                merge_size: c.vision.spatial_merge_size,
-            }),
-            _ => None,
         }
     }
 
@@ -320,29 +309,24 @@ impl<B: Backend> Vlm<B> {
         match &self.config {
             ModelConfig::Llama(_) => Err(text_only()),
             ModelConfig::QwenVl(c) => {
-                let layout = self.patch_layout().expect("qwen");
+                let layout = c.vision.patch_layout();
+                let width = c.vision.patch_values();
                 let mut data = Vec::new();
                 let mut grids = Vec::with_capacity(images.len());
                 for img in images {
                     let (rows, grid) = flatten_patches(img, layout)?;
+                    if rows.len() != grid.iter().product::<usize>() * width {
+                        return Err(Error::argument(
+                            "image",
+                            format!(
+                                "{} channels, but vision_config.in_channels is {}",
+                                img.data.len() / (img.height * img.width),
+                                c.vision.in_channels
+                            ),
+                        ));
+                    }
                     data.extend_from_slice(&rows);
                     grids.push(grid);
-                }
-                let width = c.vision.patch_values();
-                if data.len() % width != 0 {
-                    return Err(Error::argument(
-                        "image",
-                        format!(
-                            "patches of {} values, expected {width} (vision_config: {} channels)",
-                            data.len()
-                                / grids
-                                    .iter()
-                                    .map(|g| g.iter().product::<usize>())
-                                    .sum::<usize>()
-                                    .max(1),
-                            c.vision.in_channels
-                        ),
-                    ));
                 }
                 let n = data.len() / width;
                 Ok(PixelBatch::Patches {
