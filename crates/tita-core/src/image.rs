@@ -43,7 +43,8 @@ impl PatchLayout {
     /// must be whole merged patches (what `smart_resize` makes).
     pub fn grid(&self, height: usize, width: usize) -> Result<[usize; 3]> {
         let cell = self.patch_size * self.merge_size;
-        if height == 0 || width == 0 || height % cell != 0 || width % cell != 0 {
+        if height == 0 || width == 0 || !height.is_multiple_of(cell) || !width.is_multiple_of(cell)
+        {
             return Err(Error::argument(
                 "image",
                 format!(
