@@ -1,0 +1,275 @@
+//! The built-in demo: the whole TITA recipe in the synthetic [`world`](crate::world), where
+//! the ground truth of every image is known, with nothing downloaded.
+//!
+//! 1. world splits (train / preference / test) with captions and POPE question files;
+//! 2. the target LLaVA trained from scratch by SFT on training captions and yes/no answers;
+//! 3. a smaller reward LLaVA made to approximate the target by SFT on the target's own greedy
+//!    outputs (`reward-sft`, also TITA's reference model);
+//! 4. preference pairs on the preference split: the paper's self-pairs (the target's answer on
+//!    the clean vs. the diffusion-noised image) and/or ground-truth pairs (true answer vs. the
+//!    hallucination the priors suggest);
+//! 5. DPO of the reward model on those pairs (`reward`), and, as the costly alternative TITA
+//!    avoids, DPO of the target itself on the same pairs (`target-dpo`);
+//! 6. evaluation on the test split: POPE (random / popular / adversarial) and CHAIR on captions
+//!    for greedy, TITA at a λ sweep, TITA's reference mode, VCD and the DPO-tuned target.
+//!
+//! Training keeps the vision towers frozen, as LLaVA does. Every stage leaves its result in the
+//! output directory and is skipped when that result is already there; training runs checkpoint
+//! and resume; answers are appended as they come and reused only for the same models.
+
+//!
+//! Modules: this file holds the configuration and the world's splits; [`data`] writes the
+//! splits' files and the ground-truth pairs, [`stages`] trains the models in order, [`evaluate`]
+//! answers the test questions with every method and scores them, [`report`] writes the report
+//! and its plots.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tita_core::error::read_json_as;
+use tita_core::output::Reuse;
+use tita_core::plot::{bar_chart, line_panels, Panel, Series};
+use tita_core::{jsonl, Error, Result};
+use tita_decode::{GenerationConfig, Generator, Pipeline};
+use tita_train::optim::AdamWConfig;
+use tita_train::pairs::{synthesize, PairsConfig};
+use tita_train::trainer::{train, Objective, RunOptions, TrainConfig, TrainPaths};
+
+use crate::eval::{answer_all, answers_path, EvalConfig, Method, Models, QuestionSet};
+use crate::pope::{judge, Answer, Question, YesNoMetrics};
+use crate::world::{
+    self, question_text, Category, Sampler, Scene, Statistics, CAPTION_PROMPT, COLORS, SHAPES,
+};
+
+mod data;
+mod evaluate;
+mod report;
+mod stages;
+
+pub use data::*;
+pub use evaluate::*;
+pub use report::*;
+pub use stages::*;
+
+/// Width and depth of a world model (see [`world::model_config`]).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct ModelSize {
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub vision_hidden: usize,
+    pub vision_layers: usize,
+    /// Side of a vision patch in pixels.
+    pub patch: usize,
+}
+
+impl ModelSize {
+    pub fn config(&self) -> tita_core::ModelConfig {
+        world::model_config(
+            self.hidden,
+            self.layers,
+            self.heads,
+            self.vision_hidden,
+            self.vision_layers,
+            self.patch,
+        )
+    }
+}
+
+/// One training stage.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Stage {
+    pub steps: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+}
+
+/// Which preference pairs the reward model (and the DPO-tuned target) learn from.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PairSource {
+    /// The paper's: the target's answers on the clean vs. the noised image.
+    Noised,
+    /// True answer vs. the hallucination the co-occurrence priors suggest.
+    GroundTruth,
+    Both,
+}
+
+/// Everything that decides the demo's results.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DemoConfig {
+    pub seed: u64,
+    pub train_images: usize,
+    pub preference_images: usize,
+    pub test_images: usize,
+    pub target: ModelSize,
+    pub reward: ModelSize,
+    pub target_sft: Stage,
+    /// Training images whose prompts the target answers for the reward model's SFT.
+    pub reward_sft_images: usize,
+    pub reward_sft: Stage,
+    pub pairs: PairSource,
+    pub dpo_beta: f64,
+    pub reward_dpo: Stage,
+    pub target_dpo: Stage,
+    pub lambdas: Vec<f32>,
+    pub reference_alpha: f32,
+    pub vcd_alpha: f32,
+    pub caption_tokens: usize,
+}
+
+impl DemoConfig {
+    /// The committed demo (`--retrain`).
+    pub fn full() -> Self {
+        DemoConfig {
+            seed: 7,
+            train_images: 800,
+            preference_images: 200,
+            test_images: 100,
+            target: ModelSize {
+                hidden: 64,
+                layers: 2,
+                heads: 4,
+                vision_hidden: 48,
+                vision_layers: 2,
+                patch: 16,
+            },
+            reward: ModelSize {
+                hidden: 48,
+                layers: 2,
+                heads: 4,
+                vision_hidden: 32,
+                vision_layers: 1,
+                patch: 16,
+            },
+            target_sft: Stage {
+                steps: 1500,
+                batch_size: 16,
+                lr: 3e-3,
+            },
+            reward_sft_images: 400,
+            reward_sft: Stage {
+                steps: 500,
+                batch_size: 16,
+                lr: 3e-3,
+            },
+            pairs: PairSource::Both,
+            dpo_beta: 0.1,
+            reward_dpo: Stage {
+                steps: 120,
+                batch_size: 8,
+                lr: 1e-3,
+            },
+            target_dpo: Stage {
+                steps: 120,
+                batch_size: 8,
+                lr: 1e-3,
+            },
+            lambdas: vec![0.2, 0.4, 0.6, 0.8],
+            reference_alpha: 1.0,
+            vcd_alpha: 1.0,
+            caption_tokens: 24,
+        }
+    }
+
+    /// Every stage at toy scale: checks the pipeline end to end (CI), not that TITA wins.
+    pub fn quick() -> Self {
+        let full = Self::full();
+        let stage = |steps, batch_size| Stage {
+            steps,
+            batch_size,
+            lr: 3e-3,
+        };
+        DemoConfig {
+            train_images: 24,
+            preference_images: 8,
+            test_images: 6,
+            target_sft: stage(12, 8),
+            reward_sft_images: 8,
+            reward_sft: stage(6, 8),
+            reward_dpo: stage(4, 4),
+            target_dpo: stage(4, 4),
+            lambdas: vec![0.5],
+            caption_tokens: 12,
+            ..full
+        }
+    }
+
+    fn methods(&self) -> Vec<Method> {
+        let mut m = vec![Method::Greedy];
+        m.extend(self.lambdas.iter().map(|&lambda| Method::Tita { lambda }));
+        m.push(Method::Reference {
+            alpha: self.reference_alpha,
+        });
+        m.push(Method::Vcd {
+            alpha: self.vcd_alpha,
+        });
+        m
+    }
+}
+
+/// The four models of the demo, as directories under `models/`.
+pub const MODELS: [&str; 4] = ["target", "reward-sft", "reward", "target-dpo"];
+/// Name of the DPO-tuned target among the methods of the results.
+pub const TARGET_DPO: &str = "target-dpo";
+const SPLITS: [(&str, u64); 3] = [("train", 0), ("preference", 1), ("test", 2)];
+const SAMPLERS: [&str; 3] = ["random", "popular", "adversarial"];
+
+/// The scenes of every split and the training statistics, regenerated from the seed.
+pub struct World {
+    pub scenes: BTreeMap<&'static str, Vec<Scene>>,
+    pub stats: Statistics,
+}
+
+impl World {
+    pub fn new(config: &DemoConfig) -> Self {
+        let count = |name: &str| match name {
+            "train" => config.train_images,
+            "preference" => config.preference_images,
+            _ => config.test_images,
+        };
+        let scenes: BTreeMap<&'static str, Vec<Scene>> = SPLITS
+            .iter()
+            .map(|&(name, k)| (name, world::split(config.seed, k, count(name))))
+            .collect();
+        let stats = Statistics::of(&scenes["train"]);
+        World { scenes, stats }
+    }
+}
+
+fn image_file(split: &str, k: usize) -> String {
+    format!("images/{split}-{k}.png")
+}
+
+fn yes_no(label: bool) -> &'static str {
+    if label {
+        "Yes"
+    } else {
+        "No"
+    }
+}
+
+fn lines<T: Serialize>(records: &[T]) -> String {
+    records
+        .iter()
+        .map(|r| serde_json::to_string(r).expect("plain data") + "\n")
+        .collect()
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+}
+
+/// Method names in report order: greedy, TITA by λ, reference, VCD, the DPO-tuned target.
+fn method_names(config: &DemoConfig) -> Vec<String> {
+    let mut names: Vec<String> = config.methods().iter().map(Method::name).collect();
+    names.push(TARGET_DPO.into());
+    names
+}
