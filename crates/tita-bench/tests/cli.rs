@@ -137,6 +137,17 @@ fn pope_score_prints_json_and_refuses_unknown_ids() {
     );
 }
 
+/// Runs `bench` with `args`, which must succeed, and reads the `results.json` it wrote in `out`.
+fn speed_results(args: &[&str], out: &std::path::Path) -> serde_json::Value {
+    let run = bench(args);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
+}
+
 /// `speed` on checkpoints in f16: decode against the bound, TITA at two batch sizes and
 /// POPE-shaped queries, every number finite; a text-only target is refused for --pope.
 #[test]
@@ -166,14 +177,7 @@ fn speed_on_checkpoints_reports_every_phase() {
         "--out",
         out.to_str().unwrap(),
     ];
-    let run = bench(&args);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let runs: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let runs = speed_results(&args, &out);
     let run = &runs[0];
     assert_eq!(run["decode"]["dtype"], "f16");
     for key in [
@@ -224,29 +228,25 @@ fn speed_pope_on_qwen_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("speed");
     let q = fixtures().join("qwen2_5_vl");
-    let run = bench(&[
-        "speed",
-        "--model",
-        q.join("model").to_str().unwrap(),
-        "--reward",
-        q.join("reward").to_str().unwrap(),
-        "--prompt-tokens",
-        "8",
-        "--new-tokens",
-        "2",
-        "--pope",
-        "--queries",
-        "1",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
+    let runs = speed_results(
+        &[
+            "speed",
+            "--model",
+            q.join("model").to_str().unwrap(),
+            "--reward",
+            q.join("reward").to_str().unwrap(),
+            "--prompt-tokens",
+            "8",
+            "--new-tokens",
+            "2",
+            "--pope",
+            "--queries",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &out,
     );
-    let runs: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     let pope = &runs[0]["pope"];
     assert_eq!(pope["image_tokens"], 23 * 17);
     for key in ["greedy_s", "tita_s", "vcd_s"] {

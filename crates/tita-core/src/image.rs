@@ -595,11 +595,15 @@ fn resample_pass(img: &RgbImage, out_len: usize, horizontal: bool, c: &Coefficie
     } else {
         (w, out_len as u32)
     };
-    let round = 1i64 << (c.precision.max(1) - 1);
+    // Half of the last unit: the shift below then rounds to nearest.
+    let round = match c.precision {
+        0 => 0,
+        p => 1i64 << (p - 1),
+    };
     let clip = |v: i64| (v >> c.precision).clamp(0, 255) as u8;
     RgbImage::from_fn(ow, oh, |x, y| {
         let (first, k) = &c.taps[if horizontal { x } else { y } as usize];
-        let mut acc = [if c.precision == 0 { 0 } else { round }; 3];
+        let mut acc = [round; 3];
         for (i, &wt) in k.iter().enumerate() {
             let at = (first + i) as u32;
             let p = if horizontal {

@@ -389,14 +389,18 @@ impl<B: Backend> QwenVision<B> {
         let device = rows.device();
         let plan = plan(&self.config, grids);
         let n = plan.order.len();
-        let mut patches_back = vec![0i64; n];
-        for (pos, &patch) in plan.order.iter().enumerate() {
-            patches_back[patch as usize] = pos as i64;
-        }
         let index = |v: Vec<i64>| {
             let len = v.len();
             Tensor::<B, 1, Int>::from_data(TensorData::new(v, [len]), &device)
         };
+        // Block outputs go back to the processor's patch order (only when asked for).
+        let patches_back = states.is_some().then(|| {
+            let mut back = vec![0i64; n];
+            for (pos, &patch) in plan.order.iter().enumerate() {
+                back[patch as usize] = pos as i64;
+            }
+            index(back)
+        });
         let mut x = rows
             .matmul(self.patch_embed.val())
             .select(0, index(plan.order));
@@ -410,8 +414,8 @@ impl<B: Backend> QwenVision<B> {
                 &windows
             };
             x = block.forward(x, &rope, seg);
-            if let Some(states) = states.as_deref_mut() {
-                states.push(x.clone().select(0, index(patches_back.clone())));
+            if let (Some(states), Some(back)) = (states.as_deref_mut(), &patches_back) {
+                states.push(x.clone().select(0, back.clone()));
             }
         }
         self.merger.forward(x).select(0, index(plan.cells_back))

@@ -375,13 +375,10 @@ impl<B: Backend> Vlm<B> {
                 })
             }
             (Some(Vision::Qwen(v)), PixelBatch::Patches { rows, grids }) => {
-                let unit = v.config.spatial_merge_size.pow(2);
+                let layout = v.config.patch_layout();
                 Ok(ImageFeatures {
                     rows: v.forward(rows, &grids),
-                    counts: grids
-                        .iter()
-                        .map(|g| g.iter().product::<usize>() / unit)
-                        .collect(),
+                    counts: grids.iter().map(|&g| layout.tokens(g)).collect(),
                     grids,
                 })
             }

@@ -134,7 +134,7 @@ fn logits_positions_and_greedy_tokens_match_transformers() {
                 panic!("patches")
             };
             for (i, state) in tower.block_states(rows, &grids).into_iter().enumerate() {
-                let got: Vec<f32> = state.into_data().convert::<f32>().into_vec().unwrap();
+                let got = values(state);
                 assert_close(
                     &format!("{name} vision block {i}"),
                     &got,
@@ -144,13 +144,7 @@ fn logits_positions_and_greedy_tokens_match_transformers() {
             }
         }
         if let Some(f) = &images {
-            let got: Vec<f32> = f
-                .rows
-                .clone()
-                .into_data()
-                .convert::<f32>()
-                .into_vec()
-                .unwrap();
+            let got = values(f.rows.clone());
             assert_close(
                 &format!("{name} image_embeds"),
                 &got,
@@ -181,13 +175,7 @@ fn logits_positions_and_greedy_tokens_match_transformers() {
         let embeds = model
             .embed(std::slice::from_ref(&ids), images, &dev)
             .unwrap();
-        let got: Vec<f32> = embeds
-            .x
-            .clone()
-            .into_data()
-            .convert::<f32>()
-            .into_vec()
-            .unwrap();
+        let got = values(embeds.x.clone());
         assert_close(
             &format!("{name} inputs_embeds"),
             &got,
@@ -198,7 +186,7 @@ fn logits_positions_and_greedy_tokens_match_transformers() {
             .layer_states(embeds.clone(), &mut model.new_cache(1))
             .unwrap();
         for (i, state) in states.into_iter().enumerate() {
-            let got: Vec<f32> = state.into_data().convert::<f32>().into_vec().unwrap();
+            let got = values(state);
             assert_close(
                 &format!("{name} text layer {i}"),
                 &got,
@@ -208,12 +196,7 @@ fn logits_positions_and_greedy_tokens_match_transformers() {
         }
         let mut cache = model.new_cache(1);
         let hidden = model.forward(embeds, &mut cache).unwrap();
-        let got: Vec<f32> = hidden
-            .clone()
-            .into_data()
-            .convert::<f32>()
-            .into_vec()
-            .unwrap();
+        let got = values(hidden.clone());
         assert_close(
             &format!("{name} final norm"),
             &got,

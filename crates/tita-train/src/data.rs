@@ -78,10 +78,15 @@ impl Record for SftRecord {
 /// Token ids of a response as it follows the generation prompt in the chat (a leading space
 /// after LLaVA's `ASSISTANT:`, none after ChatML's `assistant\n`), no BOS, EOS appended (how
 /// transformers-based trainers tokenise the answer).
-pub fn response_ids<B: Backend>(pipeline: &Pipeline<B>, text: &str) -> Result<Vec<u32>> {
+/// `separator` is [`Pipeline::answer_separator`].
+pub fn response_ids<B: Backend>(
+    pipeline: &Pipeline<B>,
+    separator: &str,
+    text: &str,
+) -> Result<Vec<u32>> {
     let mut ids = pipeline
         .tokenizer
-        .encode(&format!("{}{text}", pipeline.answer_separator()?), false)?;
+        .encode(&format!("{separator}{text}"), false)?;
     ids.push(pipeline.model.config.text().eos_token_ids[0]);
     Ok(ids)
 }
@@ -127,6 +132,7 @@ impl Dataset {
             )
         })?;
         let context = pipeline.model.config.text().max_position_embeddings;
+        let separator = pipeline.answer_separator()?;
         let mut images = Vec::new();
         let mut image_index: HashMap<PathBuf, usize> = HashMap::new();
         let mut examples = Vec::with_capacity(records.len());
@@ -152,7 +158,7 @@ impl Dataset {
             let prompt = pipeline.image_prompt_ids(texts[0].1, &images[image])?;
             let mut responses = Vec::new();
             for (field, text) in &texts[1..] {
-                let ids = response_ids(pipeline, text)?;
+                let ids = response_ids(pipeline, separator, text)?;
                 if prompt.len() + ids.len() > context {
                     return Err(Error::data(
                         path,

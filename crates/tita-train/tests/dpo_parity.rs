@@ -18,6 +18,14 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
 
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
 fn values(t: Tensor<A, 1>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec().unwrap()
 }
@@ -44,13 +52,6 @@ fn dpo_logps_loss_and_gradients_match_transformers() {
     std::fs::write(&file, lines.join("\n")).unwrap();
     let data = Dataset::preference(&file, Some(&fx), &policy, false).unwrap();
 
-    let ids = |v: &Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
     for (ex, p) in data.examples.iter().zip(pairs) {
         assert_eq!(ex.prompt, ids(&p["prompt_ids"]));
         assert_eq!(ex.responses[0], ids(&p["chosen_ids"]));
@@ -169,13 +170,6 @@ fn qwen_dpo_logps_and_loss_match_transformers() {
     let line = serde_json::json!({"image": p["image"], "prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]});
     std::fs::write(&file, line.to_string()).unwrap();
     let data = Dataset::preference(&file, Some(&fx), &policy, false).unwrap();
-    let ids = |v: &Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
     let ex = &data.examples[0];
     assert_eq!(ex.prompt, ids(&p["prompt_ids"]));
     assert_eq!(ex.responses[0], ids(&p["chosen_ids"]));

@@ -85,10 +85,14 @@ pub fn all_logits(
     rows(logits.reshape([ids.len() as i32, -1]))
 }
 
+/// A tensor's values, row-major, as f32.
+pub fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().into_vec().unwrap()
+}
+
 pub fn rows(t: Tensor<B, 2>) -> Vec<Vec<f32>> {
     let [_, v] = t.dims();
-    let flat: Vec<f32> = t.into_data().convert::<f32>().into_vec().unwrap();
-    flat.chunks(v).map(<[f32]>::to_vec).collect()
+    values(t).chunks(v).map(<[f32]>::to_vec).collect()
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
