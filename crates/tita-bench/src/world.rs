@@ -296,6 +296,25 @@ pub fn questions(
     out
 }
 
+/// Instruction questions about a scene beyond yes/no, as LLaVA's instruction data asks them:
+/// how many objects there are, and the colour of every shape that appears once.
+pub fn instructions(scene: &Scene) -> Vec<(String, String)> {
+    let mut out = vec![(
+        "How many objects are in the image?".to_string(),
+        NUMBERS[scene.objects.len().clamp(1, NUMBERS.len()) - 1].to_string(),
+    )];
+    for (shape, name) in SHAPES.iter().enumerate() {
+        let mut of_shape = scene.objects.iter().filter(|o| o.category.shape == shape);
+        if let (Some(o), None) = (of_shape.next(), of_shape.next()) {
+            out.push((
+                format!("What colour is the {name}?"),
+                COLORS[o.category.color].0.to_string(),
+            ));
+        }
+    }
+    out
+}
+
 /// Scenes of one split; splits use disjoint seeds, so they share no image.
 pub fn split(seed: u64, split: u64, count: usize) -> Vec<Scene> {
     let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(split));
@@ -331,7 +350,18 @@ const WORDS: &[&str] = &[
     "word",
     "or",
     "phrase",
+    "How",
+    "many",
+    "objects",
+    "are",
+    "colour",
+    "one",
+    "two",
+    "three",
+    "four",
 ];
+
+const NUMBERS: [&str; 4] = ["one", "two", "three", "four"];
 
 /// The world's word-level tokenizer, built with the `tokenizers` crate: `<unk>` 0, `<s>` 1,
 /// `</s>` 2, the words, colours and shapes, then `<image>` and `<pad>` as added special tokens;

@@ -2,7 +2,7 @@
 //! pipeline (`--quick`) runs end to end and yields every metric, and CHAIR / ground-truth pairs
 //! follow their definitions.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
@@ -10,6 +10,7 @@ use rand::SeedableRng;
 use tita_bench::demo::{
     self, ground_truth_pairs, mentioned, ChairMetrics, DemoConfig, DemoResults, MODELS,
 };
+use tita_bench::pope::YesNoMetrics;
 use tita_bench::world::{self, Category, Sampler, Statistics};
 
 fn committed() -> PathBuf {
@@ -34,17 +35,51 @@ fn assert_all_finite(v: &serde_json::Value, at: &str) {
     }
 }
 
-fn methods(config: &DemoConfig) -> Vec<String> {
+fn methods(results: &DemoResults) -> Vec<String> {
+    let config = &results.config;
     let mut m = vec!["greedy".to_string()];
     m.extend(config.lambdas.iter().map(|l| format!("tita-{l}")));
     m.push(format!("reference-{}", config.reference_alpha));
-    m.push(format!("vcd-{}", config.vcd_alpha));
+    m.push(format!("vcd-{}", results.tuning.vcd_alpha));
     m.push(demo::TARGET_DPO.into());
+    m.push(demo::REWARD_ALONE.into());
     m
 }
 
+/// The knobs were chosen among the values tried, as the best on the validation split.
+fn assert_tuned(results: &DemoResults) {
+    let (config, t) = (&results.config, &results.tuning);
+    let tried = |values: Vec<f64>, accuracies: Vec<f64>, chosen: f64| {
+        assert!(values.contains(&chosen), "{chosen} not among {values:?}");
+        let best = accuracies.iter().cloned().fold(f64::MIN, f64::max);
+        let at = values.iter().position(|&v| v == chosen).unwrap();
+        assert_eq!(accuracies[at], best, "{values:?} {accuracies:?}");
+    };
+    let lambdas: Vec<f64> = config.lambdas.iter().map(|&l| l as f64).collect();
+    assert_eq!(
+        t.tita.iter().map(|x| x.value as f64).collect::<Vec<_>>(),
+        lambdas
+    );
+    tried(
+        lambdas,
+        t.tita.iter().map(|x| x.accuracy).collect(),
+        t.lambda as f64,
+    );
+    let alphas: Vec<f64> = config.vcd_alphas.iter().map(|&a| a as f64).collect();
+    tried(
+        alphas,
+        t.vcd.iter().map(|x| x.accuracy).collect(),
+        t.vcd_alpha as f64,
+    );
+    assert_eq!(
+        t.dpo.iter().map(|x| x.value).collect::<Vec<_>>(),
+        config.target_dpo
+    );
+    assert!(t.dpo.iter().any(|x| x.value == t.target_dpo));
+}
+
 fn assert_complete(results: &DemoResults, out: &Path) {
-    let names = methods(&results.config);
+    let names = methods(results);
     assert_eq!(results.pope.len(), 3, "three POPE samplers");
     for row in results.pope.values() {
         assert_eq!(
@@ -83,34 +118,65 @@ fn committed_checkpoints_reproduce_committed_results() {
         DemoConfig::full(),
         "`--retrain` rebuilds what is committed"
     );
-    let expected: DemoResults = tita_core::error::read_json_as(&dir.join("results.json")).unwrap();
+    assert_eq!(config.seeds.len(), 3, "three seeds of the whole pipeline");
     let out = tempfile::tempdir().unwrap();
-    let results = demo::evaluate::<Flex>(
-        &dir.join("models"),
-        out.path(),
-        &config,
-        false,
-        &Default::default(),
-    )
-    .unwrap();
-    assert_complete(&results, out.path());
-    // Every metric of every method and split, to 1e-12 (JSON's float round trip): greedy
-    // decoding on the backend and float precision that made the committed results is
-    // deterministic, so one changed answer (0.002 of a split's accuracy, under the 0.01 the CLI
-    // tolerates across backends) is a regression here, not noise.
-    for (what, got, want) in [
-        ("pope", to_json(&results.pope), to_json(&expected.pope)),
-        (
-            "pope_overall",
-            to_json(&results.pope_overall),
-            to_json(&expected.pope_overall),
-        ),
-        ("chair", to_json(&results.chair), to_json(&expected.chair)),
-    ] {
-        same_numbers(&got, &want, what);
+    let (runs, summary) =
+        demo::evaluate_seeds::<Flex>(&dir, out.path(), &config, false, &Default::default())
+            .unwrap();
+    for results in &runs {
+        let seed_dir = demo::seed_dir(&dir, results.config.seed);
+        let expected: DemoResults =
+            tita_core::error::read_json_as(&seed_dir.join("results.json")).unwrap();
+        assert_complete(results, &demo::seed_dir(out.path(), results.config.seed));
+        assert_tuned(results);
+        assert_eq!(results.tuning, expected.tuning);
+        // Every metric of every method and split, to 1e-12 (JSON's float round trip): greedy
+        // decoding on the backend and float precision that made the committed results is
+        // deterministic, so one changed answer (0.002 of a split's accuracy, under the 0.01
+        // the CLI tolerates across backends) is a regression here, not noise.
+        for (what, got, want) in [
+            ("pope", to_json(&results.pope), to_json(&expected.pope)),
+            (
+                "pope_overall",
+                to_json(&results.pope_overall),
+                to_json(&expected.pope_overall),
+            ),
+            ("chair", to_json(&results.chair), to_json(&expected.chair)),
+        ] {
+            same_numbers(&got, &want, what);
+        }
+        let (diff, _) = demo::max_difference(results, &expected).unwrap();
+        assert!(diff <= 1e-12);
     }
-    let (diff, _) = demo::max_difference(&results, &expected).unwrap();
-    assert!(diff <= 1e-12);
+    // The summary over the seeds: recomputed, it is the committed one, and all finite.
+    let committed_summary: serde_json::Value =
+        tita_core::error::read_json_as(&dir.join("summary.json")).unwrap();
+    same_numbers(&to_json(&summary), &committed_summary, "summary");
+    assert_all_finite(&committed_summary, "summary");
+    for f in ["report.md", "seeds.png", "seeds-chair.png"] {
+        assert!(dir.join(f).is_file(), "{f} committed");
+    }
+}
+
+#[test]
+fn committed_training_reports_a_tower_that_sees_and_a_small_reward_model() {
+    let dir = committed();
+    let config: DemoConfig = tita_core::error::read_json_as(&dir.join("config.json")).unwrap();
+    for seed in &config.seeds {
+        let path = demo::seed_dir(&dir, *seed).join("training.json");
+        let training: serde_json::Value = tita_core::error::read_json_as(&path).unwrap();
+        assert_all_finite(&training, &path.display().to_string());
+        let accuracy = training["target-tower"]["accuracy"].as_f64().unwrap();
+        assert!(
+            accuracy > 0.9,
+            "seed {seed}: the target's tower names the exact set of categories of {accuracy} of held-out images"
+        );
+        let (t, r) = (
+            training["parameters"]["target"].as_u64().unwrap(),
+            training["parameters"]["reward"].as_u64().unwrap(),
+        );
+        assert!(r * 4 <= t, "reward {r} parameters, target {t}");
+    }
 }
 
 fn to_json(v: &impl serde::Serialize) -> serde_json::Value {
@@ -143,38 +209,184 @@ fn quick_pipeline_runs_end_to_end_with_every_metric() {
     let out = tempfile::tempdir().unwrap();
     let config = DemoConfig::quick();
     let device = Default::default();
-    let results = demo::retrain::<Flex>(out.path(), &config, false, &device).unwrap();
-    assert_complete(&results, out.path());
+    let (runs, summary) = demo::retrain_seeds::<Flex>(out.path(), &config, false, &device).unwrap();
+    assert_eq!(runs.len(), config.seeds.len());
+    let results = &runs[0];
+    let run = demo::seed_dir(out.path(), config.seeds[0]);
+    assert_complete(results, &run);
+    assert_tuned(results);
     for m in MODELS {
-        let dir = out.path().join("models").join(m);
+        let dir = run.join("models").join(m);
         tita_decode::Pipeline::<Flex>::load(&dir, &device).unwrap();
     }
-    // Every stage's training curve and the pairs of both sources are there.
-    for run in ["target", "reward-sft", "reward", "target-dpo"] {
-        assert!(out
-            .path()
+    // Every stage's training curve, every DPO candidate's and the pairs of both sources.
+    let mut curves: Vec<PathBuf> = [
+        "target-align",
+        "target",
+        "reward-align",
+        "reward-sft",
+        "reward",
+    ]
+    .iter()
+    .map(|r| run.join("runs").join(r))
+    .collect();
+    curves.extend((0..config.target_dpo.len()).map(|k| {
+        run.join("tune")
             .join("runs")
-            .join(run)
-            .join("metrics.png")
-            .is_file());
+            .join(format!("{}-{k}", demo::TARGET_DPO))
+    }));
+    for c in curves {
+        assert!(c.join("metrics.png").is_file(), "{}", c.display());
     }
     let training: serde_json::Value =
-        tita_core::error::read_json_as(&out.path().join("training.json")).unwrap();
+        tita_core::error::read_json_as(&run.join("training.json")).unwrap();
     assert_all_finite(&training, "training");
-    assert_eq!(training.as_object().unwrap().len(), 4);
+    let stages: BTreeSet<&str> = training
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut expected = BTreeSet::from([
+        "parameters",
+        "target-tower",
+        "reward-tower",
+        "target-align",
+        "target",
+        "reward-align",
+        "reward-sft",
+        "reward",
+    ]);
+    let candidates: Vec<String> = (0..config.target_dpo.len())
+        .map(|k| format!("{}-{k}", demo::TARGET_DPO))
+        .collect();
+    expected.extend(candidates.iter().map(String::as_str));
+    assert_eq!(stages, expected);
+    for tower in ["target-tower", "reward-tower"] {
+        let a = training[tower]["accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&a), "{tower} accuracy {a}");
+    }
+    // The summary over the seeds: every row, finite, with its plots.
+    assert_eq!(
+        summary
+            .methods
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect::<Vec<_>>(),
+        demo::summary_rows(&config)
+    );
+    let json: serde_json::Value =
+        tita_core::error::read_json_as(&out.path().join("summary.json")).unwrap();
+    assert_all_finite(&json, "summary");
+    for f in ["report.md", "seeds.png", "seeds-chair.png"] {
+        assert!(out.path().join(f).is_file(), "{f} written");
+    }
 
     // A second run finds every stage and answer done: same results, nothing answered again.
-    let again = demo::retrain::<Flex>(out.path(), &config, false, &device).unwrap();
-    assert_eq!(demo::max_difference(&again, &results).unwrap().0, 0.0);
+    let (again, _) = demo::retrain_seeds::<Flex>(out.path(), &config, false, &device).unwrap();
+    assert_eq!(demo::max_difference(&again[0], results).unwrap().0, 0.0);
     assert!(
-        again.seconds.values().all(|&s| s == 0.0),
+        again[0].seconds.values().all(|&s| s == 0.0),
         "{:?}",
-        again.seconds
+        again[0].seconds
     );
     // Other settings are refused for an existing output directory.
-    let other = DemoConfig { seed: 8, ..config };
-    let err = demo::retrain::<Flex>(out.path(), &other, false, &device).unwrap_err();
+    let other = DemoConfig {
+        test_images: 7,
+        ..config
+    };
+    let err = demo::retrain_seeds::<Flex>(out.path(), &other, false, &device).unwrap_err();
     assert!(err.to_string().contains("other settings"), "{err}");
+}
+
+/// A run of `seed` where the k-th method scores `base + 0.01 k` on every POPE metric.
+fn fake_run(config: &DemoConfig, seed: u64, base: f64) -> DemoResults {
+    let tuning = demo::Tuning {
+        lambda: config.lambdas[1],
+        vcd_alpha: config.vcd_alphas[0],
+        target_dpo: config.target_dpo[0],
+        tita: Vec::new(),
+        vcd: Vec::new(),
+        dpo: Vec::new(),
+    };
+    let names = demo::method_names(config, &tuning);
+    let score = |k: usize| {
+        let v = base + 0.01 * k as f64;
+        YesNoMetrics {
+            accuracy: v,
+            precision: v,
+            recall: v,
+            f1: v,
+            yes_ratio: v,
+            count: 10,
+        }
+    };
+    let row = || -> BTreeMap<String, YesNoMetrics> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(k, n)| (n.clone(), score(k)))
+            .collect()
+    };
+    DemoResults {
+        config: config.for_seed(seed),
+        pope: ["test-random", "test-popular", "test-adversarial"]
+            .iter()
+            .map(|s| (s.to_string(), row()))
+            .collect(),
+        pope_overall: row(),
+        chair: names
+            .iter()
+            .map(|n| {
+                let c = ChairMetrics {
+                    chair_i: base,
+                    ..Default::default()
+                };
+                (n.clone(), c)
+            })
+            .collect(),
+        tuning,
+        seconds: BTreeMap::new(),
+    }
+}
+
+#[test]
+fn seeds_summary_pairs_each_method_with_greedy_of_the_same_seed() {
+    use demo::Spread;
+    let s = Spread::of(&[0.5, 0.7, 0.6]);
+    assert!((s.mean - 0.6).abs() < 1e-12);
+    assert!((s.sd - 0.1).abs() < 1e-12, "sample sd: {}", s.sd);
+    assert_eq!(Spread::of(&[0.4]).sd, 0.0);
+
+    // Two seeds far apart: every method's spread is wide, but each is 0.01 k above greedy in
+    // both, so its paired difference has no spread at all.
+    let config = DemoConfig {
+        seeds: vec![7, 8],
+        ..DemoConfig::full()
+    };
+    let runs = [fake_run(&config, 7, 0.5), fake_run(&config, 8, 0.7)];
+    let summary = demo::summarise(&config, &runs).unwrap();
+    let rows: Vec<&str> = summary.methods.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(rows, demo::summary_rows(&config));
+    let get = |n: &str| &summary.methods.iter().find(|(m, _)| m == n).unwrap().1;
+    let greedy = get("greedy");
+    assert!((greedy.accuracy.mean - 0.6).abs() < 1e-12);
+    assert!((greedy.accuracy.sd - 0.2 / 2f64.sqrt()).abs() < 1e-12);
+    // tita-tuned is the λ each seed chose (the second λ: method 2 after greedy and tita-0.2).
+    let tuned = get(demo::TITA_TUNED);
+    assert!((tuned.accuracy_vs_greedy.mean - 0.02).abs() < 1e-12);
+    assert!(tuned.accuracy_vs_greedy.sd < 1e-12);
+    assert!(tuned.accuracy.sd > 0.1);
+    // vcd-tuned: VCD at the chosen α, after greedy, the λs and the reference mode.
+    let vcd_k = 1 + config.lambdas.len() + 1;
+    let vcd = get(demo::VCD_TUNED);
+    assert!((vcd.popular_vs_greedy.mean - 0.01 * vcd_k as f64).abs() < 1e-12);
+    assert!(get(demo::REWARD_ALONE).chair_i_vs_greedy.mean.abs() < 1e-12);
+    // A seed that lacks a method is named.
+    let mut broken = fake_run(&config, 8, 0.7);
+    broken.pope_overall.remove(demo::REWARD_ALONE);
+    let err = demo::summarise(&config, &[runs[0].clone(), broken]).unwrap_err();
+    assert!(err.to_string().contains("seed 8"), "{err}");
 }
 
 #[test]

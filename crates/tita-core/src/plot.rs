@@ -136,13 +136,28 @@ pub fn line_panels(path: &Path, panels: &[Panel]) -> Result<()> {
 
 /// A bar per (label, value), in order, into one PNG at `path` (atomically).
 pub fn bar_chart(path: &Path, title: &str, y_label: &str, bars: &[(String, f64)]) -> Result<()> {
+    let bars: Vec<(String, f64, f64)> = bars.iter().map(|(l, v)| (l.clone(), *v, 0.0)).collect();
+    error_bar_chart(path, title, y_label, &bars)
+}
+
+/// A bar chart whose bars `(label, value, spread)` carry an error bar of ± spread (none at 0).
+pub fn error_bar_chart(
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    bars: &[(String, f64, f64)],
+) -> Result<()> {
     register_font();
     let (w, h) = ((160 + 90 * bars.len() as u32).max(PANEL.0), PANEL.1 + 60);
     let mut buf = vec![255u8; (w * h * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
-        let (lo, hi) = span(bars.iter().map(|b| b.1).chain([0.0]));
+        let (lo, hi) = span(
+            bars.iter()
+                .flat_map(|b| [b.1 - b.2, b.1 + b.2])
+                .chain([0.0]),
+        );
         let n = bars.len().max(1);
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 20))
@@ -159,7 +174,7 @@ pub fn bar_chart(path: &Path, title: &str, y_label: &str, bars: &[(String, f64)]
             .label_style(("sans-serif", 13))
             .draw()
             .map_err(|e| plot_err(path, e))?;
-        for (i, (label, v)) in bars.iter().enumerate() {
+        for (i, (label, v, spread)) in bars.iter().enumerate() {
             let color = COLORS[i % COLORS.len()];
             let x = i as f64;
             chart
@@ -168,6 +183,19 @@ pub fn bar_chart(path: &Path, title: &str, y_label: &str, bars: &[(String, f64)]
                     color.filled(),
                 )])
                 .map_err(|e| plot_err(path, e))?;
+            if *spread > 0.0 {
+                let (a, b) = (v - spread, v + spread);
+                chart
+                    .draw_series(
+                        [
+                            [(x + 0.5, a), (x + 0.5, b)],
+                            [(x + 0.4, a), (x + 0.6, a)],
+                            [(x + 0.4, b), (x + 0.6, b)],
+                        ]
+                        .map(|line| PathElement::new(line.to_vec(), BLACK.stroke_width(2))),
+                    )
+                    .map_err(|e| plot_err(path, e))?;
+            }
             let style = ("sans-serif", 13).into_text_style(&root);
             chart
                 .draw_series([Text::new(format!("{v:.3}"), (x + 0.2, *v), style.clone())])
@@ -231,6 +259,16 @@ mod tests {
         )
         .unwrap();
         assert!(image::open(&bars).is_ok());
+        // The same bar with and without an error bar: only the error bar adds black rows.
+        let black_rows = |spread: f64| {
+            let path = dir.join(format!("errors-{spread}.png"));
+            error_bar_chart(&path, "acc", "acc", &[("a".into(), 0.5, spread)]).unwrap();
+            let img = image::open(&path).unwrap().to_rgb8();
+            (0..img.height())
+                .filter(|&y| (0..img.width()).any(|x| img.get_pixel(x, y).0 == [0, 0, 0]))
+                .count()
+        };
+        assert!(black_rows(0.2) > black_rows(0.0));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -67,6 +67,13 @@ impl<B: Backend> VisionPart<B> {
 
     /// Projected features `[n, image_tokens, text_hidden]` of `[n, C, H, W]` pixels.
     pub fn forward(&self, pixels: Tensor<B, 4>) -> Tensor<B, 3> {
+        self.multi_modal_projector
+            .forward(self.selected_features(pixels))
+    }
+
+    /// The tower's hidden states the projector reads, `[n, image_tokens, feature width]`:
+    /// the configured layers, concatenated, without CLS under the default strategy.
+    pub fn selected_features(&self, pixels: Tensor<B, 4>) -> Tensor<B, 3> {
         let layers = self.config.feature_layer_indices();
         let up_to = *layers.iter().max().expect("validated non-empty");
         let states = self.vision_tower.hidden_states(pixels, up_to);
@@ -83,7 +90,7 @@ impl<B: Backend> VisionPart<B> {
                 }
             })
             .collect();
-        self.multi_modal_projector.forward(Tensor::cat(selected, 2))
+        Tensor::cat(selected, 2)
     }
 }
 

@@ -388,33 +388,32 @@ impl BackendTask for DemoTask {
         let _claim = claim_dir(&self.out, self.reuse)?;
         match &self.retrain {
             Some(config) => {
-                demo::retrain::<B>(&self.out, config, true, &device)?;
+                demo::retrain_seeds::<B>(&self.out, config, true, &device)?;
             }
             None => {
                 let config: DemoConfig =
                     tita_core::error::read_json_as(&self.dir.join("config.json"))?;
-                let results = demo::evaluate::<B>(
-                    &self.dir.join("models"),
-                    &self.out,
-                    &config,
-                    true,
-                    &device,
-                )?;
-                let committed_path = self.dir.join("results.json");
-                let committed: demo::DemoResults = tita_core::error::read_json_as(&committed_path)?;
-                let (diff, at) = demo::max_difference(&results, &committed).map_err(|e| {
-                    anyhow!("{} does not match this run: {e}", committed_path.display())
-                })?;
-                let verdict = if diff <= demo::TOLERANCE {
-                    "within"
-                } else {
-                    "OUTSIDE"
-                };
-                eprintln!(
-                    "largest difference from {}: {diff:.4} ({at}), {verdict} the tolerance of {}",
-                    committed_path.display(),
-                    demo::TOLERANCE
-                );
+                let (runs, _) =
+                    demo::evaluate_seeds::<B>(&self.dir, &self.out, &config, true, &device)?;
+                for results in &runs {
+                    let seed = results.config.seed;
+                    let committed_path = demo::seed_dir(&self.dir, seed).join("results.json");
+                    let committed: demo::DemoResults =
+                        tita_core::error::read_json_as(&committed_path)?;
+                    let (diff, at) = demo::max_difference(results, &committed).map_err(|e| {
+                        anyhow!("{} does not match this run: {e}", committed_path.display())
+                    })?;
+                    let verdict = if diff <= demo::TOLERANCE {
+                        "within"
+                    } else {
+                        "OUTSIDE"
+                    };
+                    eprintln!(
+                        "seed {seed}: largest difference from {}: {diff:.4} ({at}), {verdict} the tolerance of {}",
+                        committed_path.display(),
+                        demo::TOLERANCE
+                    );
+                }
             }
         }
         println!("{}", std::fs::read_to_string(self.out.join("report.md"))?);

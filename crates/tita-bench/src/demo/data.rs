@@ -3,9 +3,10 @@
 
 use super::*;
 
-/// Writes the splits and the training files into `data`: `target-sft.jsonl` (training
-/// captions and yes/no answers with random negatives, as instruction data asks them),
-/// `reward-prompts.jsonl` and `preference-prompts.jsonl` (prompts to answer) and
+/// Writes the splits and the training files into `data`: `target-align.jsonl` (training
+/// captions), `target-sft.jsonl` (the captions, yes/no answers with random negatives as
+/// instruction data asks them, counting and colour questions; both models learn from these
+/// two), `preference-prompts.jsonl` (prompts the target answers for the self-pairs) and
 /// `pairs-ground-truth.jsonl`.
 pub fn write_data(data: &Path, world: &World, config: &DemoConfig) -> Result<()> {
     for (name, _) in SPLITS {
@@ -13,12 +14,28 @@ pub fn write_data(data: &Path, world: &World, config: &DemoConfig) -> Result<()>
     }
     let mut rng = StdRng::seed_from_u64(config.seed ^ 0x7a11);
     let train = &world.scenes["train"];
-    let mut sft: Vec<serde_json::Value> = Vec::new();
-    for (k, s) in train.iter().enumerate() {
-        sft.push(serde_json::json!({"image": image_file("train", k), "prompt": CAPTION_PROMPT, "response": s.caption()}));
-    }
+    let example = |k: usize, prompt: &str, response: &str| serde_json::json!({"image": image_file("train", k), "prompt": prompt, "response": response});
+    let captions: Vec<serde_json::Value> = train
+        .iter()
+        .enumerate()
+        .map(|(k, s)| example(k, CAPTION_PROMPT, &s.caption()))
+        .collect();
+    jsonl::write_atomic(
+        &data.join("target-align.jsonl"),
+        lines(&captions).as_bytes(),
+    )?;
+    let mut sft = captions;
     for q in world::questions(train, &world.stats, Sampler::Random, &mut rng) {
-        sft.push(serde_json::json!({"image": image_file("train", q.image), "prompt": question_text(q.category), "response": yes_no(q.label)}));
+        sft.push(example(
+            q.image,
+            &question_text(q.category),
+            yes_no(q.label),
+        ));
+    }
+    for (k, s) in train.iter().enumerate() {
+        for (prompt, response) in world::instructions(s) {
+            sft.push(example(k, &prompt, &response));
+        }
     }
     jsonl::write_atomic(&data.join("target-sft.jsonl"), lines(&sft).as_bytes())?;
 
@@ -34,11 +51,6 @@ pub fn write_data(data: &Path, world: &World, config: &DemoConfig) -> Result<()>
         }
         out
     };
-    let reward = prompts("train", config.reward_sft_images, Sampler::Random, &mut rng);
-    jsonl::write_atomic(
-        &data.join("reward-prompts.jsonl"),
-        lines(&reward).as_bytes(),
-    )?;
     let pref = prompts("preference", usize::MAX, Sampler::Adversarial, &mut rng);
     jsonl::write_atomic(
         &data.join("preference-prompts.jsonl"),

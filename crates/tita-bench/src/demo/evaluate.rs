@@ -65,6 +65,8 @@ pub struct DemoResults {
     pub pope: BTreeMap<String, BTreeMap<String, YesNoMetrics>>,
     pub pope_overall: BTreeMap<String, YesNoMetrics>,
     pub chair: BTreeMap<String, ChairMetrics>,
+    /// The knobs the validation split chose (`models/tuning.json`).
+    pub tuning: Tuning,
     /// Seconds this invocation spent answering, per method (0 when all answers were there).
     pub seconds: BTreeMap<String, f64>,
 }
@@ -101,6 +103,7 @@ pub fn evaluate<B: Backend>(
     let reward = load("reward")?;
     let reference = load("reward-sft")?;
     let target_dpo = load(TARGET_DPO)?;
+    let tuning = Tuning::read(models)?;
     claim_answers(models, out, config)?;
 
     let sets = SAMPLERS
@@ -121,19 +124,7 @@ pub fn evaluate<B: Backend>(
             .map(|k| data.join(image_file("test", k)))
             .collect(),
     };
-    let pope_config = EvalConfig {
-        methods: config.methods(),
-        // POPE's question as such, as in training: LLaVA's short-answer suffix would put ten
-        // more tokens between the object asked about and the answer, which a model this small
-        // learns to bridge much later.
-        suffix: String::new(),
-        max_new_tokens: 4,
-        pad: false,
-        shortcut: true,
-        noise_step: 500,
-        seed: config.seed,
-        ..EvalConfig::default()
-    };
+    let pope_config = pope_config(config, config.methods(&tuning));
     let caption_config = EvalConfig {
         suffix: String::new(),
         max_new_tokens: config.caption_tokens,
@@ -144,17 +135,28 @@ pub fn evaluate<B: Backend>(
         ..c.clone()
     };
     let eval = out.join("eval");
-    let dpo_eval = eval.join(TARGET_DPO);
     let all = Models {
         target: &target,
         reward: Some(&reward),
         reference: Some(&reference),
     };
-    let tuned = Models {
-        target: &target_dpo,
-        reward: None,
-        reference: None,
-    };
+    // Models answering greedily on their own: the DPO-tuned target, and the reward model, to
+    // show what it sees by itself.
+    let alone: Vec<(&str, PathBuf, Models<'_, B>)> =
+        [(TARGET_DPO, &target_dpo), (REWARD_ALONE, &reward)]
+            .into_iter()
+            .map(|(name, target)| {
+                (
+                    name,
+                    eval.join(name),
+                    Models {
+                        target,
+                        reward: None,
+                        reference: None,
+                    },
+                )
+            })
+            .collect();
     let mut seconds: BTreeMap<String, f64> = BTreeMap::new();
     let mut add = |speed: BTreeMap<String, crate::eval::MethodSpeed>, rename: Option<&str>| {
         for (name, s) in speed {
@@ -172,34 +174,32 @@ pub fn evaluate<B: Backend>(
         answer_all(&all, caption_sets, &eval, &caption_config, progress)?,
         None,
     );
-    add(
-        answer_all(
-            &tuned,
-            &sets,
-            &dpo_eval,
-            &dpo_config(&pope_config),
-            progress,
-        )?,
-        Some(TARGET_DPO),
-    );
-    add(
-        answer_all(
-            &tuned,
-            caption_sets,
-            &dpo_eval,
-            &dpo_config(&caption_config),
-            progress,
-        )?,
-        Some(TARGET_DPO),
-    );
+    for (name, dir, models) in &alone {
+        add(
+            answer_all(models, &sets, dir, &dpo_config(&pope_config), progress)?,
+            Some(name),
+        );
+        add(
+            answer_all(
+                models,
+                caption_sets,
+                dir,
+                &dpo_config(&caption_config),
+                progress,
+            )?,
+            Some(name),
+        );
+    }
 
     // Where each method's answers are: (name, directory, method as written).
     let mut sources: Vec<(String, &Path, Method)> = config
-        .methods()
+        .methods(&tuning)
         .into_iter()
         .map(|m| (m.name(), eval.as_path(), m))
         .collect();
-    sources.push((TARGET_DPO.into(), dpo_eval.as_path(), Method::Greedy));
+    for (name, dir, _) in &alone {
+        sources.push((name.to_string(), dir.as_path(), Method::Greedy));
+    }
     let mut pope: BTreeMap<String, BTreeMap<String, YesNoMetrics>> = BTreeMap::new();
     let mut pooled: BTreeMap<String, Vec<(bool, bool)>> = BTreeMap::new();
     let mut chair = BTreeMap::new();
@@ -231,10 +231,28 @@ pub fn evaluate<B: Backend>(
             .map(|(k, v)| (k, YesNoMetrics::from_pairs(v)))
             .collect(),
         chair,
+        tuning,
         seconds,
     };
     write_report(out, &results, test, &captions)?;
     Ok(results)
+}
+
+/// How the demo asks its POPE questions, with `methods`.
+pub(super) fn pope_config(config: &DemoConfig, methods: Vec<Method>) -> EvalConfig {
+    EvalConfig {
+        methods,
+        // POPE's question as such, as in training: LLaVA's short-answer suffix would put ten
+        // more tokens between the object asked about and the answer, which a model this small
+        // learns to bridge much later.
+        suffix: String::new(),
+        max_new_tokens: 4,
+        pad: false,
+        shortcut: true,
+        noise_step: 500,
+        seed: config.seed,
+        ..EvalConfig::default()
+    }
 }
 
 /// Answers under `out/eval` resume a run only if they came from the same models and settings:
@@ -249,6 +267,8 @@ fn claim_answers(models: &Path, out: &Path, config: &DemoConfig) -> Result<()> {
     eat(serde_json::to_string(config)
         .expect("plain data")
         .as_bytes());
+    let tuning = models.join(TUNING_FILE);
+    eat(&std::fs::read(&tuning).map_err(|e| Error::io(&tuning, e))?);
     for m in MODELS {
         for file in ["config.json", "model.safetensors"] {
             let path = models.join(m).join(file);

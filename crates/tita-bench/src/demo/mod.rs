@@ -1,27 +1,35 @@
 //! The built-in demo: the whole TITA recipe in the synthetic [`world`](crate::world), where
 //! the ground truth of every image is known, with nothing downloaded.
 //!
-//! 1. world splits (train / preference / test) with captions and POPE question files;
-//! 2. the target LLaVA trained from scratch by SFT on training captions and yes/no answers;
-//! 3. a smaller reward LLaVA made to approximate the target by SFT on the target's own greedy
-//!    outputs (`reward-sft`, also TITA's reference model);
+//! 1. world splits (train / preference / validation / test) with captions and POPE question
+//!    files;
+//! 2. both CLIP towers pretrained before their VLMs exist, by multi-label classification of the
+//!    20 categories on images of their own ([`pretrain`](self::pretrain_tower));
+//! 3. the target LLaVA trained by LLaVA's two stages: captions (alignment), then the
+//!    instruction mix of captions, yes/no, counting and colour questions; the reward LLaVA, at
+//!    most a quarter of the target's parameters, by the same two stages (`reward-sft`, also
+//!    TITA's reference model);
 //! 4. preference pairs on the preference split: the paper's self-pairs (the target's answer on
 //!    the clean vs. the diffusion-noised image) and/or ground-truth pairs (true answer vs. the
 //!    hallucination the priors suggest);
 //! 5. DPO of the reward model on those pairs (`reward`), and, as the costly alternative TITA
-//!    avoids, DPO of the target itself on the same pairs (`target-dpo`);
-//! 6. evaluation on the test split: POPE (random / popular / adversarial) and CHAIR on captions
-//!    for greedy, TITA at a λ sweep, TITA's reference mode, VCD and the DPO-tuned target.
+//!    avoids, DPO of the target itself on the same pairs at several schedules;
+//! 6. TITA's λ, VCD's α and the target-DPO schedule chosen on the validation split;
+//! 7. evaluation on the test split: POPE (random / popular / adversarial) and CHAIR on captions
+//!    for greedy, TITA at a λ sweep, TITA's reference mode, VCD, the DPO-tuned target and the
+//!    reward model alone;
+//! 8. all of it for each of several seeds, summarised as mean ± sd and paired differences.
 //!
-//! Training keeps the vision towers frozen, as LLaVA does. Every stage leaves its result in the
-//! output directory and is skipped when that result is already there; training runs checkpoint
-//! and resume; answers are appended as they come and reused only for the same models.
-
+//! Training keeps the vision towers frozen after their pretraining, as LLaVA does. Every stage
+//! leaves its result in the output directory and is skipped when that result is already
+//! there; training runs checkpoint and resume; answers are appended as they come and reused
+//! only for the same models.
 //!
 //! Modules: this file holds the configuration and the world's splits; [`data`] writes the
-//! splits' files and the ground-truth pairs, [`stages`] trains the models in order, [`evaluate`]
-//! answers the test questions with every method and scores them, [`report`] writes the report
-//! and its plots.
+//! splits' files and the ground-truth pairs, [`pretrain`] pretrains a tower, [`stages`] trains
+//! the models in order, [`tune`] chooses the knobs, [`evaluate`] answers the test questions with
+//! every method and scores them, [`report`] writes a seed's report and its plots, [`seeds`]
+//! runs and summarises the seeds.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -37,7 +45,7 @@ use tita_core::error::read_json_as;
 use tita_core::output::Reuse;
 use tita_core::plot::{bar_chart, line_panels, Panel, Series};
 use tita_core::{jsonl, Error, Result};
-use tita_decode::{GenerationConfig, Generator, Pipeline};
+use tita_decode::Pipeline;
 use tita_train::optim::AdamWConfig;
 use tita_train::pairs::{synthesize, PairsConfig};
 use tita_train::trainer::{train, Objective, RunOptions, TrainConfig, TrainPaths};
@@ -50,13 +58,19 @@ use crate::world::{
 
 mod data;
 mod evaluate;
+mod pretrain;
 mod report;
+mod seeds;
 mod stages;
+mod tune;
 
 pub use data::*;
 pub use evaluate::*;
+pub use pretrain::*;
 pub use report::*;
+pub use seeds::*;
 pub use stages::*;
+pub use tune::*;
 
 /// Width and depth of a world model (see [`world::model_config`]).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
@@ -105,23 +119,36 @@ pub enum PairSource {
 /// Everything that decides the demo's results.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DemoConfig {
+    /// The seed of one run (world, models, evaluation).
     pub seed: u64,
+    /// The runs of the whole demo, each in its own folder, summarised together.
+    pub seeds: Vec<u64>,
     pub train_images: usize,
     pub preference_images: usize,
+    /// Images on which every method's knob is chosen (see [`tune`](self::tune)).
+    pub validation_images: usize,
     pub test_images: usize,
     pub target: ModelSize,
     pub reward: ModelSize,
+    /// Both towers' pretraining, before their VLMs exist.
+    pub pretrain: Pretrain,
+    /// LLaVA's first stage: captions only (projector and LLM; the LLM here starts untrained).
+    pub target_align: Stage,
+    /// LLaVA's second stage: captions, yes/no, counting and colour questions.
     pub target_sft: Stage,
-    /// Training images whose prompts the target answers for the reward model's SFT.
-    pub reward_sft_images: usize,
+    /// The reward model's own two LLaVA stages, on the target's data.
+    pub reward_align: Stage,
     pub reward_sft: Stage,
     pub pairs: PairSource,
     pub dpo_beta: f64,
     pub reward_dpo: Stage,
-    pub target_dpo: Stage,
+    /// Schedules of the target's DPO tried; the validation split chooses one.
+    pub target_dpo: Vec<Stage>,
+    /// TITA's λ evaluated; the validation split chooses the one reported as `tita-tuned`.
     pub lambdas: Vec<f32>,
     pub reference_alpha: f32,
-    pub vcd_alpha: f32,
+    /// VCD's α tried; the validation split chooses the one evaluated on the test split.
+    pub vcd_alphas: Vec<f32>,
     pub caption_tokens: usize,
 }
 
@@ -130,51 +157,75 @@ impl DemoConfig {
     pub fn full() -> Self {
         DemoConfig {
             seed: 7,
+            seeds: vec![7, 8, 9],
             train_images: 800,
             preference_images: 200,
+            validation_images: 100,
             test_images: 100,
             target: ModelSize {
                 hidden: 64,
                 layers: 2,
                 heads: 4,
-                vision_hidden: 48,
-                vision_layers: 2,
+                vision_hidden: 64,
+                // LLaVA reads the last but one: two layers see.
+                vision_layers: 3,
                 patch: 16,
             },
+            // At most a quarter of the target's parameters (checked by the retrain).
             reward: ModelSize {
-                hidden: 48,
+                hidden: 32,
                 layers: 2,
                 heads: 4,
-                vision_hidden: 32,
-                vision_layers: 1,
+                vision_hidden: 24,
+                vision_layers: 3,
                 patch: 16,
             },
-            target_sft: Stage {
-                steps: 1500,
+            pretrain: Pretrain {
+                images: 16000,
+                held_out: 500,
+                stage: Stage {
+                    steps: 6000,
+                    batch_size: 32,
+                    lr: 5e-3,
+                },
+            },
+            target_align: Stage {
+                steps: 300,
                 batch_size: 16,
                 lr: 3e-3,
             },
-            reward_sft_images: 400,
-            reward_sft: Stage {
-                steps: 500,
+            target_sft: Stage {
+                steps: 8000,
+                batch_size: 32,
+                lr: 3e-3,
+            },
+            reward_align: Stage {
+                steps: 300,
                 batch_size: 16,
+                lr: 3e-3,
+            },
+            reward_sft: Stage {
+                steps: 4000,
+                batch_size: 32,
                 lr: 3e-3,
             },
             pairs: PairSource::Both,
             dpo_beta: 0.1,
             reward_dpo: Stage {
-                steps: 120,
+                steps: 200,
                 batch_size: 8,
-                lr: 1e-3,
+                lr: 1e-4,
             },
-            target_dpo: Stage {
-                steps: 120,
-                batch_size: 8,
-                lr: 1e-3,
-            },
+            target_dpo: [(120, 1e-4), (120, 3e-4), (240, 3e-4), (120, 1e-3)]
+                .map(|(steps, lr)| Stage {
+                    steps,
+                    batch_size: 8,
+                    lr,
+                })
+                .to_vec(),
             lambdas: vec![0.2, 0.4, 0.6, 0.8],
             reference_alpha: 1.0,
-            vcd_alpha: 1.0,
+            vcd_alphas: vec![0.25, 0.5, 1.0, 2.0],
             caption_tokens: 24,
         }
     }
@@ -188,28 +239,38 @@ impl DemoConfig {
             lr: 3e-3,
         };
         DemoConfig {
+            seeds: vec![7],
             train_images: 24,
             preference_images: 8,
+            validation_images: 6,
             test_images: 6,
+            pretrain: Pretrain {
+                images: 32,
+                held_out: 8,
+                stage: stage(4, 8),
+            },
+            target_align: stage(4, 8),
             target_sft: stage(12, 8),
-            reward_sft_images: 8,
+            reward_align: stage(4, 8),
             reward_sft: stage(6, 8),
             reward_dpo: stage(4, 4),
-            target_dpo: stage(4, 4),
+            target_dpo: vec![stage(4, 4), stage(2, 4)],
+            vcd_alphas: vec![0.5, 1.0],
             lambdas: vec![0.5],
             caption_tokens: 12,
             ..full
         }
     }
 
-    fn methods(&self) -> Vec<Method> {
+    /// The decoding methods evaluated on the test split, VCD at the α `tuning` chose.
+    fn methods(&self, tuning: &Tuning) -> Vec<Method> {
         let mut m = vec![Method::Greedy];
         m.extend(self.lambdas.iter().map(|&lambda| Method::Tita { lambda }));
         m.push(Method::Reference {
             alpha: self.reference_alpha,
         });
         m.push(Method::Vcd {
-            alpha: self.vcd_alpha,
+            alpha: tuning.vcd_alpha,
         });
         m
     }
@@ -219,7 +280,15 @@ impl DemoConfig {
 pub const MODELS: [&str; 4] = ["target", "reward-sft", "reward", "target-dpo"];
 /// Name of the DPO-tuned target among the methods of the results.
 pub const TARGET_DPO: &str = "target-dpo";
-const SPLITS: [(&str, u64); 3] = [("train", 0), ("preference", 1), ("test", 2)];
+/// Name of the reward model answering alone (greedy) among the methods of the results.
+pub const REWARD_ALONE: &str = "reward-alone";
+/// The world's splits and their split numbers (3 and 4 are the towers' pretraining images).
+const SPLITS: [(&str, u64); 4] = [
+    ("train", 0),
+    ("preference", 1),
+    ("test", 2),
+    ("validation", 5),
+];
 const SAMPLERS: [&str; 3] = ["random", "popular", "adversarial"];
 
 /// The scenes of every split and the training statistics, regenerated from the seed.
@@ -233,6 +302,7 @@ impl World {
         let count = |name: &str| match name {
             "train" => config.train_images,
             "preference" => config.preference_images,
+            "validation" => config.validation_images,
             _ => config.test_images,
         };
         let scenes: BTreeMap<&'static str, Vec<Scene>> = SPLITS
@@ -267,9 +337,11 @@ fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
 }
 
-/// Method names in report order: greedy, TITA by λ, reference, VCD, the DPO-tuned target.
-fn method_names(config: &DemoConfig) -> Vec<String> {
-    let mut names: Vec<String> = config.methods().iter().map(Method::name).collect();
+/// Method names in report order: greedy, TITA by λ, reference, VCD, the DPO-tuned target,
+/// the reward model alone.
+pub fn method_names(config: &DemoConfig, tuning: &Tuning) -> Vec<String> {
+    let mut names: Vec<String> = config.methods(tuning).iter().map(Method::name).collect();
     names.push(TARGET_DPO.into());
+    names.push(REWARD_ALONE.into());
     names
 }

@@ -12,7 +12,7 @@ pub(super) fn write_report(
     let json = serde_json::to_string_pretty(results).expect("plain data");
     jsonl::write_atomic(&out.join("results.json"), json.as_bytes())?;
     let config = &results.config;
-    let names = method_names(config);
+    let names = method_names(config, &results.tuning);
 
     let mut md = String::from("# TITA in the synthetic world\n\n");
     let _ = writeln!(
@@ -55,29 +55,47 @@ pub(super) fn write_report(
             .and_then(|r| r.get(n))
             .map_or(f64::NAN, |m| m.accuracy)
     };
-    let best = config
-        .lambdas
-        .iter()
-        .map(|&lambda| Method::Tita { lambda }.name())
-        .max_by(|a, b| pope(a).accuracy.total_cmp(&pope(b).accuracy));
-    if let Some(b) = best {
-        let (t, g) = (pope(&b), pope("greedy"));
-        let _ = writeln!(
-            md,
-            "\nBest TITA λ by pooled POPE accuracy: `{b}`, {:.3} against greedy's {:.3} ({:+.3}; popular split {:+.3}); its captions: CHAIR_i {:.3} against {:.3}, recall {:.3} against {:.3}. `{TARGET_DPO}`: POPE accuracy {:.3}, yes ratio {:.3}.",
-            t.accuracy,
-            g.accuracy,
-            t.accuracy - g.accuracy,
-            popular(&b) - popular("greedy"),
-            chair(&b).chair_i,
-            chair("greedy").chair_i,
-            chair(&b).recall,
-            chair("greedy").recall,
-            pope(TARGET_DPO).accuracy,
-            pope(TARGET_DPO).yes_ratio,
-        );
+    let tuning = &results.tuning;
+    let b = Method::Tita {
+        lambda: tuning.lambda,
     }
-    md.push_str("\n`tita-λ`: interpolate fusion with weight λ on the DPO-trained reward model; `reference-α`: log p_target + α (log p_reward − log p_reward-sft); `vcd-α`: visual contrastive decoding against the target on a noised image; `target-dpo`: the target itself DPO-tuned on the reward model's pairs.\n\nPlots: `lambda.png` (POPE accuracy / F1 per sampler and CHAIR against λ), `methods.png` (pooled POPE F1 and CHAIR_i per method).\n");
+    .name();
+    let (t, g) = (pope(&b), pope("greedy"));
+    let _ = writeln!(
+        md,
+        "\nTITA at the λ the validation split chose, `{b}`: POPE accuracy {:.3} against greedy's {:.3} ({:+.3}; popular split {:+.3}); its captions: CHAIR_i {:.3} against {:.3}, recall {:.3} against {:.3}. `{TARGET_DPO}`: POPE accuracy {:.3}, yes ratio {:.3}. `{REWARD_ALONE}`: {:.3}.",
+        t.accuracy,
+        g.accuracy,
+        t.accuracy - g.accuracy,
+        popular(&b) - popular("greedy"),
+        chair(&b).chair_i,
+        chair("greedy").chair_i,
+        chair(&b).recall,
+        chair("greedy").recall,
+        pope(TARGET_DPO).accuracy,
+        pope(TARGET_DPO).yes_ratio,
+        pope(REWARD_ALONE).accuracy,
+    );
+    let tried = |values: Vec<(String, f64)>, chosen: String| {
+        values
+            .into_iter()
+            .map(|(v, a)| {
+                let mark = if v == chosen { " (chosen)" } else { "" };
+                format!("{v}: {a:.3}{mark}")
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let stage = |s: &Stage| format!("lr {} × {} steps", s.lr, s.steps);
+    let _ = writeln!(
+        md,
+        "\nKnobs chosen on the validation split ({} images of their own; pooled POPE accuracy of each value tried):\n\n- TITA λ: {}\n- VCD α: {}\n- target DPO: {}",
+        config.validation_images,
+        tried(tuning.tita.iter().map(|t| (t.value.to_string(), t.accuracy)).collect(), tuning.lambda.to_string()),
+        tried(tuning.vcd.iter().map(|t| (t.value.to_string(), t.accuracy)).collect(), tuning.vcd_alpha.to_string()),
+        tried(tuning.dpo.iter().map(|t| (stage(&t.value), t.accuracy)).collect(), stage(&tuning.target_dpo)),
+    );
+    md.push_str("\n`tita-λ`: interpolate fusion with weight λ on the DPO-trained reward model; `reference-α`: log p_target + α (log p_reward − log p_reward-sft); `vcd-α`: visual contrastive decoding against the target on a noised image; `target-dpo`: the target itself DPO-tuned on the reward model's pairs; `reward-alone`: the reward model answering by itself.\n\nPlots: `lambda.png` (POPE accuracy / F1 per sampler and CHAIR against λ), `methods.png` (pooled POPE F1 and CHAIR_i per method).\n");
 
     // Example images: the first three where greedy hallucinated, else the first three.
     let greedy = &captions["greedy"];
@@ -140,7 +158,7 @@ fn save_png(img: &image::RgbImage, path: &Path) -> Result<()> {
 fn write_plots(out: &Path, results: &DemoResults) -> Result<()> {
     let config = &results.config;
     let lambdas: Vec<(f64, String)> = config
-        .methods()
+        .methods(&results.tuning)
         .iter()
         .filter_map(|m| m.lambda().map(|l| (l as f64, m.name())))
         .collect();
@@ -182,7 +200,7 @@ fn write_plots(out: &Path, results: &DemoResults) -> Result<()> {
         ],
     });
     line_panels(&out.join("lambda.png"), &panels)?;
-    let names = method_names(config);
+    let names = method_names(config, &results.tuning);
     let bars = |f: &dyn Fn(&str) -> Option<f64>| -> Vec<(String, f64)> {
         names
             .iter()

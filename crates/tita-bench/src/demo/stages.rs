@@ -1,48 +1,8 @@
-//! The training stages in order (target, reward-sft, pairs, reward, target-dpo), each
-//! skipped when its result is already there.
+//! The training stages in order (both towers' pretraining, the target's alignment and
+//! instruction tuning, reward-sft, pairs, reward, the target-dpo candidates, the choice on the
+//! validation split), each skipped when its result is already there.
 
 use super::*;
-
-/// The target's greedy answers to `prompts` (a `{"image", "prompt"}` file), written as SFT data.
-fn answer_prompts<B: Backend>(
-    target: &Pipeline<B>,
-    prompts: &Path,
-    out: &Path,
-    max_new_tokens: usize,
-    progress: bool,
-) -> Result<()> {
-    let rows = jsonl::read::<tita_train::pairs::Question>(prompts)?;
-    let generator = Generator::new(
-        target,
-        GenerationConfig {
-            max_new_tokens,
-            ..Default::default()
-        },
-    );
-    let bar = tita_core::progress::bar(progress, rows.len(), "prompts");
-    let mut text = String::new();
-    for chunk in rows.chunks(16) {
-        let ps = chunk
-            .iter()
-            .map(|(line, q)| {
-                let image = jsonl::resolve_image(prompts, *line, &q.image, None)?;
-                target.prompt(&q.prompt, Some(&image), false)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let refs: Vec<_> = ps.iter().collect();
-        for ((_, q), g) in chunk.iter().zip(generator.generate_batch(&refs)?) {
-            let response = g.text.trim();
-            if !response.is_empty() {
-                let line =
-                    serde_json::json!({"image": q.image, "prompt": q.prompt, "response": response});
-                text.push_str(&format!("{line}\n"));
-            }
-        }
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish();
-    jsonl::write_atomic(out, text.as_bytes())
-}
 
 /// What `--retrain` reports about one training stage.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -142,7 +102,7 @@ fn stage<B: Backend>(
     }))
 }
 
-fn check_config(out: &Path, config: &DemoConfig) -> Result<()> {
+pub(super) fn check_config(out: &Path, config: &DemoConfig) -> Result<()> {
     let path = out.join("config.json");
     if path.is_file() {
         if read_json_as::<DemoConfig>(&path)? != *config {
@@ -181,114 +141,159 @@ pub fn retrain<B: Backend>(
         }
         Ok(dir)
     };
-    let mut reports: BTreeMap<String, StageReport> = BTreeMap::new();
-    let mut record = |name: &str, r: Option<StageReport>| {
+    let mut reports: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    let mut record = |name: &str, r: Option<serde_json::Value>| {
         if let Some(r) = r {
             reports.insert(name.to_string(), r);
         }
     };
+    let json = |r: Option<StageReport>| r.map(|r| serde_json::to_value(r).expect("plain data"));
     let seed = config.seed;
 
-    let target_init = init("target", &config.target, seed)?;
+    // Both towers pretrained before their VLMs exist; the reward's own, smaller one too.
+    let sizes = parameter_counts::<B>(config, device)?;
     record(
-        "target",
-        stage::<B>(
-            out,
-            "target",
-            &target_init,
-            &data.join("target-sft.jsonl"),
-            Objective::Sft,
-            &config.target_sft,
+        "parameters",
+        Some(serde_json::to_value(sizes).expect("plain data")),
+    );
+    let mut pretrained = |name: &str, size: &ModelSize, seed: u64| -> Result<PathBuf> {
+        let dir = out.join("init").join(format!("{name}-pretrained"));
+        let report = pretrain_tower::<B>(
+            &init(name, size, seed)?,
+            &dir,
+            &config.pretrain,
             seed,
             progress,
             device,
-        )?,
-    );
-    let target = models.join("target");
+        )?;
+        if let Some(r) = &report {
+            if progress {
+                eprintln!(
+                    "{name} tower: held-out accuracy {:.3} (labels {:.3}, recall {:.3}, precision {:.3})",
+                    r.accuracy, r.label_accuracy, r.recall, r.precision
+                );
+            }
+        }
+        record(
+            &format!("{name}-tower"),
+            report.map(|r| serde_json::to_value(r).expect("plain data")),
+        );
+        Ok(dir)
+    };
+    let target_init = pretrained("target", &config.target, seed)?;
+    let reward_init = pretrained("reward", &config.reward, seed + 1)?;
 
-    // Initialised before the branches below: initialisation draws from the backend's RNG.
-    let reward_init = init("reward", &config.reward, seed + 1)?;
     let dpo = Objective::Dpo {
         beta: config.dpo_beta,
     };
     let pairs = data.join("pairs.jsonl");
-    // Two independent branches from here, each on its own thread (the CPU backends run ops
-    // this small on one core): the target's answers -> the reward model's SFT -> its DPO
-    // (once the pairs exist), and the pairs -> the target's DPO. The second branch shows no
+    // LLaVA's two stages for either model: captions, then the instruction mix, into
+    // `models/{align}` and `models/{sft}`.
+    let llava = |init: &Path, align: &str, sft: &str, stages: [&Stage; 2], progress: bool| {
+        let a = stage::<B>(
+            out,
+            align,
+            init,
+            &data.join("target-align.jsonl"),
+            Objective::Sft,
+            stages[0],
+            seed,
+            progress,
+            device,
+        )?;
+        let b = stage::<B>(
+            out,
+            sft,
+            &models.join(align),
+            &data.join("target-sft.jsonl"),
+            Objective::Sft,
+            stages[1],
+            seed,
+            progress,
+            device,
+        )?;
+        Ok::<_, Error>(vec![(align.to_string(), a), (sft.to_string(), b)])
+    };
+    // Two independent branches, each on its own thread (the CPU backends run ops this small
+    // on one core): the target's stages -> the pairs -> the target's DPO schedules, and the
+    // reward model's stages -> its DPO (once the pairs exist). The second branch shows no
     // progress bar, so the first one's stays readable.
     let (pairs_made, pairs_ready) = std::sync::mpsc::channel::<()>();
-    let (reward_reports, target_report) = std::thread::scope(|s| {
-        let tuned = s.spawn(|| -> Result<Option<StageReport>> {
-            make_pairs::<B>(&data, &target, config, progress, device)?;
-            let _ = pairs_made.send(());
-            stage::<B>(
-                out,
-                TARGET_DPO,
-                &target,
-                &pairs,
-                dpo,
-                &config.target_dpo,
-                seed,
-                false,
-                device,
-            )
-        });
-        let reward = (|| -> Result<Vec<(&str, Option<StageReport>)>> {
-            let reward_sft_data = data.join("reward-sft.jsonl");
-            if !reward_sft_data.is_file() {
-                let pipeline = Pipeline::<B>::load(&target, device)?;
-                if progress {
-                    eprintln!("the target answers the reward model's training prompts");
-                }
-                answer_prompts(
-                    &pipeline,
-                    &data.join("reward-prompts.jsonl"),
-                    &reward_sft_data,
-                    config.caption_tokens,
-                    progress,
-                )?;
-            }
-            let sft = stage::<B>(
-                out,
+    let (reward_reports, target_reports) = std::thread::scope(|s| {
+        let (llava, reward_init, models, pairs) = (&llava, &reward_init, &models, &pairs);
+        let reward = s.spawn(move || -> Result<Vec<(String, Option<StageReport>)>> {
+            let mut reports = llava(
+                reward_init,
+                "reward-align",
                 "reward-sft",
-                &reward_init,
-                &reward_sft_data,
-                Objective::Sft,
-                &config.reward_sft,
-                seed,
-                progress,
-                device,
+                [&config.reward_align, &config.reward_sft],
+                false,
             )?;
             if pairs_ready.recv().is_err() {
                 // The other branch failed before the pairs were written; its error is reported.
-                return Ok(vec![("reward-sft", sft)]);
+                return Ok(reports);
             }
-            let dpo = stage::<B>(
+            let r = stage::<B>(
                 out,
                 "reward",
                 &models.join("reward-sft"),
-                &pairs,
+                pairs,
                 dpo,
                 &config.reward_dpo,
                 seed,
-                progress,
+                false,
                 device,
             )?;
-            Ok(vec![("reward-sft", sft), ("reward", dpo)])
+            reports.push(("reward".into(), r));
+            Ok(reports)
+        });
+        let target = (|| -> Result<Vec<(String, Option<StageReport>)>> {
+            let mut reports = llava(
+                &target_init,
+                "target-align",
+                "target",
+                [&config.target_align, &config.target_sft],
+                progress,
+            )?;
+            let target = models.join("target");
+            make_pairs::<B>(&data, &target, config, progress, device)?;
+            let _ = pairs_made.send(());
+            // Every DPO schedule of the target; the validation split chooses one (see `tune`).
+            for (k, schedule) in config.target_dpo.iter().enumerate() {
+                let name = dpo_candidate(k);
+                let r = stage::<B>(
+                    &out.join("tune"),
+                    &name,
+                    &target,
+                    &pairs,
+                    dpo,
+                    schedule,
+                    seed,
+                    progress,
+                    device,
+                )?;
+                reports.push((name, r));
+            }
+            Ok(reports)
         })();
-        let tuned = tuned
-            .join()
-            .unwrap_or_else(|_| Err(Error::argument("demo", "the target-DPO thread panicked")));
-        (reward, tuned)
+        drop(pairs_made);
+        let reward = reward.join().unwrap_or_else(|_| {
+            Err(Error::argument(
+                "demo",
+                "the reward model's thread panicked",
+            ))
+        });
+        (reward, target)
     });
-    let target_report = target_report?;
-    for (name, r) in reward_reports? {
-        record(name, r);
+    for (name, r) in target_reports? {
+        record(&name, json(r));
     }
-    record(TARGET_DPO, target_report);
+    for (name, r) in reward_reports? {
+        record(&name, json(r));
+    }
     if !reports.is_empty() {
         let path = out.join("training.json");
-        let mut all: BTreeMap<String, StageReport> = if path.is_file() {
+        let mut all: BTreeMap<String, serde_json::Value> = if path.is_file() {
             read_json_as(&path)?
         } else {
             BTreeMap::new()
@@ -297,7 +302,42 @@ pub fn retrain<B: Backend>(
         let json = serde_json::to_string_pretty(&all).expect("plain data");
         jsonl::write_atomic(&path, json.as_bytes())?;
     }
+    tune::<B>(out, &world, config, progress, device)?;
     evaluate::<B>(&models, out, config, progress, device)
+}
+
+/// Parameters of the target and the reward model (all of them, the unused last tower layer
+/// included, as LLaVA's is).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct ParameterCounts {
+    pub target: usize,
+    pub reward: usize,
+}
+
+/// The two models' sizes; the reward model may have at most a quarter of the target's.
+pub fn parameter_counts<B: Backend>(
+    config: &DemoConfig,
+    device: &B::Device,
+) -> Result<ParameterCounts> {
+    let count = |size: &ModelSize| -> Result<usize> {
+        Ok(burn::module::Module::num_params(
+            &tita_models::Vlm::<B>::random(size.config(), 0, device)?,
+        ))
+    };
+    let counts = ParameterCounts {
+        target: count(&config.target)?,
+        reward: count(&config.reward)?,
+    };
+    if counts.reward * 4 > counts.target {
+        return Err(Error::argument(
+            "reward",
+            format!(
+                "the reward model has {} parameters, more than a quarter of the target's {}",
+                counts.reward, counts.target
+            ),
+        ));
+    }
+    Ok(counts)
 }
 
 /// `data/pairs.jsonl`: the target's self-pairs on clean vs. noised preference images and/or
