@@ -185,8 +185,14 @@ fn to_json(v: &impl serde::Serialize) -> serde_json::Value {
 
 /// The same keys everywhere, and every number within 1e-12.
 fn same_numbers(got: &serde_json::Value, want: &serde_json::Value, at: &str) {
-    use serde_json::Value::{Number, Object};
+    use serde_json::Value::{Array, Number, Object};
     match (got, want) {
+        (Array(a), Array(b)) => {
+            assert_eq!(a.len(), b.len(), "{at}: different lengths");
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                same_numbers(x, y, &format!("{at}[{i}]"));
+            }
+        }
         (Object(a), Object(b)) => {
             let keys = |m: &serde_json::Map<String, serde_json::Value>| {
                 m.keys().cloned().collect::<Vec<_>>()

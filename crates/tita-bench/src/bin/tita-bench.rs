@@ -26,13 +26,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// The built-in demo (what `cargo xtask bench` runs): evaluates the committed world models
-    /// and checks the numbers against the committed results; --retrain rebuilds every model
-    /// from the seed first; --quick does that at toy scale.
+    /// of every seed and checks the numbers against the committed results; --retrain rebuilds
+    /// every model of every seed first; --quick does that at toy scale, for one seed.
     Demo {
-        /// The committed demo: models/, config.json, results.json.
+        /// The committed demo: config.json and, per seed, seed-N/models and seed-N/results.json.
         #[arg(long, default_value = "demo")]
         dir: PathBuf,
-        /// Rebuild every model from the seed (about 10 minutes on 2 cores).
+        /// Rebuild every model of every seed (about an hour on 2 cores).
         #[arg(long)]
         retrain: bool,
         /// Rebuild at toy scale: checks the pipeline, not the numbers (CI).

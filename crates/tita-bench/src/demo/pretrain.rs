@@ -15,6 +15,9 @@ use tita_train::optim::{cosine_with_warmup, AdamW};
 
 use super::*;
 
+/// The classes: every category of the world.
+const CLASSES: usize = COLORS.len() * SHAPES.len();
+
 /// How the tower is pretrained.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct Pretrain {
@@ -51,7 +54,7 @@ struct TowerClassifier<B: Backend> {
 }
 
 impl<B: Backend> TowerClassifier<B> {
-    /// Category logits `[n, 20]` of pixels `[n, C, H, W]`.
+    /// Category logits `[n, CLASSES]` of pixels `[n, C, H, W]`.
     fn forward(&self, pixels: Tensor<B, 4>) -> Tensor<B, 2> {
         let f = self.vision.selected_features(pixels);
         let [n, _, d] = f.dims();
@@ -65,7 +68,7 @@ impl<B: Backend> TowerClassifier<B> {
 /// Preprocessed pixels and multi-hot labels of a split's scenes.
 struct Examples {
     pixels: Vec<Vec<f32>>,
-    labels: Vec<[f32; 20]>,
+    labels: Vec<[f32; CLASSES]>,
     shape: [usize; 3],
 }
 
@@ -102,7 +105,7 @@ impl Examples {
         let labels: Vec<f32> = rows.iter().flat_map(|&k| self.labels[k]).collect();
         (
             Tensor::from_data(TensorData::new(pixels, [rows.len(), c, h, w]), device),
-            Tensor::from_data(TensorData::new(labels, [rows.len(), 20]), device),
+            Tensor::from_data(TensorData::new(labels, [rows.len(), CLASSES]), device),
         )
     }
 }
@@ -150,7 +153,7 @@ pub fn pretrain_tower<B: Backend>(
             let truth = &held_out.labels[k];
             let mut all_right = true;
             for (c, &y) in truth.iter().enumerate() {
-                let (guess, real) = (logits[i * 20 + c] > 0.0, y > 0.5);
+                let (guess, real) = (logits[i * CLASSES + c] > 0.0, y > 0.5);
                 right += usize::from(guess == real);
                 all_right &= guess == real;
                 found += usize::from(guess && real);
@@ -167,7 +170,7 @@ pub fn pretrain_tower<B: Backend>(
         first_loss: losses.first().copied().unwrap_or(f64::NAN),
         last_loss: losses.last().copied().unwrap_or(f64::NAN),
         accuracy: ratio(exact, held_out.pixels.len()),
-        label_accuracy: ratio(right, held_out.pixels.len() * 20),
+        label_accuracy: ratio(right, held_out.pixels.len() * CLASSES),
         recall: ratio(found, present),
         precision: ratio(found, said),
         held_out: config.held_out,
@@ -209,7 +212,7 @@ fn fit<A: AutodiffBackend>(
     A::seed(device, seed ^ 0x70e7);
     let mut classifier = TowerClassifier {
         vision,
-        head: LinearConfig::new(width, 20).init(device),
+        head: LinearConfig::new(width, CLASSES).init(device),
     };
     let stage = &config.stage;
     let mut opt = AdamW::<A::InnerBackend>::new(AdamWConfig {

@@ -311,14 +311,22 @@ pub fn reading(summary: &SeedsSummary) -> String {
             "within the spread over seeds"
         }
     };
+    let gap = |split: Spread, name: &str| {
+        let d = greedy.random.mean - split.mean;
+        if d > 0.0 {
+            format!("{d:.3} lower on {name} than on random")
+        } else {
+            format!("{:.3} higher on {name} than on random", -d)
+        }
+    };
     let mut text = format!(
-        "Reading: greedy decoding of the target scores {} on POPE (random {}, popular {}, adversarial {}: {:.3} lower on popular and {:.3} on adversarial than on random, the co-occurrence prior at work). TITA at the λ each seed's validation split chose (`{TITA_TUNED}`) scores {}: {:+.3} ± {:.3} against greedy over the seeds, {}; on the popular split {:+.3} ± {:.3}; CHAIR_i {:+.3} ± {:.3}.",
+        "Reading: greedy decoding of the target scores {} on POPE (random {}, popular {}, adversarial {}: {}, {}, the gaps the co-occurrence prior would open). TITA at the λ each seed's validation split chose (`{TITA_TUNED}`) scores {}: {:+.3} ± {:.3} against greedy over the seeds, {}; on the popular split {:+.3} ± {:.3}; CHAIR_i {:+.3} ± {:.3}.",
         greedy.accuracy,
         greedy.random,
         greedy.popular,
         greedy.adversarial,
-        greedy.random.mean - greedy.popular.mean,
-        greedy.random.mean - greedy.adversarial.mean,
+        gap(greedy.popular, "popular"),
+        gap(greedy.adversarial, "adversarial"),
         tita.accuracy,
         d.mean,
         d.sd,
@@ -330,8 +338,8 @@ pub fn reading(summary: &SeedsSummary) -> String {
     );
     for (name, what) in [
         (VCD_TUNED, "VCD at its chosen α"),
-        (TARGET_DPO, "the DPO-tuned target"),
-        (REWARD_ALONE, "the reward model alone"),
+        (TARGET_DPO, "The DPO-tuned target"),
+        (REWARD_ALONE, "The reward model alone"),
     ] {
         if let Some((n, m)) = summary.methods.iter().find(|(n, _)| n == name) {
             let _ = write!(

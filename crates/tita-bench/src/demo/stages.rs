@@ -1,6 +1,6 @@
-//! The training stages in order (both towers' pretraining, the target's alignment and
-//! instruction tuning, reward-sft, pairs, reward, the target-dpo candidates, the choice on the
-//! validation split), each skipped when its result is already there.
+//! The training stages in order (both towers' pretraining, the two LLaVA stages of target and
+//! reward model, pairs, reward, the target-dpo candidates, the choice on the validation split),
+//! each skipped when its result is already there.
 
 use super::*;
 
@@ -265,7 +265,7 @@ pub fn retrain<B: Backend>(
                     &out.join("tune"),
                     &name,
                     &target,
-                    &pairs,
+                    pairs,
                     dpo,
                     schedule,
                     seed,
