@@ -8,7 +8,7 @@ out=${1:-bench-out/demo-retrain}
 dest=${2:-demo}
 rm -rf "$dest"
 mkdir -p "$dest"
-cp "$out"/{config.json,summary.json,report.md,seeds.png,seeds-chair.png} "$dest"/
+cp "$out"/{config.json,summary.json,report.md,seeds.png,seeds-paired.png,seeds-chair.png} "$dest"/
 for run in "$out"/seed-*; do
   s="$dest/$(basename "$run")"
   mkdir -p "$s/models" "$s/training"

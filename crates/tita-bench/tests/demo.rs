@@ -153,7 +153,12 @@ fn committed_checkpoints_reproduce_committed_results() {
         tita_core::error::read_json_as(&dir.join("summary.json")).unwrap();
     same_numbers(&to_json(&summary), &committed_summary, "summary");
     assert_all_finite(&committed_summary, "summary");
-    for f in ["report.md", "seeds.png", "seeds-chair.png"] {
+    for f in [
+        "report.md",
+        "seeds.png",
+        "seeds-paired.png",
+        "seeds-chair.png",
+    ] {
         assert!(dir.join(f).is_file(), "{f} committed");
     }
 }
@@ -284,7 +289,12 @@ fn quick_pipeline_runs_end_to_end_with_every_metric() {
     let json: serde_json::Value =
         tita_core::error::read_json_as(&out.path().join("summary.json")).unwrap();
     assert_all_finite(&json, "summary");
-    for f in ["report.md", "seeds.png", "seeds-chair.png"] {
+    for f in [
+        "report.md",
+        "seeds.png",
+        "seeds-paired.png",
+        "seeds-chair.png",
+    ] {
         assert!(out.path().join(f).is_file(), "{f} written");
     }
 

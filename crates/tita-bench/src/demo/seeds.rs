@@ -176,7 +176,8 @@ pub fn summarise(config: &DemoConfig, runs: &[DemoResults]) -> Result<SeedsSumma
 }
 
 /// Runs `each` for every seed of `config` in its own folder, then writes the summary over
-/// the seeds (`summary.json`, `report.md`, `seeds.png`, `seeds-chair.png`) into `out`.
+/// the seeds (`summary.json`, `report.md`, `seeds.png`, `seeds-paired.png`, `seeds-chair.png`)
+/// into `out`.
 pub fn over_seeds(
     out: &Path,
     config: &DemoConfig,
@@ -263,7 +264,7 @@ fn write_summary(out: &Path, config: &DemoConfig, summary: &SeedsSummary) -> Res
     }
     md.push('\n');
     md.push_str(&reading(summary));
-    md.push_str("\n\nPlots: `seeds.png` (pooled POPE accuracy, mean ± sd), `seeds-chair.png` (CHAIR_i, mean ± sd).\n");
+    md.push_str("\n\nPlots: `seeds.png` (pooled POPE accuracy, mean ± sd), `seeds-paired.png` (its paired difference from greedy, mean ± sd), `seeds-chair.png` (CHAIR_i, mean ± sd).\n");
     jsonl::write_atomic(&out.join("report.md"), md.as_bytes())?;
     let bars = |f: fn(&MethodSummary) -> Spread| -> Vec<(String, f64, f64)> {
         summary
@@ -280,6 +281,27 @@ fn write_summary(out: &Path, config: &DemoConfig, summary: &SeedsSummary) -> Res
         ),
         "accuracy",
         &bars(|m| m.accuracy),
+    )?;
+    let paired: Vec<(String, f64, f64)> = summary
+        .methods
+        .iter()
+        .filter(|(n, _)| n != "greedy")
+        .map(|(n, m)| {
+            (
+                n.clone(),
+                m.accuracy_vs_greedy.mean,
+                m.accuracy_vs_greedy.sd,
+            )
+        })
+        .collect();
+    error_bar_chart(
+        &out.join("seeds-paired.png"),
+        &format!(
+            "POPE accuracy minus greedy's on the same seed, mean ± sd over {} seeds",
+            summary.seeds.len()
+        ),
+        "accuracy − greedy",
+        &paired,
     )?;
     error_bar_chart(
         &out.join("seeds-chair.png"),
