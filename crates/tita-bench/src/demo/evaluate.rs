@@ -130,7 +130,7 @@ pub fn evaluate<B: Backend>(
         max_new_tokens: config.caption_tokens,
         ..pope_config.clone()
     };
-    let dpo_config = |c: &EvalConfig| EvalConfig {
+    let greedy_only = |c: &EvalConfig| EvalConfig {
         methods: vec![Method::Greedy],
         ..c.clone()
     };
@@ -176,7 +176,7 @@ pub fn evaluate<B: Backend>(
     );
     for (name, dir, models) in &alone {
         add(
-            answer_all(models, &sets, dir, &dpo_config(&pope_config), progress)?,
+            answer_all(models, &sets, dir, &greedy_only(&pope_config), progress)?,
             Some(name),
         );
         add(
@@ -184,7 +184,7 @@ pub fn evaluate<B: Backend>(
                 models,
                 caption_sets,
                 dir,
-                &dpo_config(&caption_config),
+                &greedy_only(&caption_config),
                 progress,
             )?,
             Some(name),

@@ -163,19 +163,6 @@ pub fn pretrain_tower<B: Backend>(
             exact += usize::from(all_right);
         }
     }
-    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-    let report = PretrainReport {
-        steps: config.stage.steps,
-        images: config.images,
-        first_loss: losses.first().copied().unwrap_or(f64::NAN),
-        last_loss: losses.last().copied().unwrap_or(f64::NAN),
-        accuracy: ratio(exact, held_out.pixels.len()),
-        label_accuracy: ratio(right, held_out.pixels.len() * CLASSES),
-        recall: ratio(found, present),
-        precision: ratio(found, said),
-        held_out: config.held_out,
-        seconds: 0.0,
-    };
 
     // The model of `init` with the trained tower, written whole into a fresh folder and moved
     // into place, so `out` never holds half a model.
@@ -188,9 +175,18 @@ pub fn pretrain_tower<B: Backend>(
     copy_dir(init, &tmp)?;
     tita_models::save_safetensors(&model, &model.stored, &tmp.join("model.safetensors"))?;
     std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
+    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
     Ok(Some(PretrainReport {
+        steps: config.stage.steps,
+        images: config.images,
+        first_loss: losses.first().copied().unwrap_or(f64::NAN),
+        last_loss: losses.last().copied().unwrap_or(f64::NAN),
+        accuracy: ratio(exact, held_out.pixels.len()),
+        label_accuracy: ratio(right, held_out.pixels.len() * CLASSES),
+        recall: ratio(found, present),
+        precision: ratio(found, said),
+        held_out: config.held_out,
         seconds: t.elapsed().as_secs_f64(),
-        ..report
     }))
 }
 

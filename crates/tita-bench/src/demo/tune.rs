@@ -31,15 +31,13 @@ impl Tuning {
     }
 }
 
-/// The first value with the highest accuracy (the config lists values from the mildest).
-fn best<T: Clone>(tried: &[Tried<T>]) -> Option<T> {
-    tried
-        .iter()
-        .fold(None::<&Tried<T>>, |b, t| match b {
-            Some(b) if b.accuracy >= t.accuracy => Some(b),
-            _ => Some(t),
-        })
-        .map(|t| t.value.clone())
+/// Index of the first value with the highest accuracy (the config lists values from the
+/// mildest).
+fn best<T>(tried: &[Tried<T>]) -> Option<usize> {
+    (0..tried.len()).fold(None, |b, i| match b {
+        Some(b) if tried[b].accuracy >= tried[i].accuracy => Some(b),
+        _ => Some(i),
+    })
 }
 
 /// The DPO-tuned target candidate `k` of [`DemoConfig::target_dpo`].
@@ -154,13 +152,10 @@ pub(super) fn tune<B: Backend>(
         });
     }
     let none = |what: &str| Error::argument("demo", format!("no {what} to choose from"));
-    let chosen = dpo
-        .iter()
-        .position(|t| Some(t.value) == best(&dpo))
-        .ok_or_else(|| none("DPO schedule"))?;
+    let chosen = best(&dpo).ok_or_else(|| none("DPO schedule"))?;
     let tuning = Tuning {
-        lambda: best(&tita).ok_or_else(|| none("λ"))?,
-        vcd_alpha: best(&vcd).ok_or_else(|| none("VCD α"))?,
+        lambda: tita[best(&tita).ok_or_else(|| none("λ"))?].value,
+        vcd_alpha: vcd[best(&vcd).ok_or_else(|| none("VCD α"))?].value,
         target_dpo: dpo[chosen].value,
         tita,
         vcd,
