@@ -7,7 +7,10 @@ use burn::nn;
 use burn::tensor::{activation, backend::Backend, DType, Tensor, TensorData};
 use tita_core::{LlamaConfig, Result};
 
-use crate::layers::{activate, cos_sin, linear, matvec_split, project, rms_norm, rope_inv_freq};
+use crate::layers::{
+    activate, attend_fused, cos_sin, fused_attention, linear, matvec_split, project, rms_norm,
+    rope_inv_freq,
+};
 use crate::weights::{cast, TensorSource};
 
 /// Keys and values of every layer for a batch of sequences, plus the left padding of each
@@ -246,13 +249,62 @@ fn mrope_tables<B: Backend>(
     cos_sin(angles, [b, 1, s, head_dim], device)
 }
 
-/// `x · cos + rotate_half(x) · sin` with `rotate_half(x) = [-x2, x1]`.
-fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
-    let [b, h, s, d] = x.dims();
-    let x1 = x.clone().slice([0..b, 0..h, 0..s, 0..d / 2]);
-    let x2 = x.clone().slice([0..b, 0..h, 0..s, d / 2..d]);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    x * cos.clone() + rotated * sin.clone()
+/// `[d, d]` matrix of `rotate_half(x) = [-x2, x1]` as `x · R`: one signed 1 per column, so the
+/// product is exact, and it runs as one contiguous (multi-core) product instead of slices and a
+/// concatenation.
+fn rotate_half_matrix<B: Backend>(d: usize, device: &B::Device) -> Tensor<B, 2> {
+    let half = d / 2;
+    let mut r = vec![0f32; d * d];
+    for j in 0..half {
+        r[(j + half) * d + j] = -1.0; // column j (first half) takes -x2[j]
+        r[j * d + j + half] = 1.0; // column j + half takes x1[j]
+    }
+    Tensor::from_data(TensorData::new(r, [d, d]), device)
+}
+
+/// The rotary cos and sin of one forward's tokens, laid out as the projected queries and keys
+/// `[batch, s, heads, d]`: every product of [`Rotary::apply`] is then between contiguous
+/// tensors of one shape, the CPU backend's fast path.
+struct Rotary<B: Backend> {
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+    rotate_half: Tensor<B, 2>,
+}
+
+impl<B: Backend> Rotary<B> {
+    /// From `[batch, 1, s, d]` tables, for `heads` heads.
+    fn new(
+        (cos, sin): &(Tensor<B, 4>, Tensor<B, 4>),
+        heads: usize,
+        rotate_half: &Tensor<B, 2>,
+    ) -> Self {
+        let [b, _, s, d] = cos.dims();
+        // One token per row (decode) broadcasts a shared row instead, as cheaply.
+        let spread = |t: &Tensor<B, 4>| {
+            let t = t.clone().reshape([b, s, 1, d]);
+            if s == 1 {
+                t
+            } else {
+                t.repeat_dim(2, heads)
+            }
+        };
+        Rotary {
+            cos: spread(cos),
+            sin: spread(sin),
+            rotate_half: rotate_half.clone(),
+        }
+    }
+
+    /// `x · cos + rotate_half(x) · sin` for `x` of `[batch, s, heads, d]`.
+    fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [b, s, h, d] = x.dims();
+        let rotated = x
+            .clone()
+            .reshape([b * s * h, d])
+            .matmul(self.rotate_half.clone())
+            .reshape([b, s, h, d]);
+        x * self.cos.clone() + rotated * self.sin.clone()
+    }
 }
 
 #[derive(Module, Debug)]
@@ -268,12 +320,22 @@ pub struct Attention<B: Backend> {
     pub split: usize,
 }
 
+/// What the keys of one forward may not see, beyond positions after the query's own.
+enum Mask<B: Backend> {
+    /// Nothing: one new token per row and no padding.
+    None,
+    /// Only later positions: several new tokens, no padding (the fused path's case).
+    Causal,
+    /// An additive bias `[batch, kv_heads, rep, s, t]`: causality and padding.
+    Bias(Tensor<B, 5>),
+}
+
 impl<B: Backend> Attention<B> {
     fn forward(
         &self,
         x: Tensor<B, 3>,
-        rope: &(Tensor<B, 4>, Tensor<B, 4>),
-        bias: Option<&Tensor<B, 5>>,
+        rope: &(Rotary<B>, Rotary<B>),
+        mask: &Mask<B>,
         cache: &mut KvCache<B>,
         layer: usize,
     ) -> Tensor<B, 3> {
@@ -281,19 +343,23 @@ impl<B: Backend> Attention<B> {
         let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let rep = h / kvh;
         let sp = self.split;
-        let q = project(&self.q_proj, x.clone(), sp)
-            .reshape([b, s, h, d])
+        let q = rope
+            .0
+            .apply(project(&self.q_proj, x.clone(), sp).reshape([b, s, h, d]))
             .swap_dims(1, 2);
-        let k = project(&self.k_proj, x.clone(), sp)
-            .reshape([b, s, kvh, d])
+        let k = rope
+            .1
+            .apply(project(&self.k_proj, x.clone(), sp).reshape([b, s, kvh, d]))
             .swap_dims(1, 2);
         let v = project(&self.v_proj, x, sp)
             .reshape([b, s, kvh, d])
             .swap_dims(1, 2);
-        let q = apply_rope(q, &rope.0, &rope.1);
-        let k = apply_rope(k, &rope.0, &rope.1);
         let (k, v) = cache.append(layer, k, v);
         let t = k.dims()[2];
+        if let Mask::Causal = mask {
+            let out = attend_fused(q, k, v, true);
+            return project(&self.o_proj, out.swap_dims(1, 2).reshape([b, s, h * d]), sp);
+        }
 
         // Grouped-query attention without copying K/V: the `rep` query heads that share a KV
         // head are stacked along the sequence axis (heads are grouped as in `repeat_kv`).
@@ -304,7 +370,7 @@ impl<B: Backend> Attention<B> {
             .mul_scalar((d as f64).powf(-0.5));
         // Mask and softmax in f32 whatever the weights are, as transformers does.
         let mut scores = cast(scores, DType::F32).reshape([b, kvh, rep, s, t]);
-        if let Some(bias) = bias {
+        if let Mask::Bias(bias) = mask {
             scores = scores + bias.clone();
         }
         let probs = cast(activation::softmax(scores, 4), dtype).reshape([b, kvh, rep * s, t]);
@@ -352,8 +418,13 @@ pub struct Llama<B: Backend> {
     pub lm_head: Option<nn::Linear<B>>,
     /// Rotary cos and sin of every position (constants, not parameters).
     pub rope: (Tensor<B, 2>, Tensor<B, 2>),
+    /// `rotate_half` as a matrix (see [`rotate_half_matrix`]).
+    pub rotate_half: Tensor<B, 2>,
     /// Blocks of a few-row projection (see [`project`]).
     pub split: usize,
+    /// Causal blocks of several tokens by burn's fused attention (see [`fused_attention`]).
+    #[module(skip)]
+    pub fused_attention: bool,
     #[module(skip)]
     pub config: LlamaConfig,
 }
@@ -487,13 +558,16 @@ impl<B: Backend> Llama<B> {
             let dtype = embed_tokens.val().dtype();
             (cast(cos, dtype), cast(sin, dtype))
         };
+        let rotate_half = cast(rotate_half_matrix(hd, device), embed_tokens.val().dtype());
         Ok(Llama {
             embed_tokens,
             layers,
             norm,
             lm_head,
             rope,
+            rotate_half,
             split,
+            fused_attention: fused_attention::<B>(device),
             config: config.clone(),
         })
     }
@@ -568,11 +642,18 @@ impl<B: Backend> Llama<B> {
                 rope_rows(&self.rope.1, &cache.pad_left, &cache.rope_delta, past, s),
             ),
         };
+        let c = &self.config;
+        let rope = (
+            Rotary::new(&rope, c.num_attention_heads, &self.rotate_half),
+            Rotary::new(&rope, c.num_key_value_heads, &self.rotate_half),
+        );
 
         // Additive mask over keys: causal within the new block, and never a padded position.
         // A lowest-finite value (not -inf) keeps fully padded query rows finite, as transformers does.
         let padded = cache.pad_left.iter().any(|&p| p > 0);
-        let bias = if s > 1 {
+        let mask = if s > 1 && !padded && self.fused_attention {
+            Mask::Causal
+        } else if s > 1 {
             let mut m = vec![0f32; b * s * t];
             for (bi, &pad) in cache.pad_left.iter().enumerate() {
                 for i in 0..s {
@@ -591,15 +672,15 @@ impl<B: Backend> Llama<B> {
                 .chunks(s * t)
                 .flat_map(|row| std::iter::repeat_n(row, heads).flatten().copied())
                 .collect();
-            Some(Tensor::<B, 5>::from_data(
+            Mask::Bias(Tensor::<B, 5>::from_data(
                 TensorData::new(m, [b, kvh, heads / kvh, s, t]),
                 &device,
             ))
         } else if padded {
             let capacity = t + cache.reserve;
-            Some(cache.step_bias(t, capacity, &device))
+            Mask::Bias(cache.step_bias(t, capacity, &device))
         } else {
-            None
+            Mask::None
         };
 
         let mut x = x;
@@ -607,7 +688,7 @@ impl<B: Backend> Llama<B> {
             let h = layer.self_attn.forward(
                 layer.input_layernorm.forward(x.clone()),
                 &rope,
-                bias.as_ref(),
+                &mask,
                 cache,
                 i,
             );

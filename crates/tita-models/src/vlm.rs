@@ -188,6 +188,8 @@ impl<B: Backend> Vlm<B> {
         device: &B::Device,
     ) -> Result<Self> {
         let keys = KeyLayout::hub(&config);
+        // Large tensors come from the backend's generator: seeded, the same seed gives the same model.
+        B::seed(device, seed);
         let mut model = Self::from_source(
             &mut RandomWeights::new(0.02, seed),
             config,
