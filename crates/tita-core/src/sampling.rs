@@ -87,8 +87,30 @@ impl Sampler {
         self.config.temperature == 0.0
     }
 
+    pub fn config(&self) -> &SamplingConfig {
+        &self.config
+    }
+
+    /// The uniform number in [0, 1) the next token is drawn with; 0 without consuming the
+    /// stream when greedy. One draw per token, wherever the choice is then made (here, or on
+    /// the device), so both give the same stream.
+    pub fn draw(&mut self) -> f64 {
+        if self.is_greedy() {
+            0.0
+        } else {
+            self.rng.random()
+        }
+    }
+
     /// Picks the next token from unnormalised scores (logits or fused log-probs).
     pub fn sample(&mut self, scores: &[f32]) -> u32 {
+        let u = self.draw();
+        self.pick(scores, u)
+    }
+
+    /// Picks the token that `u` (from [`Sampler::draw`]) falls on in the distribution after
+    /// temperature, top-k and top-p, walking the kept tokens in id order; the argmax when greedy.
+    pub fn pick(&self, scores: &[f32], u: f64) -> u32 {
         if self.is_greedy() {
             return argmax(scores);
         }
@@ -129,14 +151,17 @@ impl Sampler {
             let total: f64 = probs.iter().sum();
             probs.iter_mut().for_each(|p| *p /= total);
         }
-        let mut u: f64 = self.rng.random();
-        for (i, p) in probs.iter().enumerate() {
-            if u < *p {
-                return cand[i].0;
+        // The draw walks the kept tokens in id order: a device does the same without sorting.
+        let mut kept: Vec<(u32, f64)> = cand.iter().map(|c| c.0).zip(probs).collect();
+        kept.sort_by_key(|k| k.0);
+        let mut u = u;
+        for &(id, p) in &kept {
+            if u < p {
+                return id;
             }
             u -= p;
         }
-        cand[cand.len() - 1].0
+        kept[kept.len() - 1].0
     }
 }
 

@@ -11,7 +11,8 @@ use tita_core::sampling::{Sampler, SamplingConfig};
 use tita_core::{Result, Tokenizer};
 
 use crate::pipeline::{Pipeline, Prompt};
-use crate::session::Session;
+use crate::select::choose_ids;
+use crate::session::{logits_to_host, Session};
 
 /// A flag another thread (a server whose client went away, a UI) sets to stop a generation at
 /// its next token; the rows end with [`FinishReason::Cancelled`] and keep what they have.
@@ -50,6 +51,10 @@ pub struct GenerationConfig {
     pub eos_token_ids: Option<Vec<u32>>,
     /// Checked before every token.
     pub cancel: Option<Cancel>,
+    /// Bring every step's scores to the host and choose there, so that each [`TokenEvent`]
+    /// carries them (log-probs). Otherwise fusion and choice run on the device and only the
+    /// chosen ids come back.
+    pub scores_on_host: bool,
 }
 
 impl Default for GenerationConfig {
@@ -60,6 +65,7 @@ impl Default for GenerationConfig {
             stop_strings: Vec::new(),
             eos_token_ids: None,
             cancel: None,
+            scores_on_host: false,
         }
     }
 }
@@ -100,13 +106,23 @@ pub struct Generation {
 }
 
 /// A streamed token: which row of the batch, the id, the text it added, and the scores it was
-/// chosen from (the model's logits, or a sampler's fused scores) before temperature.
+/// chosen from (the model's logits, or a sampler's fused scores) before temperature, when the
+/// choice was made on the host ([`GenerationConfig::scores_on_host`]).
 #[derive(Debug, Clone, Copy)]
 pub struct TokenEvent<'a> {
     pub row: usize,
     pub token: u32,
     pub text_delta: &'a str,
-    pub scores: &'a [f32],
+    pub scores: Option<&'a [f32]>,
+}
+
+/// What a step of the decoding loop hands back: what every row's next token comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// Each row's scores on the host; the row's sampler picks with its draw.
+    Scores(Vec<Vec<f32>>),
+    /// Each row's token, already chosen (on the device) with its draw.
+    Chosen(Vec<u32>),
 }
 
 /// Per-row bookkeeping of the decoding loop.
@@ -137,9 +153,12 @@ fn held_back(text: &str, stops: &[String]) -> usize {
         .unwrap_or(0)
 }
 
-/// Runs the loop on top of any source of next-token scores: `first` are the scores after the
-/// prefill; `step` feeds one token per row and returns the next scores. Used by the plain
-/// generator and by every fused sampler, so stop conditions and streaming behave the same.
+/// Runs the loop for `batch` rows on top of any source of next tokens: `next(None, draws)` gives what the first
+/// tokens come from (the prefill's scores, or ids chosen from them); `next(Some(fed), draws)`
+/// feeds one token per row and gives the same for the tokens after. `draws` holds each row's
+/// random number for this token ([`Sampler::draw`]; 0 for finished rows and greedy decoding).
+/// Used by the plain generator and by every fused sampler, so stop conditions and streaming
+/// behave the same.
 ///
 /// Streaming: each token's event carries the text it completes (through the tokenizer's
 /// incremental decoder); text that may be the start of a stop string waits until it is known
@@ -148,16 +167,16 @@ pub fn decode_loop(
     tokenizer: &Tokenizer,
     config: &GenerationConfig,
     default_eos: &[u32],
-    first: Vec<Vec<f32>>,
+    batch: usize,
     mut has_room: impl FnMut() -> bool,
-    mut step: impl FnMut(&[u32]) -> Result<Vec<Vec<f32>>>,
+    mut next: impl FnMut(Option<&[u32]>, &[f64]) -> Result<Next>,
     on_token: &mut dyn FnMut(TokenEvent),
 ) -> Result<Vec<(Vec<u32>, String, FinishReason)>> {
     let eos = config
         .eos_token_ids
         .clone()
         .unwrap_or_else(|| default_eos.to_vec());
-    let mut rows: Vec<Row> = (0..first.len())
+    let mut rows: Vec<Row> = (0..batch)
         .map(|_| {
             Ok(Row {
                 tokens: Vec::new(),
@@ -169,7 +188,7 @@ pub fn decode_loop(
             })
         })
         .collect::<Result<_>>()?;
-    let mut scores = first;
+    let mut fed: Option<Vec<u32>> = None;
     if config.max_new_tokens == 0 {
         rows.iter_mut()
             .for_each(|r| r.finish = Some(FinishReason::MaxNewTokens));
@@ -184,21 +203,35 @@ pub fn decode_loop(
             }
             break;
         }
+        let draws: Vec<f64> = rows
+            .iter_mut()
+            .map(|r| {
+                if r.finish.is_none() {
+                    r.sampler.draw()
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let choice = next(fed.as_deref(), &draws)?;
         let room = has_room();
-        let mut fed = Vec::with_capacity(rows.len());
+        let mut feed = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter_mut().enumerate() {
             if row.finish.is_some() {
                 // Finished rows keep stepping with a harmless id; their outputs are ignored.
-                fed.push(
+                feed.push(
                     *row.tokens
                         .last()
                         .unwrap_or(&eos.first().copied().unwrap_or(0)),
                 );
                 continue;
             }
-            let token = row.sampler.sample(&scores[i]);
+            let (token, scores) = match &choice {
+                Next::Scores(s) => (row.sampler.pick(&s[i], draws[i]), Some(s[i].as_slice())),
+                Next::Chosen(ids) => (ids[i], None),
+            };
             row.tokens.push(token);
-            fed.push(token);
+            feed.push(token);
             let piece = row.stream.step(token)?;
             row.text.push_str(&piece);
             if let Some(pos) = config
@@ -233,14 +266,14 @@ pub fn decode_loop(
                 row: i,
                 token,
                 text_delta: delta,
-                scores: &scores[i],
+                scores,
             });
             row.streamed = row.streamed.max(end);
         }
         if rows.iter().all(|r| r.finish.is_some()) {
             break;
         }
-        scores = step(&fed)?;
+        fed = Some(feed);
     }
     Ok(rows
         .into_iter()
@@ -288,17 +321,30 @@ impl<'p, B: Backend> Generator<'p, B> {
     ) -> Result<Vec<Generation>> {
         let p = self.pipeline;
         let start = Instant::now();
-        let (session, first) = Session::prefill(&p.model, prompts, &p.device)?;
+        let (session, first) = Session::prefill_on_device(&p.model, prompts, &p.device)?;
         let prefill_s = start.elapsed().as_secs_f64();
         let session = std::cell::RefCell::new(session);
+        let mut first = Some(first);
         let start = Instant::now();
         let rows = decode_loop(
             &p.tokenizer,
             &self.config,
             &p.model.language_model.config.eos_token_ids,
-            first,
+            prompts.len(),
             || session.borrow().has_room(),
-            |tokens| session.borrow_mut().step(tokens),
+            |fed, draws| {
+                let logits = match fed {
+                    None => first.take().expect("the prefill's logits are used once"),
+                    Some(tokens) => session.borrow_mut().step_on_device(tokens)?,
+                };
+                if self.config.scores_on_host {
+                    Ok(Next::Scores(logits_to_host(&p.model, logits)?))
+                } else {
+                    let checked = [(&p.model, &logits)];
+                    let ids = choose_ids(logits.clone(), &checked, &self.config.sampling, draws)?;
+                    Ok(Next::Chosen(ids))
+                }
+            },
             on_token,
         )?;
         let decode_s = start.elapsed().as_secs_f64();

@@ -5,11 +5,13 @@
 pub mod backend;
 pub mod generator;
 pub mod pipeline;
+pub mod select;
 pub mod session;
 pub mod tita;
 
 pub use generator::{
-    decode_loop, Cancel, FinishReason, Generation, GenerationConfig, Generator, Timings, TokenEvent,
+    decode_loop, Cancel, FinishReason, Generation, GenerationConfig, Generator, Next, Timings,
+    TokenEvent,
 };
 pub use pipeline::{ImageInput, Pipeline, Prompt, Request};
 pub use session::Session;

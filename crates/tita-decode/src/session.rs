@@ -7,7 +7,7 @@ use tita_models::{KvCache, Vlm};
 use crate::pipeline::Prompt;
 
 /// Copies `[rows, vocab]` logits to the host, one `Vec` per row.
-pub(crate) fn rows_to_host<B: Backend>(logits: Tensor<B, 2>) -> Vec<Vec<f32>> {
+fn rows_to_host<B: Backend>(logits: Tensor<B, 2>) -> Vec<Vec<f32>> {
     let [_, v] = logits.dims();
     let flat: Vec<f32> = logits
         .into_data()
@@ -17,8 +17,13 @@ pub(crate) fn rows_to_host<B: Backend>(logits: Tensor<B, 2>) -> Vec<Vec<f32>> {
     flat.chunks(v).map(<[f32]>::to_vec).collect()
 }
 
-/// Next-token logits with a NaN or infinity are an error naming the model, never a token.
-fn checked<B: Backend>(model: &Vlm<B>, rows: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>> {
+/// `[rows, vocab]` next-token logits of `model` on the host; a NaN or infinity is an error
+/// naming the model, never a token.
+pub(crate) fn logits_to_host<B: Backend>(
+    model: &Vlm<B>,
+    logits: Tensor<B, 2>,
+) -> Result<Vec<Vec<f32>>> {
+    let rows = rows_to_host(logits);
     for (r, row) in rows.iter().enumerate() {
         Error::check_finite(
             || format!("the next-token logits of {} (batch row {r})", model.name),
@@ -57,6 +62,16 @@ impl<'m, B: Backend> Session<'m, B> {
         prompts: &[&Prompt],
         device: &B::Device,
     ) -> Result<(Self, Vec<Vec<f32>>)> {
+        let (session, logits) = Self::prefill_on_device(model, prompts, device)?;
+        Ok((session, logits_to_host(model, logits)?))
+    }
+
+    /// [`Session::prefill`] with the `[rows, vocab]` f32 logits left on the device (unchecked).
+    pub fn prefill_on_device(
+        model: &'m Vlm<B>,
+        prompts: &[&Prompt],
+        device: &B::Device,
+    ) -> Result<(Self, Tensor<B, 2>)> {
         if prompts.is_empty() {
             return Err(Error::argument("prompts", "empty batch"));
         }
@@ -101,7 +116,7 @@ impl<'m, B: Backend> Session<'m, B> {
         let mut cache = KvCache::with_left_padding(model.language_model.layers.len(), pad_left)
             .reserve(reserve);
         let hidden = model.forward(embeds, &mut cache)?;
-        let logits = checked(model, rows_to_host(model.last_logits(hidden)))?;
+        let logits = model.last_logits(hidden);
         Ok((
             Session {
                 model,
@@ -126,8 +141,18 @@ impl<'m, B: Backend> Session<'m, B> {
         self.cache.len() < self.model.language_model.config.max_position_embeddings
     }
 
+    pub fn model(&self) -> &'m Vlm<B> {
+        self.model
+    }
+
     /// Feeds one token per row and returns each row's next-token logits.
     pub fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        let logits = self.step_on_device(tokens)?;
+        logits_to_host(self.model, logits)
+    }
+
+    /// [`Session::step`] with the `[rows, vocab]` f32 logits left on the device (unchecked).
+    pub fn step_on_device(&mut self, tokens: &[u32]) -> Result<Tensor<B, 2>> {
         if tokens.len() != self.cache.batch() {
             return Err(Error::argument(
                 "tokens",
@@ -149,6 +174,6 @@ impl<'m, B: Backend> Session<'m, B> {
         // Straight to the embedding table: a generated id is text, whatever its value.
         let embeds = self.model.language_model.embed(&ids, &self.device);
         let hidden = self.model.forward(embeds.into(), &mut self.cache)?;
-        checked(self.model, rows_to_host(self.model.last_logits(hidden)))
+        Ok(self.model.last_logits(hidden))
     }
 }

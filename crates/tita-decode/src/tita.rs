@@ -13,9 +13,10 @@ use tita_core::noise::{add_diffusion_noise, add_noise_with};
 use tita_core::sampling::argmax;
 use tita_core::{Error, Result, Tokenizer};
 
-use crate::generator::{decode_loop, finish, Generation, GenerationConfig, TokenEvent};
+use crate::generator::{decode_loop, finish, Generation, GenerationConfig, Next, TokenEvent};
 use crate::pipeline::{Pipeline, Prompt, Request};
-use crate::session::Session;
+use crate::select::{choose_ids, fuse_tensors};
+use crate::session::{logits_to_host, Session};
 
 /// Settings of the fused decoding.
 #[derive(Debug, Clone, PartialEq)]
@@ -134,6 +135,26 @@ pub fn check_vocabularies(target: &Tokenizer, other: &Tokenizer) -> Result<()> {
             shown.join(", ")
         ),
     ))
+}
+
+/// One step's scores of every model on the host, and their fusion (the explanation path).
+struct HostScores {
+    target: Vec<Vec<f32>>,
+    guide: Vec<Vec<f32>>,
+    reference: Option<Vec<Vec<f32>>>,
+    fused: Vec<Vec<f32>>,
+}
+
+impl HostScores {
+    fn fuse(mut self, fusion: Fusion, cut: Option<f32>) -> Self {
+        self.fused = (0..self.target.len())
+            .map(|i| {
+                let reference = self.reference.as_ref().map(|r| r[i].as_slice());
+                fuse(fusion, &self.target[i], &self.guide[i], reference, cut)
+            })
+            .collect();
+        self
+    }
 }
 
 impl<'p, B: Backend> Tita<'p, B> {
@@ -283,20 +304,25 @@ impl<'p, B: Backend> Tita<'p, B> {
                 rl,
             ),
         };
-        let first: Vec<Vec<f32>> = fusions.iter().map(|&f| fused(&root, f)).collect();
         let state = RefCell::new((vec![root], vec![0usize; fusions.len()]));
         let t0 = Instant::now();
         let rows = decode_loop(
             &self.target.tokenizer,
             &self.generation,
             &self.target.model.language_model.config.eos_token_ids,
-            first,
+            fusions.len(),
             || {
                 let s = state.borrow();
                 let b = &s.0[0].sessions;
                 b.0.has_room() && b.1.has_room() && b.2.as_ref().is_none_or(Session::has_room)
             },
-            |tokens| {
+            |fed, _draws| {
+                let Some(tokens) = fed else {
+                    let root = &state.borrow().0[0];
+                    return Ok(Next::Scores(
+                        fusions.iter().map(|&f| fused(root, f)).collect(),
+                    ));
+                };
                 let mut s = state.borrow_mut();
                 let (branches, of_row) = &mut *s;
                 let mut next: Vec<Branch<B>> = Vec::new();
@@ -332,7 +358,7 @@ impl<'p, B: Backend> Tita<'p, B> {
                     .collect();
                 *branches = next;
                 *of_row = new_of_row;
-                Ok(out)
+                Ok(Next::Scores(out))
             },
             &mut |_| {},
         )?;
@@ -369,8 +395,9 @@ impl<'p, B: Backend> Tita<'p, B> {
             (_, None) => unreachable!("checked in Tita::new"),
         };
         let t_refs: Vec<&Prompt> = target_prompts.iter().collect();
-        let (target, first_t) = Session::prefill(&self.target.model, &t_refs, &self.target.device)?;
-        let (guide_session, first_g) = Session::prefill(
+        let (target, first_t) =
+            Session::prefill_on_device(&self.target.model, &t_refs, &self.target.device)?;
+        let (guide_session, first_g) = Session::prefill_on_device(
             &guide.model,
             &guide_prompts.iter().collect::<Vec<_>>(),
             &guide.device,
@@ -378,7 +405,8 @@ impl<'p, B: Backend> Tita<'p, B> {
         let (reference, first_r) = match self.reference {
             Some(r) => {
                 let ps = self.prompts(r, requests)?;
-                let (s, l) = Session::prefill(&r.model, &ps.iter().collect::<Vec<_>>(), &r.device)?;
+                let refs: Vec<&Prompt> = ps.iter().collect();
+                let (s, l) = Session::prefill_on_device(&r.model, &refs, &r.device)?;
                 (Some(s), Some(l))
             }
             None => (None, None),
@@ -390,15 +418,11 @@ impl<'p, B: Backend> Tita<'p, B> {
             _ => self.config.tau,
         };
         let fusion = self.config.fusion;
-        let fuse_rows =
-            |t: &[Vec<f32>], g: &[Vec<f32>], r: Option<&Vec<Vec<f32>>>| -> Vec<Vec<f32>> {
-                (0..t.len())
-                    .map(|i| fuse(fusion, &t[i], &g[i], r.map(|r| r[i].as_slice()), cut))
-                    .collect()
-            };
-        let first = fuse_rows(&first_t, &first_g, first_r.as_ref());
+        // Explanations need every model's scores on the host; otherwise only ids come back.
+        let on_host = self.config.explain || self.generation.scores_on_host;
         // The scores each row's next token is chosen from, kept for the explanation view.
-        let last = RefCell::new((first_t, first_g, first_r, first.clone()));
+        let last: RefCell<Option<HostScores>> = RefCell::new(None);
+        let mut first = Some((first_t, first_g, first_r));
         let sessions = RefCell::new((target, guide_session, reference));
         let explanations: RefCell<Vec<Vec<TokenExplanation>>> =
             RefCell::new(vec![Vec::new(); requests.len()]);
@@ -413,33 +437,64 @@ impl<'p, B: Backend> Tita<'p, B> {
             tok,
             &self.generation,
             &self.target.model.language_model.config.eos_token_ids,
-            first,
+            requests.len(),
             || {
                 let s = sessions.borrow();
                 s.0.has_room() && s.1.has_room() && s.2.as_ref().is_none_or(Session::has_room)
             },
-            |tokens| {
+            |fed, draws| {
                 let mut s = sessions.borrow_mut();
-                let t = s.0.step(tokens)?;
-                let g = s.1.step(tokens)?;
-                let r = s.2.as_mut().map(|r| r.step(tokens)).transpose()?;
-                let fused = fuse_rows(&t, &g, r.as_ref());
-                *last.borrow_mut() = (t, g, r, fused.clone());
-                Ok(fused)
+                let (t, g, r) = match fed {
+                    None => first.take().expect("the prefill's logits are used once"),
+                    Some(tokens) => (
+                        s.0.step_on_device(tokens)?,
+                        s.1.step_on_device(tokens)?,
+                        s.2.as_mut().map(|r| r.step_on_device(tokens)).transpose()?,
+                    ),
+                };
+                // The guide may live on another device of the same backend.
+                let device = &self.target.device;
+                let g = g.to_device(device);
+                let r = r.map(|r| r.to_device(device));
+                if on_host {
+                    let scores = HostScores {
+                        target: logits_to_host(s.0.model(), t)?,
+                        guide: logits_to_host(s.1.model(), g)?,
+                        reference: match (&s.2, r) {
+                            (Some(session), Some(r)) => Some(logits_to_host(session.model(), r)?),
+                            _ => None,
+                        },
+                        fused: Vec::new(),
+                    }
+                    .fuse(fusion, cut);
+                    let fused = scores.fused.clone();
+                    *last.borrow_mut() = Some(scores);
+                    Ok(Next::Scores(fused))
+                } else {
+                    let fused = fuse_tensors(fusion, t.clone(), &g, r.as_ref(), cut);
+                    let mut checked = vec![(s.0.model(), &t), (s.1.model(), &g)];
+                    if let (Some(session), Some(r)) = (&s.2, &r) {
+                        checked.push((session.model(), r));
+                    }
+                    let ids = choose_ids(fused, &checked, &self.generation.sampling, draws)?;
+                    Ok(Next::Chosen(ids))
+                }
             },
             &mut |ev: TokenEvent| {
-                if self.config.explain {
-                    let l = last.borrow();
-                    let (lt, lg) = (log_softmax(&l.0[ev.row]), log_softmax(&l.1[ev.row]));
+                if let Some(l) = last.borrow().as_ref().filter(|_| self.config.explain) {
+                    let (lt, lg) = (
+                        log_softmax(&l.target[ev.row]),
+                        log_softmax(&l.guide[ev.row]),
+                    );
                     let y = ev.token as usize;
                     let at = |lp: &[f32]| lp.get(y).copied().unwrap_or(f32::NEG_INFINITY);
                     let reward_lp = at(&lg);
-                    let reference_lp = l.2.as_ref().map(|r| at(&log_softmax(&r[ev.row])));
+                    let reference_lp = l.reference.as_ref().map(|r| at(&log_softmax(&r[ev.row])));
                     explanations.borrow_mut()[ev.row].push(TokenExplanation {
                         token: choice(ev.token),
-                        target_top: choice(argmax(&l.0[ev.row])),
-                        reward_top: choice(argmax(&l.1[ev.row])),
-                        fused_top: choice(argmax(&l.3[ev.row])),
+                        target_top: choice(argmax(&l.target[ev.row])),
+                        reward_top: choice(argmax(&l.guide[ev.row])),
+                        fused_top: choice(argmax(&l.fused[ev.row])),
                         target_logprob: lt[y],
                         reward_logprob: reward_lp,
                         reference_logprob: reference_lp,

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use tita_core::Tokenizer;
-use tita_decode::{decode_loop, FinishReason, GenerationConfig};
+use tita_decode::{decode_loop, FinishReason, GenerationConfig, Next};
 
 fn tokenizer() -> Tokenizer {
     Tokenizer::from_file(
@@ -20,9 +20,18 @@ fn one_hot(vocab: usize, id: u32) -> Vec<f32> {
     s
 }
 
+type Run = (Vec<String>, Vec<u32>, String, FinishReason);
+
 /// Greedy-decodes exactly `script` (or until a stop condition), returning the streamed deltas
-/// per token and the loop's result.
-fn run(script: &[u32], stops: &[&str]) -> (Vec<String>, Vec<u32>, String, FinishReason) {
+/// per token and the loop's result; the same whether each step hands the loop scores to pick
+/// from (host) or the ids already chosen (device).
+fn run(script: &[u32], stops: &[&str]) -> Run {
+    let host = run_as(script, stops, false);
+    assert_eq!(host, run_as(script, stops, true));
+    host
+}
+
+fn run_as(script: &[u32], stops: &[&str], chosen: bool) -> Run {
     let tok = tokenizer();
     let vocab = tok.vocab_size();
     let config = GenerationConfig {
@@ -31,20 +40,28 @@ fn run(script: &[u32], stops: &[&str]) -> (Vec<String>, Vec<u32>, String, Finish
         eos_token_ids: Some(vec![2]),
         ..Default::default()
     };
-    let mut next = 1;
+    let mut next = 0;
     let mut deltas = Vec::new();
     let mut rows = decode_loop(
         &tok,
         &config,
         &[2],
-        vec![one_hot(vocab, script[0])],
+        1,
         || true,
-        |_| {
-            let s = one_hot(vocab, script[next]);
+        |fed, _| {
+            assert_eq!(fed.is_none(), next == 0, "the first call feeds nothing");
+            let id = script[next];
             next += 1;
-            Ok(vec![s])
+            Ok(if chosen {
+                Next::Chosen(vec![id])
+            } else {
+                Next::Scores(vec![one_hot(vocab, id)])
+            })
         },
-        &mut |ev| deltas.push(ev.text_delta.to_string()),
+        &mut |ev| {
+            assert_eq!(ev.scores.is_some(), !chosen);
+            deltas.push(ev.text_delta.to_string())
+        },
     )
     .unwrap();
     let (ids, text, finish) = rows.remove(0);
@@ -116,7 +133,6 @@ fn a_character_cut_off_by_the_token_limit_ends_the_text_as_transformers_decodes_
 #[test]
 fn a_cancelled_generation_stops_at_the_next_token_with_what_it_has() {
     let tok = tokenizer();
-    let vocab = tok.vocab_size();
     let cancel = tita_decode::Cancel::new();
     let config = GenerationConfig {
         max_new_tokens: 10,
@@ -130,9 +146,9 @@ fn a_cancelled_generation_stops_at_the_next_token_with_what_it_has() {
         &tok,
         &config,
         &[2],
-        vec![one_hot(vocab, hello)],
+        1,
         || true,
-        |_| Ok(vec![one_hot(vocab, hello)]),
+        |_, _| Ok(Next::Chosen(vec![hello])),
         &mut |ev| {
             deltas.push(ev.text_delta.to_string());
             if deltas.len() == 3 {

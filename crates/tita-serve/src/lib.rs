@@ -409,6 +409,8 @@ fn run_batch<B: Backend>(models: &Models<B>, jobs: Vec<Job>, max_prompt: usize, 
     let cancel = Cancel::new();
     let generation = GenerationConfig {
         cancel: Some(cancel.clone()),
+        // Log-probs need each step's scores on the host; otherwise only the ids come back.
+        scores_on_host: ready.iter().any(|(job, _)| job.logprobs.is_some()),
         ..first.generation.clone()
     };
     let tita = first.tita.clone();
@@ -418,7 +420,8 @@ fn run_batch<B: Backend>(models: &Models<B>, jobs: Vec<Job>, max_prompt: usize, 
         let (job, _) = &ready[ev.row];
         let logprob = job
             .logprobs
-            .map(|top| logprob_entry(tokenizer, ev.scores, ev.token, top));
+            .zip(ev.scores)
+            .map(|(top, scores)| logprob_entry(tokenizer, scores, ev.token, top));
         let delta = JobEvent::Delta(ev.text_delta.to_string(), logprob);
         if open[ev.row] && job.events.send(delta).is_err() {
             open[ev.row] = false;
@@ -806,6 +809,7 @@ fn prepare(req: ChatRequest, config: &ServerConfig) -> Result<Prepared, ApiError
         stop_strings,
         eos_token_ids: None,
         cancel: Some(Cancel::new()),
+        scores_on_host: false,
     };
     let tita = req.tita.as_ref().map(TitaOptions::config).transpose()?;
     let logprobs = match (req.logprobs, req.top_logprobs) {

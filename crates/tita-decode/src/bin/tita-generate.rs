@@ -243,6 +243,7 @@ impl BackendTask for Run {
             stop_strings: a.stop.clone(),
             eos_token_ids: None,
             cancel: None,
+            scores_on_host: false,
         };
         let request = a.request()?;
         let load = |dir: &PathBuf| -> anyhow::Result<Pipeline<B>> {
