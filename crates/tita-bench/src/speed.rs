@@ -12,8 +12,9 @@ use burn::module::Module;
 use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
 use serde::Serialize;
 use tita_core::image::PixelValues;
-use tita_core::sampling::argmax;
+use tita_core::sampling::SamplingConfig;
 use tita_core::{ClipVisionConfig, LlamaConfig, LlavaConfig, ModelConfig, QwenVlConfig, Result};
+use tita_decode::select::{choose_ids, fuse_tensors};
 use tita_decode::{Prompt, Session};
 use tita_models::{Precision, StoredDtype, Vlm};
 
@@ -369,12 +370,16 @@ pub fn run<B: Backend>(
             s.step(&[5])?;
         }
     }
-    let ((mut session, mut logits), prefill_s, prefill_cores) =
-        timed(|| Session::prefill(model, &[&prompt], device))?;
+    let ((mut session, mut logits), prefill_s, prefill_cores) = timed(|| {
+        let (session, logits) = Session::prefill_on_device(model, &[&prompt], device)?;
+        // The prefill is done when its logits are.
+        let _ = logits.clone().into_data();
+        Ok((session, logits))
+    })?;
     let ((), decode_s, decode_cores) = timed(|| {
         for _ in 0..new_tokens {
-            let next = argmax(&logits[0]);
-            logits = session.step(&[next])?;
+            let next = choose_next(TITA, std::slice::from_ref(&session), &[logits])?;
+            logits = session.step_on_device(&next)?;
         }
         Ok(())
     })?;
@@ -494,7 +499,7 @@ fn prompts(n: usize, len: usize, vocab: u32) -> Vec<Prompt> {
 }
 
 /// Tokens/s of `steps` decode steps over `models` (one session each), fusing their logits per
-/// row as TITA does when there are two.
+/// row as TITA does when there are two; tokens are chosen on the device, as a generation does.
 fn decode_rate<B: Backend>(
     models: &[&Vlm<B>],
     prompts: &[Prompt],
@@ -505,16 +510,16 @@ fn decode_rate<B: Backend>(
     let mut sessions = Vec::new();
     let mut logits = Vec::new();
     for m in models {
-        let (s, l) = Session::prefill(m, &refs, device)?;
+        let (s, l) = Session::prefill_on_device(m, &refs, device)?;
         sessions.push(s);
         logits.push(l);
     }
     let t = Instant::now();
     for _ in 0..steps {
-        let next: Vec<u32> = (0..refs.len()).map(|r| pick(TITA, &logits, r)).collect();
+        let next = choose_next(TITA, &sessions, &logits)?;
         logits = sessions
             .iter_mut()
-            .map(|s| s.step(&next))
+            .map(|s| s.step_on_device(&next))
             .collect::<Result<_>>()?;
     }
     Ok((steps * refs.len()) as f64 / t.elapsed().as_secs_f64())
@@ -522,13 +527,26 @@ fn decode_rate<B: Backend>(
 
 const TITA: tita_core::fusion::Fusion = tita_core::fusion::Fusion::Interpolate { lambda: 0.3 };
 
-/// The greedy token of row `r`: the first model's alone, or fused with the second's.
-fn pick(fusion: tita_core::fusion::Fusion, logits: &[Vec<Vec<f32>>], r: usize) -> u32 {
-    match logits {
-        [t] => argmax(&t[r]),
-        [t, g, ..] => argmax(&tita_core::fusion::fuse(fusion, &t[r], &g[r], None, None)),
-        [] => 0,
-    }
+/// Every row's greedy token, chosen on the device: the first session's model alone, or fused
+/// with the second's.
+fn choose_next<B: Backend>(
+    fusion: tita_core::fusion::Fusion,
+    sessions: &[Session<B>],
+    logits: &[Tensor<B, 2>],
+) -> Result<Vec<u32>> {
+    let scores = match logits {
+        [t, g, ..] => fuse_tensors(fusion, t.clone(), g, None, None),
+        [t] => t.clone(),
+        [] => return Ok(Vec::new()),
+    };
+    let rows = scores.dims()[0];
+    let checked: Vec<_> = sessions.iter().map(Session::model).zip(logits).collect();
+    choose_ids(
+        scores,
+        &checked,
+        &SamplingConfig::greedy(),
+        &vec![0.0; rows],
+    )
 }
 
 /// Plain versus TITA decoding of `target` and `reward` at each batch size.
@@ -687,15 +705,15 @@ fn query<B: Backend>(
     let mut sessions = Vec::new();
     let mut logits = Vec::new();
     for (m, p) in runs {
-        let (s, l) = Session::prefill(m, &[*p], device)?;
+        let (s, l) = Session::prefill_on_device(m, &[*p], device)?;
         sessions.push(s);
         logits.push(l);
     }
     for _ in 1..answer_tokens {
-        let next = pick(fusion, &logits, 0);
+        let next = choose_next(fusion, &sessions, &logits)?;
         logits = sessions
             .iter_mut()
-            .map(|s| s.step(&[next]))
+            .map(|s| s.step_on_device(&next))
             .collect::<Result<_>>()?;
     }
     Ok(t.elapsed().as_secs_f64())

@@ -165,11 +165,27 @@ fn generations_chosen_on_the_device_equal_those_chosen_on_the_host() {
     let requests: Vec<Request> = cases().iter().map(request).collect();
     let prompts: Vec<_> = cases().iter().map(|c| prompt(&target, c)).collect();
     let prompt_refs: Vec<_> = prompts.iter().collect();
-    for sampling in [SamplingConfig::greedy(), sampled] {
+    // Greedy choice is the argmax either way (the fixture tests pin it); sampling is where the
+    // two paths could part. Few tokens: this runs on lavapipe in CI too.
+    let runs = [
+        (
+            SamplingConfig::greedy(),
+            vec![Fusion::Interpolate { lambda: 0.4 }],
+        ),
+        (
+            sampled,
+            vec![
+                Fusion::Interpolate { lambda: 0.4 },
+                Fusion::Reference { alpha: 1.0 },
+                Fusion::Contrastive { alpha: 1.0 },
+            ],
+        ),
+    ];
+    for (sampling, fusions) in runs {
         let config = |on_host: bool| GenerationConfig {
             sampling: sampling.clone(),
             scores_on_host: on_host,
-            ..greedy(10)
+            ..greedy(6)
         };
         let plain = |on_host: bool| -> Vec<Vec<u32>> {
             Generator::new(&target, config(on_host))
@@ -179,12 +195,10 @@ fn generations_chosen_on_the_device_equal_those_chosen_on_the_host() {
                 .map(|g| g.token_ids)
                 .collect()
         };
-        assert_eq!(plain(false), plain(true), "plain, {sampling:?}");
-        for fusion in [
-            Fusion::Interpolate { lambda: 0.4 },
-            Fusion::Reference { alpha: 1.0 },
-            Fusion::Contrastive { alpha: 1.0 },
-        ] {
+        if sampling.temperature > 0.0 {
+            assert_eq!(plain(false), plain(true), "plain, {sampling:?}");
+        }
+        for fusion in fusions {
             let run = |on_host: bool| -> Vec<Vec<u32>> {
                 let tita = Tita::new(
                     &target,
