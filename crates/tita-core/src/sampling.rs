@@ -87,10 +87,6 @@ impl Sampler {
         self.config.temperature == 0.0
     }
 
-    pub fn config(&self) -> &SamplingConfig {
-        &self.config
-    }
-
     /// The uniform number in [0, 1) the next token is drawn with; 0 without consuming the
     /// stream when greedy. One draw per token, wherever the choice is then made (here, or on
     /// the device), so both give the same stream.

@@ -153,9 +153,9 @@ fn held_back(text: &str, stops: &[String]) -> usize {
         .unwrap_or(0)
 }
 
-/// Runs the loop for `batch` rows on top of any source of next tokens: `next(None, draws)` gives what the first
-/// tokens come from (the prefill's scores, or ids chosen from them); `next(Some(fed), draws)`
-/// feeds one token per row and gives the same for the tokens after. `draws` holds each row's
+/// Runs the loop for `batch` rows on top of any source of next tokens: `next(None, draws)`
+/// gives what the first tokens come from (the prefill's scores, or ids chosen from them);
+/// `next(Some(fed), draws)` feeds one token per row and gives the same for the tokens after. `draws` holds each row's
 /// random number for this token ([`Sampler::draw`]; 0 for finished rows and greedy decoding).
 /// Used by the plain generator and by every fused sampler, so stop conditions and streaming
 /// behave the same.

@@ -146,14 +146,25 @@ struct HostScores {
 }
 
 impl HostScores {
-    fn fuse(mut self, fusion: Fusion, cut: Option<f32>) -> Self {
-        self.fused = (0..self.target.len())
+    fn new(
+        target: Vec<Vec<f32>>,
+        guide: Vec<Vec<f32>>,
+        reference: Option<Vec<Vec<f32>>>,
+        fusion: Fusion,
+        cut: Option<f32>,
+    ) -> Self {
+        let fused = (0..target.len())
             .map(|i| {
-                let reference = self.reference.as_ref().map(|r| r[i].as_slice());
-                fuse(fusion, &self.target[i], &self.guide[i], reference, cut)
+                let r = reference.as_ref().map(|r| r[i].as_slice());
+                fuse(fusion, &target[i], &guide[i], r, cut)
             })
             .collect();
-        self
+        HostScores {
+            target,
+            guide,
+            reference,
+            fused,
+        }
     }
 }
 
@@ -457,16 +468,17 @@ impl<'p, B: Backend> Tita<'p, B> {
                 let g = g.to_device(device);
                 let r = r.map(|r| r.to_device(device));
                 if on_host {
-                    let scores = HostScores {
-                        target: logits_to_host(s.0.model(), t)?,
-                        guide: logits_to_host(s.1.model(), g)?,
-                        reference: match (&s.2, r) {
-                            (Some(session), Some(r)) => Some(logits_to_host(session.model(), r)?),
-                            _ => None,
-                        },
-                        fused: Vec::new(),
-                    }
-                    .fuse(fusion, cut);
+                    let reference = match (&s.2, r) {
+                        (Some(session), Some(r)) => Some(logits_to_host(session.model(), r)?),
+                        _ => None,
+                    };
+                    let scores = HostScores::new(
+                        logits_to_host(s.0.model(), t)?,
+                        logits_to_host(s.1.model(), g)?,
+                        reference,
+                        fusion,
+                        cut,
+                    );
                     let fused = scores.fused.clone();
                     *last.borrow_mut() = Some(scores);
                     Ok(Next::Scores(fused))
