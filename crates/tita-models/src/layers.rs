@@ -106,9 +106,10 @@ pub fn project<B: Backend>(linear: &nn::Linear<B>, x: Tensor<B, 3>, split: usize
 
 /// Whether causal attention runs as burn's fused op ([`attend_fused`]): on burn-flex, whose
 /// flash kernel never writes the score matrix or the mask to memory (prefill of 600 tokens:
-/// 1.15x faster on 2 cores, though the kernel is single-threaded; CLIP's unmasked attention,
-/// which the composed form runs on every core, was not faster, so it keeps that form). Not under autodiff, which composes it from ops anyway, and not on the
-/// GPU backends, where cubecl's flash kernel has not been checked against the parity tests.
+/// 1.12x faster on 2 cores, though the kernel is single-threaded; CLIP's unmasked attention,
+/// which the composed form runs on every core, was not faster, so it keeps that form). Not
+/// under autodiff, which composes it from ops anyway, and not on the GPU backends, where
+/// cubecl's flash kernel has not been checked against the parity tests.
 pub fn fused_attention<B: Backend>(device: &B::Device) -> bool {
     B::name(device) == "flex"
 }

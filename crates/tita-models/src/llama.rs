@@ -265,6 +265,7 @@ fn rotate_half_matrix<B: Backend>(d: usize, device: &B::Device) -> Tensor<B, 2> 
 /// The rotary cos and sin of one forward's tokens, laid out as the projected queries and keys
 /// `[batch, s, heads, d]`: every product of [`Rotary::apply`] is then between contiguous
 /// tensors of one shape, the CPU backend's fast path.
+#[derive(Clone)]
 struct Rotary<B: Backend> {
     cos: Tensor<B, 4>,
     sin: Tensor<B, 4>,
@@ -643,10 +644,15 @@ impl<B: Backend> Llama<B> {
             ),
         };
         let c = &self.config;
-        let rope = (
-            Rotary::new(&rope, c.num_attention_heads, &self.rotate_half),
-            Rotary::new(&rope, c.num_key_value_heads, &self.rotate_half),
-        );
+        let (heads, kv_heads) = (c.num_attention_heads, c.num_key_value_heads);
+        let for_queries = Rotary::new(&rope, heads, &self.rotate_half);
+        // Without grouped queries the keys' tables are the same tensors.
+        let for_keys = if kv_heads == heads {
+            for_queries.clone()
+        } else {
+            Rotary::new(&rope, kv_heads, &self.rotate_half)
+        };
+        let rope = (for_queries, for_keys);
 
         // Additive mask over keys: causal within the new block, and never a padded position.
         // A lowest-finite value (not -inf) keeps fully padded query rows finite, as transformers does.
