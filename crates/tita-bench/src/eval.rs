@@ -79,10 +79,10 @@ impl Method {
 
     pub fn fusion(&self) -> Fusion {
         match *self {
-            Method::Greedy => Fusion::Interpolate { lambda: 0.0 },
-            Method::Tita { lambda } => Fusion::Interpolate { lambda },
-            Method::Reference { alpha } => Fusion::Reference { alpha },
-            Method::Vcd { alpha } => Fusion::Contrastive { alpha },
+            Method::Greedy => Fusion::interpolate(0.0),
+            Method::Tita { lambda } => Fusion::interpolate(lambda),
+            Method::Reference { alpha } => Fusion::reference(alpha),
+            Method::Vcd { alpha } => Fusion::vcd(alpha),
         }
     }
 
@@ -225,9 +225,9 @@ pub fn answer_all<B: Backend>(
     }
     // The sweeper keeps every guide model (reference mode keeps the reference too).
     let sweep_fusion = if models.reference.is_some() {
-        Fusion::Reference { alpha: 1.0 }
+        Fusion::reference(1.0)
     } else {
-        Fusion::Interpolate { lambda: 0.3 }
+        Fusion::interpolate(0.3)
     };
     let sweeper = match models.reward {
         Some(r) => Some(Tita::new(

@@ -525,7 +525,7 @@ fn decode_rate<B: Backend>(
     Ok((steps * refs.len()) as f64 / t.elapsed().as_secs_f64())
 }
 
-const TITA: tita_core::fusion::Fusion = tita_core::fusion::Fusion::Interpolate { lambda: 0.3 };
+const TITA: tita_core::fusion::Fusion = tita_core::fusion::Fusion::interpolate(0.3);
 
 /// Every row's greedy token, chosen on the device: the first session's model alone, or fused
 /// with the second's.
@@ -739,7 +739,7 @@ pub fn run_pope<B: Backend>(
     let mut greedy = Vec::new();
     let mut tita = Vec::new();
     let mut vcd = Vec::new();
-    let vcd_fusion = tita_core::fusion::Fusion::Contrastive { alpha: 1.0 };
+    let vcd_fusion = tita_core::fusion::Fusion::vcd(1.0);
     for q in 0..=queries {
         let tp = pope_prompt(target, QUESTION_TOKENS, q as u32)?;
         let mut noised = tp.clone();

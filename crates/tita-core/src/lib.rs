@@ -1,9 +1,8 @@
-//! tita-core: configs, tokenizer and chat template, image preprocessing, fusion math and
-//! sampling for TITA. No model code lives here.
+//! tita-core: configs, tokenizer and chat template, image preprocessing and sampling for
+//! TITA. No model code lives here.
 
 pub mod config;
 pub mod error;
-pub mod fusion;
 pub mod image;
 pub mod jpeg;
 pub mod jsonl;

@@ -31,7 +31,8 @@ pub fn alpha_bar(t: usize) -> f32 {
     acc as f32
 }
 
-fn check_step(t: usize) -> Result<()> {
+/// Refuses a diffusion step outside the schedule.
+pub fn check_step(t: usize) -> Result<()> {
     if t >= NUM_STEPS {
         return Err(Error::argument(
             "noise_step",

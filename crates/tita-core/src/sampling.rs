@@ -24,6 +24,13 @@ pub fn log_softmax_in_place(xs: &mut [f32]) {
     xs.iter_mut().for_each(|x| *x -= lse);
 }
 
+/// `log_softmax` of a copy.
+pub fn log_softmax(xs: &[f32]) -> Vec<f32> {
+    let mut v = xs.to_vec();
+    log_softmax_in_place(&mut v);
+    v
+}
+
 /// How the next token is picked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingConfig {

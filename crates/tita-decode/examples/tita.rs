@@ -24,7 +24,7 @@ fn main() -> Result<(), tita_core::Error> {
     println!("plain: {:?}", plain.text);
 
     let config = TitaConfig {
-        fusion: Fusion::Interpolate { lambda: 0.3 },
+        fusion: Fusion::interpolate(0.3),
         explain: true,
         ..Default::default()
     };

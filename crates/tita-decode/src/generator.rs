@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use burn::tensor::backend::Backend;
+use burn::tensor::{backend::Backend, Tensor};
 use serde::Serialize;
 use tita_core::sampling::{Sampler, SamplingConfig};
 use tita_core::{Result, Tokenizer};
@@ -118,11 +118,24 @@ pub struct TokenEvent<'a> {
 
 /// What a step of the decoding loop hands back: what every row's next token comes from.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Next {
+pub(crate) enum Next {
     /// Each row's scores on the host; the row's sampler picks with its draw.
     Scores(Vec<Vec<f32>>),
     /// Each row's token, already chosen (on the device) with its draw.
     Chosen(Vec<u32>),
+}
+
+/// A source of next tokens for [`decode_loop`]: plain decoding, a fused method, a sweep.
+pub(crate) trait Stepper {
+    /// Whether another token still fits in every model's context.
+    fn has_room(&self) -> bool;
+    /// `fed = None` gives what the first tokens come from (the prefill's scores, or ids
+    /// chosen from them); `Some(fed)` feeds one token per row and gives the same for the
+    /// tokens after. `draws` holds each row's random number for this token
+    /// ([`Sampler::draw`]; 0 for finished rows and greedy decoding).
+    fn next(&mut self, fed: Option<&[u32]>, draws: &[f64]) -> Result<Next>;
+    /// Sees every chosen token before the caller's `on_token` (explanations).
+    fn observe(&mut self, _event: &TokenEvent) {}
 }
 
 /// Per-row bookkeeping of the decoding loop.
@@ -153,23 +166,18 @@ fn held_back(text: &str, stops: &[String]) -> usize {
         .unwrap_or(0)
 }
 
-/// Runs the loop for `batch` rows on top of any source of next tokens: `next(None, draws)`
-/// gives what the first tokens come from (the prefill's scores, or ids chosen from them);
-/// `next(Some(fed), draws)` feeds one token per row and gives the same for the tokens after. `draws` holds each row's
-/// random number for this token ([`Sampler::draw`]; 0 for finished rows and greedy decoding).
-/// Used by the plain generator and by every fused sampler, so stop conditions and streaming
-/// behave the same.
+/// Runs the loop for `batch` rows on top of any [`Stepper`]. Used by the plain generator and by
+/// every fused method, so stop conditions and streaming behave the same.
 ///
 /// Streaming: each token's event carries the text it completes (through the tokenizer's
 /// incremental decoder); text that may be the start of a stop string waits until it is known
 /// not to be. The deltas of a row concatenate to its final `text`.
-pub fn decode_loop(
+pub(crate) fn decode_loop(
     tokenizer: &Tokenizer,
     config: &GenerationConfig,
     default_eos: &[u32],
     batch: usize,
-    mut has_room: impl FnMut() -> bool,
-    mut next: impl FnMut(Option<&[u32]>, &[f64]) -> Result<Next>,
+    stepper: &mut dyn Stepper,
     on_token: &mut dyn FnMut(TokenEvent),
 ) -> Result<Vec<(Vec<u32>, String, FinishReason)>> {
     let eos = config
@@ -213,8 +221,8 @@ pub fn decode_loop(
                 }
             })
             .collect();
-        let choice = next(fed.as_deref(), &draws)?;
-        let room = has_room();
+        let choice = stepper.next(fed.as_deref(), &draws)?;
+        let room = stepper.has_room();
         let mut feed = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter_mut().enumerate() {
             if row.finish.is_some() {
@@ -262,12 +270,14 @@ pub fn decode_loop(
                 row.text.len() - held_back(&row.text, &config.stop_strings)
             };
             let delta = &row.text[row.streamed.min(end)..end];
-            on_token(TokenEvent {
+            let event = TokenEvent {
                 row: i,
                 token,
                 text_delta: delta,
                 scores,
-            });
+            };
+            stepper.observe(&event);
+            on_token(event);
             row.streamed = row.streamed.max(end);
         }
         if rows.iter().all(|r| r.finish.is_some()) {
@@ -323,32 +333,51 @@ impl<'p, B: Backend> Generator<'p, B> {
         let start = Instant::now();
         let (session, first) = Session::prefill_on_device(&p.model, prompts, &p.device)?;
         let prefill_s = start.elapsed().as_secs_f64();
-        let session = std::cell::RefCell::new(session);
-        let mut first = Some(first);
+        let mut stepper = Plain {
+            session,
+            first: Some(first),
+            config: &self.config,
+        };
         let start = Instant::now();
         let rows = decode_loop(
             &p.tokenizer,
             &self.config,
             &p.model.language_model.config.eos_token_ids,
             prompts.len(),
-            || session.borrow().has_room(),
-            |fed, draws| {
-                let logits = match fed {
-                    None => first.take().expect("the prefill's logits are used once"),
-                    Some(tokens) => session.borrow_mut().step_on_device(tokens)?,
-                };
-                if self.config.scores_on_host {
-                    Ok(Next::Scores(logits_to_host(&p.model, logits)?))
-                } else {
-                    let checked = [(&p.model, &logits)];
-                    let ids = choose_ids(logits.clone(), &checked, &self.config.sampling, draws)?;
-                    Ok(Next::Chosen(ids))
-                }
-            },
+            &mut stepper,
             on_token,
         )?;
         let decode_s = start.elapsed().as_secs_f64();
         Ok(finish(rows, prompts, prefill_s, decode_s))
+    }
+}
+
+/// Plain decoding: one model's session, its logits as they are.
+struct Plain<'m, 'c, B: Backend> {
+    session: Session<'m, B>,
+    /// The prefill's logits, until the first step uses them.
+    first: Option<Tensor<B, 2>>,
+    config: &'c GenerationConfig,
+}
+
+impl<B: Backend> Stepper for Plain<'_, '_, B> {
+    fn has_room(&self) -> bool {
+        self.session.has_room()
+    }
+
+    fn next(&mut self, fed: Option<&[u32]>, draws: &[f64]) -> Result<Next> {
+        let logits = match fed {
+            None => self.first.take().expect("the prefill's logits are used once"),
+            Some(tokens) => self.session.step_on_device(tokens)?,
+        };
+        let model = self.session.model();
+        if self.config.scores_on_host {
+            Ok(Next::Scores(logits_to_host(model, logits)?))
+        } else {
+            let checked = [(model, &logits)];
+            let ids = choose_ids(logits.clone(), &checked, &self.config.sampling, draws)?;
+            Ok(Next::Chosen(ids))
+        }
     }
 }
 
@@ -390,3 +419,7 @@ pub(crate) fn finish(
         })
         .collect()
 }
+
+#[cfg(test)]
+#[path = "streaming_tests.rs"]
+mod streaming_tests;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 use serde_json::Map;
 use tita_core::image::{ImageProcessor, PixelValues};
-use tita_core::template::{ChatTemplate, Message};
+use tita_core::template::{ChatTemplate, Message, Part};
 use tita_core::tokenizer::IMAGE_PLACEHOLDER;
 use tita_core::{Error, Result, Tokenizer};
 use tita_models::{Precision, Vlm};
@@ -84,6 +84,9 @@ pub struct Request {
     /// A whole conversation (system, user and assistant turns) ending with the user's turn;
     /// when set, `prompt` is not used and the image goes where its image part is.
     pub messages: Option<Vec<Message>>,
+    /// The question's position in its set, for methods that vary by question as their
+    /// official pipelines do (MARINE's template draw); 0 when not given.
+    pub position: Option<usize>,
 }
 
 impl Request {
@@ -94,6 +97,7 @@ impl Request {
             image: image.map(Into::into),
             pad,
             messages: None,
+            position: None,
         }
     }
 }
@@ -190,6 +194,43 @@ impl<B: Backend> Pipeline<B> {
                 })
             }
         }
+    }
+
+    /// The model inputs of `request` with its image removed and the rest kept: the same
+    /// conversation, rendered by the template as a text-only turn (M3ID's unconditioned
+    /// branch). A prompt that is already templated loses its image placeholder.
+    pub fn prompt_without_image(&self, request: &Request) -> Result<Prompt> {
+        let messages = match &request.messages {
+            Some(messages) => messages
+                .iter()
+                .map(|m| Message {
+                    role: m.role.clone(),
+                    content: m
+                        .content
+                        .iter()
+                        .filter(|p| !matches!(p, Part::Image {}))
+                        .cloned()
+                        .collect(),
+                })
+                .collect(),
+            None => {
+                if let Some(placeholder) = self
+                    .image_placeholder()
+                    .filter(|p| request.prompt.contains(p.as_str()))
+                {
+                    let text = request
+                        .prompt
+                        .replace(&format!("{placeholder}\n"), "")
+                        .replace(&placeholder, "");
+                    return Ok(Prompt {
+                        ids: self.encode_rendered(&text)?,
+                        pixels: None,
+                    });
+                }
+                self.conversation(&request.prompt, false)
+            }
+        };
+        self.chat_prompt(&messages, None, request.pad)
     }
 
     /// What separates the generation prompt from the answer in a rendered conversation: a

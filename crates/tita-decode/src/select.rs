@@ -1,7 +1,8 @@
-//! Fusion and token choice as tensor ops, so that a decode step sends the device the fed ids
-//! (and the rows' random draws) and brings back only the chosen ids, never a vocabulary of
-//! scores. The host forms ([`tita_core::fusion::fuse`], [`Sampler::pick`]) stay for what needs
-//! the scores themselves: explanations and log-probs.
+//! Token choice as tensor ops, so that a decode step sends the device the fed ids (and the
+//! rows' random draws) and brings back only the chosen ids, never a vocabulary of scores (the
+//! methods' fusions run on the device too: [`crate::guidance`]). The host forms
+//! ([`Fusion::fuse_host`](crate::Fusion::fuse_host), [`Sampler::pick`]) stay for what needs the
+//! scores themselves: explanations and log-probs.
 //!
 //! Both forms compute the same formulas; the device one in f32 throughout (the host one sums
 //! the softmax in f64), so a token whose score ties another's within f32 rounding, or whose
@@ -9,67 +10,12 @@
 //!
 //! [`Sampler::pick`]: tita_core::sampling::Sampler::pick
 
-use burn::tensor::{activation::log_softmax, backend::Backend, Bool, Int, Tensor, TensorData};
-use tita_core::fusion::Fusion;
+use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 use tita_core::sampling::SamplingConfig;
 use tita_core::{Error, Result};
 use tita_models::Vlm;
 
 use crate::session::logits_to_host;
-
-/// [`fuse`](tita_core::fusion::fuse) over `[rows, vocab]` f32 logits: `other` are the reward
-/// model's (or the target's on the noised image), `reference` the DPO reference's. Ids past
-/// the shortest vocabulary get `-inf`; `cut` keeps `p_T(y) >= cut · max p_T`; an identity fusion
-/// gives the target's logits unchanged.
-pub fn fuse_tensors<B: Backend>(
-    fusion: Fusion,
-    target: Tensor<B, 2>,
-    other: &Tensor<B, 2>,
-    reference: Option<&Tensor<B, 2>>,
-    cut: Option<f32>,
-) -> Tensor<B, 2> {
-    let [rows, vocab] = target.dims();
-    let mut out = if fusion.is_identity() {
-        target.clone()
-    } else {
-        let common = vocab
-            .min(other.dims()[1])
-            .min(reference.map_or(usize::MAX, |r| r.dims()[1]));
-        let head = |x: Tensor<B, 2>| x.slice([0..rows, 0..common]);
-        let fused = match fusion {
-            Fusion::Contrastive { alpha } => {
-                head(target.clone()).mul_scalar(1.0 + alpha) - head(other.clone()).mul_scalar(alpha)
-            }
-            Fusion::Interpolate { lambda } => {
-                head(log_softmax(target.clone(), 1)).mul_scalar(1.0 - lambda)
-                    + head(log_softmax(other.clone(), 1)).mul_scalar(lambda)
-            }
-            Fusion::Reference { alpha } => {
-                let reference =
-                    reference.expect("reference mode needs the reference model's logits");
-                let implicit =
-                    head(log_softmax(other.clone(), 1)) - head(log_softmax(reference.clone(), 1));
-                head(log_softmax(target.clone(), 1)) + implicit.mul_scalar(alpha)
-            }
-        };
-        if common < vocab {
-            let rest = Tensor::full([rows, vocab - common], f32::NEG_INFINITY, &target.device());
-            Tensor::cat(vec![fused, rest], 1)
-        } else {
-            fused
-        }
-    };
-    if let Some(cut) = cut {
-        // p_T(y) < cut·max p_T  <=>  z_T(y) < ln(cut) + max z_T
-        let threshold = target
-            .clone()
-            .max_dim(1)
-            .add_scalar(cut.ln())
-            .expand([rows, vocab]);
-        out = out.mask_fill(target.lower(threshold), f32::NEG_INFINITY);
-    }
-    out
-}
 
 /// Every row's next token as `[rows, 1]` ids: the argmax (lowest id on ties) when greedy;
 /// otherwise the token that the row's draw `u` falls on, walking the tokens that temperature,

@@ -141,6 +141,11 @@ impl<'m, B: Backend> Session<'m, B> {
         self.cache.len() < self.model.language_model.config.max_position_embeddings
     }
 
+    /// Rows of the batch.
+    pub fn batch(&self) -> usize {
+        self.cache.batch()
+    }
+
     pub fn model(&self) -> &'m Vlm<B> {
         self.model
     }

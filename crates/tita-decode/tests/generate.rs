@@ -45,7 +45,7 @@ fn greedy_log_probs_through_the_kv_cache_match_transformers() {
         let (mut session, mut logits) =
             tita_decode::Session::prefill(&p.model, &[&prompt], &p.device).unwrap();
         for (i, (&t, w)) in tokens.iter().zip(&want).enumerate() {
-            let lp = tita_core::fusion::log_softmax(&logits[0])[t as usize];
+            let lp = tita_core::sampling::log_softmax(&logits[0])[t as usize];
             assert!(
                 (lp - w).abs() <= 1e-4,
                 "{} step {i}: {lp} vs {w}",

@@ -57,7 +57,7 @@ fn tita_interpolation_matches_transformers() {
             Some(&reward),
             None,
             TitaConfig {
-                fusion: Fusion::Interpolate { lambda },
+                fusion: Fusion::interpolate(lambda),
                 ..Default::default()
             },
             greedy(12),

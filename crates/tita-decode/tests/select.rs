@@ -1,16 +1,17 @@
 //! Fusion and token choice on the device against their host forms: the fused scores agree,
 //! the device picks the token the host sampler picks from the same draw, and whole
-//! generations (plain, TITA, reference, VCD; greedy and sampled) give the same tokens either way.
+//! generations (plain, TITA, reference, VCD, M3ID, MARINE; greedy and sampled) give the same
+//! tokens either way.
 
 mod common;
 
 use burn::tensor::{Tensor, TensorData};
 use common::*;
-use tita_core::fusion::fuse;
 use tita_core::sampling::Sampler;
-use tita_decode::select::{choose, choose_ids, fuse_tensors};
+use tita_decode::guidance::{Interpolate, Reference, Step};
+use tita_decode::select::{choose, choose_ids};
 use tita_decode::{
-    Error, Fusion, GenerationConfig, Generator, Request, SamplingConfig, Tita, TitaConfig,
+    Error, Fusion, GenerationConfig, Generator, Knobs, Request, SamplingConfig, Tita, TitaConfig,
 };
 
 /// Deterministic scores with repeated values (ties) and a spread like logits'.
@@ -43,31 +44,73 @@ fn host(t: Tensor<B, 2>) -> Vec<Vec<f32>> {
 
 #[test]
 fn device_fusion_equals_host_fusion() {
-    let (t, r, refs) = (scores(3, 50, 1), scores(3, 47, 2), scores(3, 50, 3));
-    for fusion in [
-        Fusion::Interpolate { lambda: 0.3 },
-        Fusion::Interpolate { lambda: 0.0 },
-        Fusion::Reference { alpha: 0.7 },
-        Fusion::Contrastive { alpha: 1.0 },
-    ] {
-        for cut in [None, Some(0.1)] {
-            let device = host(fuse_tensors(
-                fusion,
-                tensor(&t),
-                &tensor(&r),
-                Some(&tensor(&refs)),
-                cut,
-            ));
+    // The guides' vocabulary is shorter than the target's: ids past it must be -inf.
+    let (t, g1, g2) = (scores(3, 50, 1), scores(3, 47, 2), scores(3, 50, 3));
+    let knobs = |pairs: &[(&str, serde_json::Value)]| {
+        let mut k = Knobs::new();
+        for (name, v) in pairs {
+            k.set(name, v.clone());
+        }
+        k
+    };
+    let methods: Vec<Fusion> = vec![
+        Fusion::interpolate(0.3),
+        Fusion::interpolate(0.0),
+        Interpolate {
+            lambda: 0.3,
+            tau: Some(0.1),
+        }
+        .into(),
+        Fusion::reference(0.7),
+        Reference {
+            alpha: 0.7,
+            tau: Some(0.1),
+        }
+        .into(),
+        Fusion::vcd(1.0),
+        // An α gate that opens on some rows only, and the avisc variant's cut.
+        Fusion::from_knobs("m3id", &knobs(&[("m3id_alpha", 0.2.into())])).unwrap(),
+        Fusion::from_knobs("m3id", &knobs(&[("m3id_variant", "avisc".into())])).unwrap(),
+        Fusion::from_knobs("marine", &knobs(&[("objects", serde_json::json!(["a"]))])).unwrap(),
+    ];
+    for fusion in methods {
+        for step in [Step { t: 1 }, Step { t: 40 }] {
+            let guides: Vec<Tensor<B, 2>> = [&g1, &g2][..fusion.guides().len()]
+                .iter()
+                .map(|g| tensor(g))
+                .collect();
+            let device = host(fusion.fuse_device(step, tensor(&t), &guides));
             for row in 0..3 {
-                let want = fuse(fusion, &t[row], &r[row], Some(&refs[row]), cut);
+                let g: Vec<&[f32]> = [&g1, &g2][..guides.len()]
+                    .iter()
+                    .map(|g| g[row].as_slice())
+                    .collect();
+                let want = fusion.fuse_host(step, &t[row], &g);
                 for (y, (d, w)) in device[row].iter().zip(&want).enumerate() {
                     assert!(
                         (d == w) || (d - w).abs() < 1e-5,
-                        "{fusion:?} cut {cut:?} row {row} id {y}: device {d}, host {w}"
+                        "{fusion:?} {step:?} row {row} id {y}: device {d}, host {w}"
                     );
                 }
             }
         }
+    }
+}
+
+/// The method with a plausibility cut τ where it takes one (the TITA modes).
+fn with_tau(fusion: &Fusion, tau: f32) -> Fusion {
+    match fusion {
+        Fusion::Interpolate(m) => Interpolate {
+            tau: Some(tau),
+            ..*m
+        }
+        .into(),
+        Fusion::Reference(m) => Reference {
+            tau: Some(tau),
+            ..*m
+        }
+        .into(),
+        other => other.clone(),
     }
 }
 
@@ -170,14 +213,20 @@ fn generations_chosen_on_the_device_equal_those_chosen_on_the_host() {
     let runs = [
         (
             SamplingConfig::greedy(),
-            vec![Fusion::Interpolate { lambda: 0.4 }],
+            vec![Fusion::interpolate(0.4)],
         ),
         (
             sampled,
             vec![
-                Fusion::Interpolate { lambda: 0.4 },
-                Fusion::Reference { alpha: 1.0 },
-                Fusion::Contrastive { alpha: 1.0 },
+                Fusion::interpolate(0.4),
+                Fusion::reference(1.0),
+                Fusion::vcd(1.0),
+                Fusion::from_knobs("m3id", &Knobs::new().with("m3id_alpha", Some(0.9))).unwrap(),
+                Fusion::from_knobs(
+                    "marine",
+                    &Knobs::new().with("objects", Some(serde_json::json!(["cat", "dog"]))),
+                )
+                .unwrap(),
             ],
         ),
     ];
@@ -205,8 +254,7 @@ fn generations_chosen_on_the_device_equal_those_chosen_on_the_host() {
                     Some(&reward),
                     Some(&reference),
                     TitaConfig {
-                        fusion,
-                        tau: Some(0.01),
+                        fusion: with_tau(&fusion, 0.01),
                         ..Default::default()
                     },
                     config(on_host),

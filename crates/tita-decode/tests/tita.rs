@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use tita_decode::guidance::Vcd;
 use tita_decode::{
     Fusion, GenerationConfig, Generator, Pipeline, Request, SamplingConfig, Tita, TitaConfig,
 };
@@ -25,23 +26,23 @@ fn fused_greedy_matches_transformers_single_and_batched() {
     let requests: Vec<Request> = cases.iter().map(request).collect();
     let mut modes: Vec<(Fusion, &str, Option<&str>)> = vec![
         (
-            Fusion::Interpolate { lambda: 0.3 },
+            Fusion::interpolate(0.3),
             "tita_interpolate",
             Some("0.3"),
         ),
         (
-            Fusion::Interpolate { lambda: 0.6 },
+            Fusion::interpolate(0.6),
             "tita_interpolate",
             Some("0.6"),
         ),
     ];
-    modes.push((Fusion::Reference { alpha: 1.0 }, "tita_reference", None));
+    modes.push((Fusion::reference(1.0), "tita_reference", None));
     for (fusion, key, sub) in modes {
         let tita = Tita::new(
             &target,
             Some(&reward),
             Some(&reference),
-            config(fusion),
+            config(fusion.clone()),
             greedy(12),
         )
         .unwrap();
@@ -81,18 +82,19 @@ fn zero_weight_reproduces_plain_decoding() {
             .unwrap();
         assert_eq!(plain.token_ids, ids(&case["greedy"]["token_ids"]));
         for fusion in [
-            Fusion::Interpolate { lambda: 0.0 },
-            Fusion::Reference { alpha: 0.0 },
-            Fusion::Contrastive { alpha: 0.0 },
+            Fusion::interpolate(0.0),
+            Fusion::reference(0.0),
+            Vcd {
+                beta: 1e-9,
+                ..Vcd::new(0.0)
+            }
+            .into(),
         ] {
             let tita = Tita::new(
                 &target,
                 Some(&reward),
                 Some(&reference),
-                TitaConfig {
-                    vcd_beta: 1e-9,
-                    ..config(fusion)
-                },
+                config(fusion.clone()),
                 greedy(12),
             )
             .unwrap();
@@ -121,7 +123,7 @@ fn sampling_over_fused_scores_is_seeded_and_batch_equals_single() {
         &target,
         Some(&reward),
         None,
-        config(Fusion::Interpolate { lambda: 0.5 }),
+        config(Fusion::interpolate(0.5)),
         gen,
     )
     .unwrap();
@@ -172,14 +174,15 @@ fn contrastive_decoding_matches_vcd_with_the_stored_noise() {
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, f32::max);
         assert!(max <= 1e-5, "case {k}: noised pixels max |Δ| {max}");
-        let cfg = TitaConfig {
-            vcd_beta: reference["beta"].as_f64().unwrap() as f32,
-            noise_step: reference["noise_step"].as_u64().unwrap() as usize,
-            noise_eps: Some(eps),
-            ..config(Fusion::Contrastive {
-                alpha: reference["alpha"].as_f64().unwrap() as f32,
-            })
-        };
+        let cfg = config(
+            Vcd {
+                beta: reference["beta"].as_f64().unwrap() as f32,
+                noise_step: reference["noise_step"].as_u64().unwrap() as usize,
+                noise_eps: Some(eps.into()),
+                ..Vcd::new(reference["alpha"].as_f64().unwrap() as f32)
+            }
+            .into(),
+        );
         let out = Tita::new(&target, None, None, cfg, greedy(12))
             .unwrap()
             .generate(&request(&cases[k]))
@@ -196,10 +199,13 @@ fn contrastive_decoding_matches_vcd_with_the_stored_noise() {
 fn contrastive_mode_is_deterministic_for_a_seed() {
     let target = load("llava-target");
     let run = |seed| {
-        let cfg = TitaConfig {
-            noise_seed: seed,
-            ..config(Fusion::Contrastive { alpha: 1.0 })
-        };
+        let cfg = config(
+            Vcd {
+                noise_seed: seed,
+                ..Vcd::new(1.0)
+            }
+            .into(),
+        );
         Tita::new(&target, None, None, cfg, greedy(12))
             .unwrap()
             .generate(&request(&cases()[1]))
@@ -221,7 +227,7 @@ fn explanation_view_is_consistent() {
     let (target, reward) = (load("llava-target"), load("llava-reward"));
     let cfg = TitaConfig {
         explain: true,
-        ..config(Fusion::Interpolate { lambda: 0.3 })
+        ..config(Fusion::interpolate(0.3))
     };
     let out = Tita::new(&target, Some(&reward), None, cfg, greedy(12))
         .unwrap()
@@ -253,7 +259,7 @@ fn reference_mode_explains_with_the_dpo_reward() {
     );
     let cfg = TitaConfig {
         explain: true,
-        ..config(Fusion::Reference { alpha: 1.0 })
+        ..config(Fusion::reference(1.0))
     };
     let req = request(&cases()[0]);
     let out = Tita::new(&target, Some(&reward), Some(&reference), cfg, greedy(6))
@@ -271,7 +277,7 @@ fn reference_mode_explains_with_the_dpo_reward() {
     let prompt = reference.request_prompt(&req).unwrap();
     let (_, logits) =
         tita_decode::Session::prefill(&reference.model, &[&prompt], &reference.device).unwrap();
-    let lp = tita_core::fusion::log_softmax(&logits[0]);
+    let lp = tita_core::sampling::log_softmax(&logits[0]);
     let first = &out.explain[0];
     assert!((first.reference_logprob.unwrap() - lp[first.token.id as usize]).abs() < 1e-6);
 }
@@ -284,7 +290,7 @@ fn bad_configurations_are_clear_errors() {
         &target,
         Some(&reward),
         None,
-        config(Fusion::Interpolate { lambda: 1.2 }),
+        config(Fusion::interpolate(1.2)),
         greedy(4),
     ));
     assert!(e.contains("lambda") && e.contains("1.2"), "{e}");
@@ -292,7 +298,7 @@ fn bad_configurations_are_clear_errors() {
         &target,
         None,
         None,
-        config(Fusion::Interpolate { lambda: 0.3 }),
+        config(Fusion::interpolate(0.3)),
         greedy(4),
     ));
     assert!(e.contains("reward"), "{e}");
@@ -300,7 +306,7 @@ fn bad_configurations_are_clear_errors() {
         &target,
         Some(&reward),
         None,
-        config(Fusion::Reference { alpha: 1.0 }),
+        config(Fusion::reference(1.0)),
         greedy(4),
     ));
     assert!(e.contains("reference"), "{e}");
@@ -310,7 +316,7 @@ fn bad_configurations_are_clear_errors() {
         &target,
         Some(&text),
         None,
-        config(Fusion::Interpolate { lambda: 0.3 }),
+        config(Fusion::interpolate(0.3)),
         greedy(4),
     ));
     assert!(
@@ -336,7 +342,7 @@ fn bad_configurations_are_clear_errors() {
         &target,
         Some(&other),
         None,
-        config(Fusion::Interpolate { lambda: 0.3 }),
+        config(Fusion::interpolate(0.3)),
         greedy(4),
     ));
     assert!(
@@ -354,10 +360,10 @@ fn sweep_equals_full_decoding_for_every_fusion() {
     );
     let fusions: Vec<Fusion> = [0.0, 0.1, 0.3, 0.6, 0.9, 1.0]
         .into_iter()
-        .map(|lambda| Fusion::Interpolate { lambda })
+        .map(|lambda| Fusion::interpolate(lambda))
         .chain([
-            Fusion::Reference { alpha: 1.0 },
-            Fusion::Reference { alpha: 3.0 },
+            Fusion::reference(1.0),
+            Fusion::reference(3.0),
         ])
         .collect();
     // Greedy and seeded sampling; 12 tokens so that answers branch at different depths.
@@ -376,7 +382,7 @@ fn sweep_equals_full_decoding_for_every_fusion() {
             &target,
             Some(&reward),
             Some(&reference),
-            config(Fusion::Reference { alpha: 1.0 }),
+            config(Fusion::reference(1.0)),
             generation.clone(),
         )
         .unwrap();
@@ -394,7 +400,7 @@ fn sweep_equals_full_decoding_for_every_fusion() {
                     &target,
                     Some(&reward),
                     Some(&reference),
-                    config(*f),
+                    config(f.clone()),
                     generation.clone(),
                 )
                 .unwrap()
@@ -426,7 +432,7 @@ fn jpeg_inputs_give_transformers_log_probs() {
             ids(&case["input_ids"])
         );
         let lambda = case["lambda"].as_f64().unwrap() as f32;
-        let mut tita_config = config(Fusion::Interpolate { lambda });
+        let mut tita_config = config(Fusion::interpolate(lambda));
         tita_config.explain = true;
         let tita = Tita::new(&target, Some(&reward), None, tita_config, greedy(12)).unwrap();
         let out = tita.generate(&request).unwrap();

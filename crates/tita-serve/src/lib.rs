@@ -218,15 +218,9 @@ pub struct TitaOptions {
 impl TitaOptions {
     fn config(&self) -> Result<TitaConfig, ApiError> {
         let fusion = match self.mode.as_deref().unwrap_or("interpolate") {
-            "interpolate" => Fusion::Interpolate {
-                lambda: self.lambda.unwrap_or(0.3),
-            },
-            "reference" => Fusion::Reference {
-                alpha: self.alpha.unwrap_or(1.0),
-            },
-            "contrastive" => Fusion::Contrastive {
-                alpha: self.alpha.unwrap_or(1.0),
-            },
+            "interpolate" => Fusion::interpolate(self.lambda.unwrap_or(0.3),),
+            "reference" => Fusion::reference(self.alpha.unwrap_or(1.0),),
+            "contrastive" => Fusion::vcd(self.alpha.unwrap_or(1.0),),
             other => {
                 return Err(ApiError::bad(
                     "tita.mode",
@@ -825,6 +819,7 @@ fn prepare(req: ChatRequest, config: &ServerConfig) -> Result<Prepared, ApiError
         image,
         pad: false,
         messages: Some(messages),
+        position: None,
     };
     Ok((request, generation, tita, logprobs))
 }

@@ -201,7 +201,7 @@ fn tita_field_equals_the_sampler() {
     assert_eq!(status, 200, "{v}");
     let (target, reward) = (pipeline("llava-target"), pipeline("llava-reward"));
     let config = TitaConfig {
-        fusion: Fusion::Interpolate { lambda: 0.3 },
+        fusion: Fusion::interpolate(0.3),
         explain: true,
         ..TitaConfig::default()
     };
@@ -431,7 +431,7 @@ fn logprobs_come_from_the_distribution_each_token_was_chosen_from() {
             let prompt = p.request_prompt(&library_request(PROMPT)).unwrap();
             let (_, logits) =
                 tita_decode::Session::prefill(&p.model, &[&prompt], &p.device).unwrap();
-            let ls = tita_core::fusion::log_softmax(&logits[0]);
+            let ls = tita_core::sampling::log_softmax(&logits[0]);
             let best = ls.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let got = entries[0]["logprob"].as_f64().unwrap() as f32;
             assert!((got - best).abs() < 1e-4, "{got} vs {best}");

@@ -140,15 +140,9 @@ impl Args {
             );
         }
         let fusion = mode.map(|mode| match mode {
-            Mode::Interpolate => Fusion::Interpolate {
-                lambda: self.lambda.unwrap_or(0.3),
-            },
-            Mode::Reference => Fusion::Reference {
-                alpha: self.alpha.unwrap_or(1.0),
-            },
-            Mode::Contrastive => Fusion::Contrastive {
-                alpha: self.alpha.unwrap_or(1.0),
-            },
+            Mode::Interpolate => Fusion::interpolate(self.lambda.unwrap_or(0.3),),
+            Mode::Reference => Fusion::reference(self.alpha.unwrap_or(1.0),),
+            Mode::Contrastive => Fusion::vcd(self.alpha.unwrap_or(1.0),),
         });
         if let Some(f) = fusion {
             f.validate()?;

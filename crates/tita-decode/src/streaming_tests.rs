@@ -1,10 +1,13 @@
 //! Streaming text through the decoding loop with the fixture tokenizer (LLaMA's byte-fallback
-//! vocabulary): scores that force a chosen id sequence drive the real `decode_loop`.
+//! vocabulary): a scripted [`Stepper`] forces a chosen id sequence through the real
+//! [`decode_loop`].
 
 use std::path::PathBuf;
 
-use tita_core::Tokenizer;
-use tita_decode::{decode_loop, FinishReason, GenerationConfig, Next};
+use tita_core::{Result, Tokenizer};
+
+use super::{decode_loop, Next, Stepper};
+use crate::{Cancel, FinishReason, GenerationConfig};
 
 fn tokenizer() -> Tokenizer {
     Tokenizer::from_file(
@@ -21,6 +24,31 @@ fn one_hot(vocab: usize, id: u32) -> Vec<f32> {
 }
 
 type Run = (Vec<String>, Vec<u32>, String, FinishReason);
+
+/// Hands the loop one scripted id per step, as host scores or as an id already chosen.
+struct Script<'s> {
+    script: &'s [u32],
+    next: usize,
+    chosen: bool,
+    vocab: usize,
+}
+
+impl Stepper for Script<'_> {
+    fn has_room(&self) -> bool {
+        true
+    }
+
+    fn next(&mut self, fed: Option<&[u32]>, _draws: &[f64]) -> Result<Next> {
+        assert_eq!(fed.is_none(), self.next == 0, "the first call feeds nothing");
+        let id = self.script[self.next];
+        self.next += 1;
+        Ok(if self.chosen {
+            Next::Chosen(vec![id])
+        } else {
+            Next::Scores(vec![one_hot(self.vocab, id)])
+        })
+    }
+}
 
 /// Greedy-decodes exactly `script` (or until a stop condition), returning the streamed deltas
 /// per token and the loop's result; the same whether each step hands the loop scores to pick
@@ -40,24 +68,19 @@ fn run_as(script: &[u32], stops: &[&str], chosen: bool) -> Run {
         eos_token_ids: Some(vec![2]),
         ..Default::default()
     };
-    let mut next = 0;
     let mut deltas = Vec::new();
+    let mut stepper = Script {
+        script,
+        next: 0,
+        chosen,
+        vocab,
+    };
     let mut rows = decode_loop(
         &tok,
         &config,
         &[2],
         1,
-        || true,
-        |fed, _| {
-            assert_eq!(fed.is_none(), next == 0, "the first call feeds nothing");
-            let id = script[next];
-            next += 1;
-            Ok(if chosen {
-                Next::Chosen(vec![id])
-            } else {
-                Next::Scores(vec![one_hot(vocab, id)])
-            })
-        },
+        &mut stepper,
         &mut |ev| {
             assert_eq!(ev.scores.is_some(), !chosen);
             deltas.push(ev.text_delta.to_string())
@@ -133,22 +156,27 @@ fn a_character_cut_off_by_the_token_limit_ends_the_text_as_transformers_decodes_
 #[test]
 fn a_cancelled_generation_stops_at_the_next_token_with_what_it_has() {
     let tok = tokenizer();
-    let cancel = tita_decode::Cancel::new();
+    let cancel = Cancel::new();
     let config = GenerationConfig {
         max_new_tokens: 10,
         eos_token_ids: Some(vec![2]),
         cancel: Some(cancel.clone()),
         ..Default::default()
     };
-    let hello = id("▁Hello");
+    let hello = [id("▁Hello"); 10];
+    let mut stepper = Script {
+        script: &hello,
+        next: 0,
+        chosen: true,
+        vocab: tok.vocab_size(),
+    };
     let mut deltas = Vec::new();
     let rows = decode_loop(
         &tok,
         &config,
         &[2],
         1,
-        || true,
-        |_, _| Ok(Next::Chosen(vec![hello])),
+        &mut stepper,
         &mut |ev| {
             deltas.push(ev.text_delta.to_string());
             if deltas.len() == 3 {
@@ -162,13 +190,4 @@ fn a_cancelled_generation_stops_at_the_next_token_with_what_it_has() {
     assert_eq!(ids.len(), 3);
     assert_eq!(text, "Hello Hello Hello");
     assert_eq!(deltas.concat(), *text);
-}
-
-#[test]
-fn pipelines_and_samplers_can_be_shared_across_threads() {
-    fn send_sync<T: Send + Sync>() {}
-    send_sync::<tita_decode::Pipeline<burn::backend::Flex>>();
-    send_sync::<tita_decode::Tita<'static, burn::backend::Flex>>();
-    send_sync::<tita_decode::Request>();
-    send_sync::<tita_decode::GenerationConfig>();
 }
