@@ -329,7 +329,7 @@ impl<'p, B: Backend> Generator<'p, B> {
         let rows = decode_loop(
             &p.tokenizer,
             &self.config,
-            &p.model.language_model.config.eos_token_ids,
+            &p.model.text_limits().eos_token_ids,
             prompts.len(),
             || session.borrow().has_room(),
             |fed, draws| {

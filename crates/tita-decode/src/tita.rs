@@ -320,7 +320,7 @@ impl<'p, B: Backend> Tita<'p, B> {
         let rows = decode_loop(
             &self.target.tokenizer,
             &self.generation,
-            &self.target.model.language_model.config.eos_token_ids,
+            &self.target.model.text_limits().eos_token_ids,
             fusions.len(),
             || {
                 let s = state.borrow();
@@ -447,7 +447,7 @@ impl<'p, B: Backend> Tita<'p, B> {
         let rows = decode_loop(
             tok,
             &self.generation,
-            &self.target.model.language_model.config.eos_token_ids,
+            &self.target.model.text_limits().eos_token_ids,
             requests.len(),
             || {
                 let s = sessions.borrow();
