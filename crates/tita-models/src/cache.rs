@@ -167,7 +167,11 @@ impl<B: Backend> Cache<B> {
 
     /// `n` empty caches of kind `L`.
     pub fn of<L: LayerCache<B> + Default>(n: usize) -> Self {
-        Self::new((0..n).map(|_| Box::new(L::default()) as Box<dyn LayerCache<B>>).collect())
+        Self::new(
+            (0..n)
+                .map(|_| Box::new(L::default()) as Box<dyn LayerCache<B>>)
+                .collect(),
+        )
     }
 
     /// Room for `positions` in all (prompt included); never shrinks what was asked before.

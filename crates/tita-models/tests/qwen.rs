@@ -228,7 +228,7 @@ fn logits_positions_and_greedy_tokens_match_transformers() {
             let mut got = vec![next];
             while got.len() < want.len() {
                 let x = model.embed_text(&[vec![next]], &dev);
-                let h = model.forward(x.into(), &mut cache).unwrap();
+                let h = model.forward(x, &mut cache).unwrap();
                 next = argmax(&rows(model.last_logits(h))[0]);
                 got.push(next);
             }
