@@ -13,9 +13,10 @@ use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
 use serde::Serialize;
 use tita_core::image::PixelValues;
 use tita_core::sampling::SamplingConfig;
-use tita_core::{ClipVisionConfig, LlamaConfig, LlavaConfig, ModelConfig, QwenVlConfig, Result};
+use tita_core::Result;
 use tita_decode::select::{choose_ids, fuse_tensors};
 use tita_decode::{Prompt, Session};
+use tita_models::{ClipVisionConfig, LlamaConfig, LlavaConfig, ModelConfig, QwenVlConfig};
 use tita_models::{Precision, StoredDtype, Vlm};
 
 /// Model shapes to benchmark with random weights.
@@ -325,13 +326,7 @@ pub fn write_report(out: &std::path::Path, runs: &[SpeedRun]) -> Result<()> {
 /// Bytes of weights read by one batch-1 decode step of `model`'s language model (an untied
 /// embedding table is gathered from, not streamed).
 pub fn decode_weight_bytes<B: Backend>(model: &Vlm<B>) -> usize {
-    let lm = &model.language_model;
-    let embed = if lm.lm_head.is_some() {
-        lm.embed_tokens.val().dims().iter().product()
-    } else {
-        0
-    };
-    (lm.num_params() - embed) * model.dtype().size()
+    model.decode_weight_bytes()
 }
 
 fn dtype_name(dtype: DType) -> String {
@@ -484,7 +479,7 @@ pub struct TitaSpeedRow {
 /// The token range both models can embed, capped at LLaMA's 32000 text tokens (above them
 /// LLaVA keeps `<image>` and padding).
 fn vocab<B: Backend>(model: &Vlm<B>) -> u32 {
-    model.language_model.config.vocab_size.min(32000) as u32
+    model.text_limits().vocab_size.min(32000) as u32
 }
 
 fn prompts(n: usize, len: usize, vocab: u32) -> Vec<Prompt> {

@@ -406,7 +406,7 @@ pub fn tokenizer() -> tokenizers::Result<tokenizers::Tokenizer> {
 
 /// Files of a world model directory other than its weights: the tokenizer and a CLIP image
 /// processor for [`SIZE`]-pixel images (OpenAI CLIP's mean and std).
-fn write_model_files(dir: &Path, config: &tita_core::ModelConfig) -> tita_core::Result<()> {
+fn write_model_files(dir: &Path, config: &tita_models::ModelConfig) -> tita_core::Result<()> {
     use tita_core::jsonl::write_atomic;
     let json = |v: serde_json::Value| serde_json::to_string_pretty(&v).expect("plain data");
     write_atomic(
@@ -445,14 +445,14 @@ pub fn model_config(
     vision_hidden: usize,
     vision_layers: usize,
     patch: usize,
-) -> tita_core::ModelConfig {
+) -> tita_models::ModelConfig {
     let tok = tokenizer().expect("the world tokenizer builds");
     let id = |t: &str| tok.token_to_id(t).expect("special token present");
-    let mut text = tita_core::LlamaConfig::sized(hidden, layers, heads, heads, hidden * 3);
+    let mut text = tita_models::LlamaConfig::sized(hidden, layers, heads, heads, hidden * 3);
     text.vocab_size = tok.get_vocab_size(true);
     text.max_position_embeddings = 128;
     text.pad_token_id = Some(id("<pad>"));
-    let vision = tita_core::ClipVisionConfig {
+    let vision = tita_models::ClipVisionConfig {
         hidden_size: vision_hidden,
         intermediate_size: vision_hidden * 4,
         num_hidden_layers: vision_layers,
@@ -461,8 +461,8 @@ pub fn model_config(
         patch_size: patch,
         ..Default::default()
     };
-    let mut config = tita_core::LlavaConfig::llava_1_5(text, vision);
-    if let tita_core::ModelConfig::Llava(c) = &mut config {
+    let mut config = tita_models::LlavaConfig::llava_1_5(text, vision);
+    if let tita_models::ModelConfig::Llava(c) = &mut config {
         c.image_token_id = id("<image>");
     }
     config
@@ -471,7 +471,7 @@ pub fn model_config(
 /// A freshly initialised world model, saved as a Hugging Face LLaVA checkpoint directory.
 pub fn init_model<B: burn::tensor::backend::Backend>(
     dir: &Path,
-    config: &tita_core::ModelConfig,
+    config: &tita_models::ModelConfig,
     seed: u64,
     device: &B::Device,
 ) -> tita_core::Result<()> {

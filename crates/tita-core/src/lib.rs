@@ -1,5 +1,5 @@
-//! tita-core: configs, tokenizer and chat template, image preprocessing and sampling for
-//! TITA. No model code lives here.
+//! tita-core: what every family's config parsing shares, tokenizer and chat template, image
+//! preprocessing and sampling for TITA. No model code lives here.
 
 pub mod config;
 pub mod error;
@@ -16,9 +16,6 @@ pub mod sampling;
 pub mod template;
 pub mod tokenizer;
 
-pub use config::{
-    Activation, ClipVisionConfig, LlamaConfig, LlavaConfig, ModelConfig, QwenVisionConfig,
-    QwenVlConfig, SelectStrategy,
-};
+pub use config::Activation;
 pub use error::{Error, Result};
 pub use tokenizer::Tokenizer;

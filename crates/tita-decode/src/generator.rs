@@ -331,7 +331,12 @@ impl<'p, B: Backend> Generator<'p, B> {
     ) -> Result<Vec<Generation>> {
         let p = self.pipeline;
         let start = Instant::now();
-        let (session, first) = Session::prefill_on_device(&p.model, prompts, &p.device)?;
+        let (session, first) = Session::prefill_reserving(
+            &p.model,
+            prompts,
+            Some(self.config.max_new_tokens),
+            &p.device,
+        )?;
         let prefill_s = start.elapsed().as_secs_f64();
         let mut stepper = Plain {
             session,
@@ -342,7 +347,7 @@ impl<'p, B: Backend> Generator<'p, B> {
         let rows = decode_loop(
             &p.tokenizer,
             &self.config,
-            &p.model.language_model.config.eos_token_ids,
+            &p.model.text_limits().eos_token_ids,
             prompts.len(),
             &mut stepper,
             on_token,

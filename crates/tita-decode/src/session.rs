@@ -2,7 +2,7 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 use tita_core::{Error, Result};
-use tita_models::{KvCache, Vlm};
+use tita_models::{DecodeState, Vlm};
 
 use crate::pipeline::Prompt;
 
@@ -33,13 +33,14 @@ pub(crate) fn logits_to_host<B: Backend>(
     Ok(rows)
 }
 
-/// Positions of KV cache allocated beyond the prompt for the tokens to come.
+/// Positions of KV cache allocated beyond the prompt when the caller does not say how many
+/// tokens will come.
 const DECODE_RESERVE: usize = 256;
 
 /// A prefilled KV cache of one model for a batch of sequences.
 pub struct Session<'m, B: Backend> {
     model: &'m Vlm<B>,
-    cache: KvCache<B>,
+    cache: DecodeState<B>,
     device: B::Device,
 }
 
@@ -72,10 +73,22 @@ impl<'m, B: Backend> Session<'m, B> {
         prompts: &[&Prompt],
         device: &B::Device,
     ) -> Result<(Self, Tensor<B, 2>)> {
+        Self::prefill_reserving(model, prompts, None, device)
+    }
+
+    /// [`Session::prefill_on_device`] with KV room for `max_new_tokens` tokens after the
+    /// longest prompt (capped at the context), allocated once; None reserves a default of
+    /// 256. Steps past the room still work: the buffers grow.
+    pub fn prefill_reserving(
+        model: &'m Vlm<B>,
+        prompts: &[&Prompt],
+        max_new_tokens: Option<usize>,
+        device: &B::Device,
+    ) -> Result<(Self, Tensor<B, 2>)> {
         if prompts.is_empty() {
             return Err(Error::argument("prompts", "empty batch"));
         }
-        let context = model.language_model.config.max_position_embeddings;
+        let context = model.text_limits().context;
         let len = prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0);
         if prompts.iter().any(|p| p.ids.is_empty()) {
             return Err(Error::argument("prompt", "no tokens"));
@@ -100,7 +113,7 @@ impl<'m, B: Backend> Session<'m, B> {
             None
         };
         // Left padding keeps every row's last prompt token in the same column.
-        let pad_id = model.language_model.config.pad_token_id.unwrap_or(0);
+        let pad_id = model.text_limits().pad_token_id.unwrap_or(0);
         let pad_left: Vec<usize> = prompts.iter().map(|p| len - p.ids.len()).collect();
         let ids: Vec<Vec<u32>> = prompts
             .iter()
@@ -112,9 +125,8 @@ impl<'m, B: Backend> Session<'m, B> {
             .collect();
         let embeds = model.embed(&ids, images, device)?;
         // Decode steps write into buffers allocated here (they grow by as much again when full).
-        let reserve = (context - len).min(DECODE_RESERVE);
-        let mut cache = KvCache::with_left_padding(model.language_model.layers.len(), pad_left)
-            .reserve(reserve);
+        let capacity = (len + max_new_tokens.unwrap_or(DECODE_RESERVE)).min(context);
+        let mut cache = model.new_padded_cache(pad_left).with_capacity(capacity);
         let hidden = model.forward(embeds, &mut cache)?;
         let logits = model.last_logits(hidden);
         Ok((
@@ -138,7 +150,7 @@ impl<'m, B: Backend> Session<'m, B> {
 
     /// Whether another token still fits in the model's context.
     pub fn has_room(&self) -> bool {
-        self.cache.len() < self.model.language_model.config.max_position_embeddings
+        self.cache.len() < self.model.text_limits().context
     }
 
     /// Rows of the batch.
@@ -169,7 +181,7 @@ impl<'m, B: Backend> Session<'m, B> {
             ));
         }
         if !self.has_room() {
-            let context = self.model.language_model.config.max_position_embeddings;
+            let context = self.model.text_limits().context;
             return Err(Error::ContextOverflow {
                 tokens: self.cache.len() + 1,
                 context,
@@ -177,8 +189,8 @@ impl<'m, B: Backend> Session<'m, B> {
         }
         let ids: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();
         // Straight to the embedding table: a generated id is text, whatever its value.
-        let embeds = self.model.language_model.embed(&ids, &self.device);
-        let hidden = self.model.forward(embeds.into(), &mut self.cache)?;
+        let embeds = self.model.embed_text(&ids, &self.device);
+        let hidden = self.model.forward(embeds, &mut self.cache)?;
         Ok(self.model.last_logits(hidden))
     }
 }

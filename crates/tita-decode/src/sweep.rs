@@ -9,8 +9,8 @@ use tita_core::{Error, Result};
 
 use crate::generator::{decode_loop, finish, Generation, Next, Stepper};
 use crate::guidance::{Fusion, Guide, Step};
-use crate::pipeline::Request;
-use crate::session::Session;
+use crate::pipeline::{Pipeline, Prompt, Request};
+use crate::session::{logits_to_host, Session};
 use crate::tita::Tita;
 
 /// A distinct token history: every branch's session after it (target first) and its
@@ -100,7 +100,7 @@ impl<B: Backend> Stepper for Sweep<'_, '_, B> {
     }
 }
 
-impl<B: Backend> Tita<'_, B> {
+impl<'p, B: Backend> Tita<'p, B> {
     /// One request decoded under several methods at about the cost of one: each branch the
     /// methods need (a model on an input) prefills once, shared by every method that needs it,
     /// and methods whose answers share a prefix share the decode steps of that prefix. For
@@ -133,7 +133,12 @@ impl<B: Backend> Tita<'_, B> {
         }
         let start = Instant::now();
         let t_prompt = self.target.request_prompt(request)?;
-        let (ts, tl) = Session::prefill(&self.target.model, &[&t_prompt], &self.target.device)?;
+        let prefill = |p: &'p Pipeline<B>, prompt: &Prompt| {
+            let room = Some(self.generation.max_new_tokens);
+            let (s, l) = Session::prefill_reserving(&p.model, &[prompt], room, &p.device)?;
+            Ok::<_, Error>((s, logits_to_host(&p.model, l)?))
+        };
+        let (ts, tl) = prefill(self.target, &t_prompt)?;
         let mut root = Branch {
             sessions: vec![ts],
             logits: tl,
@@ -141,7 +146,7 @@ impl<B: Backend> Tita<'_, B> {
         for (guide, m, i) in &shared {
             let pipeline = self.pipeline(guide.model)?;
             let prompt = fusions[*m].guide_prompt(*i, pipeline, request)?;
-            let (s, l) = Session::prefill(&pipeline.model, &[&prompt], &pipeline.device)?;
+            let (s, l) = prefill(pipeline, &prompt)?;
             root.sessions.push(s);
             root.logits.extend(l);
         }
@@ -157,7 +162,7 @@ impl<B: Backend> Tita<'_, B> {
         let rows = decode_loop(
             &self.target.tokenizer,
             &self.generation,
-            &self.target.model.language_model.config.eos_token_ids,
+            &self.target.model.text_limits().eos_token_ids,
             fusions.len(),
             &mut stepper,
             &mut |_| {},

@@ -216,8 +216,9 @@ impl<'p, B: Backend> Tita<'p, B> {
             .map(|r| self.target.request_prompt(r))
             .collect::<Result<Vec<Prompt>>>()?;
         let t_refs: Vec<&Prompt> = target_prompts.iter().collect();
+        let room = Some(self.generation.max_new_tokens);
         let (target, first_t) =
-            Session::prefill_on_device(&self.target.model, &t_refs, &self.target.device)?;
+            Session::prefill_reserving(&self.target.model, &t_refs, room, &self.target.device)?;
         let mut guides = Vec::new();
         let mut first_g = Vec::new();
         for (i, guide) in fusion.guides().iter().enumerate() {
@@ -228,7 +229,7 @@ impl<'p, B: Backend> Tita<'p, B> {
                 .collect::<Result<Vec<Prompt>>>()?;
             let refs: Vec<&Prompt> = prompts.iter().collect();
             let (session, logits) =
-                Session::prefill_on_device(&pipeline.model, &refs, &pipeline.device)?;
+                Session::prefill_reserving(&pipeline.model, &refs, room, &pipeline.device)?;
             guides.push(session);
             first_g.push(logits);
         }
@@ -251,7 +252,7 @@ impl<'p, B: Backend> Tita<'p, B> {
         let rows = decode_loop(
             &self.target.tokenizer,
             &self.generation,
-            &self.target.model.language_model.config.eos_token_ids,
+            &self.target.model.text_limits().eos_token_ids,
             requests.len(),
             &mut stepper,
             on_token,

@@ -7,55 +7,50 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{activation, backend::Backend, Tensor, TensorData};
 use tita_core::{Activation, Result};
 
+use crate::scope::Scope;
 use crate::weights::TensorSource;
 
-/// `nn::Linear` from a PyTorch `[out, in]` weight (and `.bias` when `bias`).
+/// `nn::Linear` from the scope's PyTorch `[out, in]` `weight` (and `bias` when `bias`).
 pub fn linear<B: Backend>(
-    w: &mut impl TensorSource,
-    prefix: &str,
+    mut w: Scope<'_, impl TensorSource>,
     in_features: usize,
     out_features: usize,
     bias: bool,
     device: &B::Device,
 ) -> Result<nn::Linear<B>> {
-    let weight = w.param_transposed(
-        &format!("{prefix}.weight"),
-        &[out_features, in_features],
-        device,
-    )?;
+    let weight = w.param_transposed("weight", &[out_features, in_features], device)?;
     let bias = if bias {
-        Some(w.param(&format!("{prefix}.bias"), [out_features], device)?)
+        Some(w.param("bias", [out_features], device)?)
     } else {
         None
     };
     Ok(nn::Linear { weight, bias })
 }
 
-/// `nn::LayerNorm` from `.weight` and `.bias`.
+/// `nn::LayerNorm` from the scope's `weight` and `bias`.
 pub fn layer_norm<B: Backend>(
-    w: &mut impl TensorSource,
-    prefix: &str,
+    mut w: Scope<'_, impl TensorSource>,
     dim: usize,
     eps: f64,
     device: &B::Device,
 ) -> Result<nn::LayerNorm<B>> {
     // `epsilon` is private: build through the config, then put the stored values in.
     let mut norm = nn::LayerNormConfig::new(dim).with_epsilon(eps).init(device);
-    norm.gamma = w.param(&format!("{prefix}.weight"), [dim], device)?;
-    norm.beta = Some(w.param(&format!("{prefix}.bias"), [dim], device)?);
+    norm.gamma = w.param("weight", [dim], device)?;
+    norm.beta = Some(w.param("bias", [dim], device)?);
     Ok(norm)
 }
 
-/// `nn::RmsNorm` (LLaMA's: `x / sqrt(mean(x²) + eps) · weight`, computed in f32).
+/// `nn::RmsNorm` (LLaMA's: `x / sqrt(mean(x²) + eps) · weight`, computed in f32) from the
+/// scope's `weight`.
 pub fn rms_norm<B: Backend>(
-    w: &mut impl TensorSource,
-    prefix: &str,
+    mut w: Scope<'_, impl TensorSource>,
     dim: usize,
     eps: f64,
     device: &B::Device,
 ) -> Result<nn::RmsNorm<B>> {
     Ok(nn::RmsNorm {
-        gamma: w.param(&format!("{prefix}.weight"), [dim], device)?,
+        gamma: w.param("weight", [dim], device)?,
         epsilon: eps,
     })
 }

@@ -1,31 +1,21 @@
 //! The model above the families: a decoder (LLaMA, or Qwen2 with M-RoPE) and, for a VLM, its
 //! vision half (LLaVA's CLIP + projector, or Qwen2.5-VL's tower). Decoding and training code
 //! talks to this type only: pixels in, image features, embeddings of a prompt with its image
-//! features in place, hidden states, logits.
+//! features in place, a decoding state, hidden states, logits.
 
 use std::path::Path;
 
 use burn::module::Module;
 use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
-use tita_core::image::{flatten_patches, PixelValues};
-use tita_core::{Error, ModelConfig, Result};
+use tita_core::image::PixelValues;
+use tita_core::{Error, Result};
 
-use crate::llama::{KvCache, Llama, MropePositions};
-use crate::llava::{KeyLayout, VisionPart};
-use crate::qwen_vision::QwenVision;
-use crate::qwen_vl::batch_positions;
+use crate::family::{KeyLayout, ModelConfig, Vision};
+use crate::llama::{Llama, MropePositions};
+use crate::state::DecodeState;
 use crate::weights::{
     save_safetensors, Precision, RandomWeights, Recorder, StoredTensor, TensorSource, Weights,
 };
-
-/// The vision half of a VLM, by family.
-// One per model: boxing the larger variant would buy nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Module, Debug)]
-pub enum Vision<B: Backend> {
-    Llava(VisionPart<B>),
-    Qwen(QwenVision<B>),
-}
 
 /// Preprocessed images as the vision tower takes them.
 #[derive(Debug, Clone)]
@@ -103,11 +93,36 @@ impl<B: Backend> From<Tensor<B, 3>> for Embeds<B> {
     }
 }
 
+/// What callers need to know of the language model: its vocabulary, context and special ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextLimits {
+    pub vocab_size: usize,
+    /// Positions the model takes (`max_position_embeddings`), prompt and generation together.
+    pub context: usize,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    pub pad_token_id: Option<u32>,
+}
+
+impl TextLimits {
+    fn of(c: &crate::llama::LlamaConfig) -> Self {
+        TextLimits {
+            vocab_size: c.vocab_size,
+            context: c.max_position_embeddings,
+            bos_token_id: c.bos_token_id,
+            eos_token_ids: c.eos_token_ids.clone(),
+            pad_token_id: c.pad_token_id,
+        }
+    }
+}
+
 /// A loaded checkpoint: the language model and, for a VLM, the vision part.
 #[derive(Module, Debug)]
 pub struct Vlm<B: Backend> {
-    pub language_model: Llama<B>,
+    text: Llama<B>,
     pub vision: Option<Vision<B>>,
+    #[module(skip)]
+    limits: TextLimits,
     #[module(skip)]
     pub config: ModelConfig,
     #[module(skip)]
@@ -135,7 +150,7 @@ impl<B: Backend> Vlm<B> {
     pub fn load_in(dir: &Path, precision: Precision, device: &B::Device) -> Result<Self> {
         let config = ModelConfig::from_file(dir)?;
         let mut w = Weights::open(dir)?;
-        let keys = KeyLayout::detect(&w, &config)?;
+        let keys = config.detect_keys(&w)?;
         let dtype = precision.resolve(w.dtype());
         let mut model = Self::from_source(&mut w, config, keys, dtype, device)?;
         w.finish()?;
@@ -187,7 +202,7 @@ impl<B: Backend> Vlm<B> {
         dtype: DType,
         device: &B::Device,
     ) -> Result<Self> {
-        let keys = KeyLayout::hub(&config);
+        let keys = config.hub_keys();
         // Large tensors come from the backend's generator: seeded, the same seed gives the same model.
         B::seed(device, seed);
         let mut model = Self::from_source(
@@ -225,21 +240,13 @@ impl<B: Backend> Vlm<B> {
             ));
         }
         let w = &mut Recorder::new(source, dtype);
-        let language_model = Llama::load(w, &keys.text, config.text(), device)?;
-        let vision = match &config {
-            ModelConfig::Llama(_) => None,
-            ModelConfig::Llava(c) => Some(Vision::Llava(VisionPart::load(w, &keys, c, device)?)),
-            ModelConfig::QwenVl(c) => Some(Vision::Qwen(QwenVision::load(
-                w,
-                keys.vision.as_deref().unwrap_or_default(),
-                &c.vision,
-                device,
-            )?)),
-        };
+        let text = Llama::load(w, &keys.text, config.text(), device)?;
+        let vision = Vision::load(w, &config, &keys, device)?;
         let stored = std::mem::take(&mut w.taken);
         Ok(Vlm {
-            language_model,
+            text,
             vision,
+            limits: TextLimits::of(config.text()),
             config,
             keys,
             stored,
@@ -249,19 +256,30 @@ impl<B: Backend> Vlm<B> {
 
     /// The float type the weights are held and computed in.
     pub fn dtype(&self) -> DType {
-        self.language_model.embed_tokens.val().dtype()
+        self.text.embed_tokens.val().dtype()
     }
 
     /// The model family, as `model_type` names it.
     pub fn family(&self) -> &'static str {
-        match &self.config {
-            ModelConfig::Llava(_) => "llava",
-            ModelConfig::Llama(_) => "llama",
-            ModelConfig::QwenVl(_) => "qwen2_5_vl",
-        }
+        self.config.family()
     }
 
-    pub fn llava_config(&self) -> Option<&tita_core::LlavaConfig> {
+    /// Vocabulary, context and special ids of the language model.
+    pub fn text_limits(&self) -> &TextLimits {
+        &self.limits
+    }
+
+    /// Whether the output projection is the embedding table (no `lm_head` of its own).
+    pub fn ties_embeddings(&self) -> bool {
+        self.text.lm_head.is_none()
+    }
+
+    /// Bytes of weights read by one batch-1 decode step of the language model.
+    pub fn decode_weight_bytes(&self) -> usize {
+        self.text.decode_params() * self.dtype().size()
+    }
+
+    pub fn llava_config(&self) -> Option<&crate::llava::LlavaConfig> {
         match &self.config {
             ModelConfig::Llava(c) => Some(c),
             _ => None,
@@ -270,11 +288,7 @@ impl<B: Backend> Vlm<B> {
 
     /// The id that stands for image features in a prompt (None for a text-only model).
     pub fn image_token_id(&self) -> Option<u32> {
-        match &self.config {
-            ModelConfig::Llava(c) => Some(c.image_token_id),
-            ModelConfig::QwenVl(c) => Some(c.image_token_id),
-            ModelConfig::Llama(_) => None,
-        }
+        self.config.image_token_id()
     }
 
     /// Positions every image occupies in the prompt when that is fixed (LLaVA); None for a
@@ -282,23 +296,23 @@ impl<B: Backend> Vlm<B> {
     /// [`Vlm::image_tokens_for`]).
     pub fn image_tokens(&self) -> Option<usize> {
         self.llava_config()
-            .map(tita_core::LlavaConfig::image_tokens)
+            .map(crate::llava::LlavaConfig::image_tokens)
     }
 
     /// Positions `image` occupies in the prompt.
     pub fn image_tokens_for(&self, image: &PixelValues) -> Result<usize> {
-        match &self.config {
-            ModelConfig::Llava(c) => Ok(c.image_tokens()),
-            ModelConfig::QwenVl(c) => {
-                let layout = c.vision.patch_layout();
-                Ok(layout.tokens(layout.grid(image.height, image.width)?))
-            }
-            ModelConfig::Llama(_) => Err(text_only()),
-        }
+        self.config.image_tokens_for(image)?.ok_or_else(text_only)
     }
 
-    pub fn new_cache(&self, batch: usize) -> KvCache<B> {
-        self.language_model.new_cache(batch)
+    /// An empty decoding state for `batch` unpadded sequences.
+    pub fn new_cache(&self, batch: usize) -> DecodeState<B> {
+        self.new_padded_cache(vec![0; batch])
+    }
+
+    /// An empty decoding state for sequences left-padded by `pad_left[b]` positions (padded
+    /// positions are never attended to). Give it room with [`DecodeState::with_capacity`].
+    pub fn new_padded_cache(&self, pad_left: Vec<usize>) -> DecodeState<B> {
+        self.text.new_state(pad_left)
     }
 
     /// Puts preprocessed images into the tower's input form, checking them against the
@@ -308,88 +322,18 @@ impl<B: Backend> Vlm<B> {
         images: &[&PixelValues],
         device: &B::Device,
     ) -> Result<PixelBatch<B>> {
-        match &self.config {
-            ModelConfig::Llama(_) => Err(text_only()),
-            ModelConfig::QwenVl(c) => {
-                let layout = c.vision.patch_layout();
-                let width = c.vision.patch_values();
-                let mut data = Vec::new();
-                let mut grids = Vec::with_capacity(images.len());
-                for img in images {
-                    let (rows, grid) = flatten_patches(img, layout)?;
-                    if rows.len() != grid.iter().product::<usize>() * width {
-                        return Err(Error::argument(
-                            "image",
-                            format!(
-                                "{} channels, but vision_config.in_channels is {}",
-                                img.data.len() / (img.height * img.width),
-                                c.vision.in_channels
-                            ),
-                        ));
-                    }
-                    data.extend_from_slice(&rows);
-                    grids.push(grid);
-                }
-                let n = data.len() / width;
-                Ok(PixelBatch::Patches {
-                    rows: Tensor::from_data(
-                        TensorData::new(data, [n, width]),
-                        (device, self.dtype()),
-                    ),
-                    grids,
-                })
-            }
-            ModelConfig::Llava(c) => {
-                let (ch, s) = (c.vision.num_channels, c.vision.image_size);
-                let mut data = Vec::with_capacity(images.len() * ch * s * s);
-                for img in images {
-                    if img.height != s || img.width != s || img.data.len() != ch * s * s {
-                        return Err(Error::argument(
-                            "image",
-                            format!(
-                                "preprocessed to {}x{} ({} values) but vision_config.image_size is {s} with {ch} channels",
-                                img.height,
-                                img.width,
-                                img.data.len()
-                            ),
-                        ));
-                    }
-                    data.extend_from_slice(&img.data);
-                }
-                Ok(PixelBatch::Square(Tensor::from_data(
-                    TensorData::new(data, [images.len(), ch, s, s]),
-                    (device, self.dtype()),
-                )))
-            }
-        }
+        let vision = self.vision.as_ref().ok_or_else(text_only)?;
+        vision.pixels(images, self.dtype(), device)
     }
 
     /// Image features in the text model's width, one run of rows per image.
     pub fn encode_images(&self, pixels: PixelBatch<B>) -> Result<ImageFeatures<B>> {
-        match (self.vision.as_ref(), pixels) {
-            (Some(Vision::Llava(v)), PixelBatch::Square(p)) => {
-                let f = v.forward(p);
-                let [n, per, hid] = f.dims();
-                Ok(ImageFeatures {
-                    rows: f.reshape([n * per, hid]),
-                    counts: vec![per; n],
-                    grids: Vec::new(),
-                })
-            }
-            (Some(Vision::Qwen(v)), PixelBatch::Patches { rows, grids }) => {
-                let layout = v.config.patch_layout();
-                Ok(ImageFeatures {
-                    rows: v.forward(rows, &grids),
-                    counts: grids.iter().map(|&g| layout.tokens(g)).collect(),
-                    grids,
-                })
-            }
-            (None, _) => Err(text_only()),
-            _ => Err(Error::argument(
-                "image",
-                "pixels of another model family (see Vlm::pixels_tensor)",
-            )),
-        }
+        self.vision.as_ref().ok_or_else(text_only)?.encode(pixels)
+    }
+
+    /// Input embeddings of text ids only, whatever their values (generated tokens).
+    pub fn embed_text(&self, ids: &[Vec<u32>], device: &B::Device) -> Embeds<B> {
+        self.text.embed(ids, device).into()
     }
 
     /// Input embeddings of a batch of equal-length id rows; row `b`'s image positions are
@@ -400,8 +344,7 @@ impl<B: Backend> Vlm<B> {
         images: Option<ImageFeatures<B>>,
         device: &B::Device,
     ) -> Result<Embeds<B>> {
-        let lm = &self.language_model;
-        let text = lm.embed(ids, device);
+        let text = self.text.embed(ids, device);
         let Some(images) = images else {
             if let Some(image_id) = self.image_token_id() {
                 if ids.iter().flatten().any(|&t| t == image_id) {
@@ -457,53 +400,52 @@ impl<B: Backend> Vlm<B> {
         Ok(Embeds { x, layout })
     }
 
-    /// Runs input embeddings through the decoder after what `cache` holds: final hidden states.
-    pub fn forward(&self, embeds: Embeds<B>, cache: &mut KvCache<B>) -> Result<Tensor<B, 3>> {
-        let positions = self.positions(&embeds, cache)?;
-        Ok(self
-            .language_model
-            .forward_at(embeds.x, positions.as_ref(), cache))
+    /// Runs input embeddings through the decoder after what `state` holds: final hidden
+    /// states.
+    pub fn forward(&self, embeds: Embeds<B>, state: &mut DecodeState<B>) -> Result<Tensor<B, 3>> {
+        let positions = self.positions(&embeds, state)?;
+        self.text.forward(embeds.x, positions.as_ref(), state)
     }
 
     /// [`Vlm::forward`] returning every decoder layer's output (before the final norm).
     pub fn layer_states(
         &self,
         embeds: Embeds<B>,
-        cache: &mut KvCache<B>,
+        state: &mut DecodeState<B>,
     ) -> Result<Vec<Tensor<B, 3>>> {
-        let positions = self.positions(&embeds, cache)?;
-        Ok(self
-            .language_model
-            .layer_states(embeds.x, positions.as_ref(), cache))
+        let positions = self.positions(&embeds, state)?;
+        self.text.layer_states(embeds.x, positions.as_ref(), state)
     }
 
-    /// Explicit M-RoPE positions for Qwen2-VL prompts with images; None where the cache's
-    /// running positions serve.
-    fn positions(&self, embeds: &Embeds<B>, cache: &KvCache<B>) -> Result<Option<MropePositions>> {
-        Ok(match (&self.config, &embeds.layout) {
-            (ModelConfig::QwenVl(c), Some(ImageLayout { ids, grids })) => {
-                if !cache.is_empty() {
-                    return Err(Error::argument(
-                        "image",
-                        "images are taken in the first forward of a sequence only",
-                    ));
-                }
-                Some(batch_positions(c, ids, cache.pad_left(), grids)?)
-            }
-            _ => None,
-        })
+    /// Explicit rotary positions for prompts with images where the family has them; None
+    /// where the state's running positions serve.
+    fn positions(
+        &self,
+        embeds: &Embeds<B>,
+        state: &DecodeState<B>,
+    ) -> Result<Option<MropePositions>> {
+        let Some(ImageLayout { ids, grids }) = &embeds.layout else {
+            return Ok(None);
+        };
+        let positions = self.config.rope_positions(ids, state.pad_left(), grids)?;
+        if positions.is_some() && !state.is_empty() {
+            return Err(Error::argument(
+                "image",
+                "images are taken in the first forward of a sequence only",
+            ));
+        }
+        Ok(positions)
     }
 
     /// Vocabulary logits of hidden states.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.language_model.logits(hidden)
+        self.text.logits(hidden)
     }
 
     /// Logits of the last position of every row: `[batch, vocab]`.
     pub fn last_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 2> {
         let [b, s, h] = hidden.dims();
         let last = hidden.slice([0..b, s - 1..s, 0..h]);
-        self.logits(last)
-            .reshape([b, self.language_model.config.vocab_size])
+        self.logits(last).reshape([b, self.limits.vocab_size])
     }
 }

@@ -369,7 +369,7 @@ fn qwen_config_errors_name_the_field() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.json");
         std::fs::write(&path, c.to_string()).unwrap();
-        let err = tita_core::ModelConfig::from_file(&path)
+        let err = tita_models::ModelConfig::from_file(&path)
             .unwrap_err()
             .to_string();
         assert!(

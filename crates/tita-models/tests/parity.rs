@@ -67,7 +67,7 @@ fn prefill_all_equals_step_by_step() {
 fn text_only_llama_with_tied_embeddings() {
     let dir = fixtures().join("llama-text");
     let model = Vlm::<B>::load(&dir, &device()).unwrap();
-    assert!(model.vision.is_none() && model.language_model.lm_head.is_none());
+    assert!(model.vision.is_none() && model.ties_embeddings());
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures().join("llama-text.json")).unwrap())
             .unwrap();
@@ -92,7 +92,6 @@ fn text_only_llama_with_tied_embeddings() {
 /// grows twice) gives each row the logits of that row's own unpadded prefill.
 #[test]
 fn padded_batch_in_place_cache_equals_unpadded_prefill() {
-    use tita_models::KvCache;
     let model = Vlm::<B>::load(&fixtures().join("llama-text"), &device()).unwrap();
     let dev = device();
     let prompts: [Vec<u32>; 2] = [vec![1, 15, 27, 3, 9, 44, 8], vec![1, 71, 5]];
@@ -107,17 +106,14 @@ fn padded_batch_in_place_cache_equals_unpadded_prefill() {
                 .collect()
         })
         .collect();
-    let mut cache = KvCache::with_left_padding(model.language_model.layers.len(), pad).reserve(2);
+    let mut cache = model.new_padded_cache(pad).with_capacity(width + 2);
     let hidden = model
         .forward(model.embed(&ids, None, &dev).unwrap(), &mut cache)
         .unwrap();
     let mut batched = vec![rows(model.last_logits(hidden))];
     for &t in &steps {
         let hidden = model
-            .forward(
-                model.language_model.embed(&[vec![t], vec![t]], &dev).into(),
-                &mut cache,
-            )
+            .forward(model.embed_text(&[vec![t], vec![t]], &dev), &mut cache)
             .unwrap();
         batched.push(rows(model.last_logits(hidden)));
     }

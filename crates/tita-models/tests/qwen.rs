@@ -9,9 +9,8 @@ use std::path::PathBuf;
 
 use common::*;
 use tita_core::image::{flatten_patches, ImageProcessor, PatchLayout};
-use tita_core::ModelConfig;
-use tita_models::qwen_vl::rope_index;
-use tita_models::{PixelBatch, Vlm};
+use tita_models::qwen2_5_vl::rope_index;
+use tita_models::{ModelConfig, PixelBatch, Vlm};
 
 const TOL: f32 = 1e-4;
 
@@ -45,7 +44,7 @@ fn exp_i64(name: &str) -> Vec<i64> {
         .collect()
 }
 
-fn qwen_config(m: &Vlm<B>) -> &tita_core::QwenVlConfig {
+fn qwen_config(m: &Vlm<B>) -> &tita_models::QwenVlConfig {
     match &m.config {
         ModelConfig::QwenVl(c) => c,
         other => panic!("not a Qwen2.5-VL config: {other:?}"),
@@ -228,8 +227,8 @@ fn logits_positions_and_greedy_tokens_match_transformers() {
             let mut next = argmax(logits.last().unwrap());
             let mut got = vec![next];
             while got.len() < want.len() {
-                let x = model.language_model.embed(&[vec![next]], &dev);
-                let h = model.forward(x.into(), &mut cache).unwrap();
+                let x = model.embed_text(&[vec![next]], &dev);
+                let h = model.forward(x, &mut cache).unwrap();
                 next = argmax(&rows(model.last_logits(h))[0]);
                 got.push(next);
             }

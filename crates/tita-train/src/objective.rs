@@ -73,7 +73,7 @@ pub fn response_logps<B: Backend>(
     }
 
     let embeds = model.embed(&ids, Some(features), device)?;
-    let mut cache = tita_models::KvCache::with_left_padding(model.language_model.layers.len(), pad);
+    let mut cache = model.new_padded_cache(pad);
     let hidden = model.forward(embeds, &mut cache)?;
     let h = hidden.dims()[2];
     // Position t predicts token t + 1.

@@ -7,8 +7,9 @@ use burn::tensor::backend::AutodiffBackend;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tita_core::image::PixelValues;
-use tita_core::{ClipVisionConfig, LlamaConfig, LlavaConfig, ModelConfig, Result};
+use tita_core::Result;
 use tita_models::Vlm;
+use tita_models::{ClipVisionConfig, LlamaConfig, LlavaConfig, ModelConfig};
 
 use crate::data::{Dataset, Example};
 use crate::optim::AdamW;

@@ -11,10 +11,10 @@ use tita_bench::mme;
 use tita_bench::report::evaluate;
 use tita_bench::speed::{self, ModelSpec, Preset, SpeedRun};
 use tita_core::output::{claim_dir, Claim, Reuse};
-use tita_core::ModelConfig;
 use tita_decode::backend::{dispatch, BackendKind, BackendTask};
 use tita_decode::Pipeline;
 use tita_decode::Precision;
+use tita_models::ModelConfig;
 
 #[derive(Parser)]
 #[command(about = "TITA benchmarks")]

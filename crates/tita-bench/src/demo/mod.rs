@@ -85,7 +85,7 @@ pub struct ModelSize {
 }
 
 impl ModelSize {
-    pub fn config(&self) -> tita_core::ModelConfig {
+    pub fn config(&self) -> tita_models::ModelConfig {
         world::model_config(
             self.hidden,
             self.layers,

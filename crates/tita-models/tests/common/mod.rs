@@ -7,7 +7,7 @@ use burn::tensor::{Tensor, TensorData};
 use tita_core::image::{ImageProcessor, PixelValues};
 use tita_core::tokenizer::llava_prompt;
 use tita_core::Tokenizer;
-use tita_models::{KvCache, TensorSource, Vlm, Weights};
+use tita_models::{DecodeState, TensorSource, Vlm, Weights};
 
 #[cfg(feature = "test-cuda")]
 pub type B = burn::backend::Cuda;
@@ -72,7 +72,7 @@ pub fn all_logits(
     model: &Vlm<B>,
     ids: &[u32],
     pixels: Option<&PixelValues>,
-    cache: &mut KvCache<B>,
+    cache: &mut DecodeState<B>,
 ) -> Vec<Vec<f32>> {
     let dev = device();
     let images = pixels.map(|p| {

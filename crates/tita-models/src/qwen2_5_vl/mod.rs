@@ -3,9 +3,17 @@
 //! frequencies with three position rows (M-RoPE): text advances all three together, an
 //! image's tokens take its temporal, row and column positions.
 
-use tita_core::{Error, QwenVlConfig, Result};
+pub mod config;
+pub mod vision;
 
-use crate::llama::MropePositions;
+use tita_core::{Error, Result};
+
+pub use config::{QwenVisionConfig, QwenVlConfig};
+pub use vision::QwenVision;
+
+use crate::family::{first_present, not_found, KeyLayout};
+use crate::llama::{LlamaKeys, MropePositions};
+use crate::weights::Weights;
 
 /// transformers' `get_rope_index` for one row without its padding: the temporal, height and
 /// width position of every token, and the row's `rope_delta` (the position after the last
@@ -91,4 +99,35 @@ pub fn batch_positions(
         out.deltas.push(delta);
     }
     Ok(out)
+}
+
+/// The layout of the hub checkpoints: `model.*`, `lm_head.weight`, `visual.*`.
+pub fn hub_keys() -> KeyLayout {
+    KeyLayout {
+        text: LlamaKeys {
+            decoder: "model.".into(),
+            lm_head: "lm_head.weight".into(),
+        },
+        vision: Some("visual.".into()),
+        projector: None,
+    }
+}
+
+/// The hub layout (`model.*`, `visual.*`) and transformers 5's in-memory one
+/// (`model.language_model.*`, `model.visual.*`).
+pub fn detect_keys(w: &Weights) -> Result<KeyLayout> {
+    let text = ["model.", "model.language_model."];
+    let decoder = first_present(w, &text, "embed_tokens.weight")
+        .ok_or_else(|| not_found(w, "the language model", &text, "embed_tokens.weight"))?;
+    let vis = ["visual.", "model.visual."];
+    let vision = first_present(w, &vis, "patch_embed.proj.weight")
+        .ok_or_else(|| not_found(w, "the vision tower", &vis, "patch_embed.proj.weight"))?;
+    Ok(KeyLayout {
+        text: LlamaKeys {
+            decoder,
+            lm_head: "lm_head.weight".into(),
+        },
+        vision: Some(vision),
+        projector: None,
+    })
 }

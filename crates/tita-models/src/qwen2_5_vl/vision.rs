@@ -7,9 +7,13 @@
 use burn::module::{Module, Param};
 use burn::nn;
 use burn::tensor::{activation, backend::Backend, DType, Int, Tensor, TensorData};
-use tita_core::{Activation, QwenVisionConfig, Result};
+use tita_core::image::{flatten_patches, PixelValues};
+use tita_core::{Activation, Error, Result};
 
 use crate::layers::{activate, cos_sin, linear, rms_norm, rope_inv_freq};
+use crate::qwen2_5_vl::QwenVisionConfig;
+use crate::scope::Scope;
+use crate::vlm::ImageFeatures;
 use crate::weights::{cast, TensorSource};
 
 /// Transformers' vision RMSNorm epsilon (fixed, not in the config).
@@ -24,15 +28,14 @@ pub struct VisionAttention<B: Backend> {
 
 impl<B: Backend> VisionAttention<B> {
     fn load(
-        w: &mut impl TensorSource,
-        p: &str,
+        mut w: Scope<'_, impl TensorSource>,
         c: &QwenVisionConfig,
         device: &B::Device,
     ) -> Result<Self> {
         let d = c.hidden_size;
         Ok(VisionAttention {
-            qkv: linear(w, &format!("{p}.qkv"), d, 3 * d, true, device)?,
-            proj: linear(w, &format!("{p}.proj"), d, d, true, device)?,
+            qkv: linear(w.pp("qkv"), d, 3 * d, true, device)?,
+            proj: linear(w.pp("proj"), d, d, true, device)?,
             n_heads: c.num_heads,
         })
     }
@@ -77,6 +80,20 @@ pub struct VisionMlp<B: Backend> {
 }
 
 impl<B: Backend> VisionMlp<B> {
+    fn load(
+        mut w: Scope<'_, impl TensorSource>,
+        c: &QwenVisionConfig,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let (d, i) = (c.hidden_size, c.intermediate_size);
+        Ok(VisionMlp {
+            gate_proj: linear(w.pp("gate_proj"), d, i, true, device)?,
+            up_proj: linear(w.pp("up_proj"), d, i, true, device)?,
+            down_proj: linear(w.pp("down_proj"), i, d, true, device)?,
+            act: c.hidden_act,
+        })
+    }
+
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let gate = activate(self.gate_proj.forward(x.clone()), self.act);
         self.down_proj.forward(gate * self.up_proj.forward(x))
@@ -93,22 +110,16 @@ pub struct VisionBlock<B: Backend> {
 
 impl<B: Backend> VisionBlock<B> {
     fn load(
-        w: &mut impl TensorSource,
-        p: &str,
+        mut w: Scope<'_, impl TensorSource>,
         c: &QwenVisionConfig,
         device: &B::Device,
     ) -> Result<Self> {
-        let (d, i) = (c.hidden_size, c.intermediate_size);
+        let d = c.hidden_size;
         Ok(VisionBlock {
-            norm1: rms_norm(w, &format!("{p}.norm1"), d, VISION_EPS, device)?,
-            attn: VisionAttention::load(w, &format!("{p}.attn"), c, device)?,
-            norm2: rms_norm(w, &format!("{p}.norm2"), d, VISION_EPS, device)?,
-            mlp: VisionMlp {
-                gate_proj: linear(w, &format!("{p}.mlp.gate_proj"), d, i, true, device)?,
-                up_proj: linear(w, &format!("{p}.mlp.up_proj"), d, i, true, device)?,
-                down_proj: linear(w, &format!("{p}.mlp.down_proj"), i, d, true, device)?,
-                act: c.hidden_act,
-            },
+            norm1: rms_norm(w.pp("norm1"), d, VISION_EPS, device)?,
+            attn: VisionAttention::load(w.pp("attn"), c, device)?,
+            norm2: rms_norm(w.pp("norm2"), d, VISION_EPS, device)?,
+            mlp: VisionMlp::load(w.pp("mlp"), c, device)?,
         })
     }
 
@@ -133,24 +144,16 @@ pub struct PatchMerger<B: Backend> {
 
 impl<B: Backend> PatchMerger<B> {
     fn load(
-        w: &mut impl TensorSource,
-        p: &str,
+        mut w: Scope<'_, impl TensorSource>,
         c: &QwenVisionConfig,
         device: &B::Device,
     ) -> Result<Self> {
         let wide = c.hidden_size * c.spatial_merge_size.pow(2);
         Ok(PatchMerger {
-            ln_q: rms_norm(w, &format!("{p}.ln_q"), c.hidden_size, VISION_EPS, device)?,
+            ln_q: rms_norm(w.pp("ln_q"), c.hidden_size, VISION_EPS, device)?,
             // `nn.Sequential(Linear, GELU, Linear)`: indices 0 and 2.
-            fc1: linear(w, &format!("{p}.mlp.0"), wide, wide, true, device)?,
-            fc2: linear(
-                w,
-                &format!("{p}.mlp.2"),
-                wide,
-                c.out_hidden_size,
-                true,
-                device,
-            )?,
+            fc1: linear(w.pp("mlp.0"), wide, wide, true, device)?,
+            fc2: linear(w.pp("mlp.2"), wide, c.out_hidden_size, true, device)?,
         })
     }
 
@@ -328,28 +331,69 @@ impl<B: Backend> Segments<B> {
 }
 
 impl<B: Backend> QwenVision<B> {
-    /// Loads the tower under `p` (`visual.` in hub checkpoints).
+    /// Loads the tower under `w` (`visual.` in hub checkpoints).
     pub fn load(
-        w: &mut impl TensorSource,
-        p: &str,
+        mut w: Scope<'_, impl TensorSource>,
         c: &QwenVisionConfig,
         device: &B::Device,
     ) -> Result<Self> {
         let (d, pt, ps) = (c.hidden_size, c.temporal_patch_size, c.patch_size);
         let patch_embed = w.param_transposed(
-            &format!("{p}patch_embed.proj.weight"),
+            "patch_embed.proj.weight",
             &[d, c.in_channels, pt, ps, ps],
             device,
         )?;
         let blocks = (0..c.depth)
-            .map(|i| VisionBlock::load(w, &format!("{p}blocks.{i}"), c, device))
+            .map(|i| VisionBlock::load(w.pp(format_args!("blocks.{i}")), c, device))
             .collect::<Result<_>>()?;
         Ok(QwenVision {
             patch_embed,
             blocks,
-            merger: PatchMerger::load(w, &format!("{p}merger"), c, device)?,
+            merger: PatchMerger::load(w.pp("merger"), c, device)?,
             config: c.clone(),
         })
+    }
+
+    /// Images as the tower takes them: every image's patch rows `[Σ patches, C·T·P·P]` and
+    /// its `[t, h, w]` grid (sides in whole merged patches).
+    pub fn pixels(
+        &self,
+        images: &[&PixelValues],
+        dtype: DType,
+        device: &B::Device,
+    ) -> Result<(Tensor<B, 2>, Vec<[usize; 3]>)> {
+        let c = &self.config;
+        let (layout, width) = (c.patch_layout(), c.patch_values());
+        let mut data = Vec::new();
+        let mut grids = Vec::with_capacity(images.len());
+        for img in images {
+            let (rows, grid) = flatten_patches(img, layout)?;
+            if rows.len() != grid.iter().product::<usize>() * width {
+                return Err(Error::argument(
+                    "image",
+                    format!(
+                        "{} channels, but vision_config.in_channels is {}",
+                        img.data.len() / (img.height * img.width),
+                        c.in_channels
+                    ),
+                ));
+            }
+            data.extend_from_slice(&rows);
+            grids.push(grid);
+        }
+        let n = data.len() / width;
+        let rows = Tensor::from_data(TensorData::new(data, [n, width]), (device, dtype));
+        Ok((rows, grids))
+    }
+
+    /// Image features, one merged cell per row.
+    pub fn encode(&self, rows: Tensor<B, 2>, grids: Vec<[usize; 3]>) -> ImageFeatures<B> {
+        let layout = self.config.patch_layout();
+        ImageFeatures {
+            rows: self.forward(rows, &grids),
+            counts: grids.iter().map(|&g| layout.tokens(g)).collect(),
+            grids,
+        }
     }
 
     /// 2-D rotary cos and sin `[n, 1, head_dim]` (f32): the first quarter of the frequencies

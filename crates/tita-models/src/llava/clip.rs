@@ -5,9 +5,11 @@
 use burn::module::{Module, Param};
 use burn::nn;
 use burn::tensor::{activation, backend::Backend, DType, Tensor};
-use tita_core::{ClipVisionConfig, Result};
+use tita_core::Result;
 
 use crate::layers::{activate, layer_norm, linear};
+use crate::llava::ClipVisionConfig;
+use crate::scope::Scope;
 use crate::weights::{cast, TensorSource};
 
 #[derive(Module, Debug)]
@@ -20,7 +22,23 @@ pub struct ClipAttention<B: Backend> {
 }
 
 impl<B: Backend> ClipAttention<B> {
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// `q_proj`, `k_proj`, `v_proj`, `out_proj` under `w` (a layer's `self_attn`).
+    pub fn load(
+        mut w: Scope<'_, impl TensorSource>,
+        c: &ClipVisionConfig,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let hid = c.hidden_size;
+        Ok(ClipAttention {
+            q_proj: linear(w.pp("q_proj"), hid, hid, true, device)?,
+            k_proj: linear(w.pp("k_proj"), hid, hid, true, device)?,
+            v_proj: linear(w.pp("v_proj"), hid, hid, true, device)?,
+            out_proj: linear(w.pp("out_proj"), hid, hid, true, device)?,
+            n_heads: c.num_attention_heads,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, s, hid] = x.dims();
         let (h, d) = (self.n_heads, hid / self.n_heads);
         let split = |t: Tensor<B, 3>| t.reshape([b, s, h, d]).swap_dims(1, 2);
@@ -51,7 +69,25 @@ pub struct ClipLayer<B: Backend> {
 }
 
 impl<B: Backend> ClipLayer<B> {
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// One `encoder.layers.N` of the tower.
+    pub fn load(
+        mut w: Scope<'_, impl TensorSource>,
+        c: &ClipVisionConfig,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let (hid, inter, eps) = (c.hidden_size, c.intermediate_size, c.layer_norm_eps);
+        Ok(ClipLayer {
+            layer_norm1: layer_norm(w.pp("layer_norm1"), hid, eps, device)?,
+            self_attn: ClipAttention::load(w.pp("self_attn"), c, device)?,
+            layer_norm2: layer_norm(w.pp("layer_norm2"), hid, eps, device)?,
+            fc1: linear(w.pp("mlp.fc1"), hid, inter, true, device)?,
+            fc2: linear(w.pp("mlp.fc2"), inter, hid, true, device)?,
+            act: c.hidden_act,
+        })
+    }
+
+    /// Pre-norm attention and MLP, each added to the residual stream.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x));
         let h = self.fc2.forward(activate(
             self.fc1.forward(self.layer_norm2.forward(x.clone())),
@@ -76,74 +112,35 @@ pub struct ClipVision<B: Backend> {
 }
 
 impl<B: Backend> ClipVision<B> {
-    /// `prefix` is e.g. `vision_tower.vision_model.` (hub) or `vision_tower.` (transformers 5).
+    /// The tower under `w` (`vision_tower.vision_model.` in hub checkpoints, `vision_tower.`
+    /// in transformers 5's).
     pub fn load(
-        w: &mut impl TensorSource,
-        prefix: &str,
-        config: &ClipVisionConfig,
+        mut w: Scope<'_, impl TensorSource>,
+        c: &ClipVisionConfig,
         device: &B::Device,
     ) -> Result<Self> {
-        let c = config;
-        let (hid, ch, p) = (c.hidden_size, c.num_channels, c.patch_size);
+        let (hid, ch, p, eps) = (
+            c.hidden_size,
+            c.num_channels,
+            c.patch_size,
+            c.layer_norm_eps,
+        );
+        let mut e = w.pp("embeddings");
         // [hidden, C, p, p] -> [C·p·p, hidden] so that patches · W gives the conv output.
-        let patch_embedding = w.param_transposed(
-            &format!("{prefix}embeddings.patch_embedding.weight"),
-            &[hid, ch, p, p],
-            device,
-        )?;
-        let class_embedding = w.param(
-            &format!("{prefix}embeddings.class_embedding"),
-            [hid],
-            device,
-        )?;
-        let position_embedding = w.param(
-            &format!("{prefix}embeddings.position_embedding.weight"),
+        let patch_embedding =
+            e.param_transposed("patch_embedding.weight", &[hid, ch, p, p], device)?;
+        let class_embedding = e.param("class_embedding", [hid], device)?;
+        let position_embedding = e.param(
+            "position_embedding.weight",
             [c.num_patches() + 1, hid],
             device,
         )?;
-        w.skip(&format!("{prefix}embeddings.position_ids"));
-        let eps = c.layer_norm_eps;
-        let pre_layrnorm = layer_norm(w, &format!("{prefix}pre_layrnorm"), hid, eps, device)?;
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
-        for i in 0..c.num_hidden_layers {
-            let l = format!("{prefix}encoder.layers.{i}");
-            layers.push(ClipLayer {
-                layer_norm1: layer_norm(w, &format!("{l}.layer_norm1"), hid, eps, device)?,
-                self_attn: ClipAttention {
-                    q_proj: linear(w, &format!("{l}.self_attn.q_proj"), hid, hid, true, device)?,
-                    k_proj: linear(w, &format!("{l}.self_attn.k_proj"), hid, hid, true, device)?,
-                    v_proj: linear(w, &format!("{l}.self_attn.v_proj"), hid, hid, true, device)?,
-                    out_proj: linear(
-                        w,
-                        &format!("{l}.self_attn.out_proj"),
-                        hid,
-                        hid,
-                        true,
-                        device,
-                    )?,
-                    n_heads: c.num_attention_heads,
-                },
-                layer_norm2: layer_norm(w, &format!("{l}.layer_norm2"), hid, eps, device)?,
-                fc1: linear(
-                    w,
-                    &format!("{l}.mlp.fc1"),
-                    hid,
-                    c.intermediate_size,
-                    true,
-                    device,
-                )?,
-                fc2: linear(
-                    w,
-                    &format!("{l}.mlp.fc2"),
-                    c.intermediate_size,
-                    hid,
-                    true,
-                    device,
-                )?,
-                act: c.hidden_act,
-            });
-        }
-        let post_layernorm = layer_norm(w, &format!("{prefix}post_layernorm"), hid, eps, device)?;
+        e.skip("position_ids");
+        let pre_layrnorm = layer_norm(w.pp("pre_layrnorm"), hid, eps, device)?;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| ClipLayer::load(w.pp(format_args!("encoder.layers.{i}")), c, device))
+            .collect::<Result<_>>()?;
+        let post_layernorm = layer_norm(w.pp("post_layernorm"), hid, eps, device)?;
         Ok(ClipVision {
             patch_embedding,
             class_embedding,
@@ -151,7 +148,7 @@ impl<B: Backend> ClipVision<B> {
             pre_layrnorm,
             layers,
             post_layernorm,
-            config: config.clone(),
+            config: c.clone(),
         })
     }
 

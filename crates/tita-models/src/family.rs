@@ -1,0 +1,327 @@
+//! The one place that maps a checkpoint's `model_type` to a family: its config parser, where
+//! its tensors live (hub layout, or detected from the file), how its vision half loads and
+//! takes images, and how its config is written back. A new family is a folder beside
+//! `llava/` and `qwen2_5_vl/` plus one arm per `match` here.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::{backend::Backend, DType};
+use serde_json::Value;
+use tita_core::config::{read_config, Fields};
+use tita_core::image::PixelValues;
+use tita_core::{Error, Result};
+
+use crate::llama::config::{parse_text, TextFamily};
+use crate::llama::{LlamaConfig, LlamaKeys, MropePositions};
+use crate::llava::{self, LlavaConfig, VisionPart};
+use crate::qwen2_5_vl::{self, batch_positions, QwenVision, QwenVlConfig};
+use crate::scope::Scope;
+use crate::vlm::{ImageFeatures, PixelBatch};
+use crate::weights::{TensorSource, Weights};
+
+/// What a checkpoint directory holds, by family.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelConfig {
+    Llava(LlavaConfig),
+    Llama(LlamaConfig),
+    QwenVl(QwenVlConfig),
+}
+
+const SUPPORTED: &str = "`llava`, `llama` or `qwen2_5_vl`";
+
+impl ModelConfig {
+    /// Reads and validates `config.json` (a file, or a directory that holds one).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let (value, path) = read_config(path)?;
+        Self::from_value(&value, &path)
+    }
+
+    /// Parses an already loaded config; `path` is only used in error messages.
+    pub fn from_value(value: &Value, path: &Path) -> Result<Self> {
+        let root = Fields::root(value, path)?;
+        match root.opt_str("model_type")?.as_deref() {
+            Some("llava") => Ok(ModelConfig::Llava(llava::config::parse_llava(&root)?)),
+            Some("llama") => Ok(ModelConfig::Llama(parse_text(
+                &root,
+                None,
+                TextFamily::Llama,
+            )?)),
+            Some("qwen2_5_vl") => Ok(ModelConfig::QwenVl(qwen2_5_vl::config::parse_qwen_vl(
+                &root,
+            )?)),
+            Some(other) => Err(root.err(
+                "model_type",
+                format!("`{other}` is not supported (expected {SUPPORTED})"),
+            )),
+            None => Err(root.err("model_type", format!("missing (expected {SUPPORTED})"))),
+        }
+    }
+
+    /// The config as transformers writes `config.json` (every field explicit), so that a model
+    /// made here (random or trained from scratch) is a checkpoint like any other.
+    pub fn to_hf_json(&self) -> Value {
+        match self {
+            ModelConfig::Llama(c) => c.to_hf_json(),
+            ModelConfig::Llava(c) => c.to_hf_json(),
+            ModelConfig::QwenVl(c) => c.to_hf_json(),
+        }
+    }
+
+    /// The family, as `model_type` names it.
+    pub fn family(&self) -> &'static str {
+        match self {
+            ModelConfig::Llava(_) => "llava",
+            ModelConfig::Llama(_) => "llama",
+            ModelConfig::QwenVl(_) => "qwen2_5_vl",
+        }
+    }
+
+    /// The language model's config.
+    pub fn text(&self) -> &LlamaConfig {
+        match self {
+            ModelConfig::Llava(c) => &c.text,
+            ModelConfig::Llama(c) => c,
+            ModelConfig::QwenVl(c) => &c.text,
+        }
+    }
+
+    /// The id that stands for image features in a prompt (None for a text-only model).
+    pub fn image_token_id(&self) -> Option<u32> {
+        match self {
+            ModelConfig::Llava(c) => Some(c.image_token_id),
+            ModelConfig::QwenVl(c) => Some(c.image_token_id),
+            ModelConfig::Llama(_) => None,
+        }
+    }
+
+    /// Positions `image` occupies in a prompt (None for a text-only model).
+    pub fn image_tokens_for(&self, image: &PixelValues) -> Result<Option<usize>> {
+        Ok(match self {
+            ModelConfig::Llava(c) => Some(c.image_tokens()),
+            ModelConfig::QwenVl(c) => {
+                let layout = c.vision.patch_layout();
+                Some(layout.tokens(layout.grid(image.height, image.width)?))
+            }
+            ModelConfig::Llama(_) => None,
+        })
+    }
+
+    /// Where the tensors of the family's hub checkpoints live (random models use it too).
+    pub fn hub_keys(&self) -> KeyLayout {
+        match self {
+            ModelConfig::Llama(_) => crate::llama::hub_keys(),
+            ModelConfig::Llava(_) => llava::hub_keys(),
+            ModelConfig::QwenVl(_) => qwen2_5_vl::hub_keys(),
+        }
+    }
+
+    /// Where the tensors of this checkpoint live, among the layouts the family is known in.
+    pub fn detect_keys(&self, w: &Weights) -> Result<KeyLayout> {
+        match self {
+            ModelConfig::Llama(_) => crate::llama::detect_keys(w),
+            ModelConfig::Llava(_) => llava::detect_keys(w),
+            ModelConfig::QwenVl(_) => qwen2_5_vl::detect_keys(w),
+        }
+    }
+
+    /// Explicit rotary positions of a prefill whose rows hold images, for families that turn
+    /// them by image layout (Qwen2-VL's M-RoPE); None where running positions serve.
+    pub fn rope_positions(
+        &self,
+        ids: &[Vec<u32>],
+        pad_left: &[usize],
+        grids: &[Vec<[usize; 3]>],
+    ) -> Result<Option<MropePositions>> {
+        match self {
+            ModelConfig::QwenVl(c) => batch_positions(c, ids, pad_left, grids).map(Some),
+            ModelConfig::Llava(_) | ModelConfig::Llama(_) => Ok(None),
+        }
+    }
+}
+
+/// Where each part's tensors live in the checkpoint, detected from the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyLayout {
+    pub text: LlamaKeys,
+    /// Prefix of the vision tower (LLaVA: with or without `vision_model.`).
+    pub vision: Option<String>,
+    /// Prefix of LLaVA's `linear_1`, `linear_2`.
+    pub projector: Option<String>,
+}
+
+impl KeyLayout {
+    /// A decoder under `decoder` with `lm_head.weight`, and no vision half.
+    pub fn text_only(decoder: &str) -> Self {
+        KeyLayout {
+            text: LlamaKeys {
+                decoder: decoder.into(),
+                lm_head: "lm_head.weight".into(),
+            },
+            vision: None,
+            projector: None,
+        }
+    }
+}
+
+/// The first of `candidates` under which the checkpoint holds `suffix`.
+pub(crate) fn first_present(w: &Weights, candidates: &[&str], suffix: &str) -> Option<String> {
+    candidates
+        .iter()
+        .find(|p| w.contains(&format!("{p}{suffix}")))
+        .map(|p| p.to_string())
+}
+
+/// `what` is under none of the prefixes `tried`.
+pub(crate) fn not_found(w: &Weights, what: &str, tried: &[&str], suffix: &str) -> Error {
+    let tried: Vec<String> = tried.iter().map(|p| format!("`{p}{suffix}`")).collect();
+    Error::tensor(
+        w.source(),
+        suffix,
+        format!("{what} not found; tried {}", tried.join(", ")),
+    )
+}
+
+/// The vision half of a VLM, by family.
+// One per model: boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum Vision<B: Backend> {
+    Llava(VisionPart<B>),
+    Qwen(QwenVision<B>),
+}
+
+impl<B: Backend> Vision<B> {
+    /// The family's vision half, if it has one.
+    pub fn load(
+        w: &mut impl TensorSource,
+        config: &ModelConfig,
+        keys: &KeyLayout,
+        device: &B::Device,
+    ) -> Result<Option<Self>> {
+        let prefix = keys.vision.as_deref().unwrap_or_default();
+        Ok(match config {
+            ModelConfig::Llama(_) => None,
+            ModelConfig::Llava(c) => Some(Vision::Llava(VisionPart::load(w, keys, c, device)?)),
+            ModelConfig::QwenVl(c) => Some(Vision::Qwen(QwenVision::load(
+                Scope::new(w, prefix),
+                &c.vision,
+                device,
+            )?)),
+        })
+    }
+
+    /// Preprocessed images in the tower's input form, checked against its config.
+    pub fn pixels(
+        &self,
+        images: &[&PixelValues],
+        dtype: DType,
+        device: &B::Device,
+    ) -> Result<PixelBatch<B>> {
+        Ok(match self {
+            Vision::Llava(v) => PixelBatch::Square(v.pixels(images, dtype, device)?),
+            Vision::Qwen(v) => {
+                let (rows, grids) = v.pixels(images, dtype, device)?;
+                PixelBatch::Patches { rows, grids }
+            }
+        })
+    }
+
+    /// Image features in the text model's width, one run of rows per image.
+    pub fn encode(&self, pixels: PixelBatch<B>) -> Result<ImageFeatures<B>> {
+        match (self, pixels) {
+            (Vision::Llava(v), PixelBatch::Square(p)) => Ok(v.encode(p)),
+            (Vision::Qwen(v), PixelBatch::Patches { rows, grids }) => Ok(v.encode(rows, grids)),
+            _ => Err(Error::argument(
+                "image",
+                "pixels of another model family (see Vlm::pixels_tensor)",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llava::ClipVisionConfig;
+    use tita_core::Activation;
+
+    #[test]
+    fn written_configs_read_back_equal() {
+        let mut text = LlamaConfig::sized(64, 2, 4, 2, 128);
+        text.pad_token_id = Some(5);
+        text.tie_word_embeddings = true;
+        let vision = ClipVisionConfig {
+            hidden_size: 32,
+            num_hidden_layers: 3,
+            num_attention_heads: 4,
+            image_size: 64,
+            patch_size: 16,
+            ..Default::default()
+        };
+        let mut llava = LlavaConfig::llava_1_5(text.clone(), vision);
+        if let ModelConfig::Llava(c) = &mut llava {
+            c.vision_feature_layers = vec![-2, -1];
+        }
+        for config in [llava, ModelConfig::Llama(text)] {
+            let json = config.to_hf_json();
+            let back = ModelConfig::from_value(&json, Path::new("config.json")).unwrap();
+            assert_eq!(back, config, "{json:#}");
+        }
+    }
+
+    fn parse(json: &str) -> Result<ModelConfig> {
+        ModelConfig::from_value(
+            &serde_json::from_str(json).unwrap(),
+            Path::new("config.json"),
+        )
+    }
+
+    #[test]
+    fn sparse_llava_takes_transformers_defaults() {
+        let c = match parse(r#"{"model_type": "llava", "text_config": {"model_type": "llama", "vocab_size": 32064}}"#).unwrap() {
+            ModelConfig::Llava(c) => c,
+            other => panic!("expected llava, got {other:?}"),
+        };
+        assert_eq!(c.text.hidden_size, 4096);
+        assert_eq!(c.text.num_key_value_heads, 32);
+        assert_eq!(c.text.rope_theta, 10000.0);
+        assert_eq!(c.text.rms_norm_eps, 1e-6);
+        assert_eq!(c.vision.image_size, 336);
+        assert_eq!(c.vision.hidden_act, Activation::QuickGelu);
+        assert_eq!(c.vision.layer_norm_eps, 1e-5);
+        assert_eq!(c.vision_feature_layers, vec![-2]);
+        assert_eq!(c.image_tokens(), 576);
+        assert_eq!(c.feature_layer_indices(), vec![23]);
+        assert_eq!(c.image_token_id, 32000);
+    }
+
+    #[test]
+    fn rope_parameters_and_dtype_of_transformers_5() {
+        let c = parse(r#"{"model_type": "llama", "dtype": "bfloat16", "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}}"#).unwrap();
+        assert_eq!(c.text().rope_theta, 500000.0);
+        assert_eq!(c.text().dtype.as_deref(), Some("bfloat16"));
+    }
+
+    #[test]
+    fn invalid_configs_name_the_field() {
+        let e = parse(r#"{"model_type": "llama", "hidden_size": 30, "num_attention_heads": 4}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("num_attention_heads"), "{e}");
+        let e =
+            parse(r#"{"model_type": "llama", "num_attention_heads": 8, "num_key_value_heads": 3}"#)
+                .unwrap_err();
+        assert!(e.to_string().contains("num_key_value_heads"), "{e}");
+        let e =
+            parse(r#"{"model_type": "llava", "text_config": {"hidden_size": "big"}}"#).unwrap_err();
+        assert!(e.to_string().contains("text_config.hidden_size"), "{e}");
+        let e = parse(r#"{"model_type": "llava", "vision_feature_layer": -30}"#).unwrap_err();
+        assert!(e.to_string().contains("vision_feature_layer"), "{e}");
+        let e =
+            parse(r#"{"model_type": "llama", "rope_scaling": {"type": "yarn", "factor": 2.0}}"#)
+                .unwrap_err();
+        assert!(e.to_string().contains("rope_scaling"), "{e}");
+        let e = parse(r#"{"model_type": "bert"}"#).unwrap_err();
+        assert!(e.to_string().contains("model_type"), "{e}");
+    }
+}
