@@ -5,7 +5,8 @@
 //! cargo xtask generate --model DIR [--image PATH] --prompt TEXT [--backend flex|ndarray|wgpu|cuda] ...
 //! cargo xtask train pairs|dpo|sft --model DIR ... [--backend ...]
 //! cargo xtask bench [--retrain | --quick] [--backend ...]   (the built-in demo)
-//! cargo xtask bench speed|pope|mme|pope-score ...
+//! cargo xtask bench speed|pope|mme|pope-score|run NAME|list ...
+//! cargo xtask bench score NAME --data DIR --answers FILE   (prints what the official scorer prints)
 //! cargo xtask serve --model DIR [--reward DIR] [--reference DIR] [--port 8000] [--backend ...]
 //! cargo xtask ci [--skip-wgpu]   (skipping the wgpu leg makes the run fail: exit code 2)
 //! ```

@@ -1,8 +1,9 @@
 //! MME (Fu et al., 2023): yes/no questions in 14 categories, two per image. Reads the release
-//! layout (one folder per category: images plus `questions_answers_YN/*.txt`, or images and
-//! tab-separated `image<TAB>question<TAB>answer` lines in a `.txt`) and scores predictions as the
-//! MME tool does: per category accuracy and accuracy+ (both questions of an image right),
-//! score = 100·(acc + acc+), summed into perception and cognition totals.
+//! layout (one folder per category: images plus `questions_answers_YN/*.txt`, or images beside
+//! one `question<TAB>answer` txt each, or beside `image<TAB>question<TAB>answer` lines in a
+//! `.txt`) and scores predictions as the MME tool does: per category accuracy and accuracy+
+//! (both questions of an image right), score = 100·(acc + acc+), summed into perception and
+//! cognition totals. (`benchmarks::mme` has the official tool's exact arithmetic and output.)
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -81,83 +82,10 @@ pub fn read_release(root: &Path) -> Result<Vec<MmeQuestion>> {
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_string();
-        let qa = dir.join("questions_answers_YN");
-        if qa.is_dir() {
-            // Layout A: images in `images/` (or the folder itself), one txt per image.
-            let images = if dir.join("images").is_dir() {
-                dir.join("images")
-            } else {
-                dir.clone()
-            };
-            let files = txt_files(&qa)?;
-            for f in files {
-                let stem = f
-                    .file_stem()
-                    .and_then(|s| s.to_str())
-                    .unwrap_or_default()
-                    .to_string();
-                let image = ["jpg", "png", "jpeg"]
-                    .iter()
-                    .map(|x| images.join(format!("{stem}.{x}")))
-                    .find(|p| p.is_file())
-                    .ok_or_else(|| {
-                        Error::data(
-                            &f,
-                            1,
-                            format!("no image `{stem}.jpg|png` in {}", images.display()),
-                        )
-                    })?;
-                let text = std::fs::read_to_string(&f).map_err(|e| Error::io(&f, e))?;
-                for (i, l) in text
-                    .lines()
-                    .enumerate()
-                    .filter(|(_, l)| !l.trim().is_empty())
-                {
-                    let (question, answer) = parse_line(&f, i + 1, l)?;
-                    out.push(MmeQuestion {
-                        category: category.clone(),
-                        image: image.clone(),
-                        image_name: image
-                            .file_name()
-                            .and_then(|n| n.to_str())
-                            .unwrap_or_default()
-                            .to_string(),
-                        question,
-                        answer,
-                    });
-                }
-            }
+        if dir.join("questions_answers_YN").is_dir() {
+            read_split_folder(&dir, &category, &mut out)?;
         } else {
-            // Layout B: `image<TAB>question<TAB>answer` lines in the folder's txt files.
-            let files = txt_files(&dir)?;
-            for f in files {
-                let text = std::fs::read_to_string(&f).map_err(|e| Error::io(&f, e))?;
-                for (i, l) in text
-                    .lines()
-                    .enumerate()
-                    .filter(|(_, l)| !l.trim().is_empty())
-                {
-                    let (name, rest) = l.split_once('\t').ok_or_else(|| {
-                        Error::data(&f, i + 1, "expected `image<TAB>question<TAB>yes|no`")
-                    })?;
-                    let (question, answer) = parse_line(&f, i + 1, rest)?;
-                    let image = dir.join(name.trim());
-                    if !image.is_file() {
-                        return Err(Error::data(
-                            &f,
-                            i + 1,
-                            format!("image `{}` not found", image.display()),
-                        ));
-                    }
-                    out.push(MmeQuestion {
-                        category: category.clone(),
-                        image,
-                        image_name: name.trim().to_string(),
-                        question,
-                        answer,
-                    });
-                }
-            }
+            read_flat_folder(&dir, &category, &mut out)?;
         }
     }
     if out.is_empty() {
@@ -167,6 +95,103 @@ pub fn read_release(root: &Path) -> Result<Vec<MmeQuestion>> {
         ));
     }
     Ok(out)
+}
+
+/// The image `{stem}.jpg|png|jpeg` in `dir`, if there is one.
+fn image_named(dir: &Path, stem: &str) -> Option<PathBuf> {
+    ["jpg", "png", "jpeg"]
+        .iter()
+        .map(|x| dir.join(format!("{stem}.{x}")))
+        .find(|p| p.is_file())
+}
+
+/// The non-blank lines of a txt file with their line numbers.
+fn txt_lines(f: &Path) -> Result<Vec<(usize, String)>> {
+    let text = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
+    Ok(text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| (i + 1, l.to_string()))
+        .collect())
+}
+
+fn question(category: &str, image: PathBuf, name: &str, qa: (String, String)) -> MmeQuestion {
+    MmeQuestion {
+        category: category.to_string(),
+        image,
+        image_name: name.to_string(),
+        question: qa.0,
+        answer: qa.1,
+    }
+}
+
+/// Layout A: images in `images/` (or the folder itself), `questions_answers_YN/<image>.txt`.
+fn read_split_folder(dir: &Path, category: &str, out: &mut Vec<MmeQuestion>) -> Result<()> {
+    let images = if dir.join("images").is_dir() {
+        dir.join("images")
+    } else {
+        dir.to_path_buf()
+    };
+    for f in txt_files(&dir.join("questions_answers_YN"))? {
+        let stem = f
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let image = image_named(&images, &stem).ok_or_else(|| {
+            Error::data(
+                &f,
+                1,
+                format!("no image `{stem}.jpg|png` in {}", images.display()),
+            )
+        })?;
+        let name = image
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        for (line, l) in txt_lines(&f)? {
+            let qa = parse_line(&f, line, &l)?;
+            out.push(question(category, image.clone(), &name, qa));
+        }
+    }
+    Ok(())
+}
+
+/// Layout B: images and txt files side by side; a txt named after an image holds that image's
+/// `question<TAB>yes|no` lines (the release's own layout), any other txt holds
+/// `image<TAB>question<TAB>yes|no` lines.
+fn read_flat_folder(dir: &Path, category: &str, out: &mut Vec<MmeQuestion>) -> Result<()> {
+    for f in txt_files(dir)? {
+        let stem = f.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        let own = image_named(dir, stem);
+        for (line, l) in txt_lines(&f)? {
+            if let (Some(image), 2) = (&own, l.split('\t').count()) {
+                let name = image
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
+                let qa = parse_line(&f, line, &l)?;
+                out.push(question(category, image.clone(), name, qa));
+                continue;
+            }
+            let (name, rest) = l
+                .split_once('\t')
+                .ok_or_else(|| Error::data(&f, line, "expected `image<TAB>question<TAB>yes|no`"))?;
+            let qa = parse_line(&f, line, rest)?;
+            let image = dir.join(name.trim());
+            if !image.is_file() {
+                return Err(Error::data(
+                    &f,
+                    line,
+                    format!("image `{}` not found", image.display()),
+                ));
+            }
+            out.push(question(category, image, name.trim(), qa));
+        }
+    }
+    Ok(())
 }
 
 /// MME's reading of a free-form answer: "yes"/"no" as is, else look at the first four

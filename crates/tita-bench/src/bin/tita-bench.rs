@@ -5,10 +5,9 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail};
 use burn::tensor::backend::Backend;
 use clap::{Parser, Subcommand};
+use tita_bench::benchmark::{self, Benchmark, DataSpec, ScoreOptions};
 use tita_bench::demo::{self, DemoConfig};
-use tita_bench::eval::{EvalConfig, Method, Models, QuestionSet, SHORT_ANSWER};
-use tita_bench::mme;
-use tita_bench::report::evaluate;
+use tita_bench::eval::{EvalConfig, Method, Models, QuestionSet};
 use tita_bench::speed::{self, ModelSpec, Preset, SpeedRun};
 use tita_core::output::{claim_dir, Claim, Reuse};
 use tita_decode::backend::{dispatch, BackendKind, BackendTask};
@@ -72,6 +71,40 @@ enum Command {
         #[arg(long)]
         release: PathBuf,
     },
+    /// Any registered benchmark (see `list`), several methods side by side.
+    #[command(allow_negative_numbers = true)]
+    Run {
+        /// The benchmark's name.
+        name: String,
+        #[command(flatten)]
+        run: EvalArgs,
+        /// The benchmark's folder (or question files; see `list`), comma separated or repeated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        data: Vec<PathBuf>,
+        /// Only the first N questions of each set.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Scores an answers file in LLaVA's format and prints what the benchmark's official
+    /// scoring code prints.
+    Score {
+        /// The benchmark's name (see `list`).
+        name: String,
+        /// The benchmark's folder, in LLaVA's `playground/data/eval/` layout.
+        #[arg(long)]
+        data: PathBuf,
+        /// Answers JSONL as LLaVA's model_vqa*.py write it.
+        #[arg(long)]
+        answers: PathBuf,
+        /// Print the numbers as one JSON object instead.
+        #[arg(long)]
+        json: bool,
+        /// Also write the files the official code writes (converted answers, submissions) here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The registered benchmarks and what --data each expects.
+    List,
     /// Score an answers JSONL (this project's or LLaVA's) against POPE questions with the
     /// upstream rule.
     PopeScore {
@@ -158,11 +191,13 @@ struct EvalArgs {
     /// Adds tita:λ for each λ (a sweep; costs about one run).
     #[arg(long, value_delimiter = ',')]
     lambdas: Vec<f32>,
-    /// Appended on a new line to each question (LLaVA's evaluation prompt).
-    #[arg(long, default_value = SHORT_ANSWER)]
-    suffix: String,
-    #[arg(long, default_value_t = 16)]
-    max_new_tokens: usize,
+    /// Appended on a new line to each question (default: the benchmark's instruction, for
+    /// POPE and MME LLaVA's "Answer the question using a single word or phrase.").
+    #[arg(long)]
+    suffix: Option<String>,
+    /// Default: the benchmark's (16 for yes/no answers).
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
     /// Decode every method separately instead of sharing prefills (same answers, slower).
     #[arg(long)]
     no_shortcut: bool,
@@ -193,7 +228,7 @@ struct EvalArgs {
 }
 
 impl EvalArgs {
-    fn config(&self) -> anyhow::Result<EvalConfig> {
+    fn config(&self, benchmark: &dyn Benchmark) -> anyhow::Result<EvalConfig> {
         let mut methods = self
             .methods
             .iter()
@@ -208,8 +243,10 @@ impl EvalArgs {
         methods.retain(|m| seen.insert(m.name()));
         Ok(EvalConfig {
             methods,
-            suffix: self.suffix.clone(),
-            max_new_tokens: self.max_new_tokens,
+            suffix: (self.suffix.as_deref())
+                .unwrap_or(benchmark.instruction())
+                .to_string(),
+            max_new_tokens: self.max_new_tokens.unwrap_or(benchmark.max_new_tokens()),
             pad: !self.no_pad,
             shortcut: !self.no_shortcut,
             seed: self.seed,
@@ -218,18 +255,18 @@ impl EvalArgs {
     }
 }
 
-/// Loads the models and runs the question sets (POPE) or the release (MME).
+/// Loads the models and runs a benchmark's question sets.
 struct EvalTask {
     run: EvalArgs,
+    benchmark: &'static dyn Benchmark,
     sets: Vec<QuestionSet>,
-    mme: Option<Vec<mme::MmeQuestion>>,
 }
 
 impl BackendTask for EvalTask {
     type Output = anyhow::Result<()>;
     fn run<B: Backend>(self, device: B::Device, _kind: BackendKind) -> anyhow::Result<()> {
         let a = &self.run;
-        let config = a.config()?;
+        let config = a.config(self.benchmark)?;
         let _claim = claim_eval_dir(a, &config)?;
         let load = |dir: &PathBuf| -> anyhow::Result<Pipeline<B>> {
             let mut p = Pipeline::<B>::load_in(dir, a.dtype, &device)?;
@@ -247,32 +284,8 @@ impl BackendTask for EvalTask {
             reward: reward.as_ref(),
             reference: reference.as_ref(),
         };
-        let title = if self.mme.is_some() {
-            "MME"
-        } else {
-            "POPE / yes-no evaluation"
-        };
-        let results = evaluate(&models, &self.sets, &a.out, &config, true, title)?;
-        if let Some(questions) = &self.mme {
-            let scores = mme::score_methods(questions, &a.out, &config.methods)?;
-            let json = serde_json::to_string_pretty(&scores)?;
-            tita_core::jsonl::write_atomic(&a.out.join("mme.json"), json.as_bytes())?;
-            let mut md = String::from(
-                "\n## MME scores\n\n| method | perception | cognition |\n|---|---|---|\n",
-            );
-            for (m, s) in &scores {
-                md.push_str(&format!(
-                    "| {m} | {:.2} | {:.2} |\n",
-                    s.perception, s.cognition
-                ));
-            }
-            let mut report = std::fs::read_to_string(a.out.join("report.md"))?;
-            report.push_str(&md);
-            tita_core::jsonl::write_atomic(&a.out.join("report.md"), report.as_bytes())?;
-            print!("{md}");
-        }
-        println!("{}", std::fs::read_to_string(a.out.join("report.md"))?);
-        let _ = results;
+        let report = benchmark::run(self.benchmark, &models, &self.sets, &a.out, &config, true)?;
+        println!("{report}");
         eprintln!("-> {}", a.out.display());
         Ok(())
     }
@@ -365,13 +378,37 @@ fn claim_eval_dir(a: &EvalArgs, config: &EvalConfig) -> anyhow::Result<Claim> {
     Ok(claim)
 }
 
-fn run_eval(
-    run: EvalArgs,
-    sets: Vec<QuestionSet>,
-    mme: Option<Vec<mme::MmeQuestion>>,
-) -> anyhow::Result<()> {
+/// Reads `name`'s questions (before anything is loaded or written) and runs them.
+fn run_eval(run: EvalArgs, name: &str, data: DataSpec) -> anyhow::Result<()> {
+    let benchmark = benchmark::by_name(name)?;
+    let sets = benchmark.question_sets(&data)?;
     let backend = run.backend;
-    dispatch(backend, EvalTask { run, sets, mme }).map_err(|e| anyhow!(e))?
+    let task = EvalTask {
+        run,
+        benchmark,
+        sets,
+    };
+    dispatch(backend, task).map_err(|e| anyhow!(e))?
+}
+
+/// `score`: the official output on stdout (or the numbers as JSON), the official files in --out.
+fn score(
+    name: &str,
+    data: &std::path::Path,
+    answers: &std::path::Path,
+    json: bool,
+    out: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let card = benchmark::by_name(name)?.score(data, answers, &ScoreOptions::default())?;
+    if let Some(dir) = out {
+        card.write_files(&dir)?;
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&card.metrics)?);
+    } else {
+        print!("{}", card.printed);
+    }
+    Ok(())
 }
 
 /// The demo: evaluate the committed models, or retrain first.
@@ -458,16 +495,48 @@ fn main() -> anyhow::Result<()> {
             questions,
             limit,
         } => {
-            let sets = questions
-                .iter()
-                .map(|q| QuestionSet::read(q, run.images.as_deref(), limit))
-                .collect::<tita_core::Result<Vec<_>>>()?;
-            run_eval(run, sets, None)?;
+            let images = run.images.clone();
+            let data = DataSpec {
+                paths: questions,
+                images,
+                limit,
+            };
+            run_eval(run, "pope", data)?;
         }
         Command::Mme { run, release } => {
-            let questions = mme::read_release(&release)?;
-            let sets = mme::question_sets(&questions);
-            run_eval(run, sets, Some(questions))?;
+            let images = run.images.clone();
+            let data = DataSpec {
+                paths: vec![release],
+                images,
+                limit: None,
+            };
+            run_eval(run, "mme", data)?;
+        }
+        Command::Run {
+            name,
+            run,
+            data,
+            limit,
+        } => {
+            let images = run.images.clone();
+            let data = DataSpec {
+                paths: data,
+                images,
+                limit,
+            };
+            run_eval(run, &name, data)?;
+        }
+        Command::Score {
+            name,
+            data,
+            answers,
+            json,
+            out,
+        } => score(&name, &data, &answers, json, out)?,
+        Command::List => {
+            for b in benchmark::REGISTRY {
+                println!("{}\t{}", b.name(), b.about());
+            }
         }
         Command::PopeScore {
             questions,
@@ -479,18 +548,8 @@ fn main() -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string(&m)?);
             } else {
-                println!("| split | count | accuracy | precision | recall | F1 | yes ratio |");
-                println!("|---|---|---|---|---|---|---|");
-                println!(
-                    "| {} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} |",
-                    tita_bench::pope::split_name(&questions),
-                    m.count,
-                    m.accuracy,
-                    m.precision,
-                    m.recall,
-                    m.f1,
-                    m.yes_ratio
-                );
+                let split = tita_bench::pope::split_name(&questions);
+                print!("{}", tita_bench::benchmarks::yesno::table(&split, &m));
             }
         }
         Command::Speed {
