@@ -1,9 +1,9 @@
 //! Yes/no hallucination evaluation (POPE, MME, any `{"image", "text", "label"}` set) of several
-//! decoding methods side by side in one run: plain greedy, TITA interpolate at a list of λ,
-//! TITA reference mode, VCD. Answers are appended to LLaVA-format JSONL files as they come, so
-//! an interrupted run resumes without asking anything twice. Greedy, interpolate and reference
-//! methods of one question share one prefill of each model ([`Tita::sweep`]), so a λ sweep
-//! costs about one run.
+//! decoding methods side by side in one run: plain greedy and any registered method (TITA
+//! interpolate at a list of λ, TITA reference mode, VCD, M3ID, MARINE). Answers are appended to
+//! LLaVA-format JSONL files as they come, so an interrupted run resumes without asking anything
+//! twice. All methods of one question share one prefill of each branch they read
+//! ([`Tita::sweep`]), so a λ sweep costs about one run.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -12,8 +12,9 @@ use std::time::Instant;
 use burn::tensor::backend::Backend;
 use serde::Serialize;
 use tita_core::{jsonl, Error, Result};
+use tita_decode::guidance::{GuideModel, Vcd};
 use tita_decode::{
-    Fusion, Generation, GenerationConfig, Generator, Pipeline, Request, Tita, TitaConfig,
+    Fusion, Generation, GenerationConfig, Generator, Knobs, Pipeline, Request, Tita, TitaConfig,
 };
 
 use crate::pope::{Answer, Question};
@@ -21,77 +22,106 @@ use crate::pope::{Answer, Question};
 /// LLaVA-1.5's instruction for short answers, appended on a new line to every question.
 pub const SHORT_ANSWER: &str = "Answer the question using a single word or phrase.";
 
-/// A decoding method under evaluation.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-#[serde(tag = "method", rename_all = "lowercase")]
+/// A decoding method under evaluation: plain greedy decoding, or any registered method
+/// ([`Fusion`]) with its knobs.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Method {
     Greedy,
-    /// TITA interpolate with weight λ on the reward model.
-    Tita {
-        lambda: f32,
-    },
-    /// TITA reference mode with weight α on the implicit reward.
-    Reference {
-        alpha: f32,
-    },
-    /// Visual contrastive decoding against the target on a noised image.
-    Vcd {
-        alpha: f32,
-    },
+    Guided(Fusion),
 }
 
+/// Short names the method lists have always taken, beside the registered mode names.
+const ALIASES: &[(&str, &str)] = &[("tita", "interpolate"), ("vcd", "contrastive")];
+
 impl Method {
-    /// `greedy`, `tita:0.3`, `reference:1`, `vcd:1`.
-    pub fn parse(s: &str) -> Result<Self> {
+    /// `greedy`, or `MODE[:VALUE]` where MODE is a registered mode (`interpolate`, `reference`,
+    /// `contrastive`, `m3id`, `marine`; `tita` and `vcd` are short for the first and third) and
+    /// VALUE sets the mode's first knob (λ, α, α, M3ID's λ, MARINE's γ). `shared` knobs (e.g.
+    /// MARINE's `objects`, VCD's `noise_seed`) go to every method that takes them.
+    pub fn parse(s: &str, shared: &Knobs) -> Result<Self> {
         let (kind, value) = s.split_once(':').unwrap_or((s, ""));
-        let num = |default: f32| -> Result<f32> {
-            if value.is_empty() {
-                return Ok(default);
+        if kind == "greedy" && value.is_empty() {
+            return Ok(Method::Greedy);
+        }
+        let mode = ALIASES
+            .iter()
+            .find(|(alias, _)| *alias == kind)
+            .map_or(kind, |(_, mode)| mode);
+        let Some(knobs) = Fusion::knobs_of(mode) else {
+            return Err(Error::argument(
+                "methods",
+                format!(
+                    "`{s}`: expected greedy or MODE[:VALUE] with MODE one of {}, tita, vcd",
+                    Fusion::MODES.join(", ")
+                ),
+            ));
+        };
+        let mut own = Knobs::new();
+        for knob in knobs {
+            if let Some(v) = shared.get(knob.name) {
+                own.set(knob.name, v.clone());
             }
-            value.parse().map_err(|_| {
+        }
+        if !value.is_empty() {
+            let number: f64 = value.parse().map_err(|_| {
                 Error::argument("methods", format!("`{s}`: `{value}` is not a number"))
-            })
-        };
-        let method = match kind {
-            "greedy" => Method::Greedy,
-            "tita" => Method::Tita { lambda: num(0.3)? },
-            "reference" => Method::Reference { alpha: num(1.0)? },
-            "vcd" => Method::Vcd { alpha: num(1.0)? },
-            _ => {
-                return Err(Error::argument(
-                    "methods",
-                    format!("`{s}`: expected greedy, tita:λ, reference:α or vcd:α"),
-                ))
-            }
-        };
-        method.fusion().validate()?;
-        Ok(method)
+            })?;
+            own.set(knobs[0].name, number);
+        }
+        Ok(Method::Guided(Fusion::from_knobs(mode, &own)?))
     }
 
+    /// TITA interpolate with weight λ.
+    pub fn tita(lambda: f32) -> Self {
+        Method::Guided(Fusion::interpolate(lambda))
+    }
+
+    /// TITA reference mode with weight α.
+    pub fn reference(alpha: f32) -> Self {
+        Method::Guided(Fusion::reference(alpha))
+    }
+
+    /// VCD with weight α, its noise drawn from `noise_seed`.
+    pub fn vcd(alpha: f32, noise_seed: u64) -> Self {
+        Method::Guided(
+            Vcd {
+                noise_seed,
+                ..Vcd::new(alpha)
+            }
+            .into(),
+        )
+    }
+
+    /// The name of its answer folder and report row: `greedy`, `tita-0.3`, `vcd-1`, ….
     pub fn name(&self) -> String {
         match self {
             Method::Greedy => "greedy".into(),
-            Method::Tita { lambda } => format!("tita-{lambda}"),
-            Method::Reference { alpha } => format!("reference-{alpha}"),
-            Method::Vcd { alpha } => format!("vcd-{alpha}"),
+            Method::Guided(f) => f.label(),
         }
     }
 
     pub fn fusion(&self) -> Fusion {
-        match *self {
+        match self {
             Method::Greedy => Fusion::interpolate(0.0),
-            Method::Tita { lambda } => Fusion::interpolate(lambda),
-            Method::Reference { alpha } => Fusion::reference(alpha),
-            Method::Vcd { alpha } => Fusion::vcd(alpha),
+            Method::Guided(f) => f.clone(),
         }
     }
 
     /// λ of the interpolate family (greedy is λ = 0), for plots against λ.
     pub fn lambda(&self) -> Option<f32> {
-        match *self {
+        match self {
             Method::Greedy => Some(0.0),
-            Method::Tita { lambda } => Some(lambda),
-            _ => None,
+            Method::Guided(Fusion::Interpolate(i)) if i.tau.is_none() => Some(i.lambda),
+            Method::Guided(_) => None,
+        }
+    }
+}
+
+impl Serialize for Method {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Method::Greedy => serde_json::json!({"mode": "greedy"}).serialize(s),
+            Method::Guided(f) => f.describe().serialize(s),
         }
     }
 }
@@ -112,9 +142,6 @@ pub struct EvalConfig {
     pub pad: bool,
     /// Share prefills across greedy / interpolate / reference methods (exact; see module docs).
     pub shortcut: bool,
-    /// Diffusion step of VCD's noised image.
-    pub noise_step: usize,
-    pub seed: u64,
     /// The conversation template the prompts were rendered with (recorded from the target).
     pub template: String,
     /// The system message, if any.
@@ -124,13 +151,11 @@ pub struct EvalConfig {
 impl Default for EvalConfig {
     fn default() -> Self {
         EvalConfig {
-            methods: vec![Method::Greedy, Method::Tita { lambda: 0.3 }],
+            methods: vec![Method::Greedy, Method::tita(0.3)],
             suffix: SHORT_ANSWER.into(),
             max_new_tokens: 16,
             pad: true,
             shortcut: true,
-            noise_step: 500,
-            seed: 0,
             template: String::new(),
             system: None,
         }
@@ -205,63 +230,52 @@ pub fn answer_all<B: Backend>(
         max_new_tokens: config.max_new_tokens,
         ..Default::default()
     };
-    let needs_reward = config
-        .methods
-        .iter()
-        .any(|m| matches!(m, Method::Tita { .. } | Method::Reference { .. }));
-    if needs_reward && models.reward.is_none() {
-        return Err(Error::argument("reward", "TITA methods need --reward"));
+    // Every guide model a method needs must be there (a sweeper and each method's own
+    // sampler keep all of them).
+    for m in &config.methods {
+        for g in m.fusion().guides() {
+            let (given, flag) = match g.model {
+                GuideModel::Target => (true, ""),
+                GuideModel::Reward => (models.reward.is_some(), "reward"),
+                GuideModel::Reference => (models.reference.is_some(), "reference"),
+            };
+            if !given {
+                return Err(Error::argument(
+                    flag,
+                    format!("method {} needs --{flag}", m.name()),
+                ));
+            }
+        }
     }
-    if config
-        .methods
-        .iter()
-        .any(|m| matches!(m, Method::Reference { .. }))
-        && models.reference.is_none()
-    {
-        return Err(Error::argument(
-            "reference",
-            "reference methods need --reference",
-        ));
-    }
-    // The sweeper keeps every guide model (reference mode keeps the reference too).
-    let sweep_fusion = if models.reference.is_some() {
-        Fusion::reference(1.0)
-    } else {
-        Fusion::interpolate(0.3)
-    };
-    let sweeper = match models.reward {
-        Some(r) => Some(Tita::new(
+    let tita = |fusion: Fusion| {
+        Tita::new(
             models.target,
-            Some(r),
+            models.reward,
             models.reference,
             TitaConfig {
-                fusion: sweep_fusion,
-                ..Default::default()
+                fusion,
+                explain: false,
             },
             generation.clone(),
-        )?),
-        None => None,
+        )
     };
+    // Greedy shares the sweep of the guided methods (an identity setting runs no guide).
+    let sweeper = config
+        .methods
+        .iter()
+        .find_map(|m| match m {
+            Method::Greedy => None,
+            Method::Guided(f) => Some(tita(f.clone())),
+        })
+        .transpose()?;
     let plain = Generator::new(models.target, generation.clone());
-    // One sampler per fused method, built once (building one compares the vocabularies).
+    // One sampler per guided method, built once (building one compares the vocabularies).
     let solo = config
         .methods
         .iter()
         .map(|m| match m {
             Method::Greedy => Ok(None),
-            _ => Tita::new(
-                models.target,
-                models.reward,
-                models.reference,
-                TitaConfig {
-                    fusion: m.fusion(),
-                    noise_step: config.noise_step,
-                    noise_seed: config.seed,
-                    ..Default::default()
-                },
-                generation.clone(),
-            )
-            .map(Some),
+            Method::Guided(f) => tita(f.clone()).map(Some),
         })
         .collect::<Result<Vec<_>>>()?;
 
@@ -307,11 +321,8 @@ pub fn answer_all<B: Backend>(
             };
             let request = Request::new(prompt.clone(), Some(image.clone()), config.pad);
             let mut results: Vec<(usize, Generation, f64)> = Vec::new();
-            let (shared, alone): (Vec<usize>, Vec<usize>) = todo.iter().partition(|&&i| {
-                config.shortcut
-                    && sweeper.is_some()
-                    && !matches!(config.methods[i], Method::Vcd { .. })
-            });
+            let (shared, alone): (Vec<usize>, Vec<usize>) =
+                todo.iter().partition(|_| config.shortcut && sweeper.is_some());
             if !shared.is_empty() {
                 let t = Instant::now();
                 let fusions: Vec<Fusion> =

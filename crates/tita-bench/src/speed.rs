@@ -14,7 +14,9 @@ use serde::Serialize;
 use tita_core::image::PixelValues;
 use tita_core::sampling::SamplingConfig;
 use tita_core::Result;
-use tita_decode::select::{choose_ids, fuse_tensors};
+use tita_decode::guidance::Step;
+use tita_decode::select::choose_ids;
+use tita_decode::Fusion;
 use tita_decode::{Prompt, Session};
 use tita_models::{ClipVisionConfig, LlamaConfig, LlavaConfig, ModelConfig, QwenVlConfig};
 use tita_models::{Precision, StoredDtype, Vlm};
@@ -373,7 +375,7 @@ pub fn run<B: Backend>(
     })?;
     let ((), decode_s, decode_cores) = timed(|| {
         for _ in 0..new_tokens {
-            let next = choose_next(TITA, std::slice::from_ref(&session), &[logits])?;
+            let next = choose_next(&Fusion::interpolate(0.3), std::slice::from_ref(&session), &[logits])?;
             logits = session.step_on_device(&next)?;
         }
         Ok(())
@@ -511,7 +513,7 @@ fn decode_rate<B: Backend>(
     }
     let t = Instant::now();
     for _ in 0..steps {
-        let next = choose_next(TITA, &sessions, &logits)?;
+        let next = choose_next(&Fusion::interpolate(0.3), &sessions, &logits)?;
         logits = sessions
             .iter_mut()
             .map(|s| s.step_on_device(&next))
@@ -520,19 +522,17 @@ fn decode_rate<B: Backend>(
     Ok((steps * refs.len()) as f64 / t.elapsed().as_secs_f64())
 }
 
-const TITA: tita_core::fusion::Fusion = tita_core::fusion::Fusion::interpolate(0.3);
-
 /// Every row's greedy token, chosen on the device: the first session's model alone, or fused
 /// with the second's.
 fn choose_next<B: Backend>(
-    fusion: tita_core::fusion::Fusion,
+    fusion: &Fusion,
     sessions: &[Session<B>],
     logits: &[Tensor<B, 2>],
 ) -> Result<Vec<u32>> {
     let scores = match logits {
-        [t, g, ..] => fuse_tensors(fusion, t.clone(), g, None, None),
-        [t] => t.clone(),
         [] => return Ok(Vec::new()),
+        [t] => t.clone(),
+        [t, guides @ ..] => fusion.fuse_device(Step { t: 1 }, t.clone(), guides),
     };
     let rows = scores.dims()[0];
     let checked: Vec<_> = sessions.iter().map(Session::model).zip(logits).collect();
@@ -692,7 +692,7 @@ fn pope_prompt<B: Backend>(model: &Vlm<B>, text: usize, seed: u32) -> Result<Pro
 /// greedy choice.
 fn query<B: Backend>(
     runs: &[(&Vlm<B>, &Prompt)],
-    fusion: tita_core::fusion::Fusion,
+    fusion: &Fusion,
     answer_tokens: usize,
     device: &B::Device,
 ) -> Result<f64> {
@@ -734,20 +734,20 @@ pub fn run_pope<B: Backend>(
     let mut greedy = Vec::new();
     let mut tita = Vec::new();
     let mut vcd = Vec::new();
-    let vcd_fusion = tita_core::fusion::Fusion::vcd(1.0);
+    let (tita_fusion, vcd_fusion) = (Fusion::interpolate(0.3), Fusion::vcd(1.0));
     for q in 0..=queries {
         let tp = pope_prompt(target, QUESTION_TOKENS, q as u32)?;
         let mut noised = tp.clone();
         if let Some(px) = noised.pixels.as_mut() {
             tita_core::noise::add_diffusion_noise(&mut px.data, 500, q as u64)?;
         }
-        let g = query(&[(target, &tp)], TITA, answer_tokens, device)?;
+        let g = query(&[(target, &tp)], &tita_fusion, answer_tokens, device)?;
         let t = match reward {
             Some((r, _)) => {
                 let rp = pope_prompt(r, QUESTION_TOKENS, q as u32)?;
                 Some(query(
                     &[(target, &tp), (r, &rp)],
-                    TITA,
+                    &tita_fusion,
                     answer_tokens,
                     device,
                 )?)
@@ -756,7 +756,7 @@ pub fn run_pope<B: Backend>(
         };
         let v = query(
             &[(target, &tp), (target, &noised)],
-            vcd_fusion,
+            &vcd_fusion,
             answer_tokens,
             device,
         )?;

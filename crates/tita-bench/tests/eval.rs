@@ -9,7 +9,7 @@ use burn::backend::Flex;
 use tita_bench::eval::{answers_path, EvalConfig, Method, Models, QuestionSet};
 use tita_bench::pope::Answer;
 use tita_bench::report::evaluate;
-use tita_decode::Pipeline;
+use tita_decode::{Knobs, Pipeline};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
@@ -30,14 +30,21 @@ fn config(shortcut: bool) -> EvalConfig {
             "tita:1",
             "reference:1",
             "vcd:1",
+            "m3id",
+            "marine:0.7",
         ]
         .iter()
-        .map(|m| Method::parse(m).unwrap())
+        .map(|m| Method::parse(m, &shared_knobs()).unwrap())
         .collect(),
         max_new_tokens: 6,
         shortcut,
         ..EvalConfig::default()
     }
+}
+
+/// MARINE's detected objects, the same for every image.
+fn shared_knobs() -> Knobs {
+    Knobs::new().with("objects", Some(serde_json::json!(["cat", "rocket"])))
 }
 
 fn answers(out: &Path, m: &Method) -> Vec<Answer> {
@@ -185,7 +192,7 @@ fn mme_release_runs_end_to_end() {
     );
     let out = dir.path().join("out");
     let config = EvalConfig {
-        methods: vec![Method::Greedy, Method::parse("vcd:1").unwrap()],
+        methods: vec![Method::Greedy, Method::parse("vcd:1", &Knobs::new()).unwrap()],
         max_new_tokens: 3,
         ..EvalConfig::default()
     };
@@ -260,7 +267,7 @@ fn pope_run_on_qwen_models() {
     let config = |shortcut| EvalConfig {
         methods: ["greedy", "tita:0.3", "tita:0.6", "vcd:1"]
             .iter()
-            .map(|m| Method::parse(m).unwrap())
+            .map(|m| Method::parse(m, &Knobs::new()).unwrap())
             .collect(),
         max_new_tokens: 4,
         shortcut,

@@ -106,8 +106,7 @@ impl<'p, B: Backend> Tita<'p, B> {
     /// and methods whose answers share a prefix share the decode steps of that prefix. For
     /// one-word answers this is one prefill per branch and a step or two per distinct answer.
     /// Each result equals what [`Tita::generate`] gives with that method. The guide models
-    /// must have been given to [`Tita::new`] and kept by its own method (a sampler built in
-    /// reference mode keeps the reward model and the reference).
+    /// must have been given to [`Tita::new`].
     pub fn sweep(&self, request: &Request, fusions: &[Fusion]) -> Result<Vec<Generation>> {
         if fusions.is_empty() {
             return Err(Error::argument("fusions", "nothing to sweep"));
@@ -117,8 +116,13 @@ impl<'p, B: Backend> Tita<'p, B> {
         let mut slots = Vec::with_capacity(fusions.len());
         for (m, f) in fusions.iter().enumerate() {
             f.validate()?;
-            self.check_models(f)?;
             let mut slot = Vec::new();
+            // An identity setting reads no guide, so it runs none (greedy shares a sweep free).
+            if f.is_identity() {
+                slots.push(slot);
+                continue;
+            }
+            self.check_models(f)?;
             for (i, g) in f.guides().into_iter().enumerate() {
                 let at = match shared.iter().position(|(s, _, _)| *s == g) {
                     Some(at) => at,

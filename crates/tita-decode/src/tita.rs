@@ -149,11 +149,10 @@ impl<'p, B: Backend> Tita<'p, B> {
             }
             check_vocabularies(&target.tokenizer, &guide.tokenizer)?;
         }
-        let uses = |m: GuideModel| config.fusion.guides().iter().any(|g| g.model == m);
         let tita = Tita {
             target,
-            reward: reward.filter(|_| uses(GuideModel::Reward)),
-            reference: reference.filter(|_| uses(GuideModel::Reference)),
+            reward,
+            reference,
             config,
             generation,
         };

@@ -94,9 +94,36 @@ fn bad_flags_name_the_flag_and_its_range() {
         ),
         (
             vec!["--lambda", "0.5"],
-            "--lambda: is the weight of interpolate mode",
+            "--lambda: is a knob of a decoding method: give --reward or a --mode",
         ),
-        (vec!["--alpha", "1"], "--alpha: is used by reference mode"),
+        (
+            vec!["--alpha", "1"],
+            "--alpha: is a knob of a decoding method",
+        ),
+        (
+            [&r[..], &["--mode", "m3id"]].concat(),
+            "--reward: mode m3id uses no reward model",
+        ),
+        (
+            vec!["--mode", "m3id", "--lambda", "0.5"],
+            "--lambda: is not a knob of mode `m3id` (its knobs: m3id_lambda",
+        ),
+        (
+            vec!["--mode", "m3id", "--m3id-variant", "sideways"],
+            "m3id_variant",
+        ),
+        (
+            vec!["--mode", "marine"],
+            "MARINE needs the detected objects (--objects FILE)",
+        ),
+        (
+            vec!["--mode", "marine", "--objects", "/nonexistent/objects.json"],
+            "/nonexistent/objects.json",
+        ),
+        (
+            vec!["--mode", "sideways"],
+            "unknown mode `sideways` (known: interpolate, reference, contrastive, m3id, marine)",
+        ),
         (
             [&r[..], &["--mode", "interpolate", "--reference", "x"]].concat(),
             "--reference: is the DPO reference of reference mode only",

@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tita_core::template::{Message, Part};
 use tita_decode::{
-    Cancel, FinishReason, Fusion, GenerationConfig, Generator, ImageInput, Pipeline, Request,
+    Cancel, FinishReason, Fusion, GenerationConfig, Knobs, Generator, ImageInput, Pipeline, Request,
     SamplingConfig, Tita, TitaConfig, TokenExplanation,
 };
 use tokio::sync::mpsc as tmpsc;
@@ -199,43 +199,34 @@ pub struct ImageUrl {
     pub detail: Option<String>,
 }
 
-/// The `tita` body field.
+/// The `tita` body field: `mode` (default `interpolate`), `explain`, and the mode's knobs by
+/// name (`lambda`, `alpha`, `tau`, `m3id_lambda`, `objects`, …; see `Fusion::knobs_of`). A knob
+/// the mode does not take is refused.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TitaOptions {
     #[serde(default)]
     pub mode: Option<String>,
     #[serde(default)]
-    pub lambda: Option<f32>,
-    #[serde(default)]
-    pub alpha: Option<f32>,
-    #[serde(default)]
-    pub tau: Option<f32>,
-    #[serde(default)]
     pub explain: bool,
+    #[serde(flatten)]
+    pub knobs: serde_json::Map<String, Value>,
 }
 
 impl TitaOptions {
     fn config(&self) -> Result<TitaConfig, ApiError> {
-        let fusion = match self.mode.as_deref().unwrap_or("interpolate") {
-            "interpolate" => Fusion::interpolate(self.lambda.unwrap_or(0.3),),
-            "reference" => Fusion::reference(self.alpha.unwrap_or(1.0),),
-            "contrastive" => Fusion::vcd(self.alpha.unwrap_or(1.0),),
-            other => {
-                return Err(ApiError::bad(
-                    "tita.mode",
-                    format!("unknown mode `{other}` (interpolate, reference, contrastive)"),
-                ))
-            }
-        };
-        fusion
-            .validate()
+        if matches!(self.knobs.get("objects"), Some(Value::String(_))) {
+            // A path would make the server read its own files for a client.
+            return Err(ApiError::bad(
+                "tita.objects",
+                "give the detected objects as a list of names",
+            ));
+        }
+        let mode = self.mode.as_deref().unwrap_or("interpolate");
+        let fusion = Fusion::from_knobs(mode, &Knobs::from_map(self.knobs.clone()))
             .map_err(|e| ApiError::bad("tita", e.to_string()))?;
         Ok(TitaConfig {
             fusion,
-            tau: self.tau,
             explain: self.explain,
-            ..TitaConfig::default()
         })
     }
 }

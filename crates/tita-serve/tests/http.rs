@@ -10,7 +10,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use tita_core::template::{Message, Part};
 use tita_decode::{
-    Fusion, GenerationConfig, Generator, ImageInput, Pipeline, Request, Tita, TitaConfig,
+    Fusion, Knobs, GenerationConfig, Generator, ImageInput, Pipeline, Request, Tita, TitaConfig,
 };
 use tita_serve::{router, Models, ServerConfig};
 use ureq::Agent;
@@ -111,6 +111,7 @@ fn library_request(prompt: &str) -> Request {
                 },
             ],
         }]),
+        position: None,
     }
 }
 
@@ -203,7 +204,6 @@ fn tita_field_equals_the_sampler() {
     let config = TitaConfig {
         fusion: Fusion::interpolate(0.3),
         explain: true,
-        ..TitaConfig::default()
     };
     let want = Tita::new(&target, Some(&reward), None, config, generation(8))
         .unwrap()
@@ -221,6 +221,55 @@ fn tita_field_equals_the_sampler() {
         .as_str()
         .unwrap()
         .contains("reference"));
+}
+
+/// The new methods through the `tita` field: their knobs by name, equal to the library's
+/// answer; a knob of another mode and a server-side object file refused by name.
+#[test]
+fn m3id_and_marine_through_the_tita_field_equal_the_library() {
+    let target = pipeline("llava-target");
+    let cases = [
+        (
+            json!({"mode": "m3id", "m3id_lambda": 0.5, "m3id_alpha": 0.99}),
+            Fusion::from_knobs(
+                "m3id",
+                &Knobs::new()
+                    .with("m3id_lambda", Some(0.5))
+                    .with("m3id_alpha", Some(0.99)),
+            ),
+        ),
+        (
+            json!({"mode": "marine", "objects": ["rocket", "tree"], "marine_gamma": 0.9}),
+            Fusion::from_knobs(
+                "marine",
+                &Knobs::new()
+                    .with("objects", Some(json!(["rocket", "tree"])))
+                    .with("marine_gamma", Some(0.9)),
+            ),
+        ),
+    ];
+    for (tita, fusion) in cases {
+        let mut body = chat(PROMPT, 8);
+        body["tita"] = tita;
+        let (status, v) = post(&body);
+        assert_eq!(status, 200, "{v}");
+        let config = TitaConfig {
+            fusion: fusion.unwrap(),
+            explain: false,
+        };
+        let want = Tita::new(&target, None, None, config, generation(8))
+            .unwrap()
+            .generate(&library_request(PROMPT))
+            .unwrap();
+        assert_eq!(content(&v), want.generation.text);
+    }
+    let mut body = chat(PROMPT, 4);
+    body["tita"] = json!({"mode": "m3id", "lambda": 0.3});
+    let (status, v) = post(&body);
+    error_of(status, &v, 400, "lambda");
+    body["tita"] = json!({"mode": "marine", "objects": "/etc/passwd"});
+    let (status, v) = post(&body);
+    error_of(status, &v, 400, "objects");
 }
 
 #[test]

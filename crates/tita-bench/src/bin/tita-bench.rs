@@ -11,7 +11,7 @@ use tita_bench::eval::{EvalConfig, Method, Models, QuestionSet};
 use tita_bench::speed::{self, ModelSpec, Preset, SpeedRun};
 use tita_core::output::{claim_dir, Claim, Reuse};
 use tita_decode::backend::{dispatch, BackendKind, BackendTask};
-use tita_decode::Pipeline;
+use tita_decode::{Knobs, Pipeline};
 use tita_decode::Precision;
 use tita_models::ModelConfig;
 
@@ -185,9 +185,14 @@ struct EvalArgs {
     /// Directory the question files' image names are relative to.
     #[arg(long)]
     images: Option<PathBuf>,
-    /// greedy, tita:λ, reference:α, vcd:α (comma separated).
+    /// greedy, or MODE[:VALUE] with VALUE the mode's first knob: tita:λ (interpolate),
+    /// reference:α, vcd:α (contrastive), m3id:λ, marine:γ (comma separated).
     #[arg(long, value_delimiter = ',', default_value = "greedy")]
     methods: Vec<String>,
+    /// A knob for every method that takes it, NAME=VALUE (repeatable): e.g.
+    /// objects=detections.json (MARINE), m3id_variant=avisc, noise_step=500 (VCD), tau=0.1.
+    #[arg(long = "knob")]
+    knobs: Vec<String>,
     /// Adds tita:λ for each λ (a sweep; costs about one run).
     #[arg(long, value_delimiter = ',')]
     lambdas: Vec<f32>,
@@ -229,15 +234,14 @@ struct EvalArgs {
 
 impl EvalArgs {
     fn config(&self, benchmark: &dyn Benchmark) -> anyhow::Result<EvalConfig> {
+        let shared = self.shared_knobs()?;
         let mut methods = self
             .methods
             .iter()
-            .map(|m| Method::parse(m))
+            .map(|m| Method::parse(m, &shared))
             .collect::<tita_core::Result<Vec<_>>>()?;
         for &lambda in &self.lambdas {
-            let m = Method::Tita { lambda };
-            m.fusion().validate()?;
-            methods.push(m);
+            methods.push(Method::parse(&format!("tita:{lambda}"), &shared)?);
         }
         let mut seen = std::collections::HashSet::new();
         methods.retain(|m| seen.insert(m.name()));
@@ -249,9 +253,17 @@ impl EvalArgs {
             max_new_tokens: self.max_new_tokens.unwrap_or(benchmark.max_new_tokens()),
             pad: !self.no_pad,
             shortcut: !self.no_shortcut,
-            seed: self.seed,
             ..EvalConfig::default()
         })
+    }
+
+    /// The `--knob`s, with VCD's noise seeded by `--seed` unless a knob says otherwise.
+    fn shared_knobs(&self) -> anyhow::Result<Knobs> {
+        let mut knobs = Knobs::new().with("noise_seed", Some(self.seed));
+        for k in &self.knobs {
+            knobs.set_arg(k)?;
+        }
+        Ok(knobs)
     }
 }
 
@@ -359,7 +371,7 @@ fn claim_eval_dir(a: &EvalArgs, config: &EvalConfig) -> anyhow::Result<Claim> {
     let settings = serde_json::json!({
         "target": a.target, "reward": a.reward, "reference": a.reference, "images": a.images,
         "suffix": config.suffix, "max_new_tokens": config.max_new_tokens, "pad": config.pad,
-        "noise_step": config.noise_step, "seed": config.seed,
+        "knobs": a.shared_knobs()?.to_json(), "seed": a.seed,
         "template": a.template, "system": a.system, "dtype": a.dtype,
     });
     let path = a.out.join("run.json");

@@ -124,7 +124,7 @@ pub fn evaluate<B: Backend>(
             .map(|k| data.join(image_file("test", k)))
             .collect(),
     };
-    let pope_config = pope_config(config, config.methods(&tuning));
+    let pope_config = pope_config(config.methods(&tuning));
     let caption_config = EvalConfig {
         suffix: String::new(),
         max_new_tokens: config.caption_tokens,
@@ -239,7 +239,7 @@ pub fn evaluate<B: Backend>(
 }
 
 /// How the demo asks its POPE questions, with `methods`.
-pub(super) fn pope_config(config: &DemoConfig, methods: Vec<Method>) -> EvalConfig {
+pub(super) fn pope_config(methods: Vec<Method>) -> EvalConfig {
     EvalConfig {
         methods,
         // POPE's question as such, as in training: LLaVA's short-answer suffix would put ten
@@ -249,8 +249,6 @@ pub(super) fn pope_config(config: &DemoConfig, methods: Vec<Method>) -> EvalConf
         max_new_tokens: 4,
         pad: false,
         shortcut: true,
-        noise_step: 500,
-        seed: config.seed,
         ..EvalConfig::default()
     }
 }

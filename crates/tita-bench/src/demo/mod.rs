@@ -265,13 +265,9 @@ impl DemoConfig {
     /// The decoding methods evaluated on the test split, VCD at the α `tuning` chose.
     fn methods(&self, tuning: &Tuning) -> Vec<Method> {
         let mut m = vec![Method::Greedy];
-        m.extend(self.lambdas.iter().map(|&lambda| Method::Tita { lambda }));
-        m.push(Method::Reference {
-            alpha: self.reference_alpha,
-        });
-        m.push(Method::Vcd {
-            alpha: tuning.vcd_alpha,
-        });
+        m.extend(self.lambdas.iter().map(|&lambda| Method::tita(lambda)));
+        m.push(Method::reference(self.reference_alpha));
+        m.push(Method::vcd(tuning.vcd_alpha, self.seed));
         m
     }
 }

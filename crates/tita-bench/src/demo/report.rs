@@ -56,10 +56,7 @@ pub(super) fn write_report(
             .map_or(f64::NAN, |m| m.accuracy)
     };
     let tuning = &results.tuning;
-    let b = Method::Tita {
-        lambda: tuning.lambda,
-    }
-    .name();
+    let b = Method::tita(tuning.lambda).name();
     let (t, g) = (pope(&b), pope("greedy"));
     let _ = writeln!(
         md,

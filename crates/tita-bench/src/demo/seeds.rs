@@ -90,15 +90,10 @@ pub fn summary_rows(config: &DemoConfig) -> Vec<String> {
         config
             .lambdas
             .iter()
-            .map(|&lambda| Method::Tita { lambda }.name()),
+            .map(|&lambda| Method::tita(lambda).name()),
     );
     rows.push(TITA_TUNED.into());
-    rows.push(
-        Method::Reference {
-            alpha: config.reference_alpha,
-        }
-        .name(),
-    );
+    rows.push(Method::reference(config.reference_alpha).name());
     rows.extend([VCD_TUNED, TARGET_DPO, REWARD_ALONE].map(String::from));
     rows
 }
@@ -109,8 +104,8 @@ pub fn summarise(config: &DemoConfig, runs: &[DemoResults]) -> Result<SeedsSumma
         // The tuned rows stand for the method at the knob this seed's validation split chose.
         let t = &run.tuning;
         let method = match row {
-            TITA_TUNED => Method::Tita { lambda: t.lambda }.name(),
-            VCD_TUNED => Method::Vcd { alpha: t.vcd_alpha }.name(),
+            TITA_TUNED => Method::tita(t.lambda).name(),
+            VCD_TUNED => Method::vcd(t.vcd_alpha, run.config.seed).name(),
             other => other.to_string(),
         };
         let method = method.as_str();

@@ -88,12 +88,12 @@ pub(super) fn tune<B: Backend>(
     let tita: Vec<Method> = config
         .lambdas
         .iter()
-        .map(|&lambda| Method::Tita { lambda })
+        .map(|&lambda| Method::tita(lambda))
         .collect();
     let vcd: Vec<Method> = config
         .vcd_alphas
         .iter()
-        .map(|&alpha| Method::Vcd { alpha })
+        .map(|&alpha| Method::vcd(alpha, config.seed))
         .collect();
     if progress {
         eprintln!("validation: TITA λ and VCD α");
@@ -106,26 +106,25 @@ pub(super) fn tune<B: Backend>(
         },
         &sets,
         &eval,
-        &pope_config(config, tita.iter().chain(&vcd).copied().collect()),
+        &pope_config(tita.iter().chain(&vcd).cloned().collect()),
         progress,
     )?;
-    let tried = |methods: &[Method], knob: fn(&Method) -> f32| -> Result<Vec<Tried<f32>>> {
+    let tried = |methods: &[Method], knobs: &[f32]| -> Result<Vec<Tried<f32>>> {
         methods
             .iter()
-            .map(|m| {
+            .zip(knobs)
+            .map(|(m, &value)| {
                 Ok(Tried {
-                    value: knob(m),
+                    value,
                     accuracy: pooled_accuracy(&eval, m, &sets)?,
                 })
             })
             .collect()
     };
-    let knob = |m: &Method| match *m {
-        Method::Tita { lambda } => lambda,
-        Method::Vcd { alpha } => alpha,
-        _ => 0.0,
-    };
-    let (tita, vcd) = (tried(&tita, knob)?, tried(&vcd, knob)?);
+    let (tita, vcd) = (
+        tried(&tita, &config.lambdas)?,
+        tried(&vcd, &config.vcd_alphas)?,
+    );
 
     if progress {
         eprintln!("validation: the DPO-tuned target's schedules");
@@ -143,7 +142,7 @@ pub(super) fn tune<B: Backend>(
             },
             &sets,
             &dir,
-            &pope_config(config, vec![Method::Greedy]),
+            &pope_config(vec![Method::Greedy]),
             progress,
         )?;
         dpo.push(Tried {

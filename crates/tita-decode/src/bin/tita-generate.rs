@@ -8,8 +8,9 @@ use burn::tensor::backend::Backend;
 use clap::Parser;
 use tita_core::template::{read_messages, template_help, ChatTemplate};
 use tita_decode::backend::{dispatch, BackendKind, BackendTask};
+use tita_decode::guidance::GuideModel;
 use tita_decode::{
-    Fusion, GenerationConfig, Generator, Pipeline, Request, SamplingConfig, Tita, TitaConfig,
+    Fusion, GenerationConfig, Knobs, Generator, Pipeline, Request, SamplingConfig, Tita, TitaConfig,
     TokenExplanation,
 };
 
@@ -72,28 +73,48 @@ struct Args {
     /// Reward VLM directory: turns on TITA (interpolate mode unless --mode says otherwise).
     #[arg(long)]
     reward: Option<PathBuf>,
-    /// Weight of the reward model in interpolate mode, in [0, 1] (default 0.3).
-    #[arg(long)]
-    lambda: Option<f32>,
     /// The reward model's DPO reference: reference mode.
     #[arg(long)]
     reference: Option<PathBuf>,
+    /// The decoding method: interpolate, reference, contrastive (VCD), m3id, marine. Default:
+    /// reference with --reference, interpolate with --reward, else plain decoding.
+    #[arg(long)]
+    mode: Option<String>,
+    /// Weight of the reward model in interpolate mode, in [0, 1] (default 0.3).
+    #[arg(long)]
+    lambda: Option<f32>,
     /// Weight of the implicit reward (reference mode) or of the contrast (contrastive mode),
     /// >= 0 (default 1).
     #[arg(long)]
     alpha: Option<f32>,
-    #[arg(long, value_enum)]
-    mode: Option<Mode>,
-    /// Diffusion step (of 1000) of the noised image in contrastive mode (VCD's schedule:
-    /// betas = sigmoid(linspace(-6, 6, 1000))·(5e-3 - 1e-5) + 1e-5; ā_500 ≈ 0.745).
-    #[arg(long, default_value_t = 500)]
-    noise_step: usize,
     /// Plausibility cut: keep tokens with p_T >= tau * max p_T (interpolate / reference).
     #[arg(long)]
     tau: Option<f32>,
-    /// VCD's plausibility cut in contrastive mode.
-    #[arg(long, default_value_t = 0.1)]
-    vcd_beta: f32,
+    /// Diffusion step (of 1000) of the noised image in contrastive mode (default 500; VCD's
+    /// schedule: betas = sigmoid(linspace(-6, 6, 1000))·(5e-3 - 1e-5) + 1e-5).
+    #[arg(long)]
+    noise_step: Option<u64>,
+    /// VCD's plausibility cut in contrastive mode (default 0.1).
+    #[arg(long)]
+    vcd_beta: Option<f32>,
+    /// M3ID's decay λ of the visual information loss over the answer (default 0.02).
+    #[arg(long)]
+    m3id_lambda: Option<f32>,
+    /// M3ID's confidence gate α (default 0.95).
+    #[arg(long)]
+    m3id_alpha: Option<f32>,
+    /// M3ID's update: paper (the formula of the paper) or avisc (the released code's).
+    #[arg(long)]
+    m3id_variant: Option<String>,
+    /// MARINE's guidance strength γ in [0, 1] (default 0.7).
+    #[arg(long)]
+    marine_gamma: Option<f32>,
+    /// MARINE's detected objects: a JSON list or JSONL file of {"image", "objects"} records.
+    #[arg(long)]
+    objects: Option<PathBuf>,
+    /// Any other knob of the mode, NAME=VALUE (VALUE as JSON, else a string; repeatable).
+    #[arg(long = "knob")]
+    knobs: Vec<String>,
     /// Print, per token, each model's favourite, the fused winner and the implicit reward.
     #[arg(long)]
     explain: bool,
@@ -102,52 +123,79 @@ struct Args {
     json: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Mode {
-    Interpolate,
-    Reference,
-    Contrastive,
-}
-
 impl Args {
-    /// The fusion the flags ask for (None for plain decoding), refusing flags that the chosen
+    /// The method the flags ask for (None for plain decoding), refusing flags that the chosen
     /// mode would silently ignore.
     fn fusion(&self) -> anyhow::Result<Option<Fusion>> {
-        let mode = self.mode.or(if self.reference.is_some() {
-            Some(Mode::Reference)
-        } else if self.reward.is_some() {
-            Some(Mode::Interpolate)
-        } else {
-            None
+        let mode = self.mode.clone().or_else(|| {
+            if self.reference.is_some() {
+                Some("reference".into())
+            } else {
+                self.reward.as_ref().map(|_| "interpolate".into())
+            }
         });
-        let refuse = |flag: &str, why: &str| Err(anyhow!("--{flag}: {why}"));
-        if self.lambda.is_some() && mode != Some(Mode::Interpolate) {
-            return refuse("lambda", "is the weight of interpolate mode; give --reward (and no --reference / other --mode)");
+        let Some(mode) = mode else {
+            if self.explain {
+                return Err(anyhow!(
+                    "--explain: explains guided decoding: give --reward or a --mode"
+                ));
+            }
+            if let Some(flag) = self.knobs().next().map(|(name, _)| name) {
+                return Err(anyhow!(
+                    "--{}: is a knob of a decoding method: give --reward or a --mode",
+                    flag.replace('_', "-")
+                ));
+            }
+            return Ok(None);
+        };
+        let mut knobs = Knobs::new();
+        for (name, value) in self.knobs() {
+            knobs.set(name, value);
         }
-        if self.alpha.is_some() && !matches!(mode, Some(Mode::Reference | Mode::Contrastive)) {
-            return refuse("alpha", "is used by reference mode (--reward and --reference) and contrastive mode (--mode contrastive)");
+        for k in &self.knobs {
+            knobs.set_arg(k)?;
         }
-        if self.reference.is_some() && mode != Some(Mode::Reference) {
-            return refuse("reference", "is the DPO reference of reference mode only");
+        // --seed seeds VCD's noise as well as sampling.
+        if Fusion::knobs_of(&mode).is_some_and(|ks| ks.iter().any(|k| k.name == "noise_seed"))
+            && knobs.get("noise_seed").is_none()
+        {
+            knobs.set("noise_seed", self.seed);
         }
-        if self.reward.is_some() && mode == Some(Mode::Contrastive) {
-            return refuse("reward", "contrastive mode uses no reward model");
+        let fusion = Fusion::from_knobs(&mode, &knobs).map_err(|e| match e {
+            tita_core::Error::Argument { name, msg } if msg.contains("not a knob") => {
+                anyhow!("--{}: {msg}", name.replace('_', "-"))
+            }
+            e => e.into(),
+        })?;
+        let uses = |m: GuideModel| fusion.guides().iter().any(|g| g.model == m);
+        if self.reward.is_some() && !uses(GuideModel::Reward) {
+            return Err(anyhow!("--reward: mode {mode} uses no reward model"));
         }
-        if self.explain && mode.is_none() {
-            return refuse(
-                "explain",
-                "explains fused decoding: give --reward or --mode contrastive",
-            );
+        if self.reference.is_some() && !uses(GuideModel::Reference) {
+            return Err(anyhow!(
+                "--reference: is the DPO reference of reference mode only"
+            ));
         }
-        let fusion = mode.map(|mode| match mode {
-            Mode::Interpolate => Fusion::interpolate(self.lambda.unwrap_or(0.3),),
-            Mode::Reference => Fusion::reference(self.alpha.unwrap_or(1.0),),
-            Mode::Contrastive => Fusion::vcd(self.alpha.unwrap_or(1.0),),
-        });
-        if let Some(f) = fusion {
-            f.validate()?;
-        }
-        Ok(fusion)
+        Ok(Some(fusion))
+    }
+
+    /// The knob flags given, by knob name.
+    fn knobs(&self) -> impl Iterator<Item = (&'static str, serde_json::Value)> + '_ {
+        let path = |p: &PathBuf| p.display().to_string();
+        [
+            ("lambda", self.lambda.map(Into::into)),
+            ("alpha", self.alpha.map(Into::into)),
+            ("tau", self.tau.map(Into::into)),
+            ("noise_step", self.noise_step.map(Into::into)),
+            ("vcd_beta", self.vcd_beta.map(Into::into)),
+            ("m3id_lambda", self.m3id_lambda.map(Into::into)),
+            ("m3id_alpha", self.m3id_alpha.map(Into::into)),
+            ("m3id_variant", self.m3id_variant.clone().map(Into::into)),
+            ("marine_gamma", self.marine_gamma.map(Into::into)),
+            ("objects", self.objects.as_ref().map(|p| path(p).into())),
+        ]
+        .into_iter()
+        .filter_map(|(name, v)| v.map(|v| (name, v)))
     }
 
     /// The sampling settings, each checked against its range.
@@ -256,7 +304,7 @@ impl BackendTask for Run {
                 let _ = std::io::stdout().flush();
             }
         };
-        let (out, explain) = match fusion {
+        let (out, explain) = match &fusion {
             None => {
                 let prompt = pipeline.request_prompt(&request)?;
                 (
@@ -268,12 +316,7 @@ impl BackendTask for Run {
                 let reward = a.reward.as_ref().map(load).transpose()?;
                 let reference = a.reference.as_ref().map(load).transpose()?;
                 let tita_config = TitaConfig {
-                    fusion,
-                    tau: a.tau,
-                    vcd_beta: a.vcd_beta,
-                    noise_step: a.noise_step,
-                    noise_seed: a.seed,
-                    noise_eps: None,
+                    fusion: fusion.clone(),
                     explain: a.explain,
                 };
                 let tita = Tita::new(
@@ -298,8 +341,8 @@ impl BackendTask for Run {
             if a.explain {
                 v["explain"] = serde_json::to_value(&explain)?;
             }
-            if let Some(f) = fusion {
-                v["fusion"] = format!("{f:?}").into();
+            if let Some(f) = &fusion {
+                v["fusion"] = f.describe();
             }
             v["template"] = pipeline.template.name.clone().into();
             v["timings"]["load_ms"] = load_ms.into();

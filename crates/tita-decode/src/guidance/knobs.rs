@@ -34,8 +34,26 @@ impl Knobs {
         self.0.insert(name.to_string(), value.into());
     }
 
+    /// Sets a knob from the command line's `NAME=VALUE`: VALUE is read as JSON where it is
+    /// JSON (a number, `true`, a list), as text otherwise (a file path, a variant name).
+    pub fn set_arg(&mut self, arg: &str) -> Result<()> {
+        let Some((name, text)) = arg.split_once('=') else {
+            return Err(Error::argument(
+                "knob",
+                format!("`{arg}`: expected NAME=VALUE"),
+            ));
+        };
+        let value = serde_json::from_str(text).unwrap_or_else(|_| Value::from(text));
+        self.set(name.trim(), value);
+        Ok(())
+    }
+
     pub fn from_map(map: Map<String, Value>) -> Self {
         Knobs(map)
+    }
+
+    pub fn to_json(&self) -> Value {
+        Value::Object(self.0.clone())
     }
 
     pub fn is_empty(&self) -> bool {

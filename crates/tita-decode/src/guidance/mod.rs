@@ -316,15 +316,15 @@ fn cut_device<B: Backend>(
 fn check_range(knob: &str, value: f32, lo: f32, hi: f32) -> Result<()> {
     if value.is_finite() && (lo..=hi).contains(&value) {
         Ok(())
-    } else {
-        let range = if hi == f32::INFINITY {
-            format!(">= {lo}")
-        } else {
-            format!("in [{lo}, {hi}]")
-        };
+    } else if hi == f32::INFINITY {
         Err(Error::argument(
             knob,
-            format!("{value} must be a finite number {range}"),
+            format!("{value} must be a finite number >= {lo}"),
+        ))
+    } else {
+        Err(Error::argument(
+            knob,
+            format!("{value} is outside [{lo}, {hi}]"),
         ))
     }
 }
@@ -338,3 +338,6 @@ fn check_cut(knob: &str, cut: Option<f32>) -> Result<()> {
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests;
