@@ -232,8 +232,11 @@ pub fn answer_all<B: Backend>(
     };
     // Every guide model a method needs must be there (a sweeper and each method's own
     // sampler keep all of them).
-    for m in &config.methods {
-        for g in m.fusion().guides() {
+    for (m, f) in config.methods.iter().filter_map(|m| match m {
+        Method::Greedy => None,
+        Method::Guided(f) => Some((m, f)),
+    }) {
+        for g in f.guides() {
             let (given, flag) = match g.model {
                 GuideModel::Target => (true, ""),
                 GuideModel::Reward => (models.reward.is_some(), "reward"),
