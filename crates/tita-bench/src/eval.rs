@@ -324,8 +324,9 @@ pub fn answer_all<B: Backend>(
             };
             let request = Request::new(prompt.clone(), Some(image.clone()), config.pad);
             let mut results: Vec<(usize, Generation, f64)> = Vec::new();
-            let (shared, alone): (Vec<usize>, Vec<usize>) =
-                todo.iter().partition(|_| config.shortcut && sweeper.is_some());
+            let (shared, alone): (Vec<usize>, Vec<usize>) = todo
+                .iter()
+                .partition(|_| config.shortcut && sweeper.is_some());
             if !shared.is_empty() {
                 let t = Instant::now();
                 let fusions: Vec<Fusion> =

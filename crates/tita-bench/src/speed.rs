@@ -375,7 +375,11 @@ pub fn run<B: Backend>(
     })?;
     let ((), decode_s, decode_cores) = timed(|| {
         for _ in 0..new_tokens {
-            let next = choose_next(&Fusion::interpolate(0.3), std::slice::from_ref(&session), &[logits])?;
+            let next = choose_next(
+                &Fusion::interpolate(0.3),
+                std::slice::from_ref(&session),
+                &[logits],
+            )?;
             logits = session.step_on_device(&next)?;
         }
         Ok(())

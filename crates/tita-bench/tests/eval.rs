@@ -192,7 +192,10 @@ fn mme_release_runs_end_to_end() {
     );
     let out = dir.path().join("out");
     let config = EvalConfig {
-        methods: vec![Method::Greedy, Method::parse("vcd:1", &Knobs::new()).unwrap()],
+        methods: vec![
+            Method::Greedy,
+            Method::parse("vcd:1", &Knobs::new()).unwrap(),
+        ],
         max_new_tokens: 3,
         ..EvalConfig::default()
     };

@@ -138,7 +138,10 @@ impl<B: Backend> Stepper for Fused<'_, '_, B> {
 
     fn next(&mut self, fed: Option<&[u32]>, draws: &[f64]) -> Result<Next> {
         let (t, g) = match fed {
-            None => self.first.take().expect("the prefill's logits are used once"),
+            None => self
+                .first
+                .take()
+                .expect("the prefill's logits are used once"),
             Some(tokens) => (
                 self.target.step_on_device(tokens)?,
                 self.guides
@@ -168,7 +171,12 @@ impl<B: Backend> Stepper for Fused<'_, '_, B> {
             let fused = self.fusion.fuse_device(step, t.clone(), &g);
             let mut checked = vec![(self.target.model(), &t)];
             checked.extend(self.guides.iter().map(Session::model).zip(&g));
-            Ok(Next::Chosen(choose_ids(fused, &checked, self.sampling, draws)?))
+            Ok(Next::Chosen(choose_ids(
+                fused,
+                &checked,
+                self.sampling,
+                draws,
+            )?))
         }
     }
 

@@ -372,7 +372,10 @@ impl<B: Backend> Stepper for Plain<'_, '_, B> {
 
     fn next(&mut self, fed: Option<&[u32]>, draws: &[f64]) -> Result<Next> {
         let logits = match fed {
-            None => self.first.take().expect("the prefill's logits are used once"),
+            None => self
+                .first
+                .take()
+                .expect("the prefill's logits are used once"),
             Some(tokens) => self.session.step_on_device(tokens)?,
         };
         let model = self.session.model();

@@ -39,7 +39,11 @@ impl Stepper for Script<'_> {
     }
 
     fn next(&mut self, fed: Option<&[u32]>, _draws: &[f64]) -> Result<Next> {
-        assert_eq!(fed.is_none(), self.next == 0, "the first call feeds nothing");
+        assert_eq!(
+            fed.is_none(),
+            self.next == 0,
+            "the first call feeds nothing"
+        );
         let id = self.script[self.next];
         self.next += 1;
         Ok(if self.chosen {
@@ -75,17 +79,10 @@ fn run_as(script: &[u32], stops: &[&str], chosen: bool) -> Run {
         chosen,
         vocab,
     };
-    let mut rows = decode_loop(
-        &tok,
-        &config,
-        &[2],
-        1,
-        &mut stepper,
-        &mut |ev| {
-            assert_eq!(ev.scores.is_some(), !chosen);
-            deltas.push(ev.text_delta.to_string())
-        },
-    )
+    let mut rows = decode_loop(&tok, &config, &[2], 1, &mut stepper, &mut |ev| {
+        assert_eq!(ev.scores.is_some(), !chosen);
+        deltas.push(ev.text_delta.to_string())
+    })
     .unwrap();
     let (ids, text, finish) = rows.remove(0);
     (deltas, ids, text, finish)
@@ -171,19 +168,12 @@ fn a_cancelled_generation_stops_at_the_next_token_with_what_it_has() {
         vocab: tok.vocab_size(),
     };
     let mut deltas = Vec::new();
-    let rows = decode_loop(
-        &tok,
-        &config,
-        &[2],
-        1,
-        &mut stepper,
-        &mut |ev| {
-            deltas.push(ev.text_delta.to_string());
-            if deltas.len() == 3 {
-                cancel.cancel();
-            }
-        },
-    )
+    let rows = decode_loop(&tok, &config, &[2], 1, &mut stepper, &mut |ev| {
+        deltas.push(ev.text_delta.to_string());
+        if deltas.len() == 3 {
+            cancel.cancel();
+        }
+    })
     .unwrap();
     let (ids, text, finish) = &rows[0];
     assert_eq!(*finish, FinishReason::Cancelled);

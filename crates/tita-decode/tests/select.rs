@@ -211,10 +211,7 @@ fn generations_chosen_on_the_device_equal_those_chosen_on_the_host() {
     // Greedy choice is the argmax either way (the fixture tests pin it); sampling is where the
     // two paths could part. Few tokens: this runs on lavapipe in CI too.
     let runs = [
-        (
-            SamplingConfig::greedy(),
-            vec![Fusion::interpolate(0.4)],
-        ),
+        (SamplingConfig::greedy(), vec![Fusion::interpolate(0.4)]),
         (
             sampled,
             vec![

@@ -25,16 +25,8 @@ fn fused_greedy_matches_transformers_single_and_batched() {
     let cases = cases();
     let requests: Vec<Request> = cases.iter().map(request).collect();
     let mut modes: Vec<(Fusion, &str, Option<&str>)> = vec![
-        (
-            Fusion::interpolate(0.3),
-            "tita_interpolate",
-            Some("0.3"),
-        ),
-        (
-            Fusion::interpolate(0.6),
-            "tita_interpolate",
-            Some("0.6"),
-        ),
+        (Fusion::interpolate(0.3), "tita_interpolate", Some("0.3")),
+        (Fusion::interpolate(0.6), "tita_interpolate", Some("0.6")),
     ];
     modes.push((Fusion::reference(1.0), "tita_reference", None));
     for (fusion, key, sub) in modes {
@@ -361,10 +353,7 @@ fn sweep_equals_full_decoding_for_every_fusion() {
     let fusions: Vec<Fusion> = [0.0, 0.1, 0.3, 0.6, 0.9, 1.0]
         .into_iter()
         .map(|lambda| Fusion::interpolate(lambda))
-        .chain([
-            Fusion::reference(1.0),
-            Fusion::reference(3.0),
-        ])
+        .chain([Fusion::reference(1.0), Fusion::reference(3.0)])
         .collect();
     // Greedy and seeded sampling; 12 tokens so that answers branch at different depths.
     let sampled = GenerationConfig {

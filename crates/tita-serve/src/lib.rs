@@ -28,8 +28,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tita_core::template::{Message, Part};
 use tita_decode::{
-    Cancel, FinishReason, Fusion, GenerationConfig, Knobs, Generator, ImageInput, Pipeline, Request,
-    SamplingConfig, Tita, TitaConfig, TokenExplanation,
+    Cancel, FinishReason, Fusion, GenerationConfig, Generator, ImageInput, Knobs, Pipeline,
+    Request, SamplingConfig, Tita, TitaConfig, TokenExplanation,
 };
 use tokio::sync::mpsc as tmpsc;
 

@@ -10,7 +10,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use tita_core::template::{Message, Part};
 use tita_decode::{
-    Fusion, Knobs, GenerationConfig, Generator, ImageInput, Pipeline, Request, Tita, TitaConfig,
+    Fusion, GenerationConfig, Generator, ImageInput, Knobs, Pipeline, Request, Tita, TitaConfig,
 };
 use tita_serve::{router, Models, ServerConfig};
 use ureq::Agent;

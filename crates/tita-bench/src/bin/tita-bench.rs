@@ -11,8 +11,8 @@ use tita_bench::eval::{EvalConfig, Method, Models, QuestionSet};
 use tita_bench::speed::{self, ModelSpec, Preset, SpeedRun};
 use tita_core::output::{claim_dir, Claim, Reuse};
 use tita_decode::backend::{dispatch, BackendKind, BackendTask};
-use tita_decode::{Knobs, Pipeline};
 use tita_decode::Precision;
+use tita_decode::{Knobs, Pipeline};
 use tita_models::ModelConfig;
 
 #[derive(Parser)]

@@ -10,8 +10,8 @@ use tita_core::template::{read_messages, template_help, ChatTemplate};
 use tita_decode::backend::{dispatch, BackendKind, BackendTask};
 use tita_decode::guidance::GuideModel;
 use tita_decode::{
-    Fusion, GenerationConfig, Knobs, Generator, Pipeline, Request, SamplingConfig, Tita, TitaConfig,
-    TokenExplanation,
+    Fusion, GenerationConfig, Generator, Knobs, Pipeline, Request, SamplingConfig, Tita,
+    TitaConfig, TokenExplanation,
 };
 
 #[derive(Parser, Debug)]

@@ -79,7 +79,12 @@ impl Guidance for Interpolate {
         self.lambda == 0.0 && self.tau.is_none()
     }
 
-    fn fuse_device<B: Backend>(&self, _: Step, t: Tensor<B, 2>, g: &[Tensor<B, 2>]) -> Tensor<B, 2> {
+    fn fuse_device<B: Backend>(
+        &self,
+        _: Step,
+        t: Tensor<B, 2>,
+        g: &[Tensor<B, 2>],
+    ) -> Tensor<B, 2> {
         let fused = if self.lambda == 0.0 {
             t.clone()
         } else {

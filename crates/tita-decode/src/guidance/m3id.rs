@@ -131,7 +131,10 @@ impl Guidance for M3id {
     }
 
     fn guides(&self) -> Vec<Guide> {
-        vec![Guide::derived(GuideModel::Target, "conversation without the image")]
+        vec![Guide::derived(
+            GuideModel::Target,
+            "conversation without the image",
+        )]
     }
 
     /// λ = 0 keeps γ_t = 1: no correction ever (the paper variant; the avisc one still cuts).
@@ -139,7 +142,12 @@ impl Guidance for M3id {
         self.lambda == 0.0 && self.variant == M3idVariant::Paper
     }
 
-    fn fuse_device<B: Backend>(&self, s: Step, t: Tensor<B, 2>, g: &[Tensor<B, 2>]) -> Tensor<B, 2> {
+    fn fuse_device<B: Backend>(
+        &self,
+        s: Step,
+        t: Tensor<B, 2>,
+        g: &[Tensor<B, 2>],
+    ) -> Tensor<B, 2> {
         let w = self.weight(s.t);
         let fused = over_common_device(&t, g, |head| {
             let lc = ls_device(t.clone());

@@ -330,7 +330,12 @@ impl Guidance for Marine {
         self.gamma == 0.0
     }
 
-    fn fuse_device<B: Backend>(&self, _: Step, t: Tensor<B, 2>, g: &[Tensor<B, 2>]) -> Tensor<B, 2> {
+    fn fuse_device<B: Backend>(
+        &self,
+        _: Step,
+        t: Tensor<B, 2>,
+        g: &[Tensor<B, 2>],
+    ) -> Tensor<B, 2> {
         over_common_device(&t, g, |head| {
             let lo = head(ls_device(t.clone()));
             let lg = head(ls_device(g[0].clone()));
@@ -362,9 +367,8 @@ impl Guidance for Marine {
                     .rev()
                     .find(|m| m.role == "user")
                     .ok_or_else(|| Error::argument("messages", "MARINE needs a user turn"))?;
-                user.content = guided_parts(&user.content, |q| {
-                    self.guidance_text(q, objects, position)
-                });
+                user.content =
+                    guided_parts(&user.content, |q| self.guidance_text(q, objects, position));
             }
         }
         pipeline.request_prompt(&guided)

@@ -249,7 +249,10 @@ impl Fusion {
 
 /// The vocabulary every branch covers.
 fn common_host(target: &[f32], guides: &[&[f32]]) -> usize {
-    guides.iter().map(|g| g.len()).fold(target.len(), usize::min)
+    guides
+        .iter()
+        .map(|g| g.len())
+        .fold(target.len(), usize::min)
 }
 
 /// Host scores over the target's vocabulary: `f(y)` on the common ids, `-inf` past them.

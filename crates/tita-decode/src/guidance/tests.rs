@@ -67,7 +67,10 @@ fn interpolate_is_the_weighted_sum_of_log_probs() {
 fn zero_weight_returns_the_target_unchanged() {
     assert_eq!(Fusion::interpolate(0.0).fuse_host(FIRST, &T, &[&R]), T);
     assert_eq!(Fusion::reference(0.0).fuse_host(FIRST, &T, &[&R, &R]), T);
-    assert_eq!(m3id(&[("m3id_lambda", 0.0.into())]).fuse_host(FIRST, &T, &[&R]), T);
+    assert_eq!(
+        m3id(&[("m3id_lambda", 0.0.into())]).fuse_host(FIRST, &T, &[&R]),
+        T
+    );
     let none = Fusion::from(marine(0.0, &["cat"]));
     assert_eq!(none.fuse_host(FIRST, &T, &[&R]), T);
     for f in [Fusion::interpolate(0.0), Fusion::reference(0.0), none] {
@@ -158,14 +161,21 @@ fn every_mode_reads_its_defaults() {
         assert!(Fusion::knobs_of(mode).is_some());
     }
     let m = M3id::default();
-    assert_eq!((m.lambda, m.alpha, m.variant), (0.02, 0.95, M3idVariant::Paper));
+    assert_eq!(
+        (m.lambda, m.alpha, m.variant),
+        (0.02, 0.95, M3idVariant::Paper)
+    );
 }
 
 #[test]
 fn m3id_at_the_start_of_the_answer_is_the_target() {
     // γ_0 = 1: no correction yet.
     let f = m3id(&[("m3id_alpha", 1.0.into())]);
-    close(&f.fuse_host(Step { t: 0 }, &T, &[&R]), &log_softmax(&T), 1e-6);
+    close(
+        &f.fuse_host(Step { t: 0 }, &T, &[&R]),
+        &log_softmax(&T),
+        1e-6,
+    );
 }
 
 #[test]
@@ -176,8 +186,16 @@ fn m3id_gate_leaves_confident_steps_alone() {
     let f = m3id(&[("m3id_alpha", 0.4.into())]);
     for t in [1, 50, 500] {
         let step = Step { t };
-        close(&softmax(&f.fuse_host(step, &logs(&pc), &[&logs(&pu)])), &pc, 1e-6);
-        close(&softmax(&on_device(&f, step, &logs(&pc), &[&logs(&pu)])), &pc, 1e-6);
+        close(
+            &softmax(&f.fuse_host(step, &logs(&pc), &[&logs(&pu)])),
+            &pc,
+            1e-6,
+        );
+        close(
+            &softmax(&on_device(&f, step, &logs(&pc), &[&logs(&pu)])),
+            &pc,
+            1e-6,
+        );
     }
 }
 
@@ -190,8 +208,16 @@ fn m3id_matches_the_paper_formula_by_hand() {
     let step = Step { t: 50 };
     assert!((M3id::default().weight(50) - (std::f32::consts::E - 1.0)).abs() < 1e-6);
     let f = m3id(&[]);
-    close(&softmax(&f.fuse_host(step, &logs(&pc), &[&logs(&pu)])), &want, 1e-5);
-    close(&softmax(&on_device(&f, step, &logs(&pc), &[&logs(&pu)])), &want, 1e-5);
+    close(
+        &softmax(&f.fuse_host(step, &logs(&pc), &[&logs(&pu)])),
+        &want,
+        1e-5,
+    );
+    close(
+        &softmax(&on_device(&f, step, &logs(&pc), &[&logs(&pu)])),
+        &want,
+        1e-5,
+    );
 }
 
 #[test]
@@ -200,7 +226,10 @@ fn m3id_avisc_always_corrects_and_cuts_by_beta() {
     // p_c = [0.5, 0.3, 0.2]: β = 0.5 keeps p_c >= 0.25, ids 0 and 1.
     let (lc, lu) = (logs(&[0.5, 0.3, 0.2]), logs(&[0.2, 0.3, 0.5]));
     let s = f.fuse_host(Step { t: 50 }, &lc, &[&lu]);
-    assert!(s[0].is_finite() && s[1].is_finite() && s[2] == f32::NEG_INFINITY, "{s:?}");
+    assert!(
+        s[0].is_finite() && s[1].is_finite() && s[2] == f32::NEG_INFINITY,
+        "{s:?}"
+    );
     let w = std::f32::consts::E - 1.0;
     assert!((s[0] - s[1] - ((1.0 + w) * (lc[0] - lc[1]) - w * (lu[0] - lu[1]))).abs() < 1e-5);
     close(&on_device(&f, Step { t: 50 }, &lc, &[&lu]), &s, 1e-5);
@@ -244,7 +273,10 @@ fn marine_guidance_text_is_the_official_one() {
         m.guidance_text("What is here?", &objects(&["cat", "dog"]), 9),
         "The image contains the following objects: cat and dog. Given these detected objects, what is here?"
     );
-    assert_eq!(m.guidance_text("Is There a cat?", &[], 2), "Is There a cat?");
+    assert_eq!(
+        m.guidance_text("Is There a cat?", &[], 2),
+        "Is There a cat?"
+    );
     let pope = Marine {
         templates: TemplateSet::Pope,
         ..m
@@ -269,11 +301,16 @@ fn marine_reads_object_lists_by_image() {
     for path in [&json, &jsonl] {
         let knobs = Knobs::new().with("objects", Some(path.display().to_string()));
         let f = Fusion::from_knobs("marine", &knobs).unwrap();
-        assert_eq!(f.describe()["objects"]["source"], path.display().to_string());
+        assert_eq!(
+            f.describe()["objects"]["source"],
+            path.display().to_string()
+        );
     }
     std::fs::write(&json, r#"[{"image": "a.jpg"}]"#).unwrap();
     let knobs = Knobs::new().with("objects", Some(json.display().to_string()));
-    let e = Fusion::from_knobs("marine", &knobs).unwrap_err().to_string();
+    let e = Fusion::from_knobs("marine", &knobs)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("objects.json") && e.contains("objects"), "{e}");
     let truth = Knobs::new()
         .with("objects", Some(serde_json::json!(["cat"])))
@@ -291,7 +328,10 @@ fn knobs_from_the_command_line() {
     k.set_arg("objects=dets/objects.json").unwrap();
     k.set_arg("objects_truth=true").unwrap();
     assert_eq!(k.get("m3id_lambda"), Some(&serde_json::json!(0.1)));
-    assert_eq!(k.get("objects"), Some(&serde_json::json!("dets/objects.json")));
+    assert_eq!(
+        k.get("objects"),
+        Some(&serde_json::json!("dets/objects.json"))
+    );
     assert_eq!(k.get("objects_truth"), Some(&serde_json::json!(true)));
     assert!(k.set_arg("no-equals-sign").is_err());
 }

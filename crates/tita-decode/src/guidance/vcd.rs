@@ -52,7 +52,8 @@ impl Guidance for Vcd {
         Knob {
             name: "vcd_beta",
             default: "0.1",
-            help: "plausibility cut: keep tokens with p >= beta * max p on the clean image, in (0, 1]",
+            help:
+                "plausibility cut: keep tokens with p >= beta * max p on the clean image, in (0, 1]",
         },
         Knob {
             name: "noise_step",
@@ -106,7 +107,12 @@ impl Guidance for Vcd {
         false
     }
 
-    fn fuse_device<B: Backend>(&self, _: Step, t: Tensor<B, 2>, g: &[Tensor<B, 2>]) -> Tensor<B, 2> {
+    fn fuse_device<B: Backend>(
+        &self,
+        _: Step,
+        t: Tensor<B, 2>,
+        g: &[Tensor<B, 2>],
+    ) -> Tensor<B, 2> {
         let fused = if self.alpha == 0.0 {
             t.clone()
         } else {
