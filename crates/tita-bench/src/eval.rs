@@ -217,6 +217,102 @@ pub fn answers_path(out: &Path, method: &Method, set: &str) -> PathBuf {
         .join(format!("{set}.jsonl"))
 }
 
+/// What answers a question under the run's methods: a sweeper sharing prefills among them,
+/// and each method alone (for `--no-shortcut`).
+struct Answerer<'a, B: Backend> {
+    target: &'a Pipeline<B>,
+    methods: &'a [Method],
+    /// None without guided methods or with the shortcut off.
+    sweeper: Option<Tita<'a, B>>,
+    plain: Generator<'a, B>,
+    /// One sampler per guided method, built once (building one compares the vocabularies).
+    solo: Vec<Option<Tita<'a, B>>>,
+}
+
+impl<'a, B: Backend> Answerer<'a, B> {
+    fn new(models: &Models<'a, B>, config: &'a EvalConfig) -> Result<Self> {
+        let generation = GenerationConfig {
+            max_new_tokens: config.max_new_tokens,
+            ..Default::default()
+        };
+        let guided = || {
+            config.methods.iter().filter_map(|m| match m {
+                Method::Greedy => None,
+                Method::Guided(f) => Some((m, f)),
+            })
+        };
+        // Every guide model a method needs must be there (the sweeper and each method's own
+        // sampler keep all of them).
+        for (m, f) in guided() {
+            for g in f.guides() {
+                let (given, flag) = match g.model {
+                    GuideModel::Target => (true, ""),
+                    GuideModel::Reward => (models.reward.is_some(), "reward"),
+                    GuideModel::Reference => (models.reference.is_some(), "reference"),
+                };
+                if !given {
+                    return Err(Error::argument(
+                        flag,
+                        format!("method {} needs --{flag}", m.name()),
+                    ));
+                }
+            }
+        }
+        let tita = |fusion: &Fusion| {
+            Tita::new(
+                models.target,
+                models.reward,
+                models.reference,
+                TitaConfig {
+                    fusion: fusion.clone(),
+                    explain: false,
+                },
+                generation.clone(),
+            )
+        };
+        // Greedy shares the sweep of the guided methods (an identity setting runs no guide).
+        let sweeper = match guided().next() {
+            Some((_, f)) if config.shortcut => Some(tita(f)?),
+            _ => None,
+        };
+        let solo = (config.methods.iter())
+            .map(|m| match m {
+                Method::Greedy => Ok(None),
+                Method::Guided(f) => tita(f).map(Some),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Answerer {
+            target: models.target,
+            methods: &config.methods,
+            sweeper,
+            plain: Generator::new(models.target, generation),
+            solo,
+        })
+    }
+
+    /// The answers of methods `todo` to `request`, each with the seconds spent on it (a shared
+    /// sweep's time split evenly).
+    fn answer(&self, request: &Request, todo: &[usize]) -> Result<Vec<(usize, Generation, f64)>> {
+        if let Some(sweeper) = &self.sweeper {
+            let t = Instant::now();
+            let fusions: Vec<Fusion> = todo.iter().map(|&i| self.methods[i].fusion()).collect();
+            let gens = sweeper.sweep(request, &fusions)?;
+            let each = t.elapsed().as_secs_f64() / todo.len() as f64;
+            return Ok(todo.iter().zip(gens).map(|(&i, g)| (i, g, each)).collect());
+        }
+        todo.iter()
+            .map(|&i| {
+                let t = Instant::now();
+                let g = match &self.solo[i] {
+                    Some(tita) => tita.generate(request)?.generation,
+                    None => self.plain.generate(&self.target.request_prompt(request)?)?,
+                };
+                Ok((i, g, t.elapsed().as_secs_f64()))
+            })
+            .collect()
+    }
+}
+
 /// Answers every question of every set with every method, appending to the answer files and
 /// skipping what they already hold. Returns the time spent per method in this run.
 pub fn answer_all<B: Backend>(
@@ -226,62 +322,7 @@ pub fn answer_all<B: Backend>(
     config: &EvalConfig,
     progress: bool,
 ) -> Result<BTreeMap<String, MethodSpeed>> {
-    let generation = GenerationConfig {
-        max_new_tokens: config.max_new_tokens,
-        ..Default::default()
-    };
-    // Every guide model a method needs must be there (a sweeper and each method's own
-    // sampler keep all of them).
-    for (m, f) in config.methods.iter().filter_map(|m| match m {
-        Method::Greedy => None,
-        Method::Guided(f) => Some((m, f)),
-    }) {
-        for g in f.guides() {
-            let (given, flag) = match g.model {
-                GuideModel::Target => (true, ""),
-                GuideModel::Reward => (models.reward.is_some(), "reward"),
-                GuideModel::Reference => (models.reference.is_some(), "reference"),
-            };
-            if !given {
-                return Err(Error::argument(
-                    flag,
-                    format!("method {} needs --{flag}", m.name()),
-                ));
-            }
-        }
-    }
-    let tita = |fusion: Fusion| {
-        Tita::new(
-            models.target,
-            models.reward,
-            models.reference,
-            TitaConfig {
-                fusion,
-                explain: false,
-            },
-            generation.clone(),
-        )
-    };
-    // Greedy shares the sweep of the guided methods (an identity setting runs no guide).
-    let sweeper = config
-        .methods
-        .iter()
-        .find_map(|m| match m {
-            Method::Greedy => None,
-            Method::Guided(f) => Some(tita(f.clone())),
-        })
-        .transpose()?;
-    let plain = Generator::new(models.target, generation.clone());
-    // One sampler per guided method, built once (building one compares the vocabularies).
-    let solo = config
-        .methods
-        .iter()
-        .map(|m| match m {
-            Method::Greedy => Ok(None),
-            Method::Guided(f) => tita(f.clone()).map(Some),
-        })
-        .collect::<Result<Vec<_>>>()?;
-
+    let answerer = Answerer::new(models, config)?;
     let total: usize = sets.iter().map(|s| s.questions.len()).sum();
     let bar = tita_core::progress::bar(progress, total, "questions");
     let mut speed: BTreeMap<String, MethodSpeed> = BTreeMap::new();
@@ -308,7 +349,7 @@ pub fn answer_all<B: Backend>(
             done.push(have);
             files.push((jsonl::open_append(&path)?, path));
         }
-        for (q, image) in set.questions.iter().zip(&set.images) {
+        for (position, (q, image)) in set.questions.iter().zip(&set.images).enumerate() {
             let id = q.question_id.expect("set by read_questions");
             let todo: Vec<usize> = (0..config.methods.len())
                 .filter(|&i| !done[i].contains(&id))
@@ -322,30 +363,12 @@ pub fn answer_all<B: Backend>(
             } else {
                 format!("{}\n{}", q.text, config.suffix)
             };
-            let request = Request::new(prompt.clone(), Some(image.clone()), config.pad);
-            let mut results: Vec<(usize, Generation, f64)> = Vec::new();
-            let (shared, alone): (Vec<usize>, Vec<usize>) = todo
-                .iter()
-                .partition(|_| config.shortcut && sweeper.is_some());
-            if !shared.is_empty() {
-                let t = Instant::now();
-                let fusions: Vec<Fusion> =
-                    shared.iter().map(|&i| config.methods[i].fusion()).collect();
-                let gens = sweeper
-                    .as_ref()
-                    .expect("checked")
-                    .sweep(&request, &fusions)?;
-                let each = t.elapsed().as_secs_f64() / shared.len() as f64;
-                results.extend(shared.iter().zip(gens).map(|(&i, g)| (i, g, each)));
-            }
-            for i in alone {
-                let t = Instant::now();
-                let g = match &solo[i] {
-                    Some(tita) => tita.generate(&request)?.generation,
-                    None => plain.generate(&models.target.request_prompt(&request)?)?,
-                };
-                results.push((i, g, t.elapsed().as_secs_f64()));
-            }
+            let request = Request {
+                // MARINE draws its guidance template by the question's place in its file.
+                position: Some(position),
+                ..Request::new(prompt.clone(), Some(image.clone()), config.pad)
+            };
+            let results = answerer.answer(&request, &todo)?;
             for (i, g, secs) in results {
                 let m = &config.methods[i];
                 let answer = Answer {

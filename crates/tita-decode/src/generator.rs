@@ -150,6 +150,50 @@ struct Row<'t> {
     sampler: Sampler,
 }
 
+impl Row<'_> {
+    /// Takes the row's next token: its text, whether it ends the row (a stop string, EOS, the
+    /// token limit, a full context), and how far the text may be streamed now.
+    fn accept(
+        &mut self,
+        token: u32,
+        tokenizer: &Tokenizer,
+        config: &GenerationConfig,
+        eos: &[u32],
+        room: bool,
+    ) -> Result<usize> {
+        self.tokens.push(token);
+        let piece = self.stream.step(token)?;
+        self.text.push_str(&piece);
+        if let Some(pos) = config
+            .stop_strings
+            .iter()
+            .filter_map(|s| self.text.find(s.as_str()))
+            .min()
+        {
+            self.text.truncate(pos);
+            self.finish = Some(FinishReason::StopString);
+        } else if eos.contains(&token) {
+            self.finish = Some(FinishReason::Eos);
+        } else if self.tokens.len() >= config.max_new_tokens {
+            self.finish = Some(FinishReason::MaxNewTokens);
+        } else if !room {
+            self.finish = Some(FinishReason::Context);
+        }
+        if self.finish.is_some() && self.finish != Some(FinishReason::StopString) {
+            // A character left incomplete at the end decodes as transformers shows it.
+            let full = tokenizer.decode(&self.tokens, true)?;
+            if let Some(rest) = full.strip_prefix(self.text.as_str()) {
+                self.text.push_str(rest);
+            }
+        }
+        Ok(if self.finish.is_some() {
+            self.text.len()
+        } else {
+            self.text.len() - held_back(&self.text, &config.stop_strings)
+        })
+    }
+}
+
 /// The longest tail of `text` that could still grow into one of `stops`: held back from the
 /// stream so that streamed text never shows what a stop string later cuts.
 fn held_back(text: &str, stops: &[String]) -> usize {
@@ -238,37 +282,8 @@ pub(crate) fn decode_loop(
                 Next::Scores(s) => (row.sampler.pick(&s[i], draws[i]), Some(s[i].as_slice())),
                 Next::Chosen(ids) => (ids[i], None),
             };
-            row.tokens.push(token);
             feed.push(token);
-            let piece = row.stream.step(token)?;
-            row.text.push_str(&piece);
-            if let Some(pos) = config
-                .stop_strings
-                .iter()
-                .filter_map(|s| row.text.find(s.as_str()))
-                .min()
-            {
-                row.text.truncate(pos);
-                row.finish = Some(FinishReason::StopString);
-            } else if eos.contains(&token) {
-                row.finish = Some(FinishReason::Eos);
-            } else if row.tokens.len() >= config.max_new_tokens {
-                row.finish = Some(FinishReason::MaxNewTokens);
-            } else if !room {
-                row.finish = Some(FinishReason::Context);
-            }
-            if row.finish.is_some() && row.finish != Some(FinishReason::StopString) {
-                // A character left incomplete at the end decodes as transformers shows it.
-                let full = tokenizer.decode(&row.tokens, true)?;
-                if let Some(rest) = full.strip_prefix(row.text.as_str()) {
-                    row.text.push_str(rest);
-                }
-            }
-            let end = if row.finish.is_some() {
-                row.text.len()
-            } else {
-                row.text.len() - held_back(&row.text, &config.stop_strings)
-            };
+            let end = row.accept(token, tokenizer, config, &eos, room)?;
             let delta = &row.text[row.streamed.min(end)..end];
             let event = TokenEvent {
                 row: i,

@@ -124,8 +124,30 @@ pub fn evaluate<B: Backend>(
             .map(|k| data.join(image_file("test", k)))
             .collect(),
     };
-    let pope_config = pope_config(config.methods(&tuning));
+    // Each test image's true objects, by file name: MARINE's detections, as an oracle.
+    let truth = ObjectList::by_image(test.iter().enumerate().map(|(k, scene)| {
+        let file = data.join(image_file("test", k));
+        let name = file
+            .file_name()
+            .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+        (name, scene.present().iter().map(|c| c.name()).collect())
+    }));
+    let pope_config = pope_config(config.methods(&tuning, &truth));
+    // MARINE's official pipeline guides captions with its general templates, POPE with its own.
+    let caption_methods = (pope_config.methods.iter())
+        .map(|m| match m {
+            Method::Guided(Fusion::Marine(marine)) => Method::Guided(
+                Marine {
+                    templates: TemplateSet::General,
+                    ..marine.clone()
+                }
+                .into(),
+            ),
+            m => m.clone(),
+        })
+        .collect();
     let caption_config = EvalConfig {
+        methods: caption_methods,
         suffix: String::new(),
         max_new_tokens: config.caption_tokens,
         ..pope_config.clone()
@@ -193,7 +215,7 @@ pub fn evaluate<B: Backend>(
 
     // Where each method's answers are: (name, directory, method as written).
     let mut sources: Vec<(String, &Path, Method)> = config
-        .methods(&tuning)
+        .methods(&tuning, &truth)
         .into_iter()
         .map(|m| (m.name(), eval.as_path(), m))
         .collect();

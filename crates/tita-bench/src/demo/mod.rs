@@ -45,7 +45,8 @@ use tita_core::error::read_json_as;
 use tita_core::output::Reuse;
 use tita_core::plot::{bar_chart, line_panels, Panel, Series};
 use tita_core::{jsonl, Error, Result};
-use tita_decode::Pipeline;
+use tita_decode::guidance::{M3id, Marine, ObjectList, TemplateSet};
+use tita_decode::{Fusion, Pipeline};
 use tita_train::optim::AdamWConfig;
 use tita_train::pairs::{synthesize, PairsConfig};
 use tita_train::trainer::{train, Objective, RunOptions, TrainConfig, TrainPaths};
@@ -262,13 +263,28 @@ impl DemoConfig {
         }
     }
 
-    /// The decoding methods evaluated on the test split, VCD at the α `tuning` chose.
-    fn methods(&self, tuning: &Tuning) -> Vec<Method> {
+    /// The decoding methods evaluated on the test split: VCD at the α `tuning` chose, M3ID at
+    /// its published defaults, MARINE given each image's true objects (so an oracle).
+    fn methods(&self, tuning: &Tuning, truth: &ObjectList) -> Vec<Method> {
         let mut m = vec![Method::Greedy];
         m.extend(self.lambdas.iter().map(|&lambda| Method::tita(lambda)));
         m.push(Method::reference(self.reference_alpha));
         m.push(Method::vcd(tuning.vcd_alpha, self.seed));
+        m.push(Method::Guided(M3id::default().into()));
+        m.push(Method::Guided(
+            Marine {
+                templates: TemplateSet::Pope,
+                truth: true,
+                ..Marine::new(truth.clone())
+            }
+            .into(),
+        ));
         m
+    }
+
+    /// [`DemoConfig::methods`] for their names and knobs (MARINE without its lists).
+    fn method_list(&self, tuning: &Tuning) -> Vec<Method> {
+        self.methods(tuning, &ObjectList::fixed(Vec::new()))
     }
 }
 
@@ -278,6 +294,8 @@ pub const MODELS: [&str; 4] = ["target", "reward-sft", "reward", "target-dpo"];
 pub const TARGET_DPO: &str = "target-dpo";
 /// Name of the reward model answering alone (greedy) among the methods of the results.
 pub const REWARD_ALONE: &str = "reward-alone";
+/// MARINE given the true objects of every image: an oracle, and labelled so.
+pub const MARINE_TRUTH: &str = "MARINE-truth (oracle)";
 /// The world's splits and their split numbers (3 and 4 are the towers' pretraining images).
 const SPLITS: [(&str, u64); 4] = [
     ("train", 0),
@@ -336,7 +354,11 @@ fn read_text(path: &Path) -> Result<String> {
 /// Method names in report order: greedy, TITA by λ, reference, VCD, the DPO-tuned target,
 /// the reward model alone.
 pub fn method_names(config: &DemoConfig, tuning: &Tuning) -> Vec<String> {
-    let mut names: Vec<String> = config.methods(tuning).iter().map(Method::name).collect();
+    let mut names: Vec<String> = config
+        .method_list(tuning)
+        .iter()
+        .map(Method::name)
+        .collect();
     names.push(TARGET_DPO.into());
     names.push(REWARD_ALONE.into());
     names

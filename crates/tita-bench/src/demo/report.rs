@@ -155,7 +155,7 @@ fn save_png(img: &image::RgbImage, path: &Path) -> Result<()> {
 fn write_plots(out: &Path, results: &DemoResults) -> Result<()> {
     let config = &results.config;
     let lambdas: Vec<(f64, String)> = config
-        .methods(&results.tuning)
+        .method_list(&results.tuning)
         .iter()
         .filter_map(|m| m.lambda().map(|l| (l as f64, m.name())))
         .collect();

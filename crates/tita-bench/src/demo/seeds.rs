@@ -94,7 +94,10 @@ pub fn summary_rows(config: &DemoConfig) -> Vec<String> {
     );
     rows.push(TITA_TUNED.into());
     rows.push(Method::reference(config.reference_alpha).name());
-    rows.extend([VCD_TUNED, TARGET_DPO, REWARD_ALONE].map(String::from));
+    rows.push(VCD_TUNED.into());
+    rows.push(Method::Guided(M3id::default().into()).name());
+    rows.push(MARINE_TRUTH.into());
+    rows.extend([TARGET_DPO, REWARD_ALONE].map(String::from));
     rows
 }
 

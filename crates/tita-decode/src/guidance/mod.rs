@@ -24,7 +24,7 @@ use crate::pipeline::{Pipeline, Prompt, Request};
 pub use interpolate::Interpolate;
 pub use knobs::{Knob, Knobs};
 pub use m3id::{M3id, M3idVariant};
-pub use marine::{Marine, ObjectList};
+pub use marine::{Marine, ObjectList, TemplateSet};
 pub use reference::Reference;
 pub use vcd::Vcd;
 
