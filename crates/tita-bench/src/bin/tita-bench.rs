@@ -462,6 +462,13 @@ impl BackendTask for DemoTask {
                         committed_path.display(),
                         demo::TOLERANCE
                     );
+                    let new = demo::new_methods(results, &committed);
+                    if !new.is_empty() {
+                        eprintln!(
+                            "seed {seed}: methods not in the committed results: {}",
+                            new.join(", ")
+                        );
+                    }
                 }
             }
         }

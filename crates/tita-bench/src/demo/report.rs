@@ -222,8 +222,9 @@ fn write_plots(out: &Path, results: &DemoResults) -> Result<()> {
 /// weights only move if a near-tie flips under another summation order, by 1/count each.
 pub const TOLERANCE: f64 = 0.01;
 
-/// Largest absolute difference between the metrics of two results (POPE and CHAIR), with
-/// where it is; errors when one has a split or method the other lacks.
+/// Largest absolute difference between the metrics of a run `a` and the results `b` it should
+/// reproduce (POPE and CHAIR), with where it is: every metric of `b` is compared, and an error
+/// names one that `a` lacks. Methods only `a` has are new ([`new_methods`]).
 pub fn max_difference(
     a: &DemoResults,
     b: &DemoResults,
@@ -235,20 +236,28 @@ pub fn max_difference(
             worst = (d, what);
         }
     };
-    for (split, row) in &a.pope {
-        let other = b.pope.get(split).ok_or(format!("no POPE split {split}"))?;
-        for (m, x) in row {
-            let y = other.get(m).ok_or(format!("no method {m} on {split}"))?;
+    for (split, row) in &b.pope {
+        let other = a.pope.get(split).ok_or(format!("no POPE split {split}"))?;
+        for (m, y) in row {
+            let x = other.get(m).ok_or(format!("no method {m} on {split}"))?;
             see(format!("{split}/{m}/accuracy"), x.accuracy, y.accuracy);
             see(format!("{split}/{m}/f1"), x.f1, y.f1);
             see(format!("{split}/{m}/yes_ratio"), x.yes_ratio, y.yes_ratio);
         }
     }
-    for (m, x) in &a.chair {
-        let y = b.chair.get(m).ok_or(format!("no CHAIR of {m}"))?;
+    for (m, y) in &b.chair {
+        let x = a.chair.get(m).ok_or(format!("no CHAIR of {m}"))?;
         see(format!("chair/{m}/chair_i"), x.chair_i, y.chair_i);
         see(format!("chair/{m}/chair_s"), x.chair_s, y.chair_s);
         see(format!("chair/{m}/recall"), x.recall, y.recall);
     }
     Ok(worst)
+}
+
+/// The methods a run `a` evaluated that the results `b` do not hold.
+pub fn new_methods(a: &DemoResults, b: &DemoResults) -> Vec<String> {
+    (a.pope_overall.keys())
+        .filter(|m| !b.pope_overall.contains_key(*m))
+        .cloned()
+        .collect()
 }
