@@ -140,7 +140,7 @@ pub struct EvalConfig {
     pub suffix: String,
     pub max_new_tokens: usize,
     pub pad: bool,
-    /// Share prefills across greedy / interpolate / reference methods (exact; see module docs).
+    /// Share prefills and answer prefixes across all methods (exact; see module docs).
     pub shortcut: bool,
     /// The conversation template the prompts were rendered with (recorded from the target).
     pub template: String,

@@ -71,6 +71,29 @@ fn bad_evaluations_fail_before_writing() {
         &with(&["--methods", "vcd:-2"]),
         "invalid argument `alpha`: -2 must be a finite number >= 0",
     );
+    refused(
+        &with(&["--methods", "greedy,m3id", "--knob", "lambda=0.3"]),
+        "--knob lambda: no method of --methods takes it",
+    );
+    refused(
+        &with(&["--methods", "marine"]),
+        "MARINE needs the detected objects",
+    );
+    refused(
+        &with(&["--methods", "sideways:1"]),
+        "expected greedy or MODE[:VALUE] with MODE one of interpolate, reference, contrastive, m3id, marine",
+    );
+    refused(
+        &with(&[
+            "--methods",
+            "m3id",
+            "--knob",
+            "m3id_variant=avisc",
+            "--knob",
+            "m3id_alpha=0.5",
+        ]),
+        "m3id_alpha",
+    );
     assert!(!out.exists(), "a refused run creates nothing");
     std::fs::create_dir_all(out.join("answers")).unwrap();
     refused(

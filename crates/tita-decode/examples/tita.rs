@@ -26,7 +26,6 @@ fn main() -> Result<(), tita_core::Error> {
     let config = TitaConfig {
         fusion: Fusion::interpolate(0.3),
         explain: true,
-        ..Default::default()
     };
     let tita = Tita::new(&target, Some(&reward), None, config, generation)?;
     let request = Request::new("Describe the image in detail.", Some(image), false);

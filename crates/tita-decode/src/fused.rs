@@ -63,13 +63,18 @@ impl Explainer<'_> {
             .guides()
             .iter()
             .position(|g| g.model == GuideModel::Reference);
+        // The first guide branch stands for "the guide" (every method has one).
+        let guide = scores
+            .guides
+            .first()
+            .map_or(&scores.target[row], |g| &g[row]);
         let explanation = TokenExplanation {
             token: self.choice(token),
             target_top: self.choice(argmax(&scores.target[row])),
-            reward_top: self.choice(argmax(&scores.guides[0][row])),
+            reward_top: self.choice(argmax(guide)),
             fused_top: self.choice(argmax(&scores.fused[row])),
             target_logprob: target_lp,
-            reward_logprob: guide_lps[0],
+            reward_logprob: guide_lps.first().copied().unwrap_or(target_lp),
             reference_logprob: reference.map(|i| guide_lps[i]),
             implicit_reward: fusion.implicit_reward(target_lp, &guide_lps),
         };

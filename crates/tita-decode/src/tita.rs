@@ -125,8 +125,8 @@ pub fn check_vocabularies(target: &Tokenizer, other: &Tokenizer) -> Result<()> {
 
 impl<'p, B: Backend> Tita<'p, B> {
     /// `reward` is required by the methods with a reward branch (interpolate, reference),
-    /// `reference` by reference mode; the baselines use the target alone. Guides given but
-    /// not used are dropped (a sweep may still use them: see [`Tita::sweep`]).
+    /// `reference` by reference mode; the baselines use the target alone. Guide models given
+    /// but not used by `config`'s method are kept for [`Tita::sweep`].
     pub fn new(
         target: &'p Pipeline<B>,
         reward: Option<&'p Pipeline<B>>,

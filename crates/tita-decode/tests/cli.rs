@@ -114,7 +114,7 @@ fn bad_flags_name_the_flag_and_its_range() {
         ),
         (
             vec!["--mode", "marine"],
-            "MARINE needs the detected objects (--objects FILE)",
+            "MARINE needs the detected objects (--objects FILE",
         ),
         (
             vec!["--mode", "marine", "--objects", "/nonexistent/objects.json"],

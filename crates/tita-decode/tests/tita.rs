@@ -350,10 +350,28 @@ fn sweep_equals_full_decoding_for_every_fusion() {
         load("llava-reward"),
         load("llava-reward-ref"),
     );
+    let knobs = |pairs: &[(&str, serde_json::Value)]| {
+        let mut k = tita_decode::Knobs::new();
+        pairs.iter().for_each(|(n, v)| k.set(n, v.clone()));
+        k
+    };
+    let method = |mode: &str, pairs: &[(&str, serde_json::Value)]| {
+        Fusion::from_knobs(mode, &knobs(pairs)).unwrap()
+    };
+    let objects = |names: &[&str]| serde_json::json!(names);
+    // Methods whose guide inputs differ only in a knob (noise seed, object list) must not
+    // share a branch.
     let fusions: Vec<Fusion> = [0.0, 0.1, 0.3, 0.6, 0.9, 1.0]
         .into_iter()
-        .map(|lambda| Fusion::interpolate(lambda))
+        .map(Fusion::interpolate)
         .chain([Fusion::reference(1.0), Fusion::reference(3.0)])
+        .chain([
+            method("contrastive", &[("noise_seed", 1.into())]),
+            method("contrastive", &[("noise_seed", 2.into())]),
+            method("m3id", &[("m3id_lambda", 0.3.into())]),
+            method("marine", &[("objects", objects(&["cat"]))]),
+            method("marine", &[("objects", objects(&["rocket", "dog"]))]),
+        ])
         .collect();
     // Greedy and seeded sampling; 12 tokens so that answers branch at different depths.
     let sampled = GenerationConfig {

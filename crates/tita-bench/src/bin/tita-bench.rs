@@ -12,7 +12,7 @@ use tita_bench::speed::{self, ModelSpec, Preset, SpeedRun};
 use tita_core::output::{claim_dir, Claim, Reuse};
 use tita_decode::backend::{dispatch, BackendKind, BackendTask};
 use tita_decode::Precision;
-use tita_decode::{Knobs, Pipeline};
+use tita_decode::{Fusion, Knobs, Pipeline};
 use tita_models::ModelConfig;
 
 #[derive(Parser)]
@@ -243,8 +243,32 @@ impl EvalArgs {
         for &lambda in &self.lambdas {
             methods.push(Method::parse(&format!("tita:{lambda}"), &shared)?);
         }
-        let mut seen = std::collections::HashSet::new();
-        methods.retain(|m| seen.insert(m.name()));
+        // Answers are filed by method name: the same method twice runs once, two methods
+        // under one name would mix their answers.
+        let mut kept: Vec<Method> = Vec::new();
+        for m in methods {
+            match kept.iter().find(|k| k.name() == m.name()) {
+                Some(k) if *k != m => bail!(
+                    "--methods: two methods are named {} (give them other knobs)",
+                    m.name()
+                ),
+                Some(_) => {}
+                None => kept.push(m),
+            }
+        }
+        let methods = kept;
+        // A knob no method takes is a typo or a wrong method, not something to ignore.
+        for (name, _) in shared.iter().filter(|(name, _)| *name != "noise_seed") {
+            let takes = |m: &Method| match m {
+                Method::Greedy => false,
+                Method::Guided(f) => {
+                    Fusion::knobs_of(f.name()).is_some_and(|ks| ks.iter().any(|k| k.name == name))
+                }
+            };
+            if !methods.iter().any(takes) {
+                bail!("--knob {name}: no method of --methods takes it");
+            }
+        }
         Ok(EvalConfig {
             methods,
             suffix: (self.suffix.as_deref())

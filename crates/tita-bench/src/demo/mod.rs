@@ -264,7 +264,7 @@ impl DemoConfig {
     }
 
     /// The decoding methods evaluated on the test split: VCD at the α `tuning` chose, M3ID at
-    /// its published defaults, MARINE given each image's true objects (so an oracle).
+    /// the defaults of its public reimplementations, MARINE given each image's true objects (so an oracle).
     fn methods(&self, tuning: &Tuning, truth: &ObjectList) -> Vec<Method> {
         let mut m = vec![Method::Greedy];
         m.extend(self.lambdas.iter().map(|&lambda| Method::tita(lambda)));

@@ -56,10 +56,6 @@ impl Knobs {
         Value::Object(self.0.clone())
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// Refuses knobs that `mode` does not take, listing the ones it does.
     pub(crate) fn only(&self, mode: &str, knobs: &[Knob]) -> Result<()> {
         match self.0.keys().find(|k| !knobs.iter().any(|n| n.name == *k)) {
@@ -79,6 +75,10 @@ impl Knobs {
                 ))
             }
         }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v))
     }
 
     pub fn get(&self, name: &str) -> Option<&Value> {

@@ -156,12 +156,12 @@ impl Guidance for M3id {
                 // 1[max l_c < log α], per row
                 M3idVariant::Paper => {
                     let [rows, common] = gap.dims();
-                    let open = lc.max_dim(1).lower_elem(self.alpha.ln()).float();
+                    let open = lc.clone().max_dim(1).lower_elem(self.alpha.ln()).float();
                     gap * open.mul_scalar(w).expand([rows, common])
                 }
                 M3idVariant::Avisc => gap.mul_scalar(w),
             };
-            head(ls_device(t.clone())) + gap
+            head(lc) + gap
         });
         match self.variant {
             M3idVariant::Paper => fused,

@@ -110,6 +110,15 @@ impl ObjectList {
         Ok(list)
     }
 
+    /// What tells two lists apart: the file they came from, or the names themselves.
+    fn identity(&self) -> String {
+        match (&self.fixed, &self.source) {
+            (Some(fixed), _) => format!("{fixed:?}"),
+            (None, Some(path)) => path.display().to_string(),
+            (None, None) => format!("{:?}", self.by_image),
+        }
+    }
+
     /// The objects of `request`'s image (found by its file name).
     fn objects(&self, request: &Request) -> Result<&[String]> {
         if let Some(fixed) = &self.fixed {
@@ -282,7 +291,7 @@ impl Guidance for Marine {
             None => {
                 return Err(Error::argument(
                     "objects",
-                    "MARINE needs the detected objects (--objects FILE)",
+                    "MARINE needs the detected objects (--objects FILE, or the server's tita.objects list)",
                 ))
             }
         };
@@ -319,9 +328,15 @@ impl Guidance for Marine {
     }
 
     fn guides(&self) -> Vec<Guide> {
+        // The key names everything the prompt depends on, so that a sweep shares a branch
+        // only between methods that read the same prompt.
         vec![Guide::derived(
             GuideModel::Target,
-            format!("object prompt ({:?})", self.templates),
+            format!(
+                "object prompt ({:?} templates, objects {})",
+                self.templates,
+                self.objects.identity()
+            ),
         )]
     }
 

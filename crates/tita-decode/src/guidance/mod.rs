@@ -115,7 +115,7 @@ pub trait Guidance: Clone + std::fmt::Debug + PartialEq + Serialize + Send + Syn
     /// log-probs under the target and each guide: `log p_guide - log p_T` unless the method
     /// says otherwise.
     fn implicit_reward(&self, target: f32, guides: &[f32]) -> f32 {
-        guides[0] - target
+        guides.first().map_or(0.0, |g| g - target)
     }
 }
 

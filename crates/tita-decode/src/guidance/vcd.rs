@@ -1,6 +1,7 @@
 //! VCD (Leng et al., CVPR 2024), the contrastive baseline: `(1+α)·z(v) - α·z(v')` with `v'` the
 //! image after diffusion noise, one model; VCD's plausibility cut β on `p(v)`.
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use burn::tensor::{backend::Backend, Tensor};
@@ -90,10 +91,14 @@ impl Guidance for Vcd {
     }
 
     fn guides(&self) -> Vec<Guide> {
-        let eps = if self.noise_eps.is_some() {
-            "given ε".to_string()
-        } else {
-            format!("seed {}", self.noise_seed)
+        let eps = match &self.noise_eps {
+            // Its bits identify a given ε (a sweep must not share two different ones).
+            Some(eps) => {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                eps.iter().for_each(|x| x.to_bits().hash(&mut h));
+                format!("given ε {:016x}", h.finish())
+            }
+            None => format!("seed {}", self.noise_seed),
         };
         vec![Guide::derived(
             GuideModel::Target,
