@@ -41,6 +41,8 @@ fn methods(results: &DemoResults) -> Vec<String> {
     m.extend(config.lambdas.iter().map(|l| format!("tita-{l}")));
     m.push(format!("reference-{}", config.reference_alpha));
     m.push(format!("vcd-{}", results.tuning.vcd_alpha));
+    m.push("m3id-0.02".into());
+    m.push(demo::MARINE_TRUTH.into());
     m.push(demo::TARGET_DPO.into());
     m.push(demo::REWARD_ALONE.into());
     m

@@ -341,6 +341,21 @@ fn bad_configurations_are_clear_errors() {
         e.contains("differs") && e.contains("32001") && e.contains("PAD_SWAP"),
         "{e}"
     );
+    // Methods that contrast the image with something else need one: without it they would be
+    // plain decoding under another name.
+    let text_only = Request::new("Hello", None::<std::path::PathBuf>, false);
+    for fusion in [
+        Fusion::vcd(1.0),
+        Fusion::from_knobs("m3id", &Default::default()).unwrap(),
+    ] {
+        let tita = Tita::new(&target, None, None, config(fusion), greedy(4)).unwrap();
+        let e = tita
+            .generate(&text_only)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("image") && e.contains("no image"), "{e}");
+    }
 }
 
 #[test]

@@ -196,6 +196,12 @@ impl Guidance for M3id {
         pipeline: &Pipeline<B>,
         request: &Request,
     ) -> Result<Prompt> {
+        if request.image.is_none() {
+            return Err(Error::argument(
+                "image",
+                "M3ID contrasts the answer with and without the image; this request has no image",
+            ));
+        }
         pipeline.prompt_without_image(request)
     }
 }

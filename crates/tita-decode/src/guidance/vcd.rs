@@ -7,7 +7,7 @@ use std::sync::Arc;
 use burn::tensor::{backend::Backend, Tensor};
 use serde::Serialize;
 use tita_core::noise::{add_diffusion_noise, add_noise_with};
-use tita_core::Result;
+use tita_core::{Error, Result};
 
 use super::{
     check_range, cut_device, cut_host, over_common_device, over_common_host, Guidance, Guide,
@@ -139,7 +139,7 @@ impl Guidance for Vcd {
         out
     }
 
-    /// The target's prompt with its pixels noised (a text-only request stays as it is).
+    /// The target's prompt with its pixels noised.
     fn guide_prompt<B: Backend>(
         &self,
         _: usize,
@@ -147,11 +147,16 @@ impl Guidance for Vcd {
         request: &Request,
     ) -> Result<Prompt> {
         let mut prompt = pipeline.request_prompt(request)?;
-        if let Some(px) = &mut prompt.pixels {
-            match &self.noise_eps {
-                Some(eps) => add_noise_with(&mut px.data, self.noise_step, eps)?,
-                None => add_diffusion_noise(&mut px.data, self.noise_step, self.noise_seed)?,
-            }
+        // Without an image both branches would read the same input: plain decoding in disguise.
+        let Some(px) = &mut prompt.pixels else {
+            return Err(Error::argument(
+                "image",
+                "contrastive decoding contrasts the image with a noised copy of it; this request has no image",
+            ));
+        };
+        match &self.noise_eps {
+            Some(eps) => add_noise_with(&mut px.data, self.noise_step, eps)?,
+            None => add_diffusion_noise(&mut px.data, self.noise_step, self.noise_seed)?,
         }
         Ok(prompt)
     }
