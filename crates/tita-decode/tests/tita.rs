@@ -349,11 +349,7 @@ fn bad_configurations_are_clear_errors() {
         Fusion::from_knobs("m3id", &Default::default()).unwrap(),
     ] {
         let tita = Tita::new(&target, None, None, config(fusion), greedy(4)).unwrap();
-        let e = tita
-            .generate(&text_only)
-            .err()
-            .expect("refused")
-            .to_string();
+        let e = tita.generate(&text_only).expect_err("refused").to_string();
         assert!(e.contains("image") && e.contains("no image"), "{e}");
     }
 }
