@@ -71,6 +71,9 @@ fn bad_evaluations_fail_before_writing() {
         &with(&["--methods", "vcd:-2"]),
         "invalid argument `alpha`: -2 must be a finite number >= 0",
     );
+    for zero in [["--limit", "0"], ["--max-new-tokens", "0"]] {
+        refused(&with(&zero), "must be at least 1");
+    }
     refused(
         &with(&["--methods", "greedy,m3id", "--knob", "lambda=0.3"]),
         "--knob lambda: no method of --methods takes it",
@@ -94,6 +97,27 @@ fn bad_evaluations_fail_before_writing() {
         ]),
         "m3id_alpha",
     );
+    // Two question files of one split name would file their answers together.
+    let (d1, d2) = (dir.path().join("d1"), dir.path().join("d2"));
+    for d in [&d1, &d2] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::copy(&questions, d.join("split.jsonl")).unwrap();
+    }
+    let both = format!(
+        "{},{}",
+        d1.join("split.jsonl").display(),
+        d2.join("split.jsonl").display()
+    );
+    let mut twice = base.to_vec();
+    let at = twice.iter().position(|a| *a == "--questions").unwrap() + 1;
+    twice[at] = &both;
+    refused(&twice, "are both the split `split`");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let mut into_file = base.to_vec();
+    let at = into_file.iter().position(|a| *a == "--out").unwrap() + 1;
+    into_file[at] = file.to_str().unwrap();
+    refused(&into_file, "is a file; give a folder");
     assert!(!out.exists(), "a refused run creates nothing");
     std::fs::create_dir_all(out.join("answers")).unwrap();
     refused(
@@ -179,6 +203,20 @@ fn speed_on_checkpoints_reports_every_phase() {
     let out = dir.path().join("speed");
     let target = fixtures().join("llava-target");
     let reward = fixtures().join("llava-reward");
+    // Counts of nothing measure nothing (the median of no queries used to panic).
+    for flag in ["--queries", "--new-tokens", "--prompt-tokens", "--batch"] {
+        refused(
+            &[
+                "speed",
+                "--model",
+                target.to_str().unwrap(),
+                "--pope",
+                flag,
+                "0",
+            ],
+            "must be at least 1",
+        );
+    }
     let args = [
         "speed",
         "--model",

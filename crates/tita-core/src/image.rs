@@ -354,7 +354,32 @@ pub fn decode_rgb(bytes: &[u8], source: &Path) -> Result<RgbImage> {
         path: PathBuf::from(source),
         msg: format!("not a readable image: {e}"),
     })?;
-    Ok(img.to_rgb8())
+    Ok(to_rgb8_as_pillow(img))
+}
+
+/// `convert("RGB")` as Pillow does it for 16-bit images, where it does not scale: it opens
+/// 16-bit grey as mode `I;16` and clips it to 255, and keeps the high byte of every 16-bit
+/// colour or grey-alpha sample. Everything else converts as usual.
+fn to_rgb8_as_pillow(img: image::DynamicImage) -> RgbImage {
+    use image::DynamicImage as D;
+    let (w, h) = (img.width(), img.height());
+    let grey = |v: u8| image::Rgb([v, v, v]);
+    match img {
+        D::ImageLuma16(b) => {
+            RgbImage::from_fn(w, h, |x, y| grey(b.get_pixel(x, y)[0].min(255) as u8))
+        }
+        D::ImageLumaA16(b) => {
+            RgbImage::from_fn(w, h, |x, y| grey((b.get_pixel(x, y)[0] >> 8) as u8))
+        }
+        D::ImageRgb16(b) => RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb(b.get_pixel(x, y).0.map(|v| (v >> 8) as u8))
+        }),
+        D::ImageRgba16(b) => RgbImage::from_fn(w, h, |x, y| {
+            let p = b.get_pixel(x, y).0;
+            image::Rgb([p[0], p[1], p[2]].map(|v| (v >> 8) as u8))
+        }),
+        other => other.to_rgb8(),
+    }
 }
 
 /// transformers' `get_resize_output_image_size(default_to_square=False)`: the short side
@@ -637,6 +662,33 @@ fn resize(img: &RgbImage, out_w: usize, out_h: usize, resample: Resample, by: Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pillow 13's `Image.open(png).convert("RGB")` on 16-bit PNGs: grey clipped to 255, colour
+    /// and grey-alpha reduced to their high byte.
+    #[test]
+    fn sixteen_bit_pngs_convert_as_pillow_converts_them() {
+        let encode = |img: image::DynamicImage| {
+            let mut out = std::io::Cursor::new(Vec::new());
+            img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+            decode_rgb(out.get_ref(), Path::new("test.png")).unwrap()
+        };
+        let firsts = |img: &RgbImage| -> Vec<u8> { img.pixels().map(|p| p[0]).collect() };
+        let grey: Vec<u16> = vec![0, 100, 255, 256, 1000, 65535];
+        let img = image::ImageBuffer::<image::Luma<u16>, _>::from_raw(6, 1, grey).unwrap();
+        let rgb = encode(image::DynamicImage::ImageLuma16(img));
+        assert_eq!(firsts(&rgb), [0, 100, 255, 255, 255, 255]);
+        let vals: [u16; 7] = [0, 100, 255, 256, 1000, 0x80FF, 65535];
+        let want = [0, 0, 0, 1, 3, 128, 255];
+        let colour: Vec<u16> = vals.iter().flat_map(|&v| [v, v, v]).collect();
+        let img = image::ImageBuffer::<image::Rgb<u16>, _>::from_raw(7, 1, colour).unwrap();
+        assert_eq!(firsts(&encode(image::DynamicImage::ImageRgb16(img))), want);
+        let grey_alpha: Vec<u16> = vals.iter().flat_map(|&v| [v, 65535]).collect();
+        let img = image::ImageBuffer::<image::LumaA<u16>, _>::from_raw(7, 1, grey_alpha).unwrap();
+        assert_eq!(
+            firsts(&encode(image::DynamicImage::ImageLumaA16(img))),
+            want
+        );
+    }
 
     #[test]
     fn shortest_edge_keeps_aspect_and_truncates() {

@@ -1,6 +1,7 @@
 //! tita-core: what every family's config parsing shares, tokenizer and chat template, image
 //! preprocessing and sampling for TITA. No model code lives here.
 
+pub mod args;
 pub mod config;
 pub mod error;
 pub mod image;

@@ -49,6 +49,15 @@ pub struct Claim {
 
 /// Claims the folder `dir` for one run (created if missing).
 pub fn claim_dir(dir: &Path, reuse: Reuse) -> Result<Claim> {
+    if dir.is_file() {
+        return Err(Error::argument(
+            "out",
+            format!(
+                "{} is a file; give a folder for the run's outputs",
+                dir.display()
+            ),
+        ));
+    }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let lock_path = dir.join(LOCK_FILE);
     let lock = lock(&lock_path, dir)?;

@@ -8,7 +8,7 @@ use std::time::Instant;
 use burn::tensor::{backend::Backend, Tensor};
 use serde::Serialize;
 use tita_core::sampling::{Sampler, SamplingConfig};
-use tita_core::{Result, Tokenizer};
+use tita_core::{Error, Result, Tokenizer};
 
 use crate::pipeline::{Pipeline, Prompt};
 use crate::select::choose_ids;
@@ -224,6 +224,13 @@ pub(crate) fn decode_loop(
     stepper: &mut dyn Stepper,
     on_token: &mut dyn FnMut(TokenEvent),
 ) -> Result<Vec<(Vec<u32>, String, FinishReason)>> {
+    if config.stop_strings.iter().any(String::is_empty) {
+        // Every text contains "": it would stop before the first token's text.
+        return Err(Error::argument(
+            "stop",
+            "an empty stop string would end every generation at once",
+        ));
+    }
     let eos = config
         .eos_token_ids
         .clone()

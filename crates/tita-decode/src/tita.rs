@@ -92,8 +92,28 @@ pub struct Tita<'p, B: Backend> {
     pub generation: GenerationConfig,
 }
 
-/// Refuses guide models whose tokenizer disagrees with the target's on their common id range.
-pub fn check_vocabularies(target: &Tokenizer, other: &Tokenizer) -> Result<()> {
+/// Refuses a guide model (`role`: "reward" or "reference") of another family than the target,
+/// or whose tokenizer disagrees with the target's on their common id range.
+pub fn check_guide<B: Backend>(
+    role: &str,
+    target: &Pipeline<B>,
+    guide: &Pipeline<B>,
+) -> Result<()> {
+    let (g, t) = (guide.model.family(), target.model.family());
+    if g != t {
+        return Err(Error::argument(
+            role,
+            format!(
+                "{} is a {g} model and the target {} a {t} one: the guide must be of the target's family (same tokenizer, same image tokens)",
+                guide.dir.display(),
+                target.dir.display()
+            ),
+        ));
+    }
+    check_vocabularies(role, &target.tokenizer, &guide.tokenizer)
+}
+
+fn check_vocabularies(role: &str, target: &Tokenizer, other: &Tokenizer) -> Result<()> {
     let (a, b) = (target.tokens(), other.tokens());
     let common = a.len().min(b.len());
     let differ: Vec<usize> = (0..common).filter(|&i| a[i] != b[i]).collect();
@@ -112,7 +132,7 @@ pub fn check_vocabularies(target: &Tokenizer, other: &Tokenizer) -> Result<()> {
         })
         .collect();
     Err(Error::argument(
-        "reward",
+        role,
         format!(
             "tokenizer {} differs from the target's {} at {} of the {common} common ids, e.g. {}; TITA needs a shared vocabulary",
             other.path().display(),
@@ -135,19 +155,10 @@ impl<'p, B: Backend> Tita<'p, B> {
         generation: GenerationConfig,
     ) -> Result<Self> {
         config.fusion.validate()?;
-        for guide in [reward, reference].into_iter().flatten() {
-            let (g, t) = (guide.model.family(), target.model.family());
-            if g != t {
-                return Err(Error::argument(
-                    "reward",
-                    format!(
-                        "{} is a {g} model and the target {} a {t} one: the guide must be of the target's family (same tokenizer, same image tokens)",
-                        guide.dir.display(),
-                        target.dir.display()
-                    ),
-                ));
+        for (role, guide) in [("reward", reward), ("reference", reference)] {
+            if let Some(guide) = guide {
+                check_guide(role, target, guide)?;
             }
-            check_vocabularies(&target.tokenizer, &guide.tokenizer)?;
         }
         let tita = Tita {
             target,

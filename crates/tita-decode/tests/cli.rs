@@ -83,7 +83,9 @@ fn bad_flags_name_the_flag_and_its_range() {
         "2",
     ];
     let r = ["--reward", reward.as_str()];
-    let cases: Vec<(Vec<&str>, &str)> = vec![
+    let config_file = fixture("llava-reward/config.json");
+    let cases: Vec<(Vec<&str>, &str)> =
+        vec![
         (
             [&r[..], &["--lambda", "-1"]].concat(),
             "invalid argument `lambda`: -1 is outside [0, 1]",
@@ -131,6 +133,22 @@ fn bad_flags_name_the_flag_and_its_range() {
         (
             vec!["--mode", "contrastive", "--alpha", "-2"],
             "invalid argument `alpha`: -2 must be a finite number >= 0",
+        ),
+        (
+            vec!["--reward", &config_file],
+            "is a file; give the checkpoint's directory",
+        ),
+        (
+            vec!["--top-p", "0.9"],
+            "--top-p: greedy decoding ignores it; give a --temperature",
+        ),
+        (
+            vec!["--top-k", "5"],
+            "--top-k: greedy decoding ignores it; give a --temperature",
+        ),
+        (
+            vec!["--mode", "contrastive", "--vcd-beta", "0.2", "--lambda", "0.3"],
+            "--lambda: is not a knob of mode `contrastive`",
         ),
         (
             vec!["--temperature", "-1"],

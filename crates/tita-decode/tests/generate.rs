@@ -173,6 +173,19 @@ fn bad_requests_are_clear_errors() {
         err.contains("max_position_embeddings") && err.contains("128"),
         "{err}"
     );
+    // An empty stop string would end every generation before its first word.
+    let short = p.prompt("hi", None, false).unwrap();
+    let err = Generator::new(
+        &p,
+        GenerationConfig {
+            stop_strings: vec![String::new()],
+            ..greedy(4)
+        },
+    )
+    .generate(&short)
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("stop") && err.contains("empty"), "{err}");
     // Generation that runs into the context stops with `Context`.
     let near = p.prompt(&"word ".repeat(120), None, false).unwrap();
     let out = Generator::new(&p, greedy(50)).generate(&near).unwrap();

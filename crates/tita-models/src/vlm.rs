@@ -148,6 +148,15 @@ impl<B: Backend> Vlm<B> {
 
     /// [`Vlm::load`] with the weights held and computed in `precision`.
     pub fn load_in(dir: &Path, precision: Precision, device: &B::Device) -> Result<Self> {
+        if dir.is_file() {
+            return Err(Error::argument(
+                "model",
+                format!(
+                    "{} is a file; give the checkpoint's directory (config.json, *.safetensors, tokenizer.json)",
+                    dir.display()
+                ),
+            ));
+        }
         let config = ModelConfig::from_file(dir)?;
         let mut w = Weights::open(dir)?;
         let keys = config.detect_keys(&w)?;

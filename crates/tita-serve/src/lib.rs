@@ -73,6 +73,25 @@ pub struct Models<B: Backend> {
     pub reference: Option<Pipeline<B>>,
 }
 
+impl<B: Backend> Models<B> {
+    /// Refuses guide models that would fail every `tita` request: a reference without a reward
+    /// model, a guide of another family or vocabulary than the target.
+    pub fn check(&self) -> tita_decode::Result<()> {
+        if self.reference.is_some() && self.reward.is_none() {
+            return Err(tita_decode::Error::argument(
+                "reference",
+                "is the reward model's DPO reference; a reference needs a reward model",
+            ));
+        }
+        for (role, guide) in [("reward", &self.reward), ("reference", &self.reference)] {
+            if let Some(guide) = guide {
+                tita_decode::tita::check_guide(role, &self.target, guide)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// An error answered in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -128,7 +147,10 @@ fn from_library(e: tita_core::Error) -> ApiError {
 /// The body of `POST /v1/chat/completions` (fields OpenAI defines that are not listed are
 /// refused, so nothing is silently ignored).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a JSON object with `messages` and OpenAI's chat completion fields"
+)]
 pub struct ChatRequest {
     #[serde(default)]
     pub model: Option<String>,
@@ -165,7 +187,7 @@ pub struct ChatRequest {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a string or a list of strings")]
 pub enum Stop {
     One(String),
     Many(Vec<String>),
@@ -179,7 +201,10 @@ pub struct ChatMessage {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a string, or a list of {\"type\": \"text\", \"text\"} and {\"type\": \"image_url\", \"image_url\": {\"url\"}} parts"
+)]
 pub enum Content {
     Text(String),
     Parts(Vec<ContentPart>),
@@ -474,7 +499,10 @@ fn check_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let given = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim_start());
     if given == Some(key.as_str()) {
         Ok(())
     } else {
@@ -783,6 +811,12 @@ fn prepare(req: ChatRequest, config: &ServerConfig) -> Result<Prepared, ApiError
         Some(Stop::One(s)) => vec![s],
         Some(Stop::Many(v)) => v,
     };
+    if stop_strings.iter().any(String::is_empty) {
+        return Err(ApiError::bad(
+            "stop",
+            "an empty stop string would end every answer at once",
+        ));
+    }
     let generation = GenerationConfig {
         max_new_tokens: max_tokens,
         sampling: SamplingConfig {
@@ -797,6 +831,19 @@ fn prepare(req: ChatRequest, config: &ServerConfig) -> Result<Prepared, ApiError
         scores_on_host: false,
     };
     let tita = req.tita.as_ref().map(TitaOptions::config).transpose()?;
+    if let Some(t) = tita
+        .as_ref()
+        .filter(|t| t.fusion.needs_image() && image.is_none())
+    {
+        // Refused here, before it could share a batch with other requests.
+        return Err(ApiError::bad(
+            "tita.mode",
+            format!(
+                "{} contrasts the image with something else; this request has no image",
+                t.fusion.name()
+            ),
+        ));
+    }
     let logprobs = match (req.logprobs, req.top_logprobs) {
         (_, Some(k)) if k > 20 => {
             return Err(ApiError::bad("top_logprobs", "must be between 0 and 20"))

@@ -270,6 +270,20 @@ fn m3id_and_marine_through_the_tita_field_equal_the_library() {
     body["tita"] = json!({"mode": "marine", "objects": "/etc/passwd"});
     let (status, v) = post(&body);
     error_of(status, &v, 400, "objects");
+    body["tita"] = json!({"mode": "interpolate", "alpha": 1.0});
+    let (status, v) = post(&body);
+    error_of(status, &v, 400, "alpha");
+    body["tita"] = json!({"mode": "m3id"});
+    body["stop"] = json!("");
+    let (status, v) = post(&body);
+    error_of(status, &v, 400, "stop");
+    let text_only = json!({
+        "messages": [{"role": "user", "content": "Hello"}],
+        "max_tokens": 4,
+        "tita": {"mode": "contrastive"},
+    });
+    let (status, v) = post(&text_only);
+    error_of(status, &v, 400, "no image");
 }
 
 #[test]
@@ -361,6 +375,12 @@ fn bad_requests_get_openai_errors_and_the_server_stays_up() {
     body["tita"] = json!({"mode": "sideways"});
     let (status, v) = post(&body);
     error_of(status, &v, 400, "sideways");
+    // Content of another type, and a body that is not an object.
+    let bad_content = json!({"messages": [{"role": "user", "content": 42}], "max_tokens": 2});
+    let (status, v) = post(&bad_content);
+    error_of(status, &v, 400, "a string, or a list of");
+    let (status, v) = post(&json!([]));
+    error_of(status, &v, 400, "a JSON object with `messages`");
     let mut body = chat(PROMPT, 4);
     body["logit_bias"] = json!({});
     let (status, v) = post(&body);
@@ -386,9 +406,10 @@ fn bad_requests_get_openai_errors_and_the_server_stays_up() {
     // And the next request is answered.
     let (status, v) = post(&chat(PROMPT, 2));
     assert_eq!(status, 200, "{v}");
+    // The scheme is case-insensitive.
     let mut resp = agent()
         .get(format!("{}/v1/models", base()))
-        .header("Authorization", format!("Bearer {KEY}"))
+        .header("Authorization", format!("bearer {KEY}"))
         .call()
         .unwrap();
     let v: Value = resp.body_mut().read_json().unwrap();
@@ -490,4 +511,24 @@ fn logprobs_come_from_the_distribution_each_token_was_chosen_from() {
     body["top_logprobs"] = json!(2);
     let (status, _) = post(&body);
     assert_eq!(status, 400);
+}
+
+/// Guides that would fail every `tita` request are refused when the server starts.
+#[test]
+fn guides_of_another_family_or_without_a_reward_model_are_refused_at_start() {
+    let models = |reward: Option<&str>, reference: Option<&str>| Models {
+        target: pipeline("llava-target"),
+        reward: reward.map(pipeline),
+        reference: reference.map(pipeline),
+    };
+    assert!(models(Some("llava-reward"), Some("llava-reward-ref"))
+        .check()
+        .is_ok());
+    let e = models(None, Some("llava-reward-ref")).check().unwrap_err();
+    assert!(e.to_string().contains("reference"), "{e}");
+    let e = models(Some("llava-reward"), Some("qwen2_5_vl/reward"))
+        .check()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`reference`") && e.contains("family"), "{e}");
 }

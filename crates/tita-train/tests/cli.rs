@@ -55,6 +55,13 @@ fn bad_runs_fail_before_writing() {
     .unwrap();
     let out = dir.path().join("out");
     let model = fixtures().join("llava-reward");
+    // The speed run's batch of nothing used to panic (chunks of size 0), and no steps printed NaN.
+    for flag in ["--batch-size", "--steps"] {
+        refused(
+            &["speed", "--model", model.to_str().unwrap(), flag, "0"],
+            "must be at least 1",
+        );
+    }
     let (model, data_s, out_s, images) = (
         model.to_str().unwrap(),
         data.to_str().unwrap(),

@@ -75,10 +75,25 @@ pub(crate) fn read_files(
     if paths.is_empty() {
         return Err(Error::argument("data", "no question files given"));
     }
-    paths
+    let sets = paths
         .iter()
         .map(|q| QuestionSet::read(q, data.images.as_deref(), data.limit))
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    // Answers are filed by set name: two files of one name would mix their answers and labels.
+    for (i, set) in sets.iter().enumerate() {
+        if let Some(j) = sets[..i].iter().position(|s| s.name == set.name) {
+            return Err(Error::argument(
+                "questions",
+                format!(
+                    "{} and {} are both the split `{}` (named after the file); rename one",
+                    paths[j].display(),
+                    paths[i].display(),
+                    set.name
+                ),
+            ));
+        }
+    }
+    Ok(sets)
 }
 
 /// The markdown table of one split's metrics, as `tita-bench pope-score` prints it.

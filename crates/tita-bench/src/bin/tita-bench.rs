@@ -59,7 +59,7 @@ enum Command {
         #[arg(long, value_delimiter = ',', required = true)]
         questions: Vec<PathBuf>,
         /// Only the first N questions of each file.
-        #[arg(long)]
+        #[arg(long, value_parser = tita_core::args::count)]
         limit: Option<usize>,
     },
     /// MME from its release directory, several methods side by side.
@@ -82,7 +82,7 @@ enum Command {
         #[arg(long, value_delimiter = ',', required = true)]
         data: Vec<PathBuf>,
         /// Only the first N questions of each set.
-        #[arg(long)]
+        #[arg(long, value_parser = tita_core::args::count)]
         limit: Option<usize>,
     },
     /// Scores an answers file in LLaVA's format and prints what the benchmark's official
@@ -140,24 +140,24 @@ enum Command {
         /// Backends to measure in this run (comma separated); default: the first compiled in.
         #[arg(long, value_enum, value_delimiter = ',')]
         backend: Vec<BackendKind>,
-        #[arg(long, default_value_t = 600)]
+        #[arg(long, value_parser = tita_core::args::count, default_value_t = 600)]
         prompt_tokens: usize,
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, value_parser = tita_core::args::count, default_value_t = 32)]
         new_tokens: usize,
         /// Also measure TITA decoding against plain decoding at each --batch.
         #[arg(long)]
         tita: bool,
         /// Batch sizes for --tita.
-        #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16", value_parser = tita_core::args::count)]
         batch: Vec<usize>,
         /// Also time POPE-shaped queries (image + question, short answer): greedy, TITA, VCD.
         #[arg(long)]
         pope: bool,
         /// Tokens per POPE answer ("Yes" and the end of the turn).
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, value_parser = tita_core::args::count, default_value_t = 2)]
         answer_tokens: usize,
         /// Measured POPE queries per method (after one warm-up).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, value_parser = tita_core::args::count, default_value_t = 3)]
         queries: usize,
         /// Directory for results.json, report.md and speed.png.
         #[arg(long, default_value = "bench-out/speed")]
@@ -201,7 +201,7 @@ struct EvalArgs {
     #[arg(long)]
     suffix: Option<String>,
     /// Default: the benchmark's (16 for yes/no answers).
-    #[arg(long)]
+    #[arg(long, value_parser = tita_core::args::count)]
     max_new_tokens: Option<usize>,
     /// Decode every method separately instead of sharing prefills (same answers, slower).
     #[arg(long)]

@@ -200,6 +200,18 @@ impl Args {
 
     /// The sampling settings, each checked against its range.
     fn sampling(&self) -> anyhow::Result<SamplingConfig> {
+        if self.temperature == 0.0 {
+            if self.top_k.is_some() {
+                return Err(anyhow!(
+                    "--top-k: greedy decoding ignores it; give a --temperature"
+                ));
+            }
+            if self.top_p.is_some() {
+                return Err(anyhow!(
+                    "--top-p: greedy decoding ignores it; give a --temperature"
+                ));
+            }
+        }
         let config = SamplingConfig {
             temperature: self.temperature,
             top_k: self.top_k,

@@ -138,6 +138,10 @@ impl Guidance for M3id {
     }
 
     /// λ = 0 keeps γ_t = 1: no correction ever (the paper variant; the avisc one still cuts).
+    fn needs_image(&self) -> bool {
+        true
+    }
+
     fn is_identity(&self) -> bool {
         self.lambda == 0.0 && self.variant == M3idVariant::Paper
     }

@@ -97,6 +97,12 @@ pub trait Guidance: Clone + std::fmt::Debug + PartialEq + Serialize + Send + Syn
     ) -> Tensor<B, 2>;
     fn fuse_host(&self, step: Step, target: &[f32], guides: &[&[f32]]) -> Vec<f32>;
 
+    /// Whether the method contrasts the image with something else, so that a request without
+    /// one is refused (it would be plain decoding under another name).
+    fn needs_image(&self) -> bool {
+        false
+    }
+
     /// The prompt guide branch `guide` reads for `request` (only called for derived inputs).
     fn guide_prompt<B: Backend>(
         &self,
@@ -176,6 +182,10 @@ macro_rules! methods {
 
             pub fn is_identity(&self) -> bool {
                 match self { $(Fusion::$variant(m) => m.is_identity(),)+ }
+            }
+
+            pub fn needs_image(&self) -> bool {
+                match self { $(Fusion::$variant(m) => m.needs_image(),)+ }
             }
 
             /// The mode and its knobs as JSON, for reports and `--json` output.

@@ -108,6 +108,10 @@ impl Guidance for Vcd {
 
     /// The cut always applies, so VCD is never plain decoding (α = 0 picks the same greedy
     /// tokens, not the same samples).
+    fn needs_image(&self) -> bool {
+        true
+    }
+
     fn is_identity(&self) -> bool {
         false
     }

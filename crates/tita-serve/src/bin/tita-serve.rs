@@ -12,6 +12,7 @@ use tita_serve::{router, Models, ServerConfig};
 /// An OpenAI-compatible server (`/v1/models`, `/v1/chat/completions`) with TITA as the
 /// `tita` body field.
 #[derive(Parser)]
+#[command(allow_negative_numbers = true)]
 struct Args {
     /// Target VLM directory (Hugging Face layout).
     #[arg(long)]
@@ -42,16 +43,16 @@ struct Args {
     #[arg(long)]
     served_model_name: Option<String>,
     /// Largest request body in MB.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, value_parser = tita_core::args::count, default_value_t = 20)]
     max_body_mb: usize,
     /// Largest image in megapixels.
-    #[arg(long, default_value_t = 16.0)]
+    #[arg(long, value_parser = tita_core::args::positive, default_value_t = 16.0)]
     max_image_megapixels: f64,
     /// Longest prompt in tokens (image tokens included).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, value_parser = tita_core::args::count, default_value_t = 4096)]
     max_prompt_tokens: usize,
     /// Default and largest `max_tokens`.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, value_parser = tita_core::args::count, default_value_t = 512)]
     max_tokens: usize,
 }
 
@@ -65,11 +66,16 @@ impl BackendTask for Serve {
             Pipeline::<B>::load_in(dir, a.dtype, &device)
                 .with_context(|| format!("loading {}", dir.display()))
         };
+        if let Some(dir) = a.allow_images.as_ref().filter(|d| !d.is_dir()) {
+            anyhow::bail!("--allow-images: {} is not a folder", dir.display());
+        }
         let models = Models {
             target: load(&a.model)?,
             reward: a.reward.as_ref().map(load).transpose()?,
             reference: a.reference.as_ref().map(load).transpose()?,
         };
+        // A guide of another family or vocabulary would fail every `tita` request: refuse it now.
+        models.check()?;
         let name = a.served_model_name.clone().unwrap_or_else(|| {
             a.model
                 .file_name()

@@ -84,9 +84,9 @@ enum Command {
         /// Skip the random ~25M-parameter reward VLM.
         #[arg(long)]
         no_random: bool,
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, value_parser = tita_core::args::count, default_value_t = 4)]
         batch_size: usize,
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, value_parser = tita_core::args::count, default_value_t = 3)]
         steps: usize,
         /// results.json goes here.
         #[arg(long, default_value = "bench-out/train-speed")]
