@@ -209,7 +209,10 @@ fn generations_chosen_on_the_device_equal_those_chosen_on_the_host() {
     let prompts: Vec<_> = cases().iter().map(|c| prompt(&target, c)).collect();
     let prompt_refs: Vec<_> = prompts.iter().collect();
     // Greedy choice is the argmax either way (the fixture tests pin it); sampling is where the
-    // two paths could part. Few tokens: this runs on lavapipe in CI too.
+    // two paths could part. On lavapipe, where each run costs half a minute, the sampled choice
+    // is checked for a method with one guide and one with an image-less guide; every method's
+    // device fusion is checked against its host fusion in `device_fusion_equals_host_fusion`.
+    let on_lavapipe = cfg!(feature = "wgpu");
     let runs = [
         (SamplingConfig::greedy(), vec![Fusion::interpolate(0.4)]),
         (
@@ -228,6 +231,12 @@ fn generations_chosen_on_the_device_equal_those_chosen_on_the_host() {
         ),
     ];
     for (sampling, fusions) in runs {
+        if on_lavapipe && sampling.temperature == 0.0 {
+            continue;
+        }
+        let fusions = fusions
+            .into_iter()
+            .filter(|f| !on_lavapipe || matches!(f.name(), "interpolate" | "m3id"));
         let config = |on_host: bool| GenerationConfig {
             sampling: sampling.clone(),
             scores_on_host: on_host,
