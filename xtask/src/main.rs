@@ -160,25 +160,19 @@ fn ci(args: &[String]) -> Result<()> {
     }
     ensure_lavapipe()?;
     // The device paths (masks, caches, fusion and choice on the device, both families' forward)
-    // on a cubecl backend. On a 2-core CI machine every wgpu test binary costs minutes to build
-    // and lavapipe runs the models ~20× slower than the CPU backend, so this leg runs the test
-    // files that compare device and host or transformers (`qwen` in both crates, `select`,
-    // `tita`); the rest of the suite is backend-generic host logic, checked above.
+    // on a cubecl backend: the test files that compare them with the host or transformers, as
+    // one binary (`tests/device.rs`). Each wgpu test binary costs many minutes to build on a
+    // 2-core machine and lavapipe runs the models ~20× slower than the CPU backend; the rest of
+    // the suite is backend-generic host logic, checked above.
     run(cargo().args([
         "test",
         "--release",
         "-p",
-        "tita-models",
-        "-p",
         "tita-decode",
         "--features",
-        "tita-models/test-wgpu,tita-decode/wgpu",
+        "wgpu",
         "--test",
-        "qwen",
-        "--test",
-        "select",
-        "--test",
-        "tita",
+        "device",
     ]))?;
     Ok(())
 }

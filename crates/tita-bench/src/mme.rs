@@ -82,10 +82,21 @@ pub fn read_release(root: &Path) -> Result<Vec<MmeQuestion>> {
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_string();
-        if dir.join("questions_answers_YN").is_dir() {
+        let before = out.len();
+        let split = dir.join("questions_answers_YN").is_dir();
+        if split {
             read_split_folder(&dir, &category, &mut out)?;
         } else {
             read_flat_folder(&dir, &category, &mut out)?;
+        }
+        let known =
+            PERCEPTION.contains(&category.as_str()) || COGNITION.contains(&category.as_str());
+        if out.len() == before && (split || known) {
+            // Its score would be missing from the perception or cognition total.
+            return Err(Error::checkpoint(
+                &dir,
+                "this MME category holds no questions (no `question<TAB>yes|no` lines in its txt files); restore them or remove the folder",
+            ));
         }
     }
     if out.is_empty() {
@@ -257,12 +268,12 @@ pub fn score(questions: &[MmeQuestion], predictions: &[String]) -> MmeScores {
             )
         })
         .collect();
+    // A fold from +0.0: `sum()` of no floats is -0.0, printed "-0.00".
     let total = |names: &[&str]| {
         names
             .iter()
             .filter_map(|n| categories.get(*n))
-            .map(|c| c.score)
-            .sum()
+            .fold(0.0, |t, c| t + c.score)
     };
     MmeScores {
         perception: total(&PERCEPTION),

@@ -126,8 +126,26 @@ pub fn score(questions: &[Question], answers_path: &Path) -> Result<YesNoMetrics
     Ok(YesNoMetrics::from_pairs(judge(questions, answers_path)?))
 }
 
+/// How a benchmark reads an answer: yes, no, or neither (`None`: wrong whatever the label).
+pub type Reading = fn(&str) -> Option<bool>;
+
+/// POPE's reading: an answer is "no" if its first sentence says no or not, else "yes".
+pub fn pope_reading(answer: &str) -> Option<bool> {
+    Some(is_yes(answer))
+}
+
 /// (prediction is yes, label is yes) for every question, in question order; see [`score`].
 pub fn judge(questions: &[Question], answers_path: &Path) -> Result<Vec<(bool, bool)>> {
+    judge_as(questions, answers_path, pope_reading)
+}
+
+/// [`judge`] with a benchmark's own reading of answers; an answer that is neither yes nor no
+/// counts as the opposite of its label (wrong, as that benchmark scores it).
+pub fn judge_as(
+    questions: &[Question],
+    answers_path: &Path,
+    read: Reading,
+) -> Result<Vec<(bool, bool)>> {
     let labels: HashMap<u64, bool> = questions
         .iter()
         .map(|q| {
@@ -147,7 +165,7 @@ pub fn judge(questions: &[Question], answers_path: &Path) -> Result<Vec<(bool, b
             ));
         };
         if seen
-            .insert(a.question_id, (is_yes(&a.text), label))
+            .insert(a.question_id, (read(&a.text).unwrap_or(!label), label))
             .is_some()
         {
             return Err(Error::data(

@@ -10,7 +10,7 @@ use tita_core::plot::{bar_chart, line_panels, Panel, Series};
 use tita_core::{jsonl, Result};
 
 use crate::eval::{answers_path, EvalConfig, Method, MethodSpeed, QuestionSet};
-use crate::pope::{judge, YesNoMetrics};
+use crate::pope::{judge_as, Reading, YesNoMetrics};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalResults {
@@ -29,13 +29,14 @@ pub fn score_all(
     sets: &[QuestionSet],
     config: &EvalConfig,
     speed: BTreeMap<String, MethodSpeed>,
+    read: Reading,
 ) -> Result<EvalResults> {
     let mut per_set = BTreeMap::new();
     let mut pooled: BTreeMap<String, Vec<(bool, bool)>> = BTreeMap::new();
     for set in sets {
         let mut row = BTreeMap::new();
         for m in &config.methods {
-            let pairs = judge(&set.questions, &answers_path(out, m, &set.name))?;
+            let pairs = judge_as(&set.questions, &answers_path(out, m, &set.name), read)?;
             row.insert(m.name(), YesNoMetrics::from_pairs(pairs.iter().copied()));
             pooled.entry(m.name()).or_default().extend(pairs);
         }
@@ -177,7 +178,7 @@ pub fn evaluate<B: burn::tensor::backend::Backend>(
         system: models.target.system.clone(),
         ..config.clone()
     };
-    let results = score_all(out, sets, config, speed)?;
+    let results = score_all(out, sets, config, speed, crate::pope::pope_reading)?;
     write_reports(out, title, &results)?;
     Ok(results)
 }

@@ -123,12 +123,19 @@ fn bad_evaluations_fail_before_writing() {
     into_file[at] = file.to_str().unwrap();
     refused(&into_file, "is a file; give a folder");
     assert!(!out.exists(), "a refused run creates nothing");
-    std::fs::create_dir_all(out.join("answers")).unwrap();
+    // A folder of the user's: neither a run nor --overwrite touches it.
+    std::fs::create_dir_all(out.join("sub")).unwrap();
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+    std::fs::write(out.join("sub/data.csv"), "1,2").unwrap();
     refused(
         &with(&[]),
-        "holds another run's files (answers); pass --resume to continue that run or --overwrite",
+        "holds files that no run wrote (notes.txt, sub); give a new or empty folder",
     );
-    assert!(out.join("answers").is_dir());
+    refused(
+        &with(&["--overwrite"]),
+        "holds files that no run wrote (notes.txt, sub); --overwrite deletes only a run's own outputs",
+    );
+    assert!(out.join("notes.txt").is_file() && out.join("sub/data.csv").is_file());
 }
 
 #[test]

@@ -204,12 +204,13 @@ fn mme_release_runs_end_to_end() {
     // wrote (same ids, format and paths) and check the scores against hand-computed ones.
     // existence (perception): cat "Yes." (right), dog "No, there is none." (right) -> acc 1,
     // acc+ 1 (the image has both right), score 200. code_reasoning (cognition): cat "yes"
-    // (right), dog "Yes" (wrong) -> acc 0.5, acc+ 0, score 50.
+    // (right), dog "There is not one." (MME reads "ther": neither, so wrong; POPE's reading
+    // would call it a right "no") -> acc 0.5, acc+ 0, score 50.
     let hand = |set: &str, prompt: &str| match (set, prompt.contains("cat")) {
         ("existence", true) => "Yes.",
         ("existence", false) => "No, there is none.",
         (_, true) => "yes",
-        (_, false) => "Yes",
+        (_, false) => "There is not one.",
     };
     for method in &config.methods {
         for set in &sets {
@@ -242,6 +243,42 @@ fn mme_release_runs_end_to_end() {
         );
         assert_eq!((s.perception, s.cognition), (200.0, 50.0));
     }
+    // The run's report reads answers as MME does: its yes/no table agrees with the scores.
+    let mme = tita_bench::benchmark::by_name("mme").unwrap();
+    let run = tita_bench::benchmark::RunOutput {
+        out: &out,
+        sets: &sets,
+        config: &config,
+        speed: Default::default(),
+    };
+    let report = mme.report_run(&run).unwrap();
+    assert!(report.contains("| greedy | 200.00 | 50.00 |"), "{report}");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    for (set, accuracy) in [("existence", 1.0), ("code_reasoning", 0.5)] {
+        assert_eq!(
+            results["sets"][set]["greedy"]["accuracy"], accuracy,
+            "{set}"
+        );
+    }
+    // With no cognition category the total is 0.00, not "-0.00".
+    let perception_only: Vec<_> = questions
+        .iter()
+        .filter(|q| q.category == "existence")
+        .cloned()
+        .collect();
+    let preds = vec!["Yes".to_string(); perception_only.len()];
+    let scores = tita_bench::mme::score(&perception_only, &preds);
+    assert_eq!(format!("{:.2}", scores.cognition), "0.00");
+    // A category folder without questions is an error, not a total that leaves it out.
+    std::fs::write(root.join("code_reasoning/code_reasoning.txt"), "\n").unwrap();
+    let err = tita_bench::mme::read_release(&root)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("code_reasoning") && err.contains("holds no questions"),
+        "{err}"
+    );
 }
 
 /// POPE on Qwen2.5-VL (target + the Qwen reward of the fixtures): images of any size take the

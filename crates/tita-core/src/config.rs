@@ -124,6 +124,38 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A finite number above zero (a rotary base, a norm's epsilon): zero or a negative
+    /// would load and then give non-finite logits.
+    pub fn positive_f64(&self, field: &str, default: f64) -> Result<f64> {
+        let v = self.f64(field, default)?;
+        if v.is_finite() && v > 0.0 {
+            Ok(v)
+        } else {
+            Err(self.err(
+                field,
+                format!("{v} must be a finite number greater than zero"),
+            ))
+        }
+    }
+
+    /// A list of counts (non-negative integers), e.g. M-RoPE's sections.
+    pub fn counts(&self, field: &str) -> Result<Vec<usize>> {
+        let bad = |v: &Value| {
+            self.err(
+                field,
+                format!("expected a list of counts (integers >= 0), found {v}"),
+            )
+        };
+        match self.get(field) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_u64().map(|x| x as usize).ok_or_else(|| bad(v)))
+                .collect(),
+            Some(v) => Err(bad(v)),
+        }
+    }
+
     pub fn bool(&self, field: &str, default: bool) -> Result<bool> {
         match self.get(field) {
             None => Ok(default),

@@ -350,11 +350,28 @@ pub fn decode_rgb(bytes: &[u8], source: &Path) -> Result<RgbImage> {
     if crate::jpeg::is_jpeg(bytes) {
         return crate::jpeg::decode_rgb(bytes, source);
     }
-    let img = image::load_from_memory(bytes).map_err(|e| Error::Image {
-        path: PathBuf::from(source),
-        msg: format!("not a readable image: {e}"),
+    let img = image::load_from_memory(bytes).map_err(|e| {
+        let msg = match (&e, dimensions(bytes)) {
+            (image::ImageError::Limits(_), Some((w, h))) => format!(
+                "{w}×{h} pixels is too large to decode (over the decoder's 512 MiB memory limit); downscale it"
+            ),
+            _ => format!("not a readable image: {e}"),
+        };
+        Error::Image {
+            path: PathBuf::from(source),
+            msg,
+        }
     })?;
     Ok(to_rgb8_as_pillow(img))
+}
+
+/// An encoded image's width and height from its header, if it has a readable one.
+fn dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .ok()?
+        .into_dimensions()
+        .ok()
 }
 
 /// `convert("RGB")` as Pillow does it for 16-bit images, where it does not scale: it opens
@@ -662,6 +679,46 @@ fn resize(img: &RgbImage, out_w: usize, out_h: usize, resample: Resample, by: Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A PNG that declares 30000×30000 pixels: the error gives the size and the limit.
+    #[test]
+    fn images_too_large_to_decode_are_named_with_their_size() {
+        fn crc(bytes: &[u8]) -> u32 {
+            let mut c = !0u32;
+            for &b in bytes {
+                c ^= b as u32;
+                for _ in 0..8 {
+                    c = if c & 1 == 1 {
+                        0xEDB8_8320 ^ (c >> 1)
+                    } else {
+                        c >> 1
+                    };
+                }
+            }
+            !c
+        }
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut chunk = |kind: &[u8], data: &[u8]| {
+            png.extend((data.len() as u32).to_be_bytes());
+            let body = [kind, data].concat();
+            png.extend(&body);
+            png.extend(crc(&body).to_be_bytes());
+        };
+        let side = 30000u32.to_be_bytes();
+        // 8-bit RGB, no interlace.
+        chunk(b"IHDR", &[&side[..], &side[..], &[8, 2, 0, 0, 0]].concat());
+        chunk(b"IDAT", &[]);
+        chunk(b"IEND", &[]);
+        let err = decode_rgb(&png, Path::new("huge.png"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("huge.png")
+                && err.contains("30000×30000 pixels")
+                && err.contains("512 MiB"),
+            "{err}"
+        );
+    }
 
     /// Pillow 13's `Image.open(png).convert("RGB")` on 16-bit PNGs: grey clipped to 255, colour
     /// and grey-alpha reduced to their high byte.

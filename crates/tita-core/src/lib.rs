@@ -4,6 +4,7 @@
 pub mod args;
 pub mod config;
 pub mod error;
+pub mod fingerprint;
 pub mod image;
 pub mod jpeg;
 pub mod jsonl;

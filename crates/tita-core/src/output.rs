@@ -2,8 +2,9 @@
 //! run never writes into another run's output, and two processes never share one.
 //!
 //! A fresh run refuses a non-empty folder (or an existing file); `Reuse::Resume` continues the
-//! run found there (the caller checks that its settings match); `Reuse::Overwrite` clears it
-//! first. An OS advisory lock (released by the kernel when the process dies, so a killed run
+//! run found there (the caller checks that its settings match); `Reuse::Overwrite` deletes what
+//! earlier runs wrote there (a folder's manifest, `.tita-run.json`, says what that is) and
+//! refuses a folder that holds anything else. An OS advisory lock (released by the kernel when the process dies, so a killed run
 //! leaves no stale lock) keeps a second process out while the first runs.
 
 use std::fs::{File, OpenOptions};
@@ -41,13 +42,52 @@ impl Reuse {
 /// Name of the lock file inside an output folder.
 pub const LOCK_FILE: &str = ".tita.lock";
 
+/// Name of the manifest inside an output folder: what the run wrote there, so that
+/// `--overwrite` deletes a run's outputs and nothing else.
+pub const MANIFEST_FILE: &str = ".tita-run.json";
+
+/// An output folder's record of ownership. A run claims a folder that is new, empty or a run's
+/// (the only files there are owned), so what appears while it holds the claim is its own;
+/// `owned` is written when the claim ends. A run killed mid-way leaves `owned: null`: then
+/// everything but `foreign` (what was there and not a run's when it started) is the run's.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Manifest {
+    owned: Option<Vec<String>>,
+    #[serde(default)]
+    foreign: Vec<String>,
+}
+
 /// A claimed output; the lock is held until this is dropped.
 #[derive(Debug)]
 pub struct Claim {
     _lock: File,
+    /// A claimed folder: its path and the entries that are not the run's.
+    folder: Option<(PathBuf, Vec<String>)>,
 }
 
-/// Claims the folder `dir` for one run (created if missing).
+impl Drop for Claim {
+    /// Records what the run wrote, for a later `--overwrite`.
+    fn drop(&mut self) {
+        let Some((dir, foreign)) = &self.folder else {
+            return;
+        };
+        let written = entries(dir).map(|present| Manifest {
+            owned: Some(
+                present
+                    .into_iter()
+                    .filter(|n| !foreign.contains(n))
+                    .collect(),
+            ),
+            foreign: foreign.clone(),
+        });
+        if let Err(e) = written.and_then(|m| write_manifest(dir, &m)) {
+            eprintln!("warning: could not record this run's files: {e}");
+        }
+    }
+}
+
+/// Claims the folder `dir` for one run (created if missing). `--overwrite` (`Reuse::Overwrite`)
+/// deletes what earlier runs wrote there, and refuses a folder that holds anything else.
 pub fn claim_dir(dir: &Path, reuse: Reuse) -> Result<Claim> {
     if dir.is_file() {
         return Err(Error::argument(
@@ -61,21 +101,87 @@ pub fn claim_dir(dir: &Path, reuse: Reuse) -> Result<Claim> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let lock_path = dir.join(LOCK_FILE);
     let lock = lock(&lock_path, dir)?;
+    let refuse = |err: Error| -> Result<Claim> {
+        let _ = std::fs::remove_file(&lock_path);
+        Err(err)
+    };
     let held = entries(dir)?;
-    if reuse == Reuse::Overwrite {
-        refuse_project_dir(dir)?;
-    }
-    let refusal = || {
+    let manifest = match read_manifest(dir) {
+        Ok(m) => m,
+        Err(e) => return refuse(e),
+    };
+    let foreign: Vec<String> = match &manifest {
+        Some(Manifest {
+            owned: Some(owned), ..
+        }) => held
+            .iter()
+            .filter(|n| !owned.contains(n))
+            .cloned()
+            .collect(),
+        Some(Manifest {
+            owned: None,
+            foreign,
+        }) => held
+            .iter()
+            .filter(|n| foreign.contains(n))
+            .cloned()
+            .collect(),
+        None => held.clone(),
+    };
+    let not_a_run = |what: &str| {
         Error::checkpoint(
             dir,
-            format!(
-                "holds another run's files ({}); pass --resume to continue that run or --overwrite to delete them first",
-                list(&held)
-            ),
+            format!("holds files that no run wrote ({}); {what}", list(&foreign)),
         )
     };
-    let paths: Vec<PathBuf> = held.iter().map(|name| dir.join(name)).collect();
-    settle(lock, &lock_path, &paths, reuse, refusal)
+    let foreign = match reuse {
+        Reuse::Fresh if !held.is_empty() && foreign.is_empty() => {
+            return refuse(Error::checkpoint(
+                dir,
+                format!(
+                    "holds another run's files ({}); pass --resume to continue that run or --overwrite to delete them first",
+                    list(&held)
+                ),
+            ))
+        }
+        Reuse::Fresh if !foreign.is_empty() => {
+            return refuse(not_a_run("give a new or empty folder for this run's outputs"))
+        }
+        Reuse::Overwrite if !foreign.is_empty() => {
+            return refuse(not_a_run(
+                "--overwrite deletes only a run's own outputs: move them, or give another folder",
+            ))
+        }
+        Reuse::Overwrite => {
+            held.iter().try_for_each(|name| remove(&dir.join(name)))?;
+            Vec::new()
+        }
+        Reuse::Fresh | Reuse::Resume => foreign,
+    };
+    let running = Manifest {
+        owned: None,
+        foreign: foreign.clone(),
+    };
+    if let Err(e) = write_manifest(dir, &running) {
+        return refuse(e);
+    }
+    Ok(Claim {
+        _lock: lock,
+        folder: Some((dir.to_path_buf(), foreign)),
+    })
+}
+
+fn read_manifest(dir: &Path) -> Result<Option<Manifest>> {
+    let path = dir.join(MANIFEST_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    crate::error::read_json_as(&path).map(Some)
+}
+
+fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
+    let text = serde_json::to_string_pretty(manifest).expect("a manifest serialises");
+    crate::jsonl::write_atomic(&dir.join(MANIFEST_FILE), text.as_bytes())
 }
 
 /// Claims the output file `file` and its companions (`file` + each of `companions`, e.g.
@@ -90,42 +196,30 @@ pub fn claim_file(file: &Path, companions: &[&str], reuse: Reuse) -> Result<Clai
         .chain(companions.iter().map(|c| with_suffix(file, c)))
         .filter(|p| p.exists())
         .collect();
-    let refusal = || {
-        Error::checkpoint(
-            file,
-            "exists (another run's output); pass --resume to continue that run or --overwrite to replace it",
-        )
-    };
-    settle(lock, &lock_path, &held, reuse, refusal)
-}
-
-/// Applies `reuse` to the paths an output already holds: keep them (resume, or nothing there),
-/// refuse (leaving no lock file behind, so a refused run changes nothing), or delete them.
-fn settle(
-    lock: File,
-    lock_path: &Path,
-    held: &[PathBuf],
-    reuse: Reuse,
-    refusal: impl FnOnce() -> Error,
-) -> Result<Claim> {
     match reuse {
         Reuse::Fresh if !held.is_empty() => {
-            let _ = std::fs::remove_file(lock_path);
-            return Err(refusal());
+            let _ = std::fs::remove_file(&lock_path);
+            return Err(Error::checkpoint(
+                file,
+                "exists (another run's output); pass --resume to continue that run or --overwrite to replace it",
+            ));
         }
-        Reuse::Overwrite => {
-            for path in held {
-                let removed = if path.is_dir() {
-                    std::fs::remove_dir_all(path)
-                } else {
-                    std::fs::remove_file(path)
-                };
-                removed.map_err(|e| Error::io(path, e))?;
-            }
-        }
+        Reuse::Overwrite => held.iter().try_for_each(|p| remove(p))?,
         Reuse::Fresh | Reuse::Resume => {}
     }
-    Ok(Claim { _lock: lock })
+    Ok(Claim {
+        _lock: lock,
+        folder: None,
+    })
+}
+
+fn remove(path: &Path) -> Result<()> {
+    let removed = if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    removed.map_err(|e| Error::io(path, e))
 }
 
 /// `path` with `suffix` appended to its file name (`pairs.jsonl` -> `pairs.jsonl.lock`).
@@ -163,7 +257,7 @@ fn entries(dir: &Path) -> Result<Vec<String>> {
             .file_name()
             .to_string_lossy()
             .into_owned();
-        if name != LOCK_FILE {
+        if name != LOCK_FILE && name != MANIFEST_FILE {
             names.push(name);
         }
     }
@@ -179,19 +273,6 @@ fn list(names: &[String]) -> String {
     } else {
         shown.join(", ")
     }
-}
-
-/// `--overwrite` deletes a folder's contents: never a source tree's.
-fn refuse_project_dir(dir: &Path) -> Result<()> {
-    for marker in [".git", "Cargo.toml"] {
-        if dir.join(marker).exists() {
-            return Err(Error::checkpoint(
-                dir,
-                format!("holds `{marker}`: not an output folder; --overwrite will not delete it"),
-            ));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -229,6 +310,48 @@ mod tests {
         std::fs::write(dir.join("Cargo.toml"), "").unwrap();
         assert!(claim_dir(&dir, Reuse::Overwrite).is_err());
         assert!(dir.join("Cargo.toml").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn overwrite_deletes_only_what_runs_wrote() {
+        let dir = temp("owned");
+        // A user's folder that no run ever claimed.
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+        std::fs::write(dir.join("sub/data.csv"), "1,2").unwrap();
+        for reuse in [Reuse::Overwrite, Reuse::Fresh] {
+            let err = claim_dir(&dir, reuse).unwrap_err().to_string();
+            assert!(
+                err.contains("holds files that no run wrote (notes.txt, sub)"),
+                "{err}"
+            );
+        }
+        assert!(dir.join("notes.txt").exists() && dir.join("sub/data.csv").exists());
+        assert!(!dir.join(LOCK_FILE).exists() && !dir.join(MANIFEST_FILE).exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // A finished run, then a file of the user's beside its outputs.
+        let claim = claim_dir(&dir, Reuse::Fresh).unwrap();
+        std::fs::create_dir_all(dir.join("checkpoint-1")).unwrap();
+        std::fs::write(dir.join("metrics.jsonl"), "{}\n").unwrap();
+        drop(claim);
+        std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+        let err = claim_dir(&dir, Reuse::Overwrite).unwrap_err().to_string();
+        assert!(err.contains("no run wrote (notes.txt)"), "{err}");
+        assert!(dir.join("metrics.jsonl").exists());
+        // Resuming keeps the user's file the user's.
+        let claim = claim_dir(&dir, Reuse::Resume).unwrap();
+        let while_running = std::fs::read(dir.join(MANIFEST_FILE)).unwrap();
+        std::fs::write(dir.join("checkpoint-2"), "").unwrap();
+        // Killed mid-run: the manifest stays as it was while the run held the folder.
+        drop(claim);
+        std::fs::write(dir.join(MANIFEST_FILE), while_running).unwrap();
+        let err = claim_dir(&dir, Reuse::Overwrite).unwrap_err().to_string();
+        assert!(err.contains("no run wrote (notes.txt)"), "{err}");
+        std::fs::remove_file(dir.join("notes.txt")).unwrap();
+        drop(claim_dir(&dir, Reuse::Overwrite).unwrap());
+        assert_eq!(entries(&dir).unwrap(), Vec::<String>::new());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -214,6 +214,13 @@ impl ChatTemplate {
 
     fn read_jinja(path: &Path) -> Result<Self> {
         let source = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        if source.trim().is_empty() {
+            return Err(Error::config(
+                path,
+                "chat_template",
+                "the template file is empty; restore it or remove it (then the model's other template files are used)",
+            ));
+        }
         Ok(Self::new(source, path.display().to_string()))
     }
 
@@ -322,11 +329,15 @@ impl ChatTemplate {
     }
 
     fn error(&self, e: minijinja::Error) -> Error {
-        let mut msg = e.to_string();
+        // minijinja names a template made from a string `<string>`: the name is ours to give.
+        let mut msg = e.to_string().replace("<string>", "line");
         if let Some(detail) = e.detail() {
             if !msg.contains(detail) {
                 msg = format!("{msg}: {detail}");
             }
+        }
+        if e.kind() == ErrorKind::UndefinedError {
+            msg.push_str("; the template reads a value this conversation does not give (a message field, or a variable such as a template argument): is it this model's template?");
         }
         Error::Template {
             name: self.name.clone(),

@@ -169,6 +169,29 @@ fn model_directories_are_searched_as_transformers_does() {
     .unwrap();
     let err = read_messages(&conv).unwrap_err().to_string();
     assert!(err.contains("conv.json"), "{err}");
+    // An empty template file is named as such, not blamed on the tokenizer later.
+    std::fs::write(dir.join("chat_template.jinja"), "\n").unwrap();
+    let err = ChatTemplate::from_model_dir(&dir).unwrap_err().to_string();
+    assert!(
+        err.contains("chat_template.jinja") && err.contains("empty"),
+        "{err}"
+    );
+    // A template that reads what the conversation does not give says so.
+    let t = ChatTemplate::new(
+        "{{ messages[0].content + tools.x }}".into(),
+        "t.jinja".into(),
+    );
+    let err = t
+        .render(&[Message::user("Hi", false)], false, &Map::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("t.jinja")
+            && err.contains("undefined value")
+            && !err.contains("<string>")
+            && err.contains("does not give"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

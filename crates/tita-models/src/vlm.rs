@@ -391,9 +391,16 @@ impl<B: Backend> Vlm<B> {
                 }
             }
             if k != per {
+                // None at all: the prompt was made for another model (a guide of another
+                // family, or another model's chat template).
+                let hint = if k == 0 {
+                    "; the prompt was not built for this model: is it of another family than the model whose tokenizer and template made the prompt (a reward or reference of another family, another model's --template)?"
+                } else {
+                    ""
+                };
                 return Err(Error::argument(
                     "input_ids",
-                    format!("prompt {bi} holds {k} image tokens (id {image_id}) but the image yields {per} features"),
+                    format!("prompt {bi} holds {k} image tokens (id {image_id}) but the image yields {per} features{hint}"),
                 ));
             }
             first += per;

@@ -38,6 +38,39 @@ pub struct Weights {
     taken: BTreeSet<String>,
 }
 
+/// The first tensor whose header entry's byte range does not fit its dtype and shape, said in
+/// words (safetensors' own error does not name it).
+fn mismatched_tensor(bytes: &[u8]) -> Option<String> {
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(bytes.get(8..8usize.checked_add(n)?)?).ok()?;
+    header.iter().find_map(|(name, info)| {
+        let dtype = info.get("dtype")?.as_str()?;
+        let width = match dtype {
+            "F64" | "I64" | "U64" => 8,
+            "F32" | "I32" | "U32" => 4,
+            "F16" | "BF16" | "I16" | "U16" => 2,
+            "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" => 1,
+            _ => return None,
+        };
+        let shape: Vec<u64> = info
+            .get("shape")?
+            .as_array()?
+            .iter()
+            .map(|d| d.as_u64())
+            .collect::<Option<_>>()?;
+        let offsets = info.get("data_offsets")?.as_array()?;
+        let (start, end) = (offsets.first()?.as_u64()?, offsets.get(1)?.as_u64()?);
+        let need = shape.iter().product::<u64>() * width;
+        (end.checked_sub(start) != Some(need)).then(|| {
+            format!(
+                "tensor `{name}`: {dtype} {shape:?} needs {need} bytes but its data_offsets [{start}, {end}] hold {}",
+                end.saturating_sub(start)
+            )
+        })
+    })
+}
+
 impl Weights {
     /// Opens `dir/model.safetensors`, or the shards of `dir/model.safetensors.index.json`,
     /// or a single `.safetensors` file given directly.
@@ -86,9 +119,15 @@ impl Weights {
             let idx = weights.files.len();
             {
                 let st = SafeTensors::deserialize(&mmap).map_err(|e| {
+                    let why = match e {
+                        safetensors::SafeTensorError::TensorInvalidInfo => {
+                            mismatched_tensor(&mmap).unwrap_or_else(|| e.to_string())
+                        }
+                        e => e.to_string(),
+                    };
                     Error::checkpoint(
                         &file,
-                        format!("not a valid safetensors file (truncated or corrupt?): {e}"),
+                        format!("not a valid safetensors file (truncated or corrupt?): {why}"),
                     )
                 })?;
                 for (name, view) in st.tensors() {

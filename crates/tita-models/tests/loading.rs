@@ -161,6 +161,17 @@ fn truncated_or_corrupt_safetensors() {
         err.contains("model.safetensors") && err.contains("not a valid safetensors"),
         "{err}"
     );
+    // A header entry whose byte range does not fit its shape: the tensor is named.
+    let header = br#"{"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,4]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header);
+    bytes.extend([0u8; 4]);
+    std::fs::write(&file, bytes).unwrap();
+    let err = load_err(dir.path());
+    assert!(
+        err.contains("tensor `w`: F32 [2, 2] needs 16 bytes but its data_offsets [0, 4] hold 4"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -352,9 +363,25 @@ fn qwen_config_errors_name_the_field() {
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&src).unwrap()).unwrap();
     type Edit = fn(&mut serde_json::Value);
-    let cases: [(&str, Edit); 3] = [
+    let cases: [(&str, Edit); 6] = [
         ("text_config.rope_parameters.mrope_section", |c| {
             c["text_config"]["rope_parameters"]["mrope_section"] = serde_json::json!([1, 1, 1])
+        }),
+        (
+            "mrope_section`: expected a list of counts (integers >= 0), found -1",
+            |c| {
+                c["text_config"]["rope_parameters"]["mrope_section"] = serde_json::json!([-1, 3, 2])
+            },
+        ),
+        (
+            "rope_theta`: 0 must be a finite number greater than zero",
+            |c| {
+                c["text_config"]["rope_parameters"]["rope_theta"] = serde_json::json!(0.0);
+                c["text_config"]["rope_theta"] = serde_json::json!(0.0)
+            },
+        ),
+        ("rms_norm_eps`: -0.001 must be a finite number", |c| {
+            c["text_config"]["rms_norm_eps"] = serde_json::json!(-0.001)
         }),
         ("vision_config.fullatt_block_indexes", |c| {
             c["vision_config"]["fullatt_block_indexes"] = serde_json::json!([5])

@@ -45,12 +45,19 @@ pub struct Dataset {
     pub path: PathBuf,
     pub examples: Vec<Example>,
     pub images: Vec<PixelValues>,
+    /// Lines of pairs whose chosen and rejected answers are the same, left out.
+    pub dropped: Vec<usize>,
 }
 
 /// The fields of a line that are not the image: (name, value) pairs, prompt first.
 trait Record {
     fn image(&self) -> &str;
     fn texts(&self) -> Vec<(&'static str, &str)>;
+    /// A pair that teaches nothing (DPO's loss is ln 2 and its gradient zero): dropped and
+    /// counted, as the pairs tool does.
+    fn is_void(&self) -> bool {
+        false
+    }
 }
 
 impl Record for PreferencePair {
@@ -63,6 +70,9 @@ impl Record for PreferencePair {
             ("chosen", &self.chosen),
             ("rejected", &self.rejected),
         ]
+    }
+    fn is_void(&self) -> bool {
+        self.chosen.trim() == self.rejected.trim()
     }
 }
 
@@ -136,7 +146,12 @@ impl Dataset {
         let mut images = Vec::new();
         let mut image_index: HashMap<PathBuf, usize> = HashMap::new();
         let mut examples = Vec::with_capacity(records.len());
+        let mut dropped = Vec::new();
         for (line, record) in records {
+            if record.is_void() {
+                dropped.push(line);
+                continue;
+            }
             let texts = record.texts();
             for (field, value) in &texts {
                 if value.trim().is_empty() {
@@ -179,10 +194,18 @@ impl Dataset {
                 responses,
             });
         }
+        if examples.is_empty() {
+            return Err(Error::data(
+                path,
+                1,
+                "every pair's chosen answer equals its rejected one: nothing to learn from",
+            ));
+        }
         Ok(Dataset {
             path: path.to_path_buf(),
             examples,
             images,
+            dropped,
         })
     }
 

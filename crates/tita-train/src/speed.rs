@@ -75,6 +75,7 @@ pub fn synthetic_pairs<B: burn::tensor::backend::Backend>(
         path: "synthetic".into(),
         examples,
         images,
+        dropped: Vec::new(),
     }
 }
 

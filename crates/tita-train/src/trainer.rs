@@ -130,6 +130,72 @@ pub struct TrainerState {
     pub reference: Option<PathBuf>,
     pub data: PathBuf,
     pub examples: usize,
+    /// Fingerprints of the model, reference and data the run started with (absent in
+    /// checkpoints written before they were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Inputs>,
+}
+
+/// A run's inputs by content: a resume with another model, reference or data file is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inputs {
+    /// [`tita_core::fingerprint::model_fingerprint`] of `--model`.
+    pub model: String,
+    /// The same of `--reference`, if one was given.
+    pub reference: Option<String>,
+    /// sha256 of `--data`.
+    pub data: String,
+}
+
+impl Inputs {
+    pub fn of(paths: &TrainPaths) -> Result<Self> {
+        use tita_core::fingerprint::{file_sha256, model_fingerprint};
+        Ok(Inputs {
+            model: model_fingerprint(&paths.model)?,
+            reference: paths
+                .reference
+                .as_deref()
+                .map(model_fingerprint)
+                .transpose()?,
+            data: file_sha256(&paths.data)?,
+        })
+    }
+
+    /// What differs between these inputs (`paths`) and those a checkpoint's run had, by flag.
+    fn differences(&self, paths: &TrainPaths, run: &TrainerState, had: &Inputs) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.model != had.model {
+            out.push(format!(
+                "--model {} is not the model the run started from ({})",
+                paths.model.display(),
+                run.model.display()
+            ));
+        }
+        match (&paths.reference, &run.reference) {
+            _ if self.reference == had.reference => {}
+            (Some(now), None) => out.push(format!(
+                "--reference {}: the run had none (its reference was its --model)",
+                now.display()
+            )),
+            (None, Some(then)) => out.push(format!(
+                "--reference missing: the run's was {}",
+                then.display()
+            )),
+            (now, then) => out.push(format!(
+                "--reference {} is not the run's reference ({})",
+                now.as_deref().unwrap_or(Path::new("")).display(),
+                then.as_deref().unwrap_or(Path::new("")).display()
+            )),
+        }
+        if self.data != had.data {
+            out.push(format!(
+                "--data {} is not the file the run trained on ({}; its contents differ)",
+                paths.data.display(),
+                run.data.display()
+            ));
+        }
+        out
+    }
 }
 
 /// How a run ended.
@@ -140,6 +206,8 @@ pub struct TrainSummary {
     /// `out/final` once every step ran.
     pub final_model: Option<PathBuf>,
     pub metrics: Vec<StepMetrics>,
+    /// Data lines left out: pairs whose chosen and rejected answers are the same.
+    pub dropped_pairs: Vec<usize>,
 }
 
 /// Options that change how a run is carried out, not what it computes.
@@ -239,9 +307,148 @@ pub fn find_checkpoint(dir: &Path) -> Result<PathBuf> {
     if dir.join("trainer_state.json").is_file() {
         return Ok(dir.to_path_buf());
     }
-    checkpoints(dir)?.pop().map(|b| b.1).ok_or_else(|| {
-        Error::checkpoint(dir, "no complete checkpoint here (a `trainer_state.json`, or `checkpoint-N/` directories holding one)")
-    })
+    checkpoints(dir)?
+        .pop()
+        .map(|b| b.1)
+        .ok_or_else(|| no_checkpoint(dir))
+}
+
+fn no_checkpoint(dir: &Path) -> Error {
+    Error::checkpoint(
+        dir,
+        "no complete checkpoint here (a `trainer_state.json`, or `checkpoint-N/` directories holding one): the run stopped before its first save; start it again with --overwrite instead of --resume",
+    )
+}
+
+/// The checkpoint to resume from in `dir` (itself, or its newest `checkpoint-N` whose files are
+/// complete: an unreadable newest one is passed over for the one before, with a warning), after
+/// checking that it belongs to a run of these settings and inputs.
+fn resume_point(
+    dir: &Path,
+    paths: &TrainPaths,
+    config: &TrainConfig,
+    inputs: &Inputs,
+) -> Result<(PathBuf, TrainerState)> {
+    let candidates: Vec<PathBuf> = if dir.join("trainer_state.json").is_file() {
+        vec![dir.to_path_buf()]
+    } else {
+        checkpoints(dir)?.into_iter().rev().map(|c| c.1).collect()
+    };
+    let mut last_error = None;
+    for ckpt in &candidates {
+        if let Some(e) = last_error.take() {
+            eprintln!("warning: {e}; resuming from {} instead", ckpt.display());
+        }
+        match read_checkpoint(ckpt) {
+            Ok(state) => {
+                check_resume(ckpt, &state, paths, config, inputs)?;
+                return Ok((ckpt.clone(), state));
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| no_checkpoint(dir)))
+}
+
+/// A checkpoint's state, once its files are whole (not truncated, optimiser state present).
+fn read_checkpoint(ckpt: &Path) -> Result<TrainerState> {
+    let state: TrainerState = tita_core::error::read_json_as(&ckpt.join("trainer_state.json"))?;
+    let optimizer = ckpt.join("optimizer.safetensors");
+    if !optimizer.is_file() {
+        return Err(Error::checkpoint(
+            ckpt,
+            "has no `optimizer.safetensors` (the optimiser's moments a resumed run needs)",
+        ));
+    }
+    tita_models::weights::Weights::open(ckpt)?;
+    tita_models::weights::Weights::open(&optimizer)?;
+    Ok(state)
+}
+
+/// Refuses a resume whose settings, inputs or step do not continue the checkpoint's run.
+fn check_resume(
+    ckpt: &Path,
+    state: &TrainerState,
+    paths: &TrainPaths,
+    config: &TrainConfig,
+    inputs: &Inputs,
+) -> Result<()> {
+    if state.config != *config {
+        let (run, now) = (
+            serde_json::to_value(&state.config).expect("plain data"),
+            serde_json::to_value(config).expect("plain data"),
+        );
+        return Err(Error::argument(
+            "resume",
+            format!(
+                "{} was trained with other settings: {}; resume with the run's",
+                ckpt.display(),
+                differing_fields(&run, &now, "").join(", ")
+            ),
+        ));
+    }
+    match &state.inputs {
+        Some(had) => {
+            let differences = inputs.differences(paths, state, had);
+            if !differences.is_empty() {
+                return Err(Error::argument(
+                    "resume",
+                    format!(
+                        "{} belongs to a run of other inputs: {}",
+                        ckpt.display(),
+                        differences.join("; ")
+                    ),
+                ));
+            }
+        }
+        None => eprintln!(
+            "warning: {} records no fingerprints of its model, reference and data (an older checkpoint): they are not checked",
+            ckpt.display()
+        ),
+    }
+    let named = ckpt
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("checkpoint-"))
+        .and_then(|n| n.parse::<usize>().ok());
+    if state.step == 0 || state.step > state.total_steps || named.is_some_and(|n| n != state.step) {
+        return Err(Error::checkpoint(
+            ckpt.join("trainer_state.json"),
+            format!(
+                "says step {} of {}, which is not this checkpoint's (the file was edited or mixed up)",
+                state.step, state.total_steps
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `field: run value → given value` for each leaf where two JSON values differ.
+fn differing_fields(run: &serde_json::Value, now: &serde_json::Value, prefix: &str) -> Vec<String> {
+    use serde_json::Value;
+    match (run, now) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter()
+                .flat_map(|k| {
+                    let path = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    differing_fields(
+                        a.get(k).unwrap_or(&Value::Null),
+                        b.get(k).unwrap_or(&Value::Null),
+                        &path,
+                    )
+                })
+                .collect()
+        }
+        (a, b) if a == b => Vec::new(),
+        (a, b) => vec![format!("{prefix} {a} (run) vs {b} (now)")],
+    }
 }
 
 /// Runs DPO or SFT as `config` says; see the module docs.
@@ -266,23 +473,9 @@ pub fn train<A: AutodiffBackend>(
         (_, overwrite) => Reuse::from_flags(false, overwrite)?,
     };
     let _claim = claim_dir(&paths.out, reuse)?;
+    let inputs = Inputs::of(paths)?;
     let resume = match &paths.resume {
-        Some(dir) => {
-            let ckpt = find_checkpoint(dir)?;
-            let state: TrainerState =
-                tita_core::error::read_json_as(&ckpt.join("trainer_state.json"))?;
-            if state.config != *config {
-                return Err(Error::argument(
-                    "resume",
-                    format!(
-                        "{} was trained with different settings ({:?}); resume with the same ones",
-                        ckpt.display(),
-                        state.config
-                    ),
-                ));
-            }
-            Some((ckpt, state))
-        }
+        Some(dir) => Some(resume_point(dir, paths, config, &inputs)?),
         None => None,
     };
     let start_dir = resume
@@ -297,6 +490,14 @@ pub fn train<A: AutodiffBackend>(
             Dataset::sft(&paths.data, paths.images.as_deref(), &pipeline, config.pad)?
         }
     };
+    if !data.dropped.is_empty() {
+        eprintln!(
+            "warning: {} pair(s) of {} have the same chosen and rejected answer and are left out (lines {:?})",
+            data.dropped.len(),
+            paths.data.display(),
+            data.dropped
+        );
+    }
     let reference = match config.objective {
         Objective::Dpo { .. } => {
             let dir = paths.reference.as_ref().unwrap_or(&paths.model);
@@ -326,6 +527,15 @@ pub fn train<A: AutodiffBackend>(
                 ),
             ));
         }
+        if state.total_steps != total {
+            return Err(Error::checkpoint(
+                ckpt.join("trainer_state.json"),
+                format!(
+                    "says the run has {} steps; these settings and data give {total}",
+                    state.total_steps
+                ),
+            ));
+        }
         let stored = policy.stored.clone();
         policy = opt.load(
             policy,
@@ -335,17 +545,11 @@ pub fn train<A: AutodiffBackend>(
             device,
         )?;
         start = state.step;
-        // Keep the metrics of the steps the checkpoint holds; later lines are redone.
+        // Keep the metrics of the steps the checkpoint holds, byte for byte; later lines are
+        // redone.
         if metrics_path.exists() {
-            metrics = jsonl::read::<StepMetrics>(&metrics_path)?
-                .into_iter()
-                .map(|(_, m)| m)
-                .filter(|m| m.step <= start)
-                .collect();
-            let text: String = metrics
-                .iter()
-                .map(|m| serde_json::to_string(m).expect("plain data") + "\n")
-                .collect();
+            let (kept, text) = metrics_up_to(&metrics_path, start)?;
+            metrics = kept;
             jsonl::write_atomic(&metrics_path, text.as_bytes())?;
         }
         // Checkpoints past the one resumed from belong to the steps being redone.
@@ -357,6 +561,17 @@ pub fn train<A: AutodiffBackend>(
     }
     let mut metrics_file = jsonl::open_append(&metrics_path)?;
 
+    // What each checkpoint records besides its step.
+    let record = TrainerState {
+        step: start,
+        total_steps: total,
+        config: config.clone(),
+        model: paths.model.clone(),
+        reference: paths.reference.clone(),
+        data: paths.data.clone(),
+        examples: n,
+        inputs: Some(inputs),
+    };
     let bar = tita_core::progress::bar(options.progress, total, "steps");
     bar.set_position(start as u64);
     let mut learner = Learner::new(policy, reference, opt);
@@ -384,7 +599,12 @@ pub fn train<A: AutodiffBackend>(
 
         let done = step + 1;
         if done == total || config.save_every.is_some_and(|e| done % e == 0) {
-            save_checkpoint(&learner.policy, &learner.opt, paths, config, done, total, n)?;
+            check_updated_model(&learner.policy, &data, done, lr, device)?;
+            let state = TrainerState {
+                step: done,
+                ..record.clone()
+            };
+            save_checkpoint(&learner.policy, &learner.opt, &paths.out, &state)?;
             if let Some(keep) = options.save_total_limit {
                 let all = checkpoints(&paths.out)?;
                 for (_, dir) in &all[..all.len().saturating_sub(keep)] {
@@ -399,6 +619,7 @@ pub fn train<A: AutodiffBackend>(
                 total_steps: total,
                 final_model: None,
                 metrics,
+                dropped_pairs: data.dropped.clone(),
             });
         }
     }
@@ -410,6 +631,7 @@ pub fn train<A: AutodiffBackend>(
         total_steps: total,
         final_model: Some(final_dir),
         metrics,
+        dropped_pairs: data.dropped.clone(),
     })
 }
 
@@ -665,30 +887,68 @@ impl StepAccumulator {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Whether the weights after `step` still give finite log-probabilities (of the first
+/// example's answer): an update that broke the model (a learning rate far too high) is caught
+/// before it is saved, since no later step's loss would see it.
+fn check_updated_model<A: AutodiffBackend>(
+    policy: &Vlm<A>,
+    data: &Dataset,
+    step: usize,
+    lr: f64,
+    device: &A::Device,
+) -> Result<()> {
+    let logps = host(response_logps(
+        policy,
+        data,
+        &sequences(data, &[0], &[0]),
+        device,
+    )?);
+    match logps.iter().find(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(v) => Err(Error::NonFinite {
+            what: format!("the model after step {step}"),
+            detail: format!(
+                "its log-probability of the answer on line {} of {} is {v}; checkpoint-{step} was not written; lower the learning rate (this step's was {lr}), then --resume from the last checkpoint",
+                data.examples[0].line,
+                data.path.display()
+            ),
+        }),
+    }
+}
+
+/// The lines of `metrics.jsonl` up to `step`, parsed and as written. A last line cut short by a
+/// kill (no newline; its step was not saved) is dropped.
+fn metrics_up_to(path: &Path, step: usize) -> Result<(Vec<StepMetrics>, String)> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let (mut metrics, mut kept) = (Vec::new(), String::new());
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let m: StepMetrics = match serde_json::from_str(line) {
+            Ok(m) => m,
+            Err(_) if !line.ends_with('\n') => break,
+            Err(e) => return Err(Error::data(path, i + 1, format!("malformed line: {e}"))),
+        };
+        if m.step <= step {
+            metrics.push(m);
+            kept.push_str(line);
+        }
+    }
+    Ok((metrics, kept))
+}
+
 fn save_checkpoint<A: AutodiffBackend>(
     policy: &Vlm<A>,
     opt: &AdamW<A::InnerBackend>,
-    paths: &TrainPaths,
-    config: &TrainConfig,
-    step: usize,
-    total: usize,
-    examples: usize,
+    out: &Path,
+    state: &TrainerState,
 ) -> Result<()> {
-    let dir = checkpoint_dir(&paths.out, step);
+    let dir = checkpoint_dir(out, state.step);
     // Config and tokenizer files come from the original model directory, not from the
     // checkpoint a run resumed from (which also holds trainer files).
-    policy.save_pretrained(&paths.model, &dir)?;
+    policy.save_pretrained(&state.model, &dir)?;
     opt.save(policy, &policy.stored, &dir.join("optimizer.safetensors"))?;
-    let state = TrainerState {
-        step,
-        total_steps: total,
-        config: config.clone(),
-        model: paths.model.clone(),
-        reference: paths.reference.clone(),
-        data: paths.data.clone(),
-        examples,
-    };
-    let text = serde_json::to_string_pretty(&state).expect("plain data");
+    let text = serde_json::to_string_pretty(state).expect("plain data");
     jsonl::write_atomic(&dir.join("trainer_state.json"), text.as_bytes())
 }

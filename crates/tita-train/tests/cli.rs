@@ -104,13 +104,18 @@ fn bad_runs_fail_before_writing() {
     );
     assert!(!out.exists(), "a refused run creates nothing");
 
-    // Another run's files: refused, and left as they were.
+    // Files no run of ours wrote (no manifest): refused, with --overwrite too, and left as
+    // they were.
     std::fs::create_dir_all(out.join("checkpoint-7")).unwrap();
     std::fs::write(out.join("metrics.jsonl"), "{\"step\": 1}\n").unwrap();
     let before = listing(&out);
     refused(
         &with(&[]),
-        "holds another run's files (checkpoint-7, metrics.jsonl)",
+        "holds files that no run wrote (checkpoint-7, metrics.jsonl)",
+    );
+    refused(
+        &with(&["--overwrite"]),
+        "--overwrite deletes only a run's own outputs",
     );
     assert_eq!(listing(&out), before);
     assert_eq!(

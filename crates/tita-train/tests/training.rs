@@ -159,6 +159,88 @@ fn interrupted_run_resumes_to_the_same_steps_and_losses() {
 }
 
 #[test]
+fn resumes_continue_only_their_own_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write(dir.path(), "pairs.jsonl", PAIRS);
+    let mut config = dpo_config(4);
+    config.save_every = Some(1);
+    let out = dir.path().join("out");
+    let mut p = paths(data.clone(), out.clone());
+    run(&p, &config, Some(3));
+    let before = std::fs::read(out.join("metrics.jsonl")).unwrap();
+    p.resume = Some(out.clone());
+    let refused = |p: &TrainPaths, want: &str| {
+        let err = train::<A>(p, &config, &RunOptions::default(), &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{err}");
+        assert_eq!(std::fs::read(out.join("metrics.jsonl")).unwrap(), before);
+    };
+    // Another model, a reference the run did not have (or lacking its own), other data of the
+    // same row count: each named.
+    let mut other = p.clone();
+    other.model = fixtures().join("llava-reward-ref");
+    refused(&other, "--model");
+    let mut other = p.clone();
+    other.reference = None;
+    refused(&other, "--reference missing: the run's was");
+    let shuffled: String = PAIRS.lines().rev().map(|l| format!("{l}\n")).collect();
+    let mut other = p.clone();
+    other.data = write(dir.path(), "shuffled.jsonl", &shuffled);
+    refused(&other, "--data");
+    // Other settings: the field is named, not the whole configuration.
+    let mut lr = config.clone();
+    lr.optimizer.lr *= 10.0;
+    let err = train::<A>(&p, &lr, &RunOptions::default(), &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("optimizer.lr") && !err.contains("TrainConfig"),
+        "{err}"
+    );
+    // An edited step is refused, not trusted.
+    let state_path = out.join("checkpoint-3/trainer_state.json");
+    let state = std::fs::read_to_string(&state_path).unwrap();
+    std::fs::write(&state_path, state.replace("\"step\": 3", "\"step\": 99")).unwrap();
+    refused(&p, "says step 99 of 4");
+    std::fs::write(&state_path, &state).unwrap();
+    // A truncated newest checkpoint: the one before it is taken, and the run ends as a whole
+    // run would, keeping the metrics lines of the steps it kept byte for byte.
+    let weights = out.join("checkpoint-3/model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let resumed = run(&p, &config, None);
+    let whole = run(&paths(data, dir.path().join("whole")), &config, None);
+    assert_eq!(resumed.len(), 4);
+    for (a, b) in whole.iter().zip(&resumed) {
+        assert!((a.loss - b.loss).abs() <= 1e-6, "step {}", a.step);
+    }
+    let after = std::fs::read(out.join("metrics.jsonl")).unwrap();
+    let two_lines = before
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(1)
+        .unwrap()
+        .0;
+    assert_eq!(after[..=two_lines], before[..=two_lines]);
+
+    // A run stopped before its first save: --resume says to start again.
+    let early = dir.path().join("early");
+    let mut q = paths(p.data.clone(), early.clone());
+    config.save_every = None;
+    run(&q, &config, Some(1));
+    q.resume = Some(early);
+    let err = train::<A>(&q, &config, &RunOptions::default(), &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no complete checkpoint") && err.contains("--overwrite"),
+        "{err}"
+    );
+}
+
+#[test]
 fn sft_lowers_the_response_cross_entropy() {
     let dir = tempfile::tempdir().unwrap();
     let data = write(
@@ -427,6 +509,61 @@ fn a_diverging_run_stops_at_the_first_non_finite_step_and_keeps_its_good_checkpo
         )
         .unwrap();
     }
+}
+
+#[test]
+fn pairs_with_the_same_answers_are_left_out_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let same = r#"{"image": "images/chelsea.png", "prompt": "What is this?", "chosen": "A cat.", "rejected": " A cat. "}"#;
+    let data = write(dir.path(), "pairs.jsonl", &format!("{PAIRS}{same}\n"));
+    let summary = train::<A>(
+        &paths(data, dir.path().join("out")),
+        &dpo_config(1),
+        &RunOptions::default(),
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(summary.dropped_pairs, [5]);
+    let state = std::fs::read_to_string(dir.path().join("out/checkpoint-1/trainer_state.json"));
+    assert!(state.unwrap().contains("\"examples\": 4"));
+    let only = write(dir.path(), "same.jsonl", &format!("{same}\n"));
+    let err = train::<A>(
+        &paths(only, dir.path().join("out2")),
+        &dpo_config(1),
+        &RunOptions::default(),
+        &Default::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("nothing to learn from"), "{err}");
+}
+
+#[test]
+fn an_update_that_breaks_the_model_is_not_saved() {
+    // The loss of each step is computed before its update; the last update is checked on its own.
+    let dir = tempfile::tempdir().unwrap();
+    let data = write(dir.path(), "pairs.jsonl", PAIRS);
+    let out = dir.path().join("out");
+    // At this rate step 1's update leaves the model finite and step 2's breaks it; step 2 is
+    // the last, so no loss would ever see it.
+    let mut config = dpo_config(2);
+    config.optimizer.lr = 1e6;
+    config.max_grad_norm = None;
+    let err = train::<A>(
+        &paths(data, out.clone()),
+        &config,
+        &RunOptions::default(),
+        &Default::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("the model after step 2")
+            && err.contains("checkpoint-2 was not written")
+            && err.contains("lower the learning rate"),
+        "{err}"
+    );
+    assert!(!out.join("final").exists() && checkpoint_steps(&out).is_empty());
 }
 
 /// DPO of a Qwen2.5-VL reward model (reference: the fixture target, same tokenizer): the loss

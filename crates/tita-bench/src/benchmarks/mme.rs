@@ -63,7 +63,8 @@ impl Benchmark for Mme {
     /// The yes/no report, plus MME's scores per method (`mme.json`, a table in `report.md`,
     /// printed before the report).
     fn report_run(&self, run: &RunOutput) -> Result<String> {
-        let report = yesno::report(self.title(), run)?;
+        // The yes/no table reads answers as MME does, so that it agrees with the scores.
+        let report = yesno::report(self.title(), run, mme_reading)?;
         let scores = rules::score_methods(&questions_of(run.sets), run.out, &run.config.methods)?;
         let json = serde_json::to_string_pretty(&scores).expect("plain data");
         tita_core::jsonl::write_atomic(&run.out.join("mme.json"), json.as_bytes())?;
@@ -101,6 +102,15 @@ impl Benchmark for Mme {
             metrics,
             files,
         })
+    }
+}
+
+/// MME's reading of an answer: yes, no, or "other" (wrong either way).
+fn mme_reading(text: &str) -> Option<bool> {
+    match rules::parse_prediction(text) {
+        "yes" => Some(true),
+        "no" => Some(false),
+        _ => None,
     }
 }
 

@@ -68,7 +68,7 @@ impl Benchmark for Pope {
     }
 
     fn report_run(&self, run: &RunOutput) -> Result<String> {
-        yesno::report(self.title(), run)
+        yesno::report(self.title(), run, crate::pope::pope_reading)
     }
 
     fn score(&self, data: &Path, answers: &Path, _: &ScoreOptions) -> Result<Scorecard> {

@@ -8,7 +8,7 @@ use tita_core::{Error, Result};
 
 use crate::benchmark::{Benchmark, DataSpec, RunOutput, ScoreOptions, Scorecard};
 use crate::eval::QuestionSet;
-use crate::pope::{self, YesNoMetrics};
+use crate::pope::{self, Reading, YesNoMetrics};
 use crate::report::{score_all, write_reports};
 
 pub struct YesNo;
@@ -36,7 +36,7 @@ impl Benchmark for YesNo {
     }
 
     fn report_run(&self, run: &RunOutput) -> Result<String> {
-        report(self.title(), run)
+        report(self.title(), run, pope::pope_reading)
     }
 
     /// The project's own table (there is no official code): what `pope-score` prints.
@@ -108,8 +108,8 @@ pub fn table(split: &str, m: &YesNoMetrics) -> String {
 
 /// The yes/no report of a run: per set and pooled metrics of every method
 /// (`results.json`, `report.md`, plots); returns the report (the command prints it).
-pub fn report(title: &str, run: &RunOutput) -> Result<String> {
-    let results = score_all(run.out, run.sets, run.config, run.speed.clone())?;
+pub fn report(title: &str, run: &RunOutput, read: Reading) -> Result<String> {
+    let results = score_all(run.out, run.sets, run.config, run.speed.clone(), read)?;
     write_reports(run.out, title, &results)?;
     let path = run.out.join("report.md");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;

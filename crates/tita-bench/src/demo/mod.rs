@@ -42,7 +42,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tita_core::error::read_json_as;
-use tita_core::output::Reuse;
+use tita_core::output::{claim_dir, Reuse};
 use tita_core::plot::{bar_chart, line_panels, Panel, Series};
 use tita_core::{jsonl, Error, Result};
 use tita_decode::guidance::{M3id, Marine, ObjectList, TemplateSet};

@@ -82,7 +82,10 @@ fn stage<B: Backend>(
         },
         device,
     )?;
+    // Under a claim, so that the run folder's manifest lists the plot as the run's.
+    let claim = claim_dir(&run, Reuse::Resume)?;
     tita_train::report::write_training_plot(&summary.metrics, &run.join("metrics.png"))?;
+    drop(claim);
     let final_dir = summary
         .final_model
         .ok_or_else(|| Error::checkpoint(&run, "training ended without a final model"))?;

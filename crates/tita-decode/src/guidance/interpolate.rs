@@ -6,8 +6,8 @@ use serde::Serialize;
 use tita_core::{Error, Result};
 
 use super::{
-    check_range, cut_device, cut_host, log_softmax, ls_device, over_common_device,
-    over_common_host, Guidance, Guide, GuideModel, Knob, Knobs, Step,
+    check_range, log_softmax, ls_device, over_common_device, over_common_host, weighted_device,
+    weighted_host, Guidance, Guide, GuideModel, Knob, Knobs, Step,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -85,25 +85,18 @@ impl Guidance for Interpolate {
         t: Tensor<B, 2>,
         g: &[Tensor<B, 2>],
     ) -> Tensor<B, 2> {
-        let fused = if self.lambda == 0.0 {
-            t.clone()
-        } else {
+        weighted_device(self.lambda, &t, self.tau, || {
             over_common_device(&t, g, |head| {
                 head(ls_device(t.clone())).mul_scalar(1.0 - self.lambda)
                     + head(ls_device(g[0].clone())).mul_scalar(self.lambda)
             })
-        };
-        cut_device(fused, &t, self.tau)
+        })
     }
 
     fn fuse_host(&self, _: Step, t: &[f32], g: &[&[f32]]) -> Vec<f32> {
-        let mut out = if self.lambda == 0.0 {
-            t.to_vec()
-        } else {
+        weighted_host(self.lambda, t, self.tau, || {
             let (lt, lr) = (log_softmax(t), log_softmax(g[0]));
             over_common_host(t, g, |y| (1.0 - self.lambda) * lt[y] + self.lambda * lr[y])
-        };
-        cut_host(&mut out, t, self.tau);
-        out
+        })
     }
 }

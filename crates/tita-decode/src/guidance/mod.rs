@@ -297,6 +297,38 @@ fn ls_device<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
     ls(x, 1)
 }
 
+/// A weighted method's host scores: at weight 0 the target's logits as they are (so that the
+/// method at 0 is plain decoding, exactly), else `fused()`; then the plausibility cut.
+fn weighted_host(
+    weight: f32,
+    target: &[f32],
+    cut: Option<f32>,
+    fused: impl FnOnce() -> Vec<f32>,
+) -> Vec<f32> {
+    let mut out = if weight == 0.0 {
+        target.to_vec()
+    } else {
+        fused()
+    };
+    cut_host(&mut out, target, cut);
+    out
+}
+
+/// [`weighted_host`] on the device.
+fn weighted_device<B: Backend>(
+    weight: f32,
+    target: &Tensor<B, 2>,
+    cut: Option<f32>,
+    fused: impl FnOnce() -> Tensor<B, 2>,
+) -> Tensor<B, 2> {
+    let out = if weight == 0.0 {
+        target.clone()
+    } else {
+        fused()
+    };
+    cut_device(out, target, cut)
+}
+
 /// The plausibility cut on the host: `-inf` where `p(y) < cut · max p` under `logits`.
 fn cut_host(scores: &mut [f32], logits: &[f32], cut: Option<f32>) {
     let Some(cut) = cut else { return };

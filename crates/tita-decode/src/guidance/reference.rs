@@ -7,8 +7,8 @@ use tita_core::Result;
 
 use super::interpolate::{check_tau, TAU};
 use super::{
-    check_range, cut_device, cut_host, log_softmax, ls_device, over_common_device,
-    over_common_host, Guidance, Guide, GuideModel, Knob, Knobs, Step,
+    check_range, log_softmax, ls_device, over_common_device, over_common_host, weighted_device,
+    weighted_host, Guidance, Guide, GuideModel, Knob, Knobs, Step,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -72,26 +72,19 @@ impl Guidance for Reference {
         t: Tensor<B, 2>,
         g: &[Tensor<B, 2>],
     ) -> Tensor<B, 2> {
-        let fused = if self.alpha == 0.0 {
-            t.clone()
-        } else {
+        weighted_device(self.alpha, &t, self.tau, || {
             over_common_device(&t, g, |head| {
                 let implicit = head(ls_device(g[0].clone())) - head(ls_device(g[1].clone()));
                 head(ls_device(t.clone())) + implicit.mul_scalar(self.alpha)
             })
-        };
-        cut_device(fused, &t, self.tau)
+        })
     }
 
     fn fuse_host(&self, _: Step, t: &[f32], g: &[&[f32]]) -> Vec<f32> {
-        let mut out = if self.alpha == 0.0 {
-            t.to_vec()
-        } else {
+        weighted_host(self.alpha, t, self.tau, || {
             let (lt, lr, lref) = (log_softmax(t), log_softmax(g[0]), log_softmax(g[1]));
             over_common_host(t, g, |y| lt[y] + self.alpha * (lr[y] - lref[y]))
-        };
-        cut_host(&mut out, t, self.tau);
-        out
+        })
     }
 
     /// DPO's reward: `log p_R - log p_ref`.

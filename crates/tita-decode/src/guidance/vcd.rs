@@ -10,8 +10,8 @@ use tita_core::noise::{add_diffusion_noise, add_noise_with};
 use tita_core::{Error, Result};
 
 use super::{
-    check_range, cut_device, cut_host, over_common_device, over_common_host, Guidance, Guide,
-    GuideModel, Knob, Knobs, Step,
+    check_range, over_common_device, over_common_host, weighted_device, weighted_host, Guidance,
+    Guide, GuideModel, Knob, Knobs, Step,
 };
 use crate::pipeline::{Pipeline, Prompt, Request};
 
@@ -122,25 +122,18 @@ impl Guidance for Vcd {
         t: Tensor<B, 2>,
         g: &[Tensor<B, 2>],
     ) -> Tensor<B, 2> {
-        let fused = if self.alpha == 0.0 {
-            t.clone()
-        } else {
+        weighted_device(self.alpha, &t, Some(self.beta), || {
             over_common_device(&t, g, |head| {
                 head(t.clone()).mul_scalar(1.0 + self.alpha)
                     - head(g[0].clone()).mul_scalar(self.alpha)
             })
-        };
-        cut_device(fused, &t, Some(self.beta))
+        })
     }
 
     fn fuse_host(&self, _: Step, t: &[f32], g: &[&[f32]]) -> Vec<f32> {
-        let mut out = if self.alpha == 0.0 {
-            t.to_vec()
-        } else {
+        weighted_host(self.alpha, t, Some(self.beta), || {
             over_common_host(t, g, |y| (1.0 + self.alpha) * t[y] - self.alpha * g[0][y])
-        };
-        cut_host(&mut out, t, Some(self.beta));
-        out
+        })
     }
 
     /// The target's prompt with its pixels noised.

@@ -109,7 +109,10 @@ pub(crate) fn parse_text(
     // transformers < 5 writes `rope_theta` (+ `rope_scaling`); 5 writes `rope_parameters`.
     let rope = f.child("rope_parameters")?;
     let theta_default = if qwen { 1_000_000.0 } else { 10000.0 };
-    let rope_theta = rope.f64("rope_theta", f.f64("rope_theta", theta_default)?)?;
+    let rope_theta = match rope.get("rope_theta") {
+        Some(_) => rope.positive_f64("rope_theta", theta_default)?,
+        None => f.positive_f64("rope_theta", theta_default)?,
+    };
     let mut mrope_section = Vec::new();
     for (block, fields) in [
         ("rope_scaling", f.child("rope_scaling")?),
@@ -127,11 +130,7 @@ pub(crate) fn parse_text(
             ));
         }
         if qwen && fields.get("mrope_section").is_some() {
-            mrope_section = fields
-                .ids("mrope_section", &[])?
-                .into_iter()
-                .map(|x| x as usize)
-                .collect();
+            mrope_section = fields.counts("mrope_section")?;
         }
     }
     if qwen {
@@ -196,7 +195,7 @@ pub(crate) fn parse_text(
             "max_position_embeddings",
             f.usize("max_position_embeddings", d(2048, 32768))?,
         )?,
-        rms_norm_eps: f.f64("rms_norm_eps", if qwen { 1e-5 } else { 1e-6 })?,
+        rms_norm_eps: f.positive_f64("rms_norm_eps", if qwen { 1e-5 } else { 1e-6 })?,
         rope_theta,
         tie_word_embeddings: tie,
         attention_bias,

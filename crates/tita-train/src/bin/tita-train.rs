@@ -7,6 +7,7 @@ use anyhow::{anyhow, Context};
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use clap::{Args as ClapArgs, Parser, Subcommand};
+use tita_core::output::{claim_dir, Reuse};
 use tita_decode::backend::{dispatch, BackendKind, BackendTask};
 use tita_decode::Pipeline;
 use tita_models::Vlm;
@@ -216,7 +217,7 @@ impl BackendTask for Job {
                 overwrite,
                 ..
             } => {
-                let reuse = tita_core::output::Reuse::from_flags(resume, overwrite)?;
+                let reuse = Reuse::from_flags(resume, overwrite)?;
                 let target = Pipeline::<B>::load(&model, &device)?;
                 let config = PairsConfig {
                     noise_step,
@@ -330,6 +331,8 @@ fn fit<B: Backend>(
         save_total_limit: common.save_total_limit,
     };
     let summary = train::<Autodiff<B>>(&paths, &config, &options, device)?;
+    // Written under a claim of its own, so that the folder's manifest lists it as the run's.
+    let _claim = claim_dir(&paths.out, Reuse::Resume)?;
     let all = tita_core::jsonl::read(&paths.out.join("metrics.jsonl"))?
         .into_iter()
         .map(|(_, m)| m)
@@ -341,9 +344,10 @@ fn fit<B: Backend>(
         .last()
         .ok_or_else(|| anyhow!("no step ran"))?;
     eprintln!(
-        "{} steps; last loss {:.4}; metrics {}, plot {}; model {}",
+        "{} steps; last loss {:.4}; {} pair(s) left out (chosen = rejected); metrics {}, plot {}; model {}",
         summary.steps,
         last.loss,
+        summary.dropped_pairs.len(),
         paths.out.join("metrics.jsonl").display(),
         plot.display(),
         summary
