@@ -47,7 +47,7 @@ struct Args {
     /// Extra template variable KEY=VALUE (VALUE as JSON, else a string), e.g. add_vision_id=true.
     #[arg(long = "template-arg")]
     template_args: Vec<String>,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, value_parser = tita_core::args::count, default_value_t = 64)]
     max_new_tokens: usize,
     /// 0 = greedy.
     #[arg(long, default_value_t = 0.0)]
