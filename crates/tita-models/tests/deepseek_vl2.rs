@@ -414,7 +414,10 @@ fn text_only_matches(model: &str) {
 
     let mut state = m.new_state(vec![0]).with_capacity(t + STEPS);
     let hidden = m
-        .forward(m.embed(&[ids.clone()], &dev).unwrap(), &mut state)
+        .forward(
+            m.embed(std::slice::from_ref(&ids), &dev).unwrap(),
+            &mut state,
+        )
         .unwrap();
     let h = m.config.hidden_size;
     let hidden_rows = rows(hidden.clone().reshape([t, h]));
@@ -463,13 +466,14 @@ fn text_only_matches(model: &str) {
         .iter()
         .map(|x| x.as_f64().unwrap())
         .collect();
+    assert_eq!((want_ids.len(), want_lp.len()), (STEPS, STEPS));
     let mut step_logits = logits[t - 1].clone();
     let mut got_ids = Vec::new();
     let mut lp_diff = 0f64;
-    for step in 0..STEPS {
+    for (step, want) in want_lp.iter().enumerate() {
         let next = argmax(&step_logits);
         got_ids.push(next as u32);
-        lp_diff = lp_diff.max((log_prob(&step_logits, next) - want_lp[step]).abs());
+        lp_diff = lp_diff.max((log_prob(&step_logits, next) - want).abs());
         if step + 1 < STEPS {
             let x = m.embed(&[vec![next as u32]], &dev).unwrap();
             let hidden = m.forward(x, &mut state).unwrap();
@@ -485,7 +489,10 @@ fn text_only_matches(model: &str) {
     let seq: Vec<u32> = ids.iter().chain(&got_ids[..STEPS - 1]).copied().collect();
     let mut fresh = m.new_state(vec![0]);
     let full = m
-        .forward(m.embed(&[seq.clone()], &dev).unwrap(), &mut fresh)
+        .forward(
+            m.embed(std::slice::from_ref(&seq), &dev).unwrap(),
+            &mut fresh,
+        )
         .unwrap();
     let full_last = rows(m.logits(full).reshape([seq.len(), vocab]))
         .pop()

@@ -650,7 +650,7 @@ impl DeepseekV2Config {
     pub fn is_moe_layer(&self, i: usize) -> bool {
         self.moe
             .as_ref()
-            .is_some_and(|m| i >= m.first_k_dense_replace && i % m.moe_layer_freq == 0)
+            .is_some_and(|m| i >= m.first_k_dense_replace && i.is_multiple_of(m.moe_layer_freq))
     }
 
     /// The MLA shapes, or None for MHA.
