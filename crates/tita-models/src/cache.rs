@@ -1,7 +1,7 @@
 //! What a decoder keeps of past positions, per layer, in a type its family chooses: per-head
 //! keys and values ([`KvLayer`]) today; a family whose attention caches something else (MLA's
-//! compressed `kv_lora_rank + rope` latent, say) supplies its own [`LayerCache`] built on
-//! [`SeqBuffer`], and [`Cache`] holds it without a change here.
+//! compressed `kv_lora_rank + rope` latent: `deepseek_vl2::MlaLayer`) supplies its own
+//! [`LayerCache`] built on [`SeqBuffer`], and [`Cache`] holds it without a change here.
 //!
 //! Buffers are preallocated to the capacity the caller asks for (prompt + tokens to come) and
 //! written in place (`slice_assign`), which also keeps shapes fixed for GPU kernels; they grow
@@ -47,6 +47,12 @@ impl<B: Backend, const D: usize> SeqBuffer<B, D> {
     /// Positions the buffer has room for.
     pub fn allocated(&self) -> usize {
         self.buf.as_ref().map_or(0, |b| b.dims()[self.axis])
+    }
+
+    /// The whole buffer (room included), None before the first write: what a family's cache
+    /// actually keeps per position.
+    pub fn buffer(&self) -> Option<&Tensor<B, D>> {
+        self.buf.as_ref()
     }
 
     fn ranges(&self, dims: [usize; D], along: Range<usize>) -> [Range<usize>; D] {

@@ -4,6 +4,7 @@
 //! One folder per family (config next to model); [`family`] alone maps `model_type` to one.
 
 pub mod cache;
+pub mod deepseek_vl2;
 pub mod family;
 pub mod layers;
 pub mod llama;
