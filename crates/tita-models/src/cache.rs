@@ -14,14 +14,31 @@ use std::ops::Range;
 use burn::tensor::{backend::Backend, Tensor};
 use tita_core::{Error, Result};
 
-/// One layer's cached state. Object-safe, so that a [`Cache`] holds any family's kind.
-pub trait LayerCache<B: Backend>: Any + Debug + Send + Sync {
+/// One layer's cached state. Object-safe, so that a [`Cache`] holds any family's kind; a
+/// `Clone` type gets [`LayerCacheDyn`] (copying and downcasting) for free.
+pub trait LayerCache<B: Backend>: LayerCacheDyn<B> + Any + Debug + Send + Sync {
+    /// Positions its buffers have room for.
+    fn allocated(&self) -> usize;
+}
+
+/// What a boxed [`LayerCache`] needs of its concrete type, implemented for every `Clone` one.
+pub trait LayerCacheDyn<B: Backend> {
     /// A copy that shares the tensors (a cloned session).
     fn boxed_clone(&self) -> Box<dyn LayerCache<B>>;
     fn as_any_mut(&mut self) -> &mut dyn Any;
     fn as_any(&self) -> &dyn Any;
-    /// Positions its buffers have room for.
-    fn allocated(&self) -> usize;
+}
+
+impl<B: Backend, L: LayerCache<B> + Clone> LayerCacheDyn<B> for L {
+    fn boxed_clone(&self) -> Box<dyn LayerCache<B>> {
+        Box::new(self.clone())
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
 }
 
 /// How much room a write may allocate: `capacity` positions in all (0: none asked for, keep
@@ -124,15 +141,6 @@ impl<B: Backend> KvLayer<B> {
 }
 
 impl<B: Backend> LayerCache<B> for KvLayer<B> {
-    fn boxed_clone(&self) -> Box<dyn LayerCache<B>> {
-        Box::new(self.clone())
-    }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
     fn allocated(&self) -> usize {
         self.k.allocated()
     }
@@ -279,15 +287,6 @@ mod tests {
         #[derive(Debug, Clone, Default)]
         struct Other;
         impl LayerCache<B> for Other {
-            fn boxed_clone(&self) -> Box<dyn LayerCache<B>> {
-                Box::new(self.clone())
-            }
-            fn as_any_mut(&mut self) -> &mut dyn Any {
-                self
-            }
-            fn as_any(&self) -> &dyn Any {
-                self
-            }
             fn allocated(&self) -> usize {
                 0
             }

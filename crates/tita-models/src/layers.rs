@@ -99,6 +99,29 @@ pub fn project<B: Backend>(linear: &nn::Linear<B>, x: Tensor<B, 3>, split: usize
     }
 }
 
+/// Vocabulary logits of hidden states `[batch, seq, hidden]` in f32: through the untied head,
+/// or through the token embedding (tied), as `[batch, seq, vocab]`.
+pub fn vocab_logits<B: Backend>(
+    lm_head: Option<&nn::Linear<B>>,
+    embed_tokens: &burn::module::Param<Tensor<B, 2>>,
+    hidden: Tensor<B, 3>,
+    split: usize,
+) -> Tensor<B, 3> {
+    let logits = match lm_head {
+        Some(head) => project(head, hidden, split),
+        None => {
+            let [b, s, h] = hidden.dims();
+            let w = embed_tokens.val();
+            let vocab = w.dims()[0];
+            hidden
+                .reshape([b * s, h])
+                .matmul(w.transpose())
+                .reshape([b, s, vocab])
+        }
+    };
+    crate::weights::cast(logits, burn::tensor::DType::F32)
+}
+
 /// Whether causal attention runs as burn's fused op ([`attend_fused`]): on burn-flex, whose
 /// flash kernel never writes the score matrix or the mask to memory (prefill of 600 tokens:
 /// 1.12x faster on 2 cores, though the kernel is single-threaded; CLIP's unmasked attention,

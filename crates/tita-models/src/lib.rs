@@ -16,7 +16,7 @@ pub mod state;
 pub mod vlm;
 pub mod weights;
 
-pub use cache::{Cache, KvLayer, LayerCache, Room, SeqBuffer};
+pub use cache::{Cache, KvLayer, LayerCache, LayerCacheDyn, Room, SeqBuffer};
 pub use family::{KeyLayout, ModelConfig, Vision};
 pub use llama::{LlamaConfig, LlamaKeys, MropePositions, Positions};
 pub use llava::{ClipVisionConfig, LlavaConfig, SelectStrategy};

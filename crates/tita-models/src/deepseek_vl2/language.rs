@@ -5,20 +5,20 @@
 
 use burn::module::{Module, Param};
 use burn::nn;
-use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
 use tita_core::{Error, Result};
 
 use crate::cache::{Cache, KvLayer, Room};
 use crate::deepseek_vl2::config::{AttentionKind, DeepseekV2Config};
 use crate::deepseek_vl2::mla::{MlaAttention, MlaLayer};
 use crate::deepseek_vl2::moe::{load_mlp, FeedForward, Moe};
-use crate::layers::{fused_attention, linear, matvec_split, project, rms_norm};
+use crate::layers::{fused_attention, linear, matvec_split, rms_norm, vocab_logits};
 use crate::llama::rope::{Positions, Rope, Rotary};
 use crate::llama::{Attention, LlamaKeys};
 use crate::mask::Mask;
 use crate::scope::Scope;
 use crate::state::DecodeState;
-use crate::weights::{cast, TensorSource};
+use crate::weights::TensorSource;
 
 /// Where the language model's tensors live in a DeepSeek-VL2 checkpoint.
 pub fn hub_keys() -> LlamaKeys {
@@ -283,17 +283,11 @@ impl<B: Backend> DeepseekV2<B> {
 
     /// Vocabulary logits of hidden states: `[batch, seq, vocab]`, in f32.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        let logits = match &self.lm_head {
-            Some(head) => project(head, hidden, self.split),
-            None => {
-                let [b, s, h] = hidden.dims();
-                let w = self.embed_tokens.val().transpose();
-                hidden
-                    .reshape([b * s, h])
-                    .matmul(w)
-                    .reshape([b, s, self.config.vocab_size])
-            }
-        };
-        cast(logits, DType::F32)
+        vocab_logits(
+            self.lm_head.as_ref(),
+            &self.embed_tokens,
+            hidden,
+            self.split,
+        )
     }
 }

@@ -6,8 +6,6 @@
 //! into the queries and the value half applied after attending over the latent, so nothing is
 //! decompressed per position.
 
-use std::any::Any;
-
 use burn::module::{Module, Param};
 use burn::nn;
 use burn::tensor::{activation, backend::Backend, DType, Tensor};
@@ -55,15 +53,6 @@ impl<B: Backend> MlaLayer<B> {
 }
 
 impl<B: Backend> LayerCache<B> for MlaLayer<B> {
-    fn boxed_clone(&self) -> Box<dyn LayerCache<B>> {
-        Box::new(self.clone())
-    }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
     fn allocated(&self) -> usize {
         self.latent.allocated()
     }

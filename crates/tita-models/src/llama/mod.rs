@@ -9,7 +9,7 @@ pub mod rope;
 
 use burn::module::{Module, Param};
 use burn::nn;
-use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
 use tita_core::Result;
 
 pub use attention::{Attention, Mlp};
@@ -18,11 +18,11 @@ pub use rope::{MropePositions, Positions, Rope, Rotary};
 
 use crate::cache::{Cache, KvLayer, Room};
 use crate::family::{first_present, not_found, KeyLayout};
-use crate::layers::{fused_attention, linear, matvec_split, project, rms_norm};
+use crate::layers::{fused_attention, linear, matvec_split, rms_norm, vocab_logits};
 use crate::mask::Mask;
 use crate::scope::Scope;
 use crate::state::DecodeState;
-use crate::weights::{cast, TensorSource, Weights};
+use crate::weights::{TensorSource, Weights};
 
 #[derive(Module, Debug)]
 pub struct DecoderLayer<B: Backend> {
@@ -199,18 +199,12 @@ impl<B: Backend> Llama<B> {
 
     /// Vocabulary logits of hidden states: `[batch, seq, vocab]`.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        let logits = match &self.lm_head {
-            Some(head) => project(head, hidden, self.split),
-            None => {
-                let [b, s, h] = hidden.dims();
-                let w = self.embed_tokens.val().transpose();
-                hidden
-                    .reshape([b * s, h])
-                    .matmul(w)
-                    .reshape([b, s, self.config.vocab_size])
-            }
-        };
-        cast(logits, DType::F32)
+        vocab_logits(
+            self.lm_head.as_ref(),
+            &self.embed_tokens,
+            hidden,
+            self.split,
+        )
     }
 
     /// Parameters read by one decode step (an untied embedding table is gathered from, not
