@@ -5,54 +5,26 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-use tita_bench::benchmark::{by_name, DataSpec, ScoreOptions, Scorecard, REGISTRY};
+use tita_bench::benchmark::{by_name, DataSpec, REGISTRY};
 
-fn data() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/benchmarks")
-}
-
-fn expected() -> Value {
-    let text = std::fs::read_to_string(data().join("expected.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn score(name: &str, dir: &Path, answers: &Path) -> tita_core::Result<Scorecard> {
-    by_name(name)
-        .unwrap()
-        .score(dir, answers, &ScoreOptions::default())
-}
-
-/// Every value of `want` is in `got`: integers and strings exactly, floats within 1e-12
-/// relative (the README's tolerance).
-fn assert_matches(got: &Value, want: &Value, at: &str) {
-    match (got, want) {
-        (Value::Object(g), Value::Object(w)) => {
-            for (k, v) in w {
-                let inner = g
-                    .get(k)
-                    .unwrap_or_else(|| panic!("{at}.{k} missing in {got}"));
-                assert_matches(inner, v, &format!("{at}.{k}"));
-            }
-        }
-        (Value::Number(g), Value::Number(w)) if w.is_f64() || g.is_f64() => {
-            let (g, w) = (g.as_f64().unwrap(), w.as_f64().unwrap());
-            assert!(
-                g == w || (g - w).abs() <= 1e-12 * g.abs().max(w.abs()),
-                "{at}: {g} != {w}"
-            );
-        }
-        _ => assert_eq!(got, want, "{at}"),
-    }
-}
+use crate::common::{assert_matches, data, expected, score};
 
 #[test]
 fn registry_lists_every_benchmark_and_refuses_unknown_names() {
     let names: Vec<&str> = REGISTRY.iter().map(|b| b.name()).collect();
-    assert_eq!(names, ["pope", "mme", "yesno"]);
+    let mut unique = names.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), names.len(), "duplicate names in {names:?}");
+    for name in ["pope", "mme", "yesno"] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
     let e = by_name("vqa2").err().unwrap().to_string();
     assert!(
-        e.contains("unknown benchmark `vqa2`; known: pope, mme, yesno"),
+        e.contains(&format!(
+            "unknown benchmark `vqa2`; known: {}",
+            names.join(", ")
+        )),
         "{e}"
     );
     for b in REGISTRY {

@@ -1,0 +1,6 @@
+//! The benchmark suite's tests, one module per benchmark (one test binary, so CI links once):
+//! every scorer against what the official code printed and wrote for the fixtures in
+//! `fixtures/benchmarks/` (`expected.json`), prompts against LLaVA's, and bad input.
+
+mod common;
+mod pope_mme;
