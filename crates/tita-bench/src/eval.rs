@@ -30,45 +30,11 @@ pub enum Method {
     Guided(Fusion),
 }
 
-/// Short names the method lists have always taken, beside the registered mode names.
-const ALIASES: &[(&str, &str)] = &[("tita", "interpolate"), ("vcd", "contrastive")];
-
 impl Method {
-    /// `greedy`, or `MODE[:VALUE]` where MODE is a registered mode (`interpolate`, `reference`,
-    /// `contrastive`, `m3id`, `marine`; `tita` and `vcd` are short for the first and third) and
-    /// VALUE sets the mode's first knob (λ, α, α, M3ID's λ, MARINE's γ). `shared` knobs (e.g.
-    /// MARINE's `objects`, VCD's `noise_seed`) go to every method that takes them.
+    /// `greedy` or `MODE[:VALUE]` ([`Fusion::from_spec`]); `shared` knobs (MARINE's `objects`,
+    /// VCD's `noise_seed`) go to every method that takes them.
     pub fn parse(s: &str, shared: &Knobs) -> Result<Self> {
-        let (kind, value) = s.split_once(':').unwrap_or((s, ""));
-        if kind == "greedy" && value.is_empty() {
-            return Ok(Method::Greedy);
-        }
-        let mode = ALIASES
-            .iter()
-            .find(|(alias, _)| *alias == kind)
-            .map_or(kind, |(_, mode)| mode);
-        let Some(knobs) = Fusion::knobs_of(mode) else {
-            return Err(Error::argument(
-                "methods",
-                format!(
-                    "`{s}`: expected greedy or MODE[:VALUE] with MODE one of {}, tita, vcd",
-                    Fusion::MODES.join(", ")
-                ),
-            ));
-        };
-        let mut own = Knobs::new();
-        for knob in knobs {
-            if let Some(v) = shared.get(knob.name) {
-                own.set(knob.name, v.clone());
-            }
-        }
-        if !value.is_empty() {
-            let number: f64 = value.parse().map_err(|_| {
-                Error::argument("methods", format!("`{s}`: `{value}` is not a number"))
-            })?;
-            own.set(knobs[0].name, number);
-        }
-        Ok(Method::Guided(Fusion::from_knobs(mode, &own)?))
+        Ok(Fusion::from_spec(s, shared, "methods")?.map_or(Method::Greedy, Method::Guided))
     }
 
     /// TITA interpolate with weight λ.

@@ -28,8 +28,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tita_core::template::{Message, Part};
 use tita_decode::{
-    Cancel, FinishReason, Fusion, GenerationConfig, Generator, ImageInput, Knobs, Pipeline,
-    Request, SamplingConfig, Tita, TitaConfig, TokenExplanation,
+    guidance::GuideModel, Cancel, FinishReason, Fusion, GenerationConfig, Generator, ImageInput,
+    Knobs, Pipeline, Request, SamplingConfig, Tita, TitaConfig, TokenExplanation,
 };
 use tokio::sync::mpsc as tmpsc;
 
@@ -50,6 +50,48 @@ pub struct ServerConfig {
     pub max_prompt_tokens: usize,
     /// `max_tokens` when a request gives none, and the most one may ask for.
     pub max_tokens: usize,
+    /// Decoding methods served by name (None: plain decoding), for clients that send only
+    /// OpenAI's fields (lmms-eval): `{model_name}+{label}` selects one, and the first is what
+    /// `model_name` (or no `model`) gets. A request's `tita` field overrides the choice.
+    /// Empty: plain decoding unless the request has a `tita` field.
+    pub methods: Vec<Option<Fusion>>,
+}
+
+impl ServerConfig {
+    /// The names `/v1/models` lists: the model's own name, then one per served method.
+    pub fn served_names(&self) -> Vec<String> {
+        std::iter::once(self.model_name.clone())
+            .chain(self.methods.iter().map(|m| self.method_name(m)))
+            .collect()
+    }
+
+    fn method_name(&self, method: &Option<Fusion>) -> String {
+        let label = method.as_ref().map_or("greedy".into(), Fusion::label);
+        format!("{}+{label}", self.model_name)
+    }
+
+    /// The served method a request's `model` names.
+    fn method_of(&self, model: Option<&str>) -> Result<Option<&Fusion>, ApiError> {
+        match model {
+            None => Ok(self.methods.first().and_then(Option::as_ref)),
+            Some(m) if m == self.model_name => Ok(self.methods.first().and_then(Option::as_ref)),
+            Some(m) => (self.methods.iter())
+                .find(|f| self.method_name(f) == m)
+                .map(Option::as_ref)
+                .ok_or_else(|| ApiError {
+                    status: StatusCode::NOT_FOUND,
+                    message: format!(
+                        "model `{m}` is not served here (this server has {})",
+                        self.served_names()
+                            .iter()
+                            .map(|n| format!("`{n}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    param: Some("model"),
+                }),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -62,6 +104,7 @@ impl Default for ServerConfig {
             max_image_pixels: 4096 * 4096,
             max_prompt_tokens: 4096,
             max_tokens: 512,
+            methods: Vec::new(),
         }
     }
 }
@@ -77,6 +120,26 @@ impl<B: Backend> Models<B> {
     /// Refuses guide models that would fail every `tita` request: a reference without a reward
     /// model, a guide of another family or vocabulary than the target.
     pub fn check(&self) -> tita_decode::Result<()> {
+        self.check_methods(&[])
+    }
+
+    /// [`Models::check`], and that every served method has the models it reads.
+    pub fn check_methods(&self, methods: &[Option<Fusion>]) -> tita_decode::Result<()> {
+        for fusion in methods.iter().flatten() {
+            for guide in fusion.guides() {
+                let (given, flag) = match guide.model {
+                    GuideModel::Target => (true, ""),
+                    GuideModel::Reward => (self.reward.is_some(), "reward"),
+                    GuideModel::Reference => (self.reference.is_some(), "reference"),
+                };
+                if !given {
+                    return Err(tita_decode::Error::argument(
+                        "method",
+                        format!("{} needs --{flag}", fusion.label()),
+                    ));
+                }
+            }
+        }
         if self.reference.is_some() && self.reward.is_none() {
             return Err(tita_decode::Error::argument(
                 "reference",
@@ -532,7 +595,9 @@ async fn list_models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
     }
     Json(json!({
         "object": "list",
-        "data": [{"id": state.config.model_name, "object": "model", "created": 0, "owned_by": "tita"}],
+        "data": state.config.served_names().iter()
+            .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "tita"}))
+            .collect::<Vec<_>>(),
     }))
     .into_response()
 }
@@ -571,7 +636,7 @@ async fn chat(
     let config = state.config.clone();
     let stream = req.stream;
     let with_logprobs = req.logprobs;
-    let (request, generation, tita, logprobs) =
+    let (model, request, generation, tita, logprobs) =
         tokio::task::spawn_blocking(move || prepare(req, &config))
             .await
             .map_err(|_| {
@@ -600,7 +665,6 @@ async fn chat(
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let model = state.config.model_name.clone();
     if !stream {
         let mut text = String::new();
         let mut logprobs = Vec::new();
@@ -730,21 +794,21 @@ fn rand_id() -> u64 {
 
 /// Checks a request and turns it into the library's terms; images are decoded here, so a bad
 /// one is answered before anything is queued.
-type Prepared = (Request, GenerationConfig, Option<TitaConfig>, Option<usize>);
+/// The served name answering, the request, its settings, TITA's and the logprob count.
+type Prepared = (
+    String,
+    Request,
+    GenerationConfig,
+    Option<TitaConfig>,
+    Option<usize>,
+);
 
 fn prepare(req: ChatRequest, config: &ServerConfig) -> Result<Prepared, ApiError> {
-    if let Some(m) = &req.model {
-        if m != &config.model_name {
-            return Err(ApiError {
-                status: StatusCode::NOT_FOUND,
-                message: format!(
-                    "model `{m}` is not served here (this server has `{}`)",
-                    config.model_name
-                ),
-                param: Some("model"),
-            });
-        }
-    }
+    let served = config.method_of(req.model.as_deref())?.cloned();
+    let model = req
+        .model
+        .clone()
+        .unwrap_or_else(|| config.model_name.clone());
     if req.n.unwrap_or(1) != 1 {
         return Err(ApiError::bad("n", "only n = 1 is supported"));
     }
@@ -830,7 +894,16 @@ fn prepare(req: ChatRequest, config: &ServerConfig) -> Result<Prepared, ApiError
         cancel: Some(Cancel::new()),
         scores_on_host: false,
     };
-    let tita = req.tita.as_ref().map(TitaOptions::config).transpose()?;
+    let tita = match (&req.tita, served) {
+        (Some(options), _) => Some(options.config()?),
+        // A served method that contrasts the image answers a text-only request as plain
+        // decoding: harnesses mix both kinds in one run under one model name.
+        (None, Some(fusion)) if fusion.needs_image() && image.is_none() => None,
+        (None, served) => served.map(|fusion| TitaConfig {
+            fusion,
+            explain: false,
+        }),
+    };
     if let Some(t) = tita
         .as_ref()
         .filter(|t| t.fusion.needs_image() && image.is_none())
@@ -859,7 +932,7 @@ fn prepare(req: ChatRequest, config: &ServerConfig) -> Result<Prepared, ApiError
         messages: Some(messages),
         position: None,
     };
-    Ok((request, generation, tita, logprobs))
+    Ok((model, request, generation, tita, logprobs))
 }
 
 /// OpenAI's `logprobs.content` entry of `token` under the scores it was chosen from, with

@@ -68,4 +68,9 @@ fn settings_that_would_fail_every_request_are_refused_at_start() {
         "a reference needs a reward model",
     );
     refused(&["--reward", &fixture("qwen2_5_vl/reward")], "family");
+    refused(&["--method", "tita:0.3"], "tita-0.3 needs --reward");
+    refused(
+        &["--method", "beam"],
+        "`beam`: expected greedy or MODE[:VALUE]",
+    );
 }

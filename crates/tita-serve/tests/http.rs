@@ -32,34 +32,39 @@ fn image_bytes() -> Vec<u8> {
     std::fs::read(fixtures().join("images/rocket.jpg")).unwrap()
 }
 
-/// One server for every test (the models load once), on an ephemeral loopback port.
+/// A server for the fixture target and reward on an ephemeral loopback port; its URL.
+fn serve(methods: Vec<Option<Fusion>>) -> String {
+    let models = Models {
+        target: pipeline("llava-target"),
+        reward: Some(pipeline("llava-reward")),
+        reference: None,
+    };
+    models.check_methods(&methods).unwrap();
+    let config = ServerConfig {
+        model_name: "llava-target".into(),
+        api_key: Some(KEY.into()),
+        max_body_bytes: 256 << 10,
+        max_tokens: 2048,
+        methods,
+        ..ServerConfig::default()
+    };
+    let app = router(models, config);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    format!("http://{}", rx.recv().unwrap())
+}
+
+/// One server for most tests (the models load once), with no served methods.
 fn base() -> &'static str {
     static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        let models = Models {
-            target: pipeline("llava-target"),
-            reward: Some(pipeline("llava-reward")),
-            reference: None,
-        };
-        let config = ServerConfig {
-            model_name: "llava-target".into(),
-            api_key: Some(KEY.into()),
-            max_body_bytes: 256 << 10,
-            max_tokens: 2048,
-            ..ServerConfig::default()
-        };
-        let app = router(models, config);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                tx.send(listener.local_addr().unwrap()).unwrap();
-                axum::serve(listener, app).await.unwrap();
-            });
-        });
-        format!("http://{}", rx.recv().unwrap())
-    })
+    URL.get_or_init(|| serve(Vec::new()))
 }
 
 fn agent() -> Agent {
@@ -71,8 +76,12 @@ fn agent() -> Agent {
 }
 
 fn post(body: &Value) -> (u16, Value) {
+    post_to(base(), body)
+}
+
+fn post_to(url: &str, body: &Value) -> (u16, Value) {
     let mut resp = agent()
-        .post(format!("{}/v1/chat/completions", base()))
+        .post(format!("{url}/v1/chat/completions"))
         .header("Authorization", format!("Bearer {KEY}"))
         .send_json(body)
         .unwrap();
@@ -531,4 +540,113 @@ fn guides_of_another_family_or_without_a_reward_model_are_refused_at_start() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("`reference`") && e.contains("family"), "{e}");
+}
+
+/// A server started with `--method`s answers clients that send only OpenAI's fields with
+/// them: the plain name gets the first, `NAME+LABEL` picks one, a `tita` field still
+/// overrides, and a served image-contrasting method answers a text-only request plainly.
+#[test]
+fn served_methods_are_chosen_by_model_name() {
+    let no_knobs = Knobs::new();
+    let spec = |s: &str| Fusion::from_spec(s, &no_knobs, "method").unwrap();
+    let url = serve(vec![spec("tita:0.3"), spec("greedy"), spec("vcd:1")]);
+    let mut resp = agent()
+        .get(format!("{url}/v1/models"))
+        .header("Authorization", format!("Bearer {KEY}"))
+        .call()
+        .unwrap();
+    let listed: Value = resp.body_mut().read_json().unwrap();
+    let names: Vec<&str> = (listed["data"].as_array().unwrap().iter())
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "llava-target",
+            "llava-target+tita-0.3",
+            "llava-target+greedy",
+            "llava-target+vcd-1"
+        ]
+    );
+
+    let (target, reward) = (pipeline("llava-target"), pipeline("llava-reward"));
+    let library = |fusion: Fusion| {
+        let config = TitaConfig {
+            fusion,
+            explain: false,
+        };
+        Tita::new(&target, Some(&reward), None, config, generation(8))
+            .unwrap()
+            .generate(&library_request(PROMPT))
+            .unwrap()
+            .generation
+            .text
+    };
+    let tita = library(Fusion::interpolate(0.3));
+    let greedy = expected_greedy(PROMPT, 8).0;
+    assert_ne!(tita, greedy, "the fixture must tell the two apart");
+    let ask = |model: Option<&str>, tita_field: Option<Value>| {
+        let mut body = chat(PROMPT, 8);
+        match model {
+            Some(m) => body["model"] = json!(m),
+            None => drop(body.as_object_mut().unwrap().remove("model")),
+        }
+        if let Some(t) = tita_field {
+            body["tita"] = t;
+        }
+        let (status, v) = post_to(&url, &body);
+        assert_eq!(status, 200, "{v}");
+        (
+            content(&v).to_string(),
+            v["model"].as_str().unwrap().to_string(),
+        )
+    };
+    assert_eq!(ask(None, None), (tita.clone(), "llava-target".into()));
+    assert_eq!(
+        ask(Some("llava-target"), None),
+        (tita.clone(), "llava-target".into())
+    );
+    assert_eq!(ask(Some("llava-target+tita-0.3"), None).0, tita);
+    assert_eq!(
+        ask(Some("llava-target+greedy"), None),
+        (greedy.clone(), "llava-target+greedy".into())
+    );
+    let vcd = ask(Some("llava-target+vcd-1"), None).0;
+    assert_eq!(
+        vcd,
+        ask(None, Some(json!({"mode": "contrastive", "alpha": 1.0}))).0
+    );
+    // The request's own field wins over the name's method.
+    assert_eq!(
+        ask(Some("llava-target+tita-0.3"), Some(json!({"lambda": 0.0}))).0,
+        greedy
+    );
+
+    // Text only: VCD has nothing to contrast and decodes plainly, as greedy does.
+    let text_only = |model: &str| {
+        let body = json!({
+            "model": model, "max_tokens": 8,
+            "messages": [{"role": "user", "content": PROMPT}],
+        });
+        let (status, v) = post_to(&url, &body);
+        assert_eq!(status, 200, "{v}");
+        content(&v).to_string()
+    };
+    assert_eq!(
+        text_only("llava-target+vcd-1"),
+        text_only("llava-target+greedy")
+    );
+
+    let (status, v) = post_to(
+        &url,
+        &json!({
+            "model": "llava-target+m3id", "messages": [{"role": "user", "content": "Hi"}],
+        }),
+    );
+    error_of(
+        status,
+        &v,
+        404,
+        "this server has `llava-target`, `llava-target+tita-0.3`",
+    );
 }

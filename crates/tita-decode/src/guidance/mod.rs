@@ -255,6 +255,47 @@ impl Fusion {
     pub fn vcd(alpha: f32) -> Self {
         Vcd::new(alpha).into()
     }
+
+    /// Short names method lists take beside the registered mode names.
+    pub const ALIASES: &'static [(&'static str, &'static str)] =
+        &[("tita", "interpolate"), ("vcd", "contrastive")];
+
+    /// A method as command lines name it: `greedy` (None: plain decoding), or `MODE[:VALUE]`
+    /// where MODE is a registered mode or an alias (`tita`, `vcd`) and VALUE sets the mode's
+    /// first knob (λ, α, α, M3ID's λ, MARINE's γ). Knobs of `shared` (MARINE's `objects`,
+    /// VCD's `noise_seed`, ...) go to the mode when it takes them. Errors name `arg`.
+    pub fn from_spec(spec: &str, shared: &Knobs, arg: &'static str) -> Result<Option<Self>> {
+        let (kind, value) = spec.split_once(':').unwrap_or((spec, ""));
+        if kind == "greedy" && value.is_empty() {
+            return Ok(None);
+        }
+        let mode = Self::ALIASES
+            .iter()
+            .find(|(alias, _)| *alias == kind)
+            .map_or(kind, |(_, mode)| mode);
+        let Some(knobs) = Self::knobs_of(mode) else {
+            return Err(Error::argument(
+                arg,
+                format!(
+                    "`{spec}`: expected greedy or MODE[:VALUE] with MODE one of {}, tita, vcd",
+                    Self::MODES.join(", ")
+                ),
+            ));
+        };
+        let mut own = Knobs::new();
+        for knob in knobs {
+            if let Some(v) = shared.get(knob.name) {
+                own.set(knob.name, v.clone());
+            }
+        }
+        if !value.is_empty() {
+            let number: f64 = value.parse().map_err(|_| {
+                Error::argument(arg, format!("`{spec}`: `{value}` is not a number"))
+            })?;
+            own.set(knobs[0].name, number);
+        }
+        Self::from_knobs(mode, &own).map(Some)
+    }
 }
 
 /// The vocabulary every branch covers.

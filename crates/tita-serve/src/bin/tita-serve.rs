@@ -54,6 +54,16 @@ struct Args {
     /// Default and largest `max_tokens`.
     #[arg(long, value_parser = tita_core::args::count, default_value_t = 512)]
     max_tokens: usize,
+    /// A decoding method to serve: greedy or MODE[:VALUE] (tita:0.3, reference:1, vcd, m3id,
+    /// marine; repeatable). Each is listed as `NAME+LABEL` (e.g. `llava-target+tita-0.3`); the
+    /// first is what requests without a `tita` field get under the plain name, so harnesses
+    /// that send only OpenAI's fields (lmms-eval) decode with it.
+    #[arg(long = "method")]
+    methods: Vec<String>,
+    /// A knob for every served method that takes it, NAME=VALUE (VALUE as JSON, else a
+    /// string; repeatable), e.g. `--knob tau=0.1` or `--knob objects=detections.jsonl`.
+    #[arg(long = "knob")]
+    knobs: Vec<String>,
 }
 
 struct Serve(Args);
@@ -74,22 +84,34 @@ impl BackendTask for Serve {
             reward: a.reward.as_ref().map(load).transpose()?,
             reference: a.reference.as_ref().map(load).transpose()?,
         };
-        // A guide of another family or vocabulary would fail every `tita` request: refuse it now.
-        models.check()?;
+        let mut shared = tita_decode::Knobs::new();
+        for k in &a.knobs {
+            shared.set_arg(k)?;
+        }
+        let methods = (a.methods.iter())
+            .map(|m| tita_decode::Fusion::from_spec(m, &shared, "method"))
+            .collect::<Result<Vec<_>, _>>()?;
+        // A guide of another family or vocabulary, or a method without its models, would fail
+        // every request: refuse them now.
+        models.check_methods(&methods)?;
         let name = a.served_model_name.clone().unwrap_or_else(|| {
             a.model
                 .file_name()
                 .map_or("tita".into(), |n| n.to_string_lossy().into_owned())
         });
         let config = ServerConfig {
-            model_name: name.clone(),
+            model_name: name,
             api_key: a.api_key.clone(),
             allow_images: a.allow_images.clone(),
             max_body_bytes: a.max_body_mb << 20,
             max_image_pixels: (a.max_image_megapixels * 1e6) as u64,
             max_prompt_tokens: a.max_prompt_tokens,
             max_tokens: a.max_tokens,
+            methods,
         };
+        let served: Vec<String> = (config.served_names().iter())
+            .map(|n| format!("`{n}`"))
+            .collect();
         let app = router(models, config);
         let rt = tokio::runtime::Runtime::new()?;
         rt.block_on(async move {
@@ -98,7 +120,8 @@ impl BackendTask for Serve {
                 .await
                 .with_context(|| format!("binding {addr}"))?;
             eprintln!(
-                "serving `{name}` on http://{} ({} backend); Ctrl-C or SIGTERM stops after the answers in flight",
+                "serving {} on http://{} ({} backend); Ctrl-C or SIGTERM stops after the answers in flight",
+                served.join(", "),
                 listener.local_addr()?,
                 kind.feature()
             );
