@@ -24,11 +24,14 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tita_core::{jsonl, Error, Result};
 
 use crate::benchmarks::{mme::Mme, pope::Pope, yesno::YesNo};
-use crate::eval::{answer_all, EvalConfig, MethodSpeed, Models, QuestionSet, SHORT_ANSWER};
+use crate::eval::{
+    answer_queries, llava_answers, EvalConfig, MethodSpeed, Models, QuerySet, QuestionSet,
+    SHORT_ANSWER,
+};
 
 /// Every benchmark the tools know, by [`Benchmark::name`]. A new benchmark adds its line here.
 pub static REGISTRY: &[&dyn Benchmark] = &[&Pope, &Mme, &YesNo];
@@ -55,8 +58,28 @@ pub trait Benchmark: Sync {
         16
     }
 
-    /// The questions to ask, grouped in sets (a split, a category), images resolved.
-    fn question_sets(&self, data: &DataSpec) -> Result<Vec<QuestionSet>>;
+    /// Yes/no questions with their labels, grouped in sets (a split, a category), images
+    /// resolved, for benchmarks whose reports score from labels (POPE, MME); none for others.
+    fn question_sets(&self, data: &DataSpec) -> Result<Vec<QuestionSet>> {
+        let _ = data;
+        Ok(Vec::new())
+    }
+
+    /// The questions to ask, grouped in sets, with their ids as the benchmark's answer files
+    /// write them; by default those of [`Benchmark::question_sets`].
+    fn queries(&self, data: &DataSpec) -> Result<Vec<QuerySet>> {
+        Ok(self
+            .question_sets(data)?
+            .iter()
+            .map(QuestionSet::queries)
+            .collect())
+    }
+
+    /// Where [`Benchmark::score`]'s main number sits in its metrics (a JSON pointer), for the
+    /// suite's table.
+    fn headline(&self) -> Option<&'static str> {
+        None
+    }
 
     /// A model's answer as the official scoring reads it (`yes`/`no`/`other`, an option
     /// letter, a normalised phrase); judge-scored benchmarks keep the text.
@@ -66,7 +89,11 @@ pub trait Benchmark: Sync {
 
     /// Scores what a run wrote (`answers_path(run.out, method, set)` for every method and set
     /// of `run`), writes the run's reports into `run.out`, and returns what the command prints.
-    fn report_run(&self, run: &RunOutput) -> Result<String>;
+    /// By default each method's answers become one LLaVA answers file, scored by
+    /// [`Benchmark::score`] against the run's data folder.
+    fn report_run(&self, run: &RunOutput) -> Result<String> {
+        score_run(self, run)
+    }
 
     /// Scores an answers file in LLaVA's format against the data in `data` (the benchmark's
     /// folder in LLaVA's `playground/data/eval/` layout) as the official code does.
@@ -119,24 +146,41 @@ impl DataSpec {
 /// What a run left for its benchmark to score and report.
 pub struct RunOutput<'a> {
     pub out: &'a Path,
+    /// The yes/no sets ([`Benchmark::question_sets`]; empty for other benchmarks).
     pub sets: &'a [QuestionSet],
+    /// What was asked.
+    pub queries: &'a [QuerySet],
+    /// Where the questions came from.
+    pub data: &'a DataSpec,
     /// The run's settings, with the template and system message the target used.
     pub config: &'a EvalConfig,
     /// Time of this invocation per method.
     pub speed: BTreeMap<String, MethodSpeed>,
 }
 
-/// Answers every question of `sets` with every method (appending to the answer files, so a
-/// run resumes), then lets the benchmark score and report. Returns what to print.
+/// Answers every question of `data` with every method (appending to the answer files, so a
+/// run resumes), then lets the benchmark score and report. Returns what to print; a shard
+/// run (`config.shard`) only answers, since its part cannot be scored alone.
 pub fn run<B: Backend>(
     benchmark: &dyn Benchmark,
     models: &Models<B>,
-    sets: &[QuestionSet],
+    data: &DataSpec,
     out: &Path,
     config: &EvalConfig,
     progress: bool,
 ) -> Result<String> {
-    let speed = answer_all(models, sets, out, config, progress)?;
+    let sets = benchmark.question_sets(data)?;
+    let queries = benchmark.queries(data)?;
+    let speed = answer_queries(models, &queries, out, config, progress)?;
+    if let Some(shard) = config.shard {
+        return Ok(format!(
+            "answered shard {}/{} of {}; join the shards with `bench merge {}`, then score",
+            shard.index,
+            shard.count,
+            benchmark.name(),
+            benchmark.name()
+        ));
+    }
     let config = EvalConfig {
         template: models.target.template.name.clone(),
         system: models.target.system.clone(),
@@ -144,7 +188,9 @@ pub fn run<B: Backend>(
     };
     benchmark.report_run(&RunOutput {
         out,
-        sets,
+        sets: &sets,
+        queries: &queries,
+        data,
         config: &config,
         speed,
     })
@@ -195,7 +241,7 @@ impl Scorecard {
 }
 
 /// A question id as LLaVA's files hold it: a number (POPE) or a string (MME, GQA).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum QuestionId {
     Int(i64),
@@ -235,4 +281,40 @@ pub fn expect_dir(path: &Path, benchmark: &str, layout: &str) -> Result<PathBuf>
             format!("not a folder; {benchmark} expects {layout}"),
         ))
     }
+}
+
+/// [`Benchmark::report_run`]'s default: every method's answers as one LLaVA answers file
+/// (`llava/<method>.jsonl` in the run's folder), scored by the benchmark's official rules;
+/// the official output per method goes to `report.md` and the numbers to `results.json`.
+pub fn score_run<B: Benchmark + ?Sized>(benchmark: &B, run: &RunOutput) -> Result<String> {
+    let data = run.data.single(benchmark.name())?;
+    let mut printed = format!("# {}\n", benchmark.title());
+    let mut results = serde_json::Map::new();
+    for m in &run.config.methods {
+        let answers = llava_answers(run.queries, m, run.out)?;
+        let card = benchmark.score(data, &answers, &ScoreOptions::default())?;
+        card.write_files(&run.out.join("official").join(m.name()))?;
+        let headline = benchmark
+            .headline()
+            .and_then(|p| card.metrics.pointer(p))
+            .cloned();
+        printed.push_str(&format!("\n## {}\n\n```\n{}```\n", m.name(), card.printed));
+        results.insert(
+            m.name(),
+            serde_json::json!({"headline": headline, "metrics": card.metrics}),
+        );
+    }
+    let results = serde_json::json!({
+        "benchmark": benchmark.name(),
+        "config": run.config,
+        "methods": results,
+        "speed": run.speed,
+    });
+    let text = serde_json::to_string_pretty(&results).map_err(|e| Error::Json {
+        path: run.out.join("results.json"),
+        source: e,
+    })?;
+    jsonl::write_atomic(&run.out.join("results.json"), text.as_bytes())?;
+    jsonl::write_atomic(&run.out.join("report.md"), printed.as_bytes())?;
+    Ok(printed)
 }

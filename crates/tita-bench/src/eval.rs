@@ -5,19 +5,21 @@
 //! twice. All methods of one question share one prefill of each branch they read
 //! ([`Tita::sweep`]), so a λ sweep costs about one run.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tita_core::{jsonl, Error, Result};
 use tita_decode::guidance::{GuideModel, Vcd};
 use tita_decode::{
-    Fusion, Generation, GenerationConfig, Generator, Knobs, Pipeline, Request, Tita, TitaConfig,
+    Fusion, Generation, GenerationConfig, Generator, ImageInput, Knobs, Pipeline, Request, Tita,
+    TitaConfig,
 };
 
-use crate::pope::{Answer, Question};
+use crate::benchmark::QuestionId;
+use crate::pope::Question;
 
 /// LLaVA-1.5's instruction for short answers, appended on a new line to every question.
 pub const SHORT_ANSWER: &str = "Answer the question using a single word or phrase.";
@@ -112,6 +114,8 @@ pub struct EvalConfig {
     pub template: String,
     /// The system message, if any.
     pub system: Option<String>,
+    /// Answer only this part of every set.
+    pub shard: Option<Shard>,
 }
 
 impl Default for EvalConfig {
@@ -124,6 +128,7 @@ impl Default for EvalConfig {
             shortcut: true,
             template: String::new(),
             system: None,
+            shard: None,
         }
     }
 }
@@ -156,6 +161,94 @@ impl QuestionSet {
             images: files,
         })
     }
+}
+
+impl QuestionSet {
+    /// The set as any benchmark's questions: ids as numbers, images as files.
+    pub fn queries(&self) -> QuerySet {
+        QuerySet {
+            name: self.name.clone(),
+            queries: (self.questions.iter().zip(&self.images))
+                .map(|(q, image)| Query {
+                    id: QuestionId::Int(q.question_id.expect("set by read_questions") as i64),
+                    text: q.text.clone(),
+                    image: Some(ImageInput::Path(image.clone())),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One question as a run asks it, for any benchmark.
+#[derive(Debug, Clone)]
+pub struct Query {
+    /// The `question_id` its answer line carries, as the benchmark's own files write it.
+    pub id: QuestionId,
+    /// The question as the model sees it before the instruction (options included).
+    pub text: String,
+    /// None for a text-only question.
+    pub image: Option<ImageInput>,
+}
+
+/// A named group of questions (a split, a category, a whole benchmark).
+#[derive(Debug, Clone)]
+pub struct QuerySet {
+    pub name: String,
+    pub queries: Vec<Query>,
+}
+
+/// `--shard K/N`: the K-th of N parts of every set (K from 0, as Slurm array and Kubernetes
+/// indexed-job indices count), split by a hash of the question id so that the parts do not
+/// depend on the order or number of questions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// `K/N` with 0 <= K < N.
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::argument(
+                "shard",
+                format!("`{s}`: expected K/N with 0 <= K < N (K counts from 0)"),
+            )
+        };
+        let (k, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (
+            k.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+
+    /// Whether question `id` is this shard's: FNV-1a of the id as its answer line writes it.
+    pub fn holds(&self, id: &QuestionId) -> bool {
+        let key = match id {
+            QuestionId::Int(i) => i.to_string(),
+            QuestionId::Str(s) => s.clone(),
+        };
+        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        hash % self.count as u64 == self.index as u64
+    }
+}
+
+/// One answer line as LLaVA's `model_vqa*.py` scripts write it (their random `answer_id` and
+/// empty `metadata` left out, so reruns give identical files).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunAnswer {
+    pub question_id: QuestionId,
+    #[serde(default)]
+    pub prompt: String,
+    pub text: String,
+    #[serde(default)]
+    pub model_id: String,
 }
 
 /// Time spent per method (a shared sweep is split evenly among its methods).
@@ -279,8 +372,7 @@ impl<'a, B: Backend> Answerer<'a, B> {
     }
 }
 
-/// Answers every question of every set with every method, appending to the answer files and
-/// skipping what they already hold. Returns the time spent per method in this run.
+/// Answers every question of every yes/no set with every method ([`answer_queries`]).
 pub fn answer_all<B: Backend>(
     models: &Models<B>,
     sets: &[QuestionSet],
@@ -288,8 +380,26 @@ pub fn answer_all<B: Backend>(
     config: &EvalConfig,
     progress: bool,
 ) -> Result<BTreeMap<String, MethodSpeed>> {
+    let queries: Vec<QuerySet> = sets.iter().map(QuestionSet::queries).collect();
+    answer_queries(models, &queries, out, config, progress)
+}
+
+/// Answers every question of every set (of the run's shard) with every method, appending to
+/// the answer files and skipping what they already hold, so an interrupted run resumes where
+/// it stopped and ends with the same files. Returns the time spent per method in this run.
+pub fn answer_queries<B: Backend>(
+    models: &Models<B>,
+    sets: &[QuerySet],
+    out: &Path,
+    config: &EvalConfig,
+    progress: bool,
+) -> Result<BTreeMap<String, MethodSpeed>> {
     let answerer = Answerer::new(models, config)?;
-    let total: usize = sets.iter().map(|s| s.questions.len()).sum();
+    let mine = |q: &Query| config.shard.is_none_or(|s| s.holds(&q.id));
+    let total: usize = sets
+        .iter()
+        .map(|s| s.queries.iter().filter(|q| mine(q)).count())
+        .sum();
     let bar = tita_core::progress::bar(progress, total, "questions");
     let mut speed: BTreeMap<String, MethodSpeed> = BTreeMap::new();
     let model_id = models
@@ -301,24 +411,24 @@ pub fn answer_all<B: Backend>(
         .to_string();
     for set in sets {
         let mut files = Vec::new();
-        let mut done: Vec<HashSet<u64>> = Vec::new();
+        let mut done: Vec<HashSet<QuestionId>> = Vec::new();
         for m in &config.methods {
             let path = answers_path(out, m, &set.name);
-            let have = if path.exists() {
-                jsonl::read::<Answer>(&path)?
-                    .into_iter()
-                    .map(|(_, a)| a.question_id)
-                    .collect()
-            } else {
-                HashSet::new()
-            };
+            // A line cut short by a kill is dropped and asked again.
+            let file = jsonl::open_resume(&path)?;
+            let have = jsonl::read::<RunAnswer>(&path)?
+                .into_iter()
+                .map(|(_, a)| a.question_id)
+                .collect();
             done.push(have);
-            files.push((jsonl::open_append(&path)?, path));
+            files.push((file, path));
         }
-        for (position, (q, image)) in set.questions.iter().zip(&set.images).enumerate() {
-            let id = q.question_id.expect("set by read_questions");
+        for (position, q) in set.queries.iter().enumerate() {
+            if !mine(q) {
+                continue;
+            }
             let todo: Vec<usize> = (0..config.methods.len())
-                .filter(|&i| !done[i].contains(&id))
+                .filter(|&i| !done[i].contains(&q.id))
                 .collect();
             bar.inc(1);
             if todo.is_empty() {
@@ -332,13 +442,13 @@ pub fn answer_all<B: Backend>(
             let request = Request {
                 // MARINE draws its guidance template by the question's place in its file.
                 position: Some(position),
-                ..Request::new(prompt.clone(), Some(image.clone()), config.pad)
+                ..Request::new(prompt.clone(), q.image.clone(), config.pad)
             };
             let results = answerer.answer(&request, &todo)?;
             for (i, g, secs) in results {
                 let m = &config.methods[i];
-                let answer = Answer {
-                    question_id: id,
+                let answer = RunAnswer {
+                    question_id: q.id.clone(),
                     prompt: prompt.clone(),
                     text: g.text.trim().to_string(),
                     model_id: format!("{model_id}:{}", m.name()),
@@ -355,4 +465,96 @@ pub fn answer_all<B: Backend>(
     }
     bar.finish();
     Ok(speed)
+}
+
+/// What [`merge_shards`] wrote.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Merged {
+    /// Answer lines per method.
+    pub answers: BTreeMap<String, usize>,
+}
+
+/// Joins the answer files of shard runs (`parts`, each an `--out` of `--shard K/N`) into
+/// `out` as one unsharded run would have written them: every set's lines in question order,
+/// byte for byte. A question answered in no part, or answered differently in two, is an error
+/// naming it.
+pub fn merge_shards(
+    sets: &[QuerySet],
+    methods: &[Method],
+    parts: &[PathBuf],
+    out: &Path,
+) -> Result<Merged> {
+    let mut merged = Merged::default();
+    for m in methods {
+        for set in sets {
+            let mut lines: HashMap<QuestionId, (String, PathBuf)> = HashMap::new();
+            for part in parts {
+                let path = answers_path(part, m, &set.name);
+                if !path.exists() {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+                for (i, line) in text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim().is_empty())
+                {
+                    let a: RunAnswer = serde_json::from_str(line)
+                        .map_err(|e| Error::data(&path, i + 1, format!("malformed line: {e}")))?;
+                    match lines.get(&a.question_id) {
+                        Some((earlier, from)) if earlier != line => {
+                            return Err(Error::data(
+                                &path,
+                                i + 1,
+                                format!(
+                                    "question {} has another answer in {}",
+                                    a.question_id,
+                                    from.display()
+                                ),
+                            ))
+                        }
+                        _ => {
+                            lines.insert(a.question_id, (line.to_string(), path.clone()));
+                        }
+                    }
+                }
+            }
+            let mut text = String::new();
+            for q in &set.queries {
+                let Some((line, _)) = lines.get(&q.id) else {
+                    return Err(Error::argument(
+                        "merge",
+                        format!(
+                            "{} / {}: question {} is answered in none of the {} parts (a shard missing or unfinished?)",
+                            m.name(),
+                            set.name,
+                            q.id,
+                            parts.len()
+                        ),
+                    ));
+                };
+                text.push_str(line);
+                text.push('\n');
+            }
+            jsonl::write_atomic(&answers_path(out, m, &set.name), text.as_bytes())?;
+            *merged.answers.entry(m.name()).or_default() += set.queries.len();
+        }
+    }
+    Ok(merged)
+}
+
+/// Every answer of `method` in `out`, all sets in order, as one LLaVA answers file (what
+/// LLaVA's scripts merge their chunks into), for the benchmark's official scorer.
+pub fn llava_answers(sets: &[QuerySet], method: &Method, out: &Path) -> Result<PathBuf> {
+    let mut text = String::new();
+    for set in sets {
+        let path = answers_path(out, method, &set.name);
+        if path.exists() {
+            let body = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+            text.push_str(&body);
+        }
+    }
+    let merged = out.join("llava").join(format!("{}.jsonl", method.name()));
+    jsonl::write_atomic(&merged, text.as_bytes())?;
+    Ok(merged)
 }

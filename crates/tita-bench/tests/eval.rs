@@ -245,9 +245,12 @@ fn mme_release_runs_end_to_end() {
     }
     // The run's report reads answers as MME does: its yes/no table agrees with the scores.
     let mme = tita_bench::benchmark::by_name("mme").unwrap();
+    let queries: Vec<_> = sets.iter().map(|s| s.queries()).collect();
     let run = tita_bench::benchmark::RunOutput {
         out: &out,
         sets: &sets,
+        queries: &queries,
+        data: &Default::default(),
         config: &config,
         speed: Default::default(),
     };
@@ -322,4 +325,116 @@ fn pope_run_on_qwen_models() {
             |out: &Path| -> Vec<String> { answers(out, m).into_iter().map(|a| a.text).collect() };
         assert_eq!(texts(&fast), texts(&slow), "{}", m.name());
     }
+}
+
+/// Any benchmark's questions (string and number ids, text-only ones among them): shard runs
+/// joined by `merge_shards` give byte for byte the unsharded run's files, and a run killed
+/// mid-line resumes to the same files.
+#[test]
+fn shards_merge_into_the_unsharded_run_and_a_cut_line_is_asked_again() {
+    use tita_bench::benchmark::QuestionId::{Int, Str};
+    use tita_bench::eval::{answer_queries, merge_shards, Query, QuerySet, Shard};
+    use tita_decode::ImageInput;
+
+    let device = Default::default();
+    let load = |n: &str| Pipeline::<Flex>::load(&fixtures().join(n), &device).unwrap();
+    let (target, reward) = (load("llava-target"), load("llava-reward"));
+    let models = Models {
+        target: &target,
+        reward: Some(&reward),
+        reference: None,
+    };
+    let image = |name: &str| Some(ImageInput::Path(fixtures().join("images").join(name)));
+    let q = |id, text: &str, image| Query {
+        id,
+        text: text.into(),
+        image,
+    };
+    let sets = vec![
+        QuerySet {
+            name: "mixed".into(),
+            queries: vec![
+                q(
+                    Str("q-a".into()),
+                    "What animal is this?",
+                    image("chelsea.png"),
+                ),
+                q(Int(7), "What is this?", image("rocket.jpg")),
+                q(Str("text-1".into()), "What is two plus two?", None),
+                q(Str("q-b".into()), "Who is this?", image("astronaut.png")),
+            ],
+        },
+        QuerySet {
+            name: "more".into(),
+            queries: vec![
+                q(Int(9), "What colour is it?", image("square56.png")),
+                q(Str("text-2".into()), "Name a fruit.", None),
+            ],
+        },
+    ];
+    let methods: Vec<Method> = ["greedy", "tita:0.3"]
+        .iter()
+        .map(|m| Method::parse(m, &Knobs::new()).unwrap())
+        .collect();
+    let config = |shard| EvalConfig {
+        methods: methods.clone(),
+        max_new_tokens: 4,
+        shard,
+        ..EvalConfig::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = |out: &Path, shard| {
+        answer_queries(&models, &sets, out, &config(shard), false).unwrap();
+    };
+    let full = dir.path().join("full");
+    run(&full, None);
+
+    let parts: Vec<PathBuf> = (0..2)
+        .map(|k| dir.path().join(format!("part{k}")))
+        .collect();
+    for (k, part) in parts.iter().enumerate() {
+        run(part, Some(Shard { index: k, count: 2 }));
+    }
+    // Every question is in exactly one part.
+    let all: Vec<_> = sets.iter().flat_map(|s| &s.queries).collect();
+    for q in &all {
+        let holders = (0..2)
+            .filter(|&k| Shard { index: k, count: 2 }.holds(&q.id))
+            .count();
+        assert_eq!(holders, 1, "{}", q.id);
+    }
+    let merged = dir.path().join("merged");
+    let summary = merge_shards(&sets, &methods, &parts, &merged).unwrap();
+    assert_eq!(summary.answers["greedy"], all.len());
+    let file =
+        |out: &Path, m: &Method, set: &str| std::fs::read(answers_path(out, m, set)).unwrap();
+    for m in &methods {
+        for set in ["mixed", "more"] {
+            assert_eq!(
+                file(&merged, m, set),
+                file(&full, m, set),
+                "{} {set}",
+                m.name()
+            );
+        }
+    }
+    // Ids keep their type: strings stay strings, as the benchmark's scorer expects.
+    let first = String::from_utf8(file(&full, &methods[0], "mixed")).unwrap();
+    assert!(first.starts_with(r#"{"question_id":"q-a","#), "{first}");
+
+    // One part alone misses questions: named, not silently short.
+    let err = merge_shards(&sets, &methods, &parts[..1], &dir.path().join("half"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is answered in none of the 1 parts"), "{err}");
+
+    // A kill mid-line: the cut record is dropped and asked again.
+    let path = answers_path(&full, &methods[1], "mixed");
+    let whole = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &whole[..whole.len() - 10]).unwrap();
+    run(&full, None);
+    assert_eq!(std::fs::read(&path).unwrap(), whole);
+
+    assert!(Shard::parse("2/2").is_err() && Shard::parse("1/0").is_err());
+    assert_eq!(Shard::parse("1/4").unwrap(), Shard { index: 1, count: 4 });
 }

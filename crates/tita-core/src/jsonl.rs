@@ -49,6 +49,18 @@ pub fn open_append(path: &Path) -> Result<std::fs::File> {
         .map_err(|e| Error::io(path, e))
 }
 
+/// Opens `path` for appending like [`open_append`], first cutting off a last line without its
+/// newline (what a killed writer leaves), so a resumed run rewrites that record whole.
+pub fn open_resume(path: &Path) -> Result<std::fs::File> {
+    let file = open_append(path)?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+        let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        file.set_len(keep as u64).map_err(|e| Error::io(path, e))?;
+    }
+    Ok(file)
+}
+
 /// Writes `bytes` to `path` through a temporary file and a rename: readers see the old or the
 /// new content, never a half-written file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -7,7 +7,7 @@ use burn::tensor::backend::Backend;
 use clap::{Parser, Subcommand};
 use tita_bench::benchmark::{self, Benchmark, DataSpec, ScoreOptions};
 use tita_bench::demo::{self, DemoConfig};
-use tita_bench::eval::{EvalConfig, Method, Models, QuestionSet};
+use tita_bench::eval::{EvalConfig, Method, Models};
 use tita_bench::speed::{self, ModelSpec, Preset, SpeedRun};
 use tita_core::output::{claim_dir, Claim, Reuse};
 use tita_decode::backend::{dispatch, BackendKind, BackendTask};
@@ -102,6 +102,30 @@ enum Command {
         /// Also write the files the official code writes (converted answers, submissions) here.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Joins the answers of `run --shard K/N` runs into one run folder, byte for byte what
+    /// one unsharded run writes, and scores it.
+    Merge {
+        /// The benchmark's name.
+        name: String,
+        /// The benchmark's folder (as given to the shard runs).
+        #[arg(long, value_delimiter = ',', required = true)]
+        data: Vec<PathBuf>,
+        /// The shard runs' --out folders (comma separated or repeated).
+        #[arg(long = "from", value_delimiter = ',', required = true)]
+        parts: Vec<PathBuf>,
+        /// The merged run's folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// The methods the shards ran, as given to them.
+        #[arg(long, value_delimiter = ',', default_value = "greedy")]
+        methods: Vec<String>,
+        /// The --knob settings the shards ran with.
+        #[arg(long = "knob")]
+        knobs: Vec<String>,
+        /// Replace what --out holds.
+        #[arg(long)]
+        overwrite: bool,
     },
     /// The registered benchmarks and what --data each expects.
     List,
@@ -217,6 +241,10 @@ struct EvalArgs {
     /// not asked again).
     #[arg(long)]
     resume: bool,
+    /// Answer only part K of N of every set (K from 0: a Slurm array or Kubernetes indexed
+    /// job index), split by question id; join the parts with `merge`.
+    #[arg(long, value_parser = tita_bench::eval::Shard::parse)]
+    shard: Option<tita_bench::eval::Shard>,
     /// Delete what --out holds first.
     #[arg(long)]
     overwrite: bool,
@@ -277,6 +305,7 @@ impl EvalArgs {
             max_new_tokens: self.max_new_tokens.unwrap_or(benchmark.max_new_tokens()),
             pad: !self.no_pad,
             shortcut: !self.no_shortcut,
+            shard: self.shard,
             ..EvalConfig::default()
         })
     }
@@ -291,11 +320,11 @@ impl EvalArgs {
     }
 }
 
-/// Loads the models and runs a benchmark's question sets.
+/// Loads the models and runs a benchmark's questions.
 struct EvalTask {
     run: EvalArgs,
     benchmark: &'static dyn Benchmark,
-    sets: Vec<QuestionSet>,
+    data: DataSpec,
 }
 
 impl BackendTask for EvalTask {
@@ -320,7 +349,7 @@ impl BackendTask for EvalTask {
             reward: reward.as_ref(),
             reference: reference.as_ref(),
         };
-        let report = benchmark::run(self.benchmark, &models, &self.sets, &a.out, &config, true)?;
+        let report = benchmark::run(self.benchmark, &models, &self.data, &a.out, &config, true)?;
         println!("{report}");
         eprintln!("-> {}", a.out.display());
         Ok(())
@@ -392,12 +421,16 @@ impl BackendTask for SpeedTask {
 /// --overwrite.
 fn claim_eval_dir(a: &EvalArgs, config: &EvalConfig) -> anyhow::Result<Claim> {
     let claim = claim_dir(&a.out, Reuse::from_flags(a.resume, a.overwrite)?)?;
-    let settings = serde_json::json!({
+    let mut settings = serde_json::json!({
         "target": a.target, "reward": a.reward, "reference": a.reference, "images": a.images,
         "suffix": config.suffix, "max_new_tokens": config.max_new_tokens, "pad": config.pad,
         "knobs": a.shared_knobs()?.to_json(), "seed": a.seed,
         "template": a.template, "system": a.system, "dtype": a.dtype,
     });
+    // Only shard runs record one, so folders from before `--shard` still resume.
+    if let (Some(shard), Some(o)) = (config.shard, settings.as_object_mut()) {
+        o.insert("shard".into(), serde_json::json!(shard));
+    }
     let path = a.out.join("run.json");
     if path.is_file() {
         let before = tita_core::error::read_json(&path)?;
@@ -414,17 +447,87 @@ fn claim_eval_dir(a: &EvalArgs, config: &EvalConfig) -> anyhow::Result<Claim> {
     Ok(claim)
 }
 
-/// Reads `name`'s questions (before anything is loaded or written) and runs them.
+/// Reads `name`'s questions (before anything is loaded or written, so bad data fails fast)
+/// and runs them.
 fn run_eval(run: EvalArgs, name: &str, data: DataSpec) -> anyhow::Result<()> {
     let benchmark = benchmark::by_name(name)?;
-    let sets = benchmark.question_sets(&data)?;
+    benchmark.queries(&data)?;
     let backend = run.backend;
     let task = EvalTask {
         run,
         benchmark,
-        sets,
+        data,
     };
     dispatch(backend, task).map_err(|e| anyhow!(e))?
+}
+
+/// `merge`: the shard runs' answers joined into `out`, then scored as one run. Every part's
+/// run.json must be the same but for its shard.
+fn merge(
+    name: &str,
+    data: Vec<PathBuf>,
+    parts: &[PathBuf],
+    out: &std::path::Path,
+    methods: &[String],
+    knobs: &[String],
+    overwrite: bool,
+) -> anyhow::Result<()> {
+    let benchmark = benchmark::by_name(name)?;
+    let data = DataSpec {
+        paths: data,
+        ..DataSpec::default()
+    };
+    let mut settings: Option<serde_json::Value> = None;
+    for part in parts {
+        let mut run = tita_core::error::read_json(&part.join("run.json"))?;
+        if let Some(o) = run.as_object_mut() {
+            o.remove("shard");
+        }
+        match &settings {
+            None => settings = Some(run),
+            Some(first) if *first != run => bail!(
+                "{}: its run.json differs from {}'s ({run} vs {first}); the shards of one run share their settings",
+                part.display(),
+                parts[0].display()
+            ),
+            Some(_) => {}
+        }
+    }
+    let settings = settings.ok_or_else(|| anyhow!("--from: no shard folders given"))?;
+    let mut shared = Knobs::new();
+    for k in knobs {
+        shared.set_arg(k)?;
+    }
+    let methods = (methods.iter())
+        .map(|m| Method::parse(m, &shared))
+        .collect::<tita_core::Result<Vec<_>>>()?;
+    let queries = benchmark.queries(&data)?;
+    let _claim = claim_dir(out, Reuse::from_flags(false, overwrite)?)?;
+    let merged = tita_bench::eval::merge_shards(&queries, &methods, parts, out)?;
+    tita_core::jsonl::write_atomic(
+        &out.join("run.json"),
+        serde_json::to_string_pretty(&settings)?.as_bytes(),
+    )?;
+    eprintln!(
+        "merged {} parts into {}: {:?} answers",
+        parts.len(),
+        out.display(),
+        merged.answers
+    );
+    let config = EvalConfig {
+        methods,
+        ..EvalConfig::default()
+    };
+    let report = benchmark.report_run(&benchmark::RunOutput {
+        out,
+        sets: &benchmark.question_sets(&data)?,
+        queries: &queries,
+        data: &data,
+        config: &config,
+        speed: Default::default(),
+    })?;
+    println!("{report}");
+    Ok(())
 }
 
 /// `score`: the official output on stdout (or the numbers as JSON), the official files in --out.
@@ -576,6 +679,15 @@ fn main() -> anyhow::Result<()> {
             json,
             out,
         } => score(&name, &data, &answers, json, out)?,
+        Command::Merge {
+            name,
+            data,
+            parts,
+            out,
+            methods,
+            knobs,
+            overwrite,
+        } => merge(&name, data, &parts, &out, &methods, &knobs, overwrite)?,
         Command::List => {
             for b in benchmark::REGISTRY {
                 println!("{}\t{}", b.name(), b.about());
