@@ -75,10 +75,29 @@ pub trait Benchmark: Sync {
             .collect())
     }
 
-    /// Where [`Benchmark::score`]'s main number sits in its metrics (a JSON pointer), for the
-    /// suite's table.
-    fn headline(&self) -> Option<&'static str> {
+    /// The folder under the suite's `--data` that holds this benchmark (LLaVA's
+    /// `playground/data/eval/` names).
+    fn folder(&self) -> &'static str {
+        self.name()
+    }
+
+    /// The number the paper's table reports, from [`Benchmark::score`]'s metrics.
+    fn headline(&self, metrics: &serde_json::Value) -> Option<Headline> {
+        let _ = metrics;
         None
+    }
+
+    /// The headline of each method of a finished run in `out` (by method name), read from
+    /// what [`Benchmark::report_run`] wrote there; by default [`score_run`]'s results.json.
+    fn run_headlines(&self, out: &Path) -> Result<BTreeMap<String, Headline>> {
+        let results = tita_core::error::read_json(&out.join("results.json"))?;
+        let mut all = BTreeMap::new();
+        for (method, entry) in results["methods"].as_object().into_iter().flatten() {
+            if let Ok(h) = serde_json::from_value::<Headline>(entry["headline"].clone()) {
+                all.insert(method.clone(), h);
+            }
+        }
+        Ok(all)
     }
 
     /// A model's answer as the official scoring reads it (`yes`/`no`/`other`, an option
@@ -196,6 +215,14 @@ pub fn run<B: Backend>(
     })
 }
 
+/// A benchmark's main number as published tables give it (e.g. accuracy in %, MME's
+/// perception score), with what it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Headline {
+    pub metric: String,
+    pub value: f64,
+}
+
 /// An external model that grades answers (LLaVA-Bench, MM-Vet): one chat completion per call.
 pub trait Judge {
     fn complete(&self, request: &JudgeRequest) -> Result<String>;
@@ -294,10 +321,7 @@ pub fn score_run<B: Benchmark + ?Sized>(benchmark: &B, run: &RunOutput) -> Resul
         let answers = llava_answers(run.queries, m, run.out)?;
         let card = benchmark.score(data, &answers, &ScoreOptions::default())?;
         card.write_files(&run.out.join("official").join(m.name()))?;
-        let headline = benchmark
-            .headline()
-            .and_then(|p| card.metrics.pointer(p))
-            .cloned();
+        let headline = benchmark.headline(&card.metrics);
         printed.push_str(&format!("\n## {}\n\n```\n{}```\n", m.name(), card.printed));
         results.insert(
             m.name(),

@@ -12,4 +12,5 @@ pub mod pope;
 pub mod python;
 pub mod report;
 pub mod speed;
+pub mod suite;
 pub mod world;

@@ -326,3 +326,114 @@ fn speed_pope_on_qwen_checkpoints() {
     }
     assert!(runs[0]["decode"]["image_encode_ms"].as_f64().unwrap() > 0.0);
 }
+
+/// `suite` runs the benchmarks present (POPE here), lists absent ones as missing, and writes
+/// its table; `run --shard K/2` twice and `merge` give the unsharded run's answer files byte
+/// for byte, and the same scores.
+#[test]
+fn suite_lists_missing_benchmarks_and_shards_merge_into_the_unsharded_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("eval");
+    std::fs::create_dir(&root).unwrap();
+    std::os::unix::fs::symlink(fixtures().join("benchmarks/pope"), root.join("pope")).unwrap();
+    let target = fixtures().join("llava-target").display().to_string();
+    let reward = fixtures().join("llava-reward").display().to_string();
+    let models = [
+        "--target",
+        &target,
+        "--reward",
+        &reward,
+        "--methods",
+        "greedy,tita:0.3",
+    ];
+    let suite = dir.path().join("suite");
+    let root_s = root.display().to_string();
+    let suite_s = suite.display().to_string();
+    let mut args = vec![
+        "suite", "--data", &root_s, "--only", "pope,mme", "--out", &suite_s,
+    ];
+    args.extend(models);
+    let out = bench(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md = std::fs::read_to_string(suite.join("suite.md")).unwrap();
+    assert!(
+        md.contains("| pope | F1 × 100, mean of the splits |"),
+        "{md}"
+    );
+    assert!(md.contains("| mme | missing: no "), "{md}");
+    assert!(suite.join("suite.png").is_file());
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(suite.join("suite.json")).unwrap()).unwrap();
+    let pope = &json["benchmarks"][0];
+    assert_eq!(pope[0], "pope");
+    let greedy = pope[1]["values"]["greedy"].as_f64().unwrap();
+    assert!((0.0..=100.0).contains(&greedy), "{pope}");
+
+    let pope_dir = fixtures().join("benchmarks/pope").display().to_string();
+    let parts: Vec<String> = (0..2)
+        .map(|k| {
+            let part = dir.path().join(format!("part{k}")).display().to_string();
+            let shard = format!("{k}/2");
+            let mut args = vec![
+                "run", "pope", "--data", &pope_dir, "--shard", &shard, "--out", &part,
+            ];
+            args.extend(models);
+            let out = bench(&args);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            part
+        })
+        .collect();
+    let merged = dir.path().join("merged").display().to_string();
+    let from = parts.join(",");
+    let out = bench(&[
+        "merge",
+        "pope",
+        "--data",
+        &pope_dir,
+        "--from",
+        &from,
+        "--out",
+        &merged,
+        "--methods",
+        "greedy,tita:0.3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for method in ["greedy", "tita-0.3"] {
+        for split in ["adversarial", "popular", "random"] {
+            let file = |run: &std::path::Path| {
+                std::fs::read(
+                    run.join("answers")
+                        .join(method)
+                        .join(format!("{split}.jsonl")),
+                )
+                .unwrap()
+            };
+            assert_eq!(
+                file(std::path::Path::new(&merged)),
+                file(&suite.join("pope")),
+                "{method} {split}"
+            );
+        }
+    }
+    let merged_results = std::fs::read(std::path::Path::new(&merged).join("results.json")).unwrap();
+    let merged_results: serde_json::Value = serde_json::from_slice(&merged_results).unwrap();
+    assert_eq!(
+        merged_results["sets"]["random"]["greedy"]["f1"],
+        serde_json::from_slice::<serde_json::Value>(
+            &std::fs::read(suite.join("pope/results.json")).unwrap()
+        )
+        .unwrap()["sets"]["random"]["greedy"]["f1"]
+    );
+}

@@ -9,14 +9,15 @@
 //! answers of one image; a prediction is read from its first four characters without trimming;
 //! a task's score is `acc·100 + acc_plus·100` in that order (so 99.99999999999999, not 100).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
 use tita_core::{Error, Result};
 
 use crate::benchmark::{
-    expect_dir, read_answers, Benchmark, DataSpec, LlavaAnswer, RunOutput, ScoreOptions, Scorecard,
+    expect_dir, read_answers, Benchmark, DataSpec, Headline, LlavaAnswer, RunOutput, ScoreOptions,
+    Scorecard,
 };
 use crate::benchmarks::yesno;
 use crate::eval::QuestionSet;
@@ -24,6 +25,13 @@ use crate::mme::{self as rules, MmeQuestion, COGNITION, PERCEPTION};
 use crate::python;
 
 pub struct Mme;
+
+fn perception(value: f64) -> Option<Headline> {
+    Some(Headline {
+        metric: "perception score".into(),
+        value,
+    })
+}
 
 /// The release folder's name inside LLaVA's `playground/data/eval/MME/`.
 const RELEASE: &str = "MME_Benchmark_release_version";
@@ -36,6 +44,10 @@ impl Benchmark for Mme {
     }
 
     fn title(&self) -> &'static str {
+        "MME"
+    }
+
+    fn folder(&self) -> &'static str {
         "MME"
     }
 
@@ -80,6 +92,18 @@ impl Benchmark for Mme {
         let full = report + &md;
         tita_core::jsonl::write_atomic(&path, full.as_bytes())?;
         Ok(format!("{md}{full}"))
+    }
+
+    // LLaVA's table gives the perception total.
+    fn headline(&self, metrics: &serde_json::Value) -> Option<Headline> {
+        perception(metrics["totals"]["Perception"].as_f64()?)
+    }
+
+    fn run_headlines(&self, out: &Path) -> Result<BTreeMap<String, Headline>> {
+        let scores = tita_core::error::read_json(&out.join("mme.json"))?;
+        Ok((scores.as_object().into_iter().flatten())
+            .filter_map(|(m, s)| Some((m.clone(), perception(s["perception"].as_f64()?)?)))
+            .collect())
     }
 
     fn score(&self, data: &Path, answers: &Path, _: &ScoreOptions) -> Result<Scorecard> {

@@ -7,7 +7,7 @@
 //! order, not by id (a missing answer shifts every later pair); the yes ratio counts every
 //! answer of the split, TP/FP/TN/FN only the paired ones.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -15,7 +15,8 @@ use serde_json::json;
 use tita_core::{jsonl, Error, Result};
 
 use crate::benchmark::{
-    expect_dir, read_answers, Benchmark, DataSpec, QuestionId, RunOutput, ScoreOptions, Scorecard,
+    expect_dir, read_answers, Benchmark, DataSpec, Headline, QuestionId, RunOutput, ScoreOptions,
+    Scorecard,
 };
 use crate::benchmarks::yesno::{self, yes_no};
 use crate::eval::QuestionSet;
@@ -23,6 +24,13 @@ use crate::pope::is_yes;
 use crate::python;
 
 pub struct Pope;
+
+fn mean_f1(f1: &[f64]) -> Option<Headline> {
+    (!f1.is_empty()).then(|| Headline {
+        metric: "F1 × 100, mean of the splits".into(),
+        value: 100.0 * f1.iter().sum::<f64>() / f1.len() as f64,
+    })
+}
 
 const LAYOUT: &str = "LLaVA's POPE folder: coco/coco_pope_{split}.json (labels), \
                       llava_pope_test.jsonl (question ids and splits), val2014/ (images)";
@@ -69,6 +77,36 @@ impl Benchmark for Pope {
 
     fn report_run(&self, run: &RunOutput) -> Result<String> {
         yesno::report(self.title(), run, crate::pope::pope_reading)
+    }
+
+    // LLaVA's table gives F1 × 100, averaged over the three splits.
+    fn headline(&self, metrics: &serde_json::Value) -> Option<Headline> {
+        let f1: Vec<f64> = (metrics["per_split"].as_object()?.values())
+            .filter_map(|s| s["f1"].as_f64())
+            .collect();
+        mean_f1(&f1)
+    }
+
+    fn run_headlines(&self, out: &Path) -> Result<BTreeMap<String, Headline>> {
+        let results = tita_core::error::read_json(&out.join("results.json"))?;
+        let mut per_method: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for row in results["sets"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(_, r)| r)
+        {
+            for (method, m) in row.as_object().into_iter().flatten() {
+                per_method
+                    .entry(method.clone())
+                    .or_default()
+                    .extend(m["f1"].as_f64());
+            }
+        }
+        Ok(per_method
+            .into_iter()
+            .filter_map(|(m, f1)| Some((m, mean_f1(&f1)?)))
+            .collect())
     }
 
     fn score(&self, data: &Path, answers: &Path, _: &ScoreOptions) -> Result<Scorecard> {

@@ -85,6 +85,19 @@ enum Command {
         #[arg(long, value_parser = tita_core::args::count)]
         limit: Option<usize>,
     },
+    /// The paper's table: every benchmark whose folder is under --data (LLaVA's
+    /// playground/data/eval layout), every method, one table (suite.md, suite.json, suite.png).
+    #[command(allow_negative_numbers = true)]
+    Suite {
+        #[command(flatten)]
+        run: EvalArgs,
+        /// The folder holding one folder per benchmark (vqav2, gqa, MME, pope, ...).
+        #[arg(long)]
+        data: PathBuf,
+        /// Only these benchmarks (comma separated; default: every one present).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
     /// Scores an answers file in LLaVA's format and prints what the benchmark's official
     /// scoring code prints.
     Score {
@@ -320,6 +333,42 @@ impl EvalArgs {
     }
 }
 
+/// The models of an evaluation, loaded.
+struct Loaded<B: Backend> {
+    target: Pipeline<B>,
+    reward: Option<Pipeline<B>>,
+    reference: Option<Pipeline<B>>,
+}
+
+impl<B: Backend> Loaded<B> {
+    fn models(&self) -> Models<'_, B> {
+        Models {
+            target: &self.target,
+            reward: self.reward.as_ref(),
+            reference: self.reference.as_ref(),
+        }
+    }
+}
+
+impl EvalArgs {
+    /// Loads target, reward and reference with the run's dtype, template and system message.
+    fn load<B: Backend>(&self, device: &B::Device) -> anyhow::Result<Loaded<B>> {
+        let load = |dir: &PathBuf| -> anyhow::Result<Pipeline<B>> {
+            let mut p = Pipeline::<B>::load_in(dir, self.dtype, device)?;
+            if let Some(spec) = &self.template {
+                p.set_template(tita_core::template::ChatTemplate::resolve(spec)?)?;
+            }
+            p.system = self.system.clone();
+            Ok(p)
+        };
+        Ok(Loaded {
+            target: load(&self.target)?,
+            reward: self.reward.as_ref().map(load).transpose()?,
+            reference: self.reference.as_ref().map(load).transpose()?,
+        })
+    }
+}
+
 /// Loads the models and runs a benchmark's questions.
 struct EvalTask {
     run: EvalArgs,
@@ -333,25 +382,41 @@ impl BackendTask for EvalTask {
         let a = &self.run;
         let config = a.config(self.benchmark)?;
         let _claim = claim_eval_dir(a, &config)?;
-        let load = |dir: &PathBuf| -> anyhow::Result<Pipeline<B>> {
-            let mut p = Pipeline::<B>::load_in(dir, a.dtype, &device)?;
-            if let Some(spec) = &a.template {
-                p.set_template(tita_core::template::ChatTemplate::resolve(spec)?)?;
-            }
-            p.system = a.system.clone();
-            Ok(p)
-        };
-        let target = load(&a.target)?;
-        let reward = a.reward.as_ref().map(load).transpose()?;
-        let reference = a.reference.as_ref().map(load).transpose()?;
-        let models = Models {
-            target: &target,
-            reward: reward.as_ref(),
-            reference: reference.as_ref(),
-        };
+        let loaded = a.load::<B>(&device)?;
+        let models = loaded.models();
         let report = benchmark::run(self.benchmark, &models, &self.data, &a.out, &config, true)?;
         println!("{report}");
         eprintln!("-> {}", a.out.display());
+        Ok(())
+    }
+}
+
+/// Loads the models once and runs the suite.
+struct SuiteTask {
+    run: EvalArgs,
+    data: PathBuf,
+    only: Vec<String>,
+}
+
+impl BackendTask for SuiteTask {
+    type Output = anyhow::Result<()>;
+    fn run<B: Backend>(self, device: B::Device, _kind: BackendKind) -> anyhow::Result<()> {
+        let a = &self.run;
+        let config = a.config(benchmark::by_name("pope")?)?;
+        let _claim = claim_eval_dir(a, &config)?;
+        let loaded = a.load::<B>(&device)?;
+        let models = loaded.models();
+        let report =
+            tita_bench::suite::run(&models, &self.data, &self.only, &config, &a.out, true)?;
+        println!("{}", tita_bench::suite::table(&report));
+        eprintln!("-> {}", a.out.join("suite.md").display());
+        let failed: Vec<&str> = (report.benchmarks.iter())
+            .filter(|(_, o)| matches!(o, tita_bench::suite::Outcome::Failed { .. }))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if !failed.is_empty() {
+            bail!("failed: {} (see the table)", failed.join(", "));
+        }
         Ok(())
     }
 }
@@ -679,6 +744,16 @@ fn main() -> anyhow::Result<()> {
             json,
             out,
         } => score(&name, &data, &answers, json, out)?,
+        Command::Suite { run, data, only } => {
+            if run.suffix.is_some() || run.max_new_tokens.is_some() || run.shard.is_some() {
+                bail!("suite: each benchmark asks with its own instruction and answer length, unsharded; --suffix, --max-new-tokens and --shard are for `run`");
+            }
+            if !data.is_dir() {
+                bail!("--data: {} is not a folder", data.display());
+            }
+            let backend = run.backend;
+            dispatch(backend, SuiteTask { run, data, only }).map_err(|e| anyhow!(e))??;
+        }
         Command::Merge {
             name,
             data,
