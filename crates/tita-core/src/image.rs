@@ -664,7 +664,13 @@ fn resample_pass(img: &RgbImage, out_len: usize, horizontal: bool, c: &Coefficie
 
 /// `Image.resize((w, h), resample)` (or torchvision's uint8 resize with antialias): horizontal
 /// pass then vertical pass, each rounded to 8 bits.
-fn resize(img: &RgbImage, out_w: usize, out_h: usize, resample: Resample, by: Resizer) -> RgbImage {
+pub fn resize(
+    img: &RgbImage,
+    out_w: usize,
+    out_h: usize,
+    resample: Resample,
+    by: Resizer,
+) -> RgbImage {
     let (in_w, in_h) = (img.width() as usize, img.height() as usize);
     let mut cur = img.clone();
     if out_w != in_w {
