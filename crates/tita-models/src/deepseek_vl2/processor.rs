@@ -4,11 +4,12 @@
 //! conversation has at most two images, a local canvas at the best-fitting candidate
 //! resolution cut into tiles; each placeholder becomes the image-token run the model fills.
 //! Padding is Pillow's `ImageOps.pad` (bicubic resize to fit with Python's `round`, centred
-//! paste at `round(pad/2)`, half to even) on the mean colour, so tiles match to the byte.
+//! paste at `round(pad/2)`, half to even) on the mean colour, with Pillow 13's pass order (what
+//! the reference used), so tiles match to the byte.
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use image::RgbImage;
-use tita_core::image::{resize, Resample, Resizer};
+use tita_core::image::{resize_pillow13, Resample};
 use tita_core::{Error, Result, Tokenizer};
 
 use crate::deepseek_vl2::config::DeepseekVl2Config;
@@ -154,7 +155,7 @@ pub fn pad_to(img: &RgbImage, (tw, th): (usize, usize), color: [u8; 3]) -> Resul
             format!("{w}x{h} pixels is too narrow to fit into {tw}x{th}"),
         ));
     }
-    let resized = resize(img, rw, rh, Resample::Bicubic, Resizer::Pillow);
+    let resized = resize_pillow13(img, rw, rh, Resample::Bicubic);
     if (rw, rh) == (tw, th) {
         return Ok(resized);
     }
