@@ -995,7 +995,7 @@ fn processor_refuses_mismatched_images_and_unfinished_conversations() {
     let err = p
         .process(
             &[Message::user("Hi"), Message::assistant("")],
-            &[img.clone()],
+            std::slice::from_ref(&img),
         )
         .unwrap_err()
         .to_string();
