@@ -664,7 +664,13 @@ fn resample_pass(img: &RgbImage, out_len: usize, horizontal: bool, c: &Coefficie
 
 /// `Image.resize((w, h), resample)` (or torchvision's uint8 resize with antialias): horizontal
 /// pass then vertical pass, each rounded to 8 bits.
-fn resize(img: &RgbImage, out_w: usize, out_h: usize, resample: Resample, by: Resizer) -> RgbImage {
+pub fn resize(
+    img: &RgbImage,
+    out_w: usize,
+    out_h: usize,
+    resample: Resample,
+    by: Resizer,
+) -> RgbImage {
     let (in_w, in_h) = (img.width() as usize, img.height() as usize);
     let mut cur = img.clone();
     if out_w != in_w {
@@ -674,6 +680,21 @@ fn resize(img: &RgbImage, out_w: usize, out_h: usize, resample: Resample, by: Re
         cur = resample_pass(&cur, out_h, false, &coefficients(in_h, out_h, resample, by));
     }
     cur
+}
+
+/// `Image.resize` as Pillow 13 does it: the same passes, but the vertical one first when the
+/// height shrinks by more than twice as many pixels as the width (python-pillow/Pillow#9549;
+/// the order moves a pixel by a level or two now and then). DeepSeek-VL2's reference was made
+/// with Pillow 13.
+pub fn resize_pillow13(img: &RgbImage, out_w: usize, out_h: usize, resample: Resample) -> RgbImage {
+    let (in_w, in_h) = (img.width() as usize, img.height() as usize);
+    let shrink_h = in_h as i64 - out_h as i64;
+    if out_w != in_w && shrink_h > 0 && shrink_h > 2 * (in_w as i64 - out_w as i64) {
+        let by = Resizer::Pillow;
+        let tall = resample_pass(img, out_h, false, &coefficients(in_h, out_h, resample, by));
+        return resample_pass(&tall, out_w, true, &coefficients(in_w, out_w, resample, by));
+    }
+    resize(img, out_w, out_h, resample, Resizer::Pillow)
 }
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
-//! DeepSeek-VL2's config and language model against the authors' code on
-//! `fixtures/deepseek_vl2` (three tiny seeded models, bf16 weights computed in f32): the configs
-//! with the authors' defaults and named errors; per model, the text-only case's logits (1e-4),
-//! final hidden states (1e-5) and 12 greedy tokens through the cache (MLA: the latent only);
-//! and the last position's dense/MoE blocks and router decisions of the traced case.
+//! DeepSeek-VL2 against the authors' code on `fixtures/deepseek_vl2` (three tiny seeded models,
+//! bf16 weights computed in f32): the configs with the authors' defaults and named errors; per
+//! model, the text-only case's logits (1e-4), final hidden states (1e-5) and 12 greedy tokens
+//! through the cache (MLA: the latent only); the last position's dense/MoE blocks and router
+//! decisions of the traced case; the SigLIP tower and projector on the stored tiles (1e-5); the
+//! processor (token ids, image mask, tiling, pixel bytes, token layout) and tokenizer on every
+//! case; and every case through the processor and the whole model (features, hidden states,
+//! logits, 12 greedy tokens).
 
 mod common;
 
@@ -12,9 +15,12 @@ use std::path::PathBuf;
 use burn::tensor::{Tensor, TensorData};
 use common::*;
 use serde_json::{json, Value};
+use tita_core::image::load_rgb;
+use tita_core::Tokenizer;
 use tita_models::deepseek_vl2::{
-    hub_keys, AttentionKind, DeepseekV2, DeepseekVl2Config, FeedForward, GlobalViewPos, MlaDims,
-    MlaLayer, ProjectorType, Scoring, TileTag, TopkMethod,
+    hub_keys, image_layout, tiles_used, AttentionKind, DeepseekV2, DeepseekVl2, DeepseekVl2Config,
+    FeedForward, GlobalViewPos, ImageRow, Message, MlaDims, MlaLayer, Processor, ProjectorType,
+    Scoring, TileTag, TopkMethod,
 };
 use tita_models::weights::Recorder;
 use tita_models::Weights;
@@ -692,4 +698,480 @@ fn left_padded_rows_equal_each_row_alone() {
             );
         }
     }
+}
+
+// ---- Vision, processor and the whole model ----
+
+const CASES: [&str; 5] = ["small", "wide", "text_only", "three_images", "two_images"];
+
+/// A tensor of `processor.safetensors` as raw bytes (u8 pixels, i32 layouts, f32 lut).
+fn processor_bytes(name: &str) -> Vec<u8> {
+    let bytes = std::fs::read(dir().join("processor.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensor(name)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .data()
+        .to_vec()
+}
+
+fn pixel_lut() -> Vec<f32> {
+    processor_bytes("pixel_lut")
+        .chunks(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The whole model of `model`, checking that it takes every tensor but the unused
+/// attention-pool head.
+fn load_vlm(model: &str) -> DeepseekVl2<B> {
+    let path = dir().join(model);
+    let mut w = Weights::open(&path).unwrap();
+    let used: BTreeSet<String> = w
+        .names()
+        .filter(|n| !n.starts_with("vision.attn_pool."))
+        .map(String::from)
+        .collect();
+    let mut rec = Recorder::new(&mut w, burn::tensor::DType::F32);
+    let m = DeepseekVl2::load(&mut rec, &config(model), &device()).unwrap();
+    let taken: BTreeSet<String> = rec.taken.iter().map(|t| t.name.clone()).collect();
+    assert_eq!(taken, used, "{model}: tensors taken");
+    m
+}
+
+fn processor() -> Processor {
+    let tok = Tokenizer::from_file(&dir().join("tokenizer.json")).unwrap();
+    Processor::new(&config("tiny-like"), tok).unwrap()
+}
+
+/// The case's conversation as messages, and its images in order (as the authors' loader).
+fn conversation(case: &Value) -> (Vec<Message>, Vec<image::RgbImage>) {
+    let mut messages = Vec::new();
+    let mut images = Vec::new();
+    for m in case["conversation"].as_array().unwrap() {
+        let content = m["content"].as_str().unwrap();
+        messages.push(match m["role"].as_str().unwrap() {
+            "<|User|>" => Message::user(content),
+            "<|Assistant|>" => Message::assistant(content),
+            other => panic!("role {other}"),
+        });
+        for f in m["images"].as_array().into_iter().flatten() {
+            images.push(load_rgb(&dir().join(f.as_str().unwrap())).unwrap());
+        }
+    }
+    (messages, images)
+}
+
+fn usizes(v: &Value) -> Vec<usize> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as usize)
+        .collect()
+}
+
+/// `[start, length]` of every run of set entries.
+fn runs(mask: &[bool]) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    for (i, &m) in mask.iter().enumerate() {
+        if !m {
+            continue;
+        }
+        match out.last_mut() {
+            Some(r) if r[0] + r[1] == i => r[1] += 1,
+            _ => out.push(vec![i, 1]),
+        }
+    }
+    out
+}
+
+#[test]
+fn vision_tower_and_projector_match_on_the_stored_tiles() {
+    let lut = pixel_lut();
+    let bytes = processor_bytes("small.pixel_bytes");
+    let s = 384;
+    let tiles = bytes.len() / (3 * s * s);
+    let pixels: Vec<f32> = bytes.iter().map(|&b| lut[b as usize]).collect();
+    for model in MODELS {
+        let m = load_vlm(model);
+        let x =
+            Tensor::<B, 4>::from_data(TensorData::new(pixels.clone(), [tiles, 3, s, s]), &device());
+        let features = m.vision.forward(x).unwrap();
+        let [_, per, width] = features.dims();
+        assert_eq!((per, width), (729, 64));
+        assert_close(
+            &format!("{model} ViT tile 0"),
+            &values(features.clone().slice([0..1, 0..per, 0..width])),
+            &exp(&format!("{model}.trace.vision_tile0")),
+            HIDDEN_TOL,
+        );
+        let projected = m.projector.forward(features).unwrap();
+        assert_eq!(projected.dims(), [tiles, 196, 32]);
+        assert_close(
+            &format!("{model} projector"),
+            &values(projected),
+            &exp(&format!("{model}.small.projector_out")),
+            HIDDEN_TOL,
+        );
+    }
+}
+
+#[test]
+fn processor_matches_the_authors_on_every_case() {
+    let p = processor();
+    let all = cases_json();
+    let pr = &all["processor"];
+    assert_eq!(
+        (p.image_token_id, p.bos_id, p.eos_id),
+        (
+            pr["image_token_id"].as_u64().unwrap() as u32,
+            pr["bos_id"].as_u64().unwrap() as u32,
+            pr["eos_id"].as_u64().unwrap() as u32
+        )
+    );
+    assert_eq!(
+        p.pad_color().to_vec(),
+        usizes(&pr["pad_colour_rgb"])
+            .iter()
+            .map(|&v| v as u8)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        p.tokens_per_side(),
+        pr["tokens_per_tile_side"].as_u64().unwrap() as usize
+    );
+    let lut = pixel_lut();
+    for case_name in CASES {
+        let case = &all["cases"][case_name];
+        let (messages, images) = conversation(case);
+        let out = p.process(&messages, &images).unwrap();
+        assert_eq!(
+            p.sft_format(&messages),
+            case["sft_format"].as_str().unwrap(),
+            "{case_name}: sft_format"
+        );
+        assert_eq!(
+            out.input_ids,
+            ids_of(&case["input_ids"]),
+            "{case_name}: input_ids"
+        );
+        let want_runs: Vec<Vec<usize>> = case["images_seq_mask_runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(usizes)
+            .collect();
+        assert_eq!(
+            runs(&out.images_seq_mask),
+            want_runs,
+            "{case_name}: images_seq_mask"
+        );
+        assert_eq!(out.images_seq_mask.len(), out.input_ids.len());
+        let crops: Vec<[usize; 2]> = case["images_spatial_crop"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let c = usizes(c);
+                [c[0], c[1]]
+            })
+            .collect();
+        assert_eq!(
+            out.images_spatial_crop, crops,
+            "{case_name}: images_spatial_crop"
+        );
+        assert_eq!(
+            out.num_image_tokens,
+            usizes(&case["num_image_tokens"]),
+            "{case_name}"
+        );
+        for (t, info) in out
+            .tilings
+            .iter()
+            .zip(case["image_info"].as_array().unwrap())
+        {
+            let best = usizes(&info["best_resolution_wh"]);
+            assert_eq!(
+                t.best_wh,
+                (best[0], best[1]),
+                "{case_name}: best resolution"
+            );
+            assert_eq!(
+                t.tiles.to_vec(),
+                usizes(&info["tiles_wh"]),
+                "{case_name}: tiles"
+            );
+        }
+        assert_eq!(
+            out.tilings.len(),
+            case["image_info"].as_array().unwrap().len()
+        );
+
+        // Pixels: the byte hash of every case, the bytes themselves where stored, the floats.
+        match case["pixel_fnv1a64"].as_str() {
+            Some(h) => {
+                let want_shape = usizes(&case["pixel_values"]["shape"]);
+                assert_eq!(out.tiles, want_shape[0], "{case_name}: tiles");
+                assert_eq!(
+                    format!("{:016x}", fnv1a64(&out.pixel_bytes)),
+                    h,
+                    "{case_name}: pixel bytes"
+                );
+            }
+            None => assert_eq!(out.tiles, 0, "{case_name}: no images, no tiles"),
+        }
+        if case_name == "small" {
+            assert!(out.pixel_bytes == processor_bytes("small.pixel_bytes"));
+            let want: Vec<f32> = out.pixel_bytes.iter().map(|&b| lut[b as usize]).collect();
+            assert!(
+                out.pixel_values() == want,
+                "pixel values are pixel_lut[byte]"
+            );
+        }
+
+        // The image-token layout the model builds from the crops.
+        let layout = image_layout(&out.images_spatial_crop, p.tokens_per_side());
+        let want: Vec<i32> = if out.tiles > 0 {
+            processor_bytes(&format!("{case_name}.image_layout"))
+                .chunks(4)
+                .map(|b| i32::from_le_bytes(b.try_into().unwrap()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let got: Vec<i32> = layout
+            .iter()
+            .map(|r| match r {
+                ImageRow::Feature(i) => *i as i32,
+                ImageRow::Newline => -1,
+                ImageRow::Separator => -2,
+            })
+            .collect();
+        assert!(got == want, "{case_name}: image layout");
+        assert_eq!(tiles_used(&out.images_spatial_crop), out.tiles);
+    }
+}
+
+#[test]
+fn tokenizer_matches_the_authors() {
+    let tok = Tokenizer::from_file(&dir().join("tokenizer.json")).unwrap();
+    let all = cases_json();
+    let cases = all["tokenizer_cases"].as_array().unwrap();
+    assert!(!cases.is_empty());
+    for c in cases {
+        let text = c["text"].as_str().unwrap();
+        let ids = tok.encode(text, false).unwrap();
+        assert_eq!(ids, ids_of(&c["ids"]), "{text:?}");
+        assert_eq!(
+            tok.decode(&ids, false).unwrap(),
+            c["decoded"].as_str().unwrap(),
+            "{text:?}"
+        );
+    }
+    for (token, id) in [
+        ("<image>", 128815),
+        ("<|User|>", 128821),
+        ("<|Assistant|>", 128822),
+        ("<｜▁pad▁｜>", 2),
+    ] {
+        assert_eq!(tok.token_to_id(token), Some(id), "{token}");
+    }
+}
+
+#[test]
+fn processor_refuses_mismatched_images_and_unfinished_conversations() {
+    let p = processor();
+    let img = image::RgbImage::new(20, 10);
+    let err = p
+        .process(&[Message::user("<image>\nHi"), Message::assistant("")], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("images") && err.contains("message 0"), "{err}");
+    let err = p
+        .process(
+            &[Message::user("Hi"), Message::assistant("")],
+            std::slice::from_ref(&img),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("1 images for 0"), "{err}");
+    let err = p
+        .process(&[Message::user("<image>Hi")], &[img])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("must end with an assistant message"), "{err}");
+}
+
+#[test]
+fn unsupported_layouts_are_refused_by_name() {
+    let base: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir().join("tiny-like/config.json")).unwrap(),
+    )
+    .unwrap();
+    let cases: Vec<(Option<&str>, &str, Value, &str)> = vec![
+        (None, "tile_tag", json!("1D"), "tile_tag"),
+        (None, "global_view_pos", json!("tail"), "global_view_pos"),
+        (
+            Some("projector_config"),
+            "projector_type",
+            json!("mlp_gelu"),
+            "projector_type",
+        ),
+        (
+            Some("projector_config"),
+            "token_pooling",
+            json!(true),
+            "token_pooling",
+        ),
+        (
+            Some("vision_config"),
+            "class_token",
+            json!(true),
+            "class_token",
+        ),
+    ];
+    for (section, key, value, named) in cases {
+        let mut v = base.clone();
+        match section {
+            Some(s) => v[s][key] = value,
+            None => v[key] = value,
+        }
+        let path = dir().join("tiny-like/config.json");
+        let c = DeepseekVl2Config::from_value(&v, &path).unwrap();
+        let mut w = Weights::open(&dir().join("tiny-like")).unwrap();
+        let err = DeepseekVl2::<B>::load(&mut w, &c, &device())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(named), "{key}: {err}");
+    }
+}
+
+/// Every case through the processor and the whole model: image features (1e-5), final hidden
+/// states (1e-5) and logits (1e-4) at the reference positions, then 12 greedy tokens through
+/// the cache with their log-probs and top-5 logits.
+fn image_cases_match(model: &str) {
+    let dev = device();
+    let m = load_vlm(model);
+    let p = processor();
+    let all = cases_json();
+    let vocab = m.config.language.vocab_size;
+    for case_name in CASES {
+        let case = &all["cases"][case_name];
+        let per = &case["per_model"][model];
+        let (messages, images) = conversation(case);
+        let out = p.process(&messages, &images).unwrap();
+        let ids = out.input_ids.clone();
+        let t = ids.len();
+        let tiles = out.tiles_tensor::<B>(&dev);
+        if let Some(tiles) = tiles.clone() {
+            assert_close(
+                &format!("{model} {case_name} projector_out"),
+                &values(m.encode_tiles(tiles).unwrap()),
+                &exp(&format!("{model}.{case_name}.projector_out")),
+                HIDDEN_TOL,
+            );
+        }
+        let x = m
+            .input_embeds(&ids, &out.images_seq_mask, tiles, &out.images_spatial_crop)
+            .unwrap();
+        let mut state = m.language.new_state(vec![0]).with_capacity(t + STEPS);
+        let hidden = m.forward(x, &mut state).unwrap();
+        let mut at = usizes(&per["other_positions"]);
+        at.push(t - 1);
+        let index = Tensor::from_data(
+            TensorData::new(at.iter().map(|&p| p as i64).collect::<Vec<_>>(), [at.len()]),
+            &dev,
+        );
+        let picked = hidden.select(1, index);
+        assert_close(
+            &format!("{model} {case_name} hidden_final"),
+            &values(picked.clone()),
+            &exp(&format!("{model}.{case_name}.hidden_final")),
+            HIDDEN_TOL,
+        );
+        let logits = rows(m.logits(picked).reshape([at.len(), vocab]));
+        let other: Vec<f32> = logits[..at.len() - 1]
+            .iter()
+            .flat_map(|l| l[..1024].to_vec())
+            .collect();
+        assert_close(
+            &format!("{model} {case_name} logits_other"),
+            &other,
+            &exp(&format!("{model}.{case_name}.logits_other")),
+            LOGITS_TOL,
+        );
+        if case_name == "small" {
+            assert_close(
+                &format!("{model} {case_name} logits_last"),
+                &logits[at.len() - 1],
+                &exp(&format!("{model}.{case_name}.logits_last")),
+                LOGITS_TOL,
+            );
+        }
+
+        let want_ids = ids_of(&per["greedy_ids"]);
+        let want_lp: Vec<f64> = per["greedy_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let top5: Vec<Vec<f64>> = per["greedy_top5_logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect()
+            })
+            .collect();
+        let top5_ids: Vec<Vec<u32>> = per["greedy_top5_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(ids_of)
+            .collect();
+        let mut step_logits = logits[at.len() - 1].clone();
+        let mut got = Vec::new();
+        let (mut lp_diff, mut top_diff) = (0f64, 0f64);
+        for step in 0..STEPS {
+            let next = argmax(&step_logits);
+            got.push(next as u32);
+            lp_diff = lp_diff.max((log_prob(&step_logits, next) - want_lp[step]).abs());
+            for (&id, &want) in top5_ids[step].iter().zip(&top5[step]) {
+                top_diff = top_diff.max((step_logits[id as usize] as f64 - want).abs());
+            }
+            if step + 1 < STEPS {
+                let x = m.language.embed(&[vec![next as u32]], &dev).unwrap();
+                step_logits = values(m.logits(m.forward(x, &mut state).unwrap()));
+            }
+        }
+        assert_eq!(got, want_ids, "{model} {case_name}: greedy ids");
+        eprintln!("{model} {case_name}: greedy log-probs |Δ| {lp_diff:.2e}, top-5 logits |Δ| {top_diff:.2e}");
+        assert!(lp_diff <= LOGITS_TOL as f64 && top_diff <= LOGITS_TOL as f64);
+        assert_eq!(state.len(), t + STEPS - 1);
+    }
+}
+
+#[test]
+fn tiny_like_image_cases_match_the_authors() {
+    image_cases_match("tiny-like");
+}
+
+#[test]
+fn small_like_image_cases_match_the_authors() {
+    image_cases_match("small-like");
+}
+
+#[test]
+fn vl2_like_image_cases_match_the_authors() {
+    image_cases_match("vl2-like");
 }

@@ -19,7 +19,8 @@ pub struct DeepseekVl2Config {
     pub language: DeepseekV2Config,
     pub vision: VisionEncoderConfig,
     pub projector: ProjectorConfig,
-    /// `(height, width)` in pixels of the tilings the processor may choose.
+    /// `(width, height)` in pixels of the tilings the processor may choose (the authors'
+    /// processor reads each pair in that order).
     pub candidate_resolutions: Vec<(usize, usize)>,
     pub tile_tag: TileTag,
     pub global_view_pos: GlobalViewPos,
@@ -272,7 +273,7 @@ impl DeepseekVl2Config {
     }
 }
 
-/// `candidate_resolutions`: a non-empty list of `[height, width]` pairs; default `[[384, 384]]`.
+/// `candidate_resolutions`: a non-empty list of `[width, height]` pairs; default `[[384, 384]]`.
 fn parse_resolutions(root: &Fields) -> Result<Vec<(usize, usize)>> {
     let field = "candidate_resolutions";
     let Some(v) = root.get(field) else {
@@ -281,7 +282,7 @@ fn parse_resolutions(root: &Fields) -> Result<Vec<(usize, usize)>> {
     let bad = |what: String| root.err(field, what);
     let items = v.as_array().ok_or_else(|| {
         bad(format!(
-            "expected a list of [height, width] pairs, found {v}"
+            "expected a list of [width, height] pairs, found {v}"
         ))
     })?;
     if items.is_empty() {
@@ -299,7 +300,7 @@ fn parse_resolutions(root: &Fields) -> Result<Vec<(usize, usize)>> {
             match pair.as_deref() {
                 Some(&[h, w]) => Ok((h, w)),
                 _ => Err(bad(format!(
-                    "entry {i} ({item}) is not a pair of positive integers [height, width]"
+                    "entry {i} ({item}) is not a pair of positive integers [width, height]"
                 ))),
             }
         })
