@@ -27,11 +27,22 @@ use burn::tensor::backend::Backend;
 use serde::Deserialize;
 use tita_core::{jsonl, Error, Result};
 
-use crate::benchmarks::{mme::Mme, pope::Pope, yesno::YesNo};
+use crate::benchmarks::mmbench::{MMBENCH, MMBENCH_CN};
+use crate::benchmarks::{
+    mme::Mme, pope::Pope, scienceqa::ScienceQa, seed_bench::SeedBench, yesno::YesNo,
+};
 use crate::eval::{answer_all, EvalConfig, MethodSpeed, Models, QuestionSet, SHORT_ANSWER};
 
 /// Every benchmark the tools know, by [`Benchmark::name`]. A new benchmark adds its line here.
-pub static REGISTRY: &[&dyn Benchmark] = &[&Pope, &Mme, &YesNo];
+pub static REGISTRY: &[&dyn Benchmark] = &[
+    &Pope,
+    &Mme,
+    &YesNo,
+    &ScienceQa,
+    &SeedBench,
+    &MMBENCH,
+    &MMBENCH_CN,
+];
 
 /// A benchmark: its question sets, prompts, answer reading, scoring and reports.
 pub trait Benchmark: Sync {
