@@ -221,3 +221,38 @@ fn bad_mmbench_input_names_file_line_and_field() {
     let e = error_of(score("mmbench", &tmp.path().join("nowhere"), &answers));
     assert!(e.contains("nowhere: not found; mmbench expects"), "{e}");
 }
+
+#[test]
+fn a_runs_answers_are_scored_the_same_way() {
+    // The run's images go beside the TSV (the default), where the report finds the TSV again.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy_fixture("mmbench", tmp.path());
+    let sets = by_name("mmbench")
+        .unwrap()
+        .question_sets(&DataSpec {
+            paths: vec![dir.clone()],
+            ..DataSpec::default()
+        })
+        .unwrap();
+    assert!(dir.join("mmbench_dev_20230712_images/241.png").is_file());
+    let answers = crate::scienceqa::fixture_answers(
+        &dir.join("answers/mmbench_dev_20230712/llava-v1.5-7b.jsonl"),
+    );
+    let out = tmp.path().join("run");
+    let (numbers, report) =
+        crate::scienceqa::report_run("mmbench", &sets, &answers, &out, "mmbench.json");
+    let want = &expected()["mmbench"];
+    assert_matches(
+        &numbers["greedy/mmbench_dev_20230712"],
+        &want["vlmevalkit_circular_exact_matching"],
+        "run",
+    );
+    let (_, cells) = xlsx_cells(
+        std::fs::read(out.join("answers_upload/mmbench_dev_20230712/greedy.xlsx")).unwrap(),
+    );
+    assert_eq!(cells, want["llava_converter"]["xlsx_cells"]);
+    assert!(
+        report.contains("| greedy | mmbench_dev_20230712 | 30 | 44.44 |"),
+        "{report}"
+    );
+}

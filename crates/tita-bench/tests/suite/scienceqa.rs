@@ -194,3 +194,88 @@ fn bad_scienceqa_input_names_file_line_and_field() {
         "{e}"
     );
 }
+
+/// Writes `answers` (question id -> text) as a greedy run over `sets` would have, lets `name`
+/// report the run, and returns the run folder's numbers file `json` and the report.
+pub fn report_run(
+    name: &str,
+    sets: &[tita_bench::eval::QuestionSet],
+    answers: &std::collections::HashMap<u64, String>,
+    out: &Path,
+    json: &str,
+) -> (serde_json::Value, String) {
+    use tita_bench::benchmark::RunOutput;
+    use tita_bench::eval::{answers_path, EvalConfig, Method};
+    let config = EvalConfig {
+        methods: vec![Method::Greedy],
+        ..EvalConfig::default()
+    };
+    for set in sets {
+        let path = answers_path(out, &Method::Greedy, &set.name);
+        let mut file = tita_core::jsonl::open_append(&path).unwrap();
+        for q in &set.questions {
+            let id = q.question_id.unwrap();
+            if let Some(text) = answers.get(&id) {
+                let answer = tita_bench::pope::Answer {
+                    question_id: id,
+                    prompt: format!("{}\n{}", q.text, config.suffix),
+                    text: text.clone(),
+                    model_id: "fixture:greedy".into(),
+                };
+                tita_core::jsonl::append(&mut file, &path, &answer).unwrap();
+            }
+        }
+    }
+    let report = by_name(name)
+        .unwrap()
+        .report_run(&RunOutput {
+            out,
+            sets,
+            config: &config,
+            speed: Default::default(),
+        })
+        .unwrap();
+    let text = std::fs::read_to_string(out.join(json)).unwrap();
+    (serde_json::from_str(&text).unwrap(), report)
+}
+
+/// The answers of a LLaVA answers file by numeric question id.
+pub fn fixture_answers(path: &Path) -> std::collections::HashMap<u64, String> {
+    tita_bench::benchmark::read_answers(path)
+        .unwrap()
+        .into_iter()
+        .map(|(_, a)| {
+            let id = match a.question_id {
+                tita_bench::benchmark::QuestionId::Int(i) => i as u64,
+                tita_bench::benchmark::QuestionId::Str(s) => s.parse().unwrap(),
+            };
+            (id, a.text)
+        })
+        .collect()
+}
+
+#[test]
+fn a_runs_answers_are_scored_the_same_way() {
+    let dir = data().join("scienceqa");
+    let sets = by_name("scienceqa")
+        .unwrap()
+        .question_sets(&DataSpec {
+            paths: vec![dir.clone()],
+            ..DataSpec::default()
+        })
+        .unwrap();
+    let answers = fixture_answers(&dir.join("answers/llava-v1.5-7b.jsonl"));
+    let tmp = tempfile::tempdir().unwrap();
+    let (numbers, report) = report_run("scienceqa", &sets, &answers, tmp.path(), "scienceqa.json");
+    // The run asks the image questions only: IMG counts are the official ones.
+    let want = &expected()["scienceqa"]["eval_science_qa"];
+    let greedy = &numbers["greedy"];
+    assert_eq!(greedy["img_correct"], want["img_correct"]);
+    assert_eq!(greedy["img_total"], want["img_total"]);
+    assert_eq!(greedy["count"], want["count"]);
+    let img = want["img_correct"].as_f64().unwrap() / want["img_total"].as_f64().unwrap() * 100.0;
+    assert!(
+        report.contains(&format!("| greedy | 12 | {img:.2} |")),
+        "{report}"
+    );
+}

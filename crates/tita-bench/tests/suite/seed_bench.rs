@@ -148,3 +148,32 @@ fn the_converters_failures_are_named_errors() {
         "{e}"
     );
 }
+
+#[test]
+fn a_runs_answers_are_scored_the_same_way() {
+    let dir = data().join("seed_bench");
+    let sets = by_name("seed_bench")
+        .unwrap()
+        .question_sets(&DataSpec {
+            paths: vec![dir.clone()],
+            ..DataSpec::default()
+        })
+        .unwrap();
+    let answers = crate::scienceqa::fixture_answers(&dir.join("answers/llava-v1.5-7b/merge.jsonl"));
+    let tmp = tempfile::tempdir().unwrap();
+    let (numbers, report) =
+        crate::scienceqa::report_run("seed_bench", &sets, &answers, tmp.path(), "seed_bench.json");
+    let want = &expected()["seed_bench"]["llava_converter"]["printed_accuracy_percent"];
+    for (name, value) in want.as_object().unwrap() {
+        let got = numbers["greedy"][name].as_f64().unwrap();
+        assert_eq!(
+            format!("{got:.2}"),
+            format!("{:.2}", value.as_f64().unwrap()),
+            "{name}"
+        );
+    }
+    assert!(
+        report.contains("| greedy | 17 | 57.14 | 66.67 | 58.82 |"),
+        "{report}"
+    );
+}
