@@ -582,7 +582,7 @@ impl Table {
                 .unwrap_or_else(|| "nan".into())
         };
         let mut inferred = Vec::new();
-        let mut by_group: HashMap<i64, Vec<(i64, String, String, Option<String>)>> = HashMap::new();
+        let mut by_group: HashMap<i64, Vec<Reading>> = HashMap::new();
         for (index, row) in &rows {
             let choices: Vec<(String, String)> = letters
                 .iter()
@@ -595,7 +595,11 @@ impl Table {
             by_group
                 .entry(index.rem_euclid(1_000_000))
                 .or_default()
-                .push((*index, truth, pred, letter));
+                .push(Reading {
+                    truth,
+                    prediction: pred,
+                    letter,
+                });
         }
         let mut groups = Vec::new();
         for (index, row) in &rows {
@@ -628,10 +632,13 @@ fn is_none(value: &str) -> bool {
     lower == "nan" || lower == "none"
 }
 
+/// A TSV's `(first line, fields)` records.
+type Records = Vec<(usize, Vec<String>)>;
+
 /// Splits a TSV into `(line, fields)` records as pandas' C parser does: tabs between fields,
 /// `"`-quoted fields (`""` inside is one quote; tabs and line breaks inside are kept), blank
 /// lines skipped.
-fn parse_tsv(text: &str) -> std::result::Result<Vec<(usize, Vec<String>)>, (usize, String)> {
+fn parse_tsv(text: &str) -> std::result::Result<Records, (usize, String)> {
     let mut records = Vec::new();
     let mut chars = text.chars().peekable();
     let mut line = 1;
@@ -784,11 +791,18 @@ fn can_infer_text(answer: &str, choices: &[(String, String)]) -> Option<String> 
     }
 }
 
-/// `prefetch_circular_group` followed by the exact-matching verdict; the group's rows are
-/// (index, answer, prediction, inferred letter) in index order.
-fn prefetch_group(rows: &[(i64, String, String, Option<String>)]) -> (u8, String) {
-    for (i, (_, truth, prediction, letter)) in rows.iter().enumerate() {
-        if let Some(letter) = letter {
+/// One row of a CircularEval group: its answer, its prediction as read, the letter inferred.
+struct Reading {
+    truth: String,
+    prediction: String,
+    letter: Option<String>,
+}
+
+/// `prefetch_circular_group` followed by the exact-matching verdict; `rows` in index order.
+fn prefetch_group(rows: &[Reading]) -> (u8, String) {
+    for (i, r) in rows.iter().enumerate() {
+        let (truth, prediction) = (&r.truth, &r.prediction);
+        if let Some(letter) = &r.letter {
             if letter != truth {
                 return (
                     0,
@@ -799,7 +813,7 @@ fn prefetch_group(rows: &[(i64, String, String, Option<String>)]) -> (u8, String
             }
         }
     }
-    if rows.iter().all(|(_, t, _, l)| l.as_ref() == Some(t)) {
+    if rows.iter().all(|r| r.letter.as_ref() == Some(&r.truth)) {
         (1, "Succeed During Pre-fetching".into())
     } else {
         (0, PREFETCH_FAILED.into())
