@@ -244,6 +244,9 @@ impl Benchmark for MmBench {
         )
     }
 
+    /// Writes the converter's upload (`answers_upload/<split>/<experiment>.xlsx`) and prints
+    /// the `_acc.csv` VLMEvalKit writes for it (LLaVA prints nothing: its official score comes
+    /// from OpenCompass's server); the numbers hold both VLMEvalKit readings.
     fn score(&self, data: &Path, answers: &Path, _: &ScoreOptions) -> Result<Scorecard> {
         let tsv_path = self.find_tsv(data, Some(answers))?;
         let table = Table::read(&tsv_path)?;
@@ -714,7 +717,7 @@ pub fn can_infer(answer: &str, choices: &[(String, String)], matching: Matching)
 }
 
 /// Python's `str.split()` separators: Unicode white space and the ASCII separators 0x1c–0x1f.
-fn is_python_space(c: char) -> bool {
+pub(crate) fn is_python_space(c: char) -> bool {
     c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
 }
 

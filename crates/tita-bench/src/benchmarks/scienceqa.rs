@@ -20,6 +20,7 @@ use tita_core::{jsonl, Error, Result};
 use crate::benchmark::{
     expect_dir, read_answers, Benchmark, DataSpec, QuestionId, RunOutput, ScoreOptions, Scorecard,
 };
+use crate::benchmarks::mmbench::is_python_space;
 use crate::eval::{answers_path, QuestionSet};
 use crate::pope::{Answer, Question};
 use crate::python::{json_dumps, PyJson};
@@ -211,7 +212,11 @@ impl Benchmark for ScienceQa {
         ];
         Ok(Scorecard {
             printed: result.printed.clone(),
-            metrics: result.metrics(),
+            metrics: {
+                let mut m = result.metrics();
+                m["lmms_eval_scienceqa_img"] = truth.lmms_eval(&predictions);
+                m
+            },
             files,
         })
     }
@@ -333,6 +338,8 @@ struct Prediction {
 struct Problem {
     choices: Vec<serde_json::Value>,
     answer: usize,
+    #[serde(default)]
+    image: Option<String>,
 }
 
 /// The test split's problems, in pid_splits.json's order.
@@ -372,6 +379,38 @@ impl Truth {
             out.push((id, problem));
         }
         Ok(Truth { problems: out })
+    }
+
+    /// lmms-eval's `scienceqa_img` on the answered test problems with an image (a comparison:
+    /// after stripping, the lower-cased answer equals the letter, or it starts with an upper-case
+    /// letter and `.`, which must be the answer's).
+    fn lmms_eval(&self, predictions: &HashMap<String, Prediction>) -> serde_json::Value {
+        let mut per_question = serde_json::Map::new();
+        for (id, problem) in &self.problems {
+            let Some(pred) = predictions.get(id).filter(|_| problem.image.is_some()) else {
+                continue;
+            };
+            let target = OPTIONS[problem.answer].to_lowercase();
+            let pred = pred.text.trim_matches(is_python_space);
+            let mut chars = pred.chars();
+            let hit = if pred.to_lowercase() == target {
+                true
+            } else {
+                match (chars.next(), chars.next()) {
+                    (Some(first), Some('.')) if first.is_uppercase() => {
+                        first.to_lowercase().to_string() == target
+                    }
+                    _ => false,
+                }
+            };
+            per_question.insert(id.clone(), json!(if hit { 1.0 } else { 0.0 }));
+        }
+        let n = per_question.len();
+        let sum: f64 = per_question.values().filter_map(|v| v.as_f64()).sum();
+        json!({
+            "per_question": per_question,
+            "exact_match_mean": if n == 0 { serde_json::Value::Null } else { json!(sum / n as f64) },
+        })
     }
 
     /// eval_science_qa.py's loop over the split. `source` is named in a division by zero.

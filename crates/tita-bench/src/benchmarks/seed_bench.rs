@@ -18,6 +18,7 @@ use tita_core::{jsonl, Error, Result};
 use crate::benchmark::{
     expect_dir, read_answers, Benchmark, DataSpec, QuestionId, RunOutput, ScoreOptions, Scorecard,
 };
+use crate::benchmarks::mmbench::is_python_space;
 use crate::benchmarks::scienceqa::{read_json, write_run_report, LETTER_INSTRUCTION};
 use crate::eval::{answers_path, QuestionSet};
 use crate::pope::{Answer, Question};
@@ -188,6 +189,7 @@ impl Benchmark for SeedBench {
                 "printed_accuracy_percent": rounded,
                 "accuracy_percent": exact,
                 "submission": submission,
+                "lmms_eval_seedbench": annotations.lmms_eval(&results),
             }),
             files: vec![(
                 PathBuf::from(format!("answers_upload/{experiment}.jsonl")),
@@ -349,6 +351,37 @@ impl Annotations {
             ));
         }
         Ok(out)
+    }
+
+    /// lmms-eval's `seedbench` accuracies over the answered questions (a comparison: the first
+    /// character of the stripped answer against the letter, case-insensitively).
+    fn lmms_eval(&self, results: &HashMap<QuestionId, String>) -> Value {
+        let mut tally: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        for q in &self.questions {
+            let key = lookup_key(&q.question_id).expect("checked when read");
+            let Some(text) = results.get(&key) else {
+                continue;
+            };
+            let pred = text.trim_matches(is_python_space);
+            let pred: String = if pred.chars().count() > 1 {
+                pred.chars().take(1).collect()
+            } else {
+                pred.to_string()
+            };
+            let clean = |s: &str| s.to_lowercase().trim_matches(is_python_space).to_string();
+            let hit = usize::from(clean(&pred) == clean(&q.answer));
+            for name in [format!("seed_{}", q.data_type), "seed_all".to_string()] {
+                let t = tally.entry(name).or_default();
+                t.0 += hit;
+                t.1 += 1;
+            }
+        }
+        Value::Object(
+            tally
+                .into_iter()
+                .map(|(name, (hits, n))| (name, json!(hits as f64 / n as f64)))
+                .collect(),
+        )
     }
 
     /// The upload jsonl (`{"question_id": <as in SEED-Bench.json>, "prediction": <text>}` per

@@ -47,6 +47,20 @@ fn score_prints_and_writes_what_eval_science_qa_did() {
     let mut numbers = want.clone();
     numbers.as_object_mut().unwrap().remove("stdout");
     assert_matches(&card.metrics, &numbers, "eval_science_qa");
+    // lmms-eval's reading, a comparison: every answered image question, none more.
+    let lmms = &all["scienceqa"]["lmms_eval_scienceqa_img"];
+    assert_matches(
+        &card.metrics["lmms_eval_scienceqa_img"],
+        lmms,
+        "lmms_eval_scienceqa_img",
+    );
+    assert_eq!(
+        card.metrics["lmms_eval_scienceqa_img"]["per_question"]
+            .as_object()
+            .unwrap()
+            .len(),
+        lmms["per_question"].as_object().unwrap().len()
+    );
 
     let names: Vec<PathBuf> = card.files.iter().map(|(n, _)| n.clone()).collect();
     assert_eq!(

@@ -21,6 +21,11 @@ fn score_prints_and_writes_what_the_converter_did() {
         "printed_accuracy_percent",
     );
     assert_eq!(card.metrics["submission"], want["submission"]);
+    assert_matches(
+        &card.metrics["lmms_eval_seedbench"],
+        &all["seed_bench"]["lmms_eval_seedbench"],
+        "lmms_eval_seedbench",
+    );
     assert_eq!(card.files.len(), 1);
     let (name, bytes) = &card.files[0];
     assert_eq!(
