@@ -27,14 +27,25 @@ use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 use tita_core::{jsonl, Error, Result};
 
-use crate::benchmarks::{mme::Mme, pope::Pope, yesno::YesNo};
+use crate::benchmarks::mmbench::{MMBENCH, MMBENCH_CN};
+use crate::benchmarks::{
+    mme::Mme, pope::Pope, scienceqa::ScienceQa, seed_bench::SeedBench, yesno::YesNo,
+};
 use crate::eval::{
     answer_queries, llava_answers, EvalConfig, MethodSpeed, Models, QuerySet, QuestionSet,
     SHORT_ANSWER,
 };
 
 /// Every benchmark the tools know, by [`Benchmark::name`]. A new benchmark adds its line here.
-pub static REGISTRY: &[&dyn Benchmark] = &[&Pope, &Mme, &YesNo];
+pub static REGISTRY: &[&dyn Benchmark] = &[
+    &Pope,
+    &Mme,
+    &YesNo,
+    &ScienceQa,
+    &SeedBench,
+    &MMBENCH,
+    &MMBENCH_CN,
+];
 
 /// A benchmark: its question sets, prompts, answer reading, scoring and reports.
 pub trait Benchmark: Sync {
@@ -341,4 +352,19 @@ pub fn score_run<B: Benchmark + ?Sized>(benchmark: &B, run: &RunOutput) -> Resul
     jsonl::write_atomic(&run.out.join("results.json"), text.as_bytes())?;
     jsonl::write_atomic(&run.out.join("report.md"), printed.as_bytes())?;
     Ok(printed)
+}
+
+/// The headline of each method in a run report's JSON (`path`: method, or `method/split`, to
+/// that method's numbers), read by `pick`.
+pub fn headlines_in(
+    path: &Path,
+    pick: impl Fn(&serde_json::Value) -> Option<Headline>,
+) -> Result<BTreeMap<String, Headline>> {
+    let numbers = tita_core::error::read_json(path)?;
+    Ok((numbers.as_object().into_iter().flatten())
+        .filter_map(|(key, m)| {
+            let method = key.split_once('/').map_or(key.as_str(), |(m, _)| m);
+            Some((method.to_string(), pick(m)?))
+        })
+        .collect())
 }

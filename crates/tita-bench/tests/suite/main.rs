@@ -3,4 +3,7 @@
 //! `fixtures/benchmarks/` (`expected.json`), prompts against LLaVA's, and bad input.
 
 mod common;
+mod mmbench;
 mod pope_mme;
+mod scienceqa;
+mod seed_bench;
