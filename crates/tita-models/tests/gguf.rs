@@ -484,10 +484,7 @@ fn load_throughput() {
         "llava-target-BF16.gguf",
         Some("mmproj-llava-target-F16.gguf"),
     );
-    println!(
-        "llava-target-BF16 + mmproj: loaded twice in {:?}",
-        t.elapsed()
-    );
+    println!("llava-target-BF16 + mmproj: loaded in {:?}", t.elapsed());
 
     let (cols, rows) = (4096usize, 24_416usize);
     let blocks = cols * rows / 256;
@@ -515,4 +512,39 @@ fn load_throughput() {
         out.len() as f64 * 4.0 / s / 1e9
     );
     assert!(out.iter().all(|v| v.is_finite()));
+}
+
+/// `Vlm::load` (and so every command's `--model`) takes a `.gguf` file, or a directory with a
+/// language GGUF and its mmproj; more than one mmproj is a named error.
+#[test]
+fn public_loader_takes_a_gguf_file_or_a_directory_with_its_mmproj() {
+    let text = Vlm::<B>::load(&dir().join("llava-target-Q4_0.gguf"), &device()).unwrap();
+    assert_eq!(text.family(), "llama");
+
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["llava-target-Q4_0.gguf", "mmproj-llava-target-F16.gguf"] {
+        std::fs::copy(dir().join(f), tmp.path().join(f)).unwrap();
+    }
+    let pair = Vlm::<B>::load(tmp.path(), &device()).unwrap();
+    assert_eq!(pair.family(), "llava");
+    let case = &meta()["files"]["llava-target-Q4_0"]["image_cases"][0];
+    let pixels = PixelValues {
+        data: exp(case["pixel_values"].as_str().unwrap()),
+        height: 56,
+        width: 56,
+    };
+    let ids = ids_of(&case["input_ids"]);
+    let last = all_logits(&pair, &ids, Some(&pixels), &mut pair.new_cache(1))
+        .pop()
+        .unwrap();
+    let d = max_abs_diff(&last, &exp(case["logits_last"].as_str().unwrap()));
+    assert!(d <= TOL, "image logits_last max |Δ| {d}");
+
+    let f32_mmproj = "mmproj-llava-target-F32.gguf";
+    std::fs::copy(dir().join(f32_mmproj), tmp.path().join(f32_mmproj)).unwrap();
+    let e = Vlm::<B>::load(tmp.path(), &device())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("2 mmproj") && e.contains(f32_mmproj), "{e}");
 }

@@ -144,7 +144,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Str
         }
     };
     let (elems, block_bytes) = ty.block().expect("supported types have a block layout");
-    if bytes.len() % block_bytes != 0 || bytes.len() / block_bytes * elems != out.len() {
+    if !bytes.len().is_multiple_of(block_bytes) || bytes.len() / block_bytes * elems != out.len() {
         return Err(format!(
             "{} bytes of {} do not hold the {} elements of its shape",
             bytes.len(),
@@ -299,11 +299,11 @@ fn q5_k(b: &[u8], y: &mut [f32]) {
 fn q6_k(b: &[u8], y: &mut [f32]) {
     for (b, y) in b.chunks_exact(210).zip(y.chunks_exact_mut(256)) {
         let d = half_at(b, 208);
-        for half in 0..2 {
-            let ql = &b[64 * half..64 * half + 64];
-            let qh = &b[128 + 32 * half..128 + 32 * half + 32];
-            let sc = &b[192 + 8 * half..192 + 8 * half + 8];
-            let y = &mut y[128 * half..128 * half + 128];
+        for h in 0..2 {
+            let ql = &b[64 * h..64 * h + 64];
+            let qh = &b[128 + 32 * h..128 + 32 * h + 32];
+            let sc = &b[192 + 8 * h..192 + 8 * h + 8];
+            let y = &mut y[128 * h..128 * h + 128];
             // Run r (32 elements) holds sub-blocks 2r and 2r + 1 of 16.
             let ds: [f32; 8] = std::array::from_fn(|i| d * f32::from(sc[i] as i8));
             for l in 0..32 {

@@ -160,7 +160,7 @@ impl TensorSource for GgufWeights {
         if let Transform::Unpermute(heads) = entry.transform {
             let rows = expected[0];
             let cols = values.len() / rows.max(1);
-            if heads == 0 || rows % (2 * heads) != 0 {
+            if heads == 0 || !rows.is_multiple_of(2 * heads) {
                 return Err(Error::tensor(
                     file.path(),
                     &info.name,
@@ -333,20 +333,86 @@ impl GgufCheckpoint {
     }
 }
 
+/// A GGUF checkpoint as a model path names it: a `.gguf` file (a language model alone), or a
+/// directory without `config.json` that holds one language GGUF and at most one mmproj (a
+/// `clip` GGUF), as llama.cpp's LLaVA downloads come.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GgufSpec {
+    pub model: PathBuf,
+    pub mmproj: Option<PathBuf>,
+}
+
+impl GgufSpec {
+    /// The GGUF checkpoint at `path`, or None when `path` is not one (a safetensors checkpoint).
+    pub fn detect(path: &Path) -> Result<Option<Self>> {
+        let is_gguf = |p: &Path| {
+            p.extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        };
+        if path.is_file() {
+            return Ok(is_gguf(path).then(|| GgufSpec {
+                model: path.to_path_buf(),
+                mmproj: None,
+            }));
+        }
+        if !path.is_dir() || path.join("config.json").exists() {
+            return Ok(None);
+        }
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(path).map_err(|e| Error::io(path, e))? {
+            let p = entry.map_err(|e| Error::io(path, e))?.path();
+            if p.is_file() && is_gguf(&p) {
+                files.push(p);
+            }
+        }
+        if files.is_empty() {
+            return Ok(None);
+        }
+        files.sort();
+        let (mut models, mut mmprojs) = (Vec::new(), Vec::new());
+        for p in files {
+            let clip = names::architecture(&GgufFile::open(&p)?)? == "clip";
+            if clip { &mut mmprojs } else { &mut models }.push(p);
+        }
+        let list = |v: &[PathBuf]| {
+            v.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match (models.len(), mmprojs.len()) {
+            (1, 0 | 1) => Ok(Some(GgufSpec {
+                model: models.remove(0),
+                mmproj: mmprojs.pop(),
+            })),
+            _ => Err(Error::checkpoint(
+                path,
+                format!(
+                    "holds {} language GGUF(s) [{}] and {} mmproj GGUF(s) [{}]; expected one language model and at most one mmproj",
+                    models.len(),
+                    list(&models),
+                    mmprojs.len(),
+                    list(&mmprojs)
+                ),
+            )),
+        }
+    }
+
+    pub fn open(&self) -> Result<GgufCheckpoint> {
+        GgufCheckpoint::open(&self.model, self.mmproj.as_deref())
+    }
+}
+
 /// Whether the mmproj's `ffn_down` is CLIP's widening `fc1` (the legacy converter's names) or
 /// `ffn_up` is (the newer converter's), told by the first block's shapes.
 pub fn ffn_down_widens(clip: &GgufFile) -> Result<bool> {
     let inter = clip.usize("clip.vision.feed_forward_length")?;
     let rows = |n: &str| clip.tensor(n).map(|t| t.shape()[0]);
-    Ok(
-        match (
-            rows("v.blk.0.ffn_down.weight"),
-            rows("v.blk.0.ffn_up.weight"),
-        ) {
-            (_, Some(up)) if up == inter && rows("v.blk.0.ffn_down.weight") != Some(inter) => false,
-            _ => true,
-        },
-    )
+    let (down, up) = (
+        rows("v.blk.0.ffn_down.weight"),
+        rows("v.blk.0.ffn_up.weight"),
+    );
+    Ok(!(up == Some(inter) && down != Some(inter)))
 }
 
 /// Loads a GGUF model (and its mmproj) with weights in f32.

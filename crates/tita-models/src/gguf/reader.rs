@@ -365,7 +365,7 @@ impl GgufFile {
                 .unwrap_or(u64::MAX);
             let n_bytes = match ggml_type.block() {
                 Some((elems, bytes)) => {
-                    if ne.first().is_some_and(|&d| d % elems as u64 != 0) {
+                    if ne.first().is_some_and(|&d| !d.is_multiple_of(elems as u64)) {
                         return Err(Error::tensor(
                             path,
                             name,
@@ -380,7 +380,7 @@ impl GgufFile {
                 }
                 None => 0,
             };
-            if rel % alignment != 0 {
+            if !rel.is_multiple_of(alignment) {
                 return Err(Error::tensor(
                     path,
                     name,
