@@ -500,14 +500,18 @@ fn load_throughput() {
         b[0..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
         b[2..4].copy_from_slice(&half::f16::from_f32(0.002).to_le_bytes());
     }
-    let mut out = vec![0f32; cols * rows];
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("q4k.gguf");
+    let ne = [cols as u64, rows as u64];
+    std::fs::write(&path, gguf_bytes(&[], &[("w", &ne, GgmlType::Q4_K, &data)])).unwrap();
+    drop(data);
     let t = std::time::Instant::now();
-    dequant::dequantize(GgmlType::Q4_K, &data, &mut out).unwrap();
+    let out = GgufFile::open(&path).unwrap().dequantize("w").unwrap();
     let s = t.elapsed().as_secs_f64();
     println!(
-        "Q4_K: {} elements ({} MB) in {s:.3} s: {:.0} M elements/s, {:.2} GB/s of f32 written",
+        "Q4_K file: {} elements ({} MB) opened and dequantised in {s:.3} s: {:.0} M elements/s, {:.2} GB/s of f32 written",
         out.len(),
-        data.len() >> 20,
+        (cols * rows / 256 * 144) >> 20,
         out.len() as f64 / s / 1e6,
         out.len() as f64 * 4.0 / s / 1e9
     );
@@ -547,4 +551,181 @@ fn public_loader_takes_a_gguf_file_or_a_directory_with_its_mmproj() {
         .unwrap()
         .to_string();
     assert!(e.contains("2 mmproj") && e.contains(f32_mmproj), "{e}");
+}
+
+/// Metadata values the test files below need.
+enum Kv {
+    Str(String),
+    U32(u32),
+    Bool(bool),
+    Strs(Vec<String>),
+    I32s(Vec<i32>),
+}
+
+/// A GGUF v3 file's bytes (alignment 32), for what no fixture file has.
+fn gguf_bytes(kvs: &[(&str, Kv)], tensors: &[(&str, &[u64], GgmlType, &[u8])]) -> Vec<u8> {
+    let string = |b: &mut Vec<u8>, s: &str| {
+        b.extend((s.len() as u64).to_le_bytes());
+        b.extend(s.as_bytes());
+    };
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend((tensors.len() as u64).to_le_bytes());
+    b.extend((kvs.len() as u64).to_le_bytes());
+    for (key, v) in kvs {
+        string(&mut b, key);
+        match v {
+            Kv::Str(s) => {
+                b.extend(8u32.to_le_bytes());
+                string(&mut b, s);
+            }
+            Kv::U32(x) => {
+                b.extend(4u32.to_le_bytes());
+                b.extend(x.to_le_bytes());
+            }
+            Kv::Bool(x) => {
+                b.extend(7u32.to_le_bytes());
+                b.push(u8::from(*x));
+            }
+            Kv::Strs(xs) => {
+                b.extend(9u32.to_le_bytes());
+                b.extend(8u32.to_le_bytes());
+                b.extend((xs.len() as u64).to_le_bytes());
+                for s in xs {
+                    string(&mut b, s);
+                }
+            }
+            Kv::I32s(xs) => {
+                b.extend(9u32.to_le_bytes());
+                b.extend(5u32.to_le_bytes());
+                b.extend((xs.len() as u64).to_le_bytes());
+                for x in xs {
+                    b.extend(x.to_le_bytes());
+                }
+            }
+        }
+    }
+    let mut offset = 0u64;
+    for (name, ne, ty, data) in tensors {
+        string(&mut b, name);
+        b.extend((ne.len() as u32).to_le_bytes());
+        for d in *ne {
+            b.extend(d.to_le_bytes());
+        }
+        b.extend(ty.0.to_le_bytes());
+        b.extend(offset.to_le_bytes());
+        offset = (offset + data.len() as u64).next_multiple_of(32);
+    }
+    for (_, _, _, data) in tensors {
+        b.resize(b.len().next_multiple_of(32), 0);
+        b.extend(*data);
+    }
+    b
+}
+
+/// GPT-2's byte → printable character table.
+fn gpt2_byte_chars() -> Vec<char> {
+    let mut bytes: Vec<u32> = (0x21..=0x7E)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut chars = bytes.clone();
+    let mut n = 0;
+    for b in 0..256 {
+        if !bytes.contains(&b) {
+            bytes.push(b);
+            chars.push(256 + n);
+            n += 1;
+        }
+    }
+    let mut out = vec!['\0'; 256];
+    for (b, c) in bytes.iter().zip(&chars) {
+        out[*b as usize] = char::from_u32(*c).unwrap();
+    }
+    out
+}
+
+/// A byte-level BPE (`gpt2`, pre-tokenizer `smollm`) vocabulary with SmolLM2's chat template
+/// from smollm2.json: control pieces matched first, digits one by one, merges applied, no BOS,
+/// the text decoded back unchanged; the template and its special tokens come from the metadata.
+#[test]
+fn gpt2_tokenizer_and_chat_template_from_metadata() {
+    let smol: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("smollm2.json")).unwrap())
+            .unwrap();
+    let m = &smol["metadata"];
+    let merges = ["Ġ t", "h e", "Ġt he", "Ġ c", "a t", "Ġc at"];
+    let mut tokens: Vec<String> = gpt2_byte_chars().iter().map(char::to_string).collect();
+    tokens.extend(merges.iter().map(|mg| mg.replace(' ', "")));
+    let control = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+    tokens.extend(control.map(String::from));
+    let types: Vec<i32> = (0..tokens.len())
+        .map(|i| {
+            if i + control.len() >= tokens.len() {
+                3
+            } else {
+                1
+            }
+        })
+        .collect();
+    let id = |t: &str| tokens.iter().position(|x| x == t).unwrap() as u32;
+    let file = |pre: &str| {
+        let kvs = [
+            ("general.architecture", Kv::Str("llama".into())),
+            (
+                "tokenizer.ggml.model",
+                Kv::Str(m["tokenizer.ggml.model"].as_str().unwrap().into()),
+            ),
+            ("tokenizer.ggml.pre", Kv::Str(pre.into())),
+            ("tokenizer.ggml.tokens", Kv::Strs(tokens.clone())),
+            ("tokenizer.ggml.token_type", Kv::I32s(types.clone())),
+            (
+                "tokenizer.ggml.merges",
+                Kv::Strs(merges.map(String::from).to_vec()),
+            ),
+            ("tokenizer.ggml.bos_token_id", Kv::U32(id("<|im_start|>"))),
+            ("tokenizer.ggml.eos_token_id", Kv::U32(id("<|im_end|>"))),
+            ("tokenizer.ggml.add_bos_token", Kv::Bool(false)),
+            (
+                "tokenizer.chat_template",
+                Kv::Str(m["tokenizer.chat_template"].as_str().unwrap().into()),
+            ),
+        ];
+        gguf_bytes(&kvs, &[])
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("smol.gguf");
+    std::fs::write(&path, file(m["tokenizer.ggml.pre"].as_str().unwrap())).unwrap();
+    let f = GgufFile::open(&path).unwrap();
+    let tok = gguf::tokenizer::tokenizer(&f).unwrap();
+    let text = "<|im_start|>user\nsay the cat 2024 ü<|im_end|>";
+    let ids = tok.encode(text, true).unwrap();
+    assert_eq!(ids[0], id("<|im_start|>"), "{ids:?}");
+    assert_eq!(*ids.last().unwrap(), id("<|im_end|>"), "{ids:?}");
+    assert!(
+        ids.contains(&id("Ġthe")) && ids.contains(&id("Ġcat")),
+        "{ids:?}"
+    );
+    let digits = ["2", "0", "2", "4"].map(id);
+    assert!(ids.windows(4).any(|w| w == digits), "{ids:?}");
+    assert_eq!(tok.decode(&ids, false).unwrap(), text);
+
+    let template = gguf::tokenizer::chat_template(&f).unwrap().unwrap();
+    assert_eq!(template.special_token("eos_token"), Some("<|im_end|>"));
+    assert_eq!(template.special_token("bos_token"), Some("<|im_start|>"));
+    assert!(
+        template.name.ends_with("(tokenizer.chat_template)"),
+        "{}",
+        template.name
+    );
+
+    std::fs::write(&path, file("llama-bpe")).unwrap();
+    let e = gguf::tokenizer::tokenizer(&GgufFile::open(&path).unwrap())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("tokenizer.ggml.pre") && e.contains("llama-bpe"),
+        "{e}"
+    );
 }
