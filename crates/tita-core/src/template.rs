@@ -276,6 +276,11 @@ impl ChatTemplate {
         Ok(())
     }
 
+    /// Sets a special token the template sees (`bos_token`, ...).
+    pub fn set_special_token(&mut self, key: &str, token: &str) {
+        self.special_tokens.insert(key.into(), token.into());
+    }
+
     /// A special token's text as the template sees it (e.g. `bos_token`).
     pub fn special_token(&self, key: &str) -> Option<&str> {
         self.special_tokens.get(key).and_then(|v| v.as_str())

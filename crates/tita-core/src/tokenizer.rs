@@ -63,6 +63,21 @@ impl Tokenizer {
         Ok(Tokenizer { inner, path })
     }
 
+    /// A tokenizer from the text of a `tokenizer.json` made in memory (from a GGUF's metadata);
+    /// `path` is the file it describes, named in errors.
+    pub fn from_json(json: &str, path: &Path) -> Result<Self> {
+        let inner = json
+            .parse::<tokenizers::Tokenizer>()
+            .map_err(|e| Error::Tokenizer {
+                path: path.to_path_buf(),
+                msg: e.to_string(),
+            })?;
+        Ok(Tokenizer {
+            inner,
+            path: path.to_path_buf(),
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -10,6 +10,7 @@ use tita_core::image::{ImageProcessor, PixelValues};
 use tita_core::template::{ChatTemplate, Message, Part};
 use tita_core::tokenizer::IMAGE_PLACEHOLDER;
 use tita_core::{Error, Result, Tokenizer};
+use tita_models::gguf::GgufSpec;
 use tita_models::{Precision, Vlm};
 
 /// Model, tokenizer and image processor of one checkpoint directory.
@@ -111,7 +112,8 @@ pub struct Prompt {
 
 impl<B: Backend> Pipeline<B> {
     /// Loads `config.json`, the safetensors weights, `tokenizer.json` and (for LLaVA)
-    /// `preprocessor_config.json` from `dir`.
+    /// `preprocessor_config.json` from `dir`; or a llama.cpp GGUF checkpoint (a `.gguf` file,
+    /// or a directory with a language GGUF and its mmproj: see [`GgufSpec`]).
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self> {
         Self::load_in(dir, Precision::F32, device)
     }
@@ -119,11 +121,31 @@ impl<B: Backend> Pipeline<B> {
     /// [`Pipeline::load`] with the weights held and computed in `precision` (logits and the
     /// fusion stay f32).
     pub fn load_in(dir: &Path, precision: Precision, device: &B::Device) -> Result<Self> {
-        let model = Vlm::load_in(dir, precision, device)?;
-        let tokenizer = Tokenizer::from_file(dir)?;
-        let processor = match model.image_token_id() {
-            Some(_) => Some(ImageProcessor::from_file(dir)?),
-            None => None,
+        let (model, tokenizer, processor, template) = match GgufSpec::detect(dir)? {
+            // A llama.cpp checkpoint: tokenizer, template and preprocessing are in its metadata.
+            Some(gguf) => {
+                let ckpt = gguf.open()?;
+                let (tokenizer, processor) = (ckpt.tokenizer()?, ckpt.image_processor()?);
+                let template = match ckpt.chat_template()? {
+                    Some(t) => t,
+                    None => ChatTemplate::builtin("llava_1_5").expect("built in"),
+                };
+                (
+                    ckpt.load(precision, device)?,
+                    tokenizer,
+                    processor,
+                    template,
+                )
+            }
+            None => {
+                let model = Vlm::load_in(dir, precision, device)?;
+                let processor = match model.image_token_id() {
+                    Some(_) => Some(ImageProcessor::from_file(dir)?),
+                    None => None,
+                };
+                let template = ChatTemplate::for_model(dir)?;
+                (model, Tokenizer::from_file(dir)?, processor, template)
+            }
         };
         Ok(Pipeline {
             model,
@@ -131,7 +153,7 @@ impl<B: Backend> Pipeline<B> {
             processor,
             device: device.clone(),
             dir: dir.to_path_buf(),
-            template: ChatTemplate::for_model(dir)?,
+            template,
             system: None,
             template_kwargs: Map::new(),
             template_text_prompts: false,

@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod deepseek_vl2;
 pub mod family;
+pub mod gguf;
 pub mod layers;
 pub mod llama;
 pub mod llava;

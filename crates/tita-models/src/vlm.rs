@@ -140,19 +140,23 @@ fn text_only() -> Error {
 }
 
 impl<B: Backend> Vlm<B> {
-    /// Loads `config.json` and the safetensors weights of a checkpoint directory. Every tensor
-    /// the config implies must be present with its shape, and nothing else may be.
+    /// Loads `config.json` and the safetensors weights of a checkpoint directory, or a llama.cpp
+    /// GGUF checkpoint (see [`crate::gguf::GgufSpec`]). Every tensor the config implies must be
+    /// present with its shape, and nothing else may be.
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self> {
         Self::load_in(dir, Precision::F32, device)
     }
 
     /// [`Vlm::load`] with the weights held and computed in `precision`.
     pub fn load_in(dir: &Path, precision: Precision, device: &B::Device) -> Result<Self> {
+        if let Some(gguf) = crate::gguf::GgufSpec::detect(dir)? {
+            return gguf.open()?.load(precision, device);
+        }
         if dir.is_file() {
             return Err(Error::argument(
                 "model",
                 format!(
-                    "{} is a file; give the checkpoint's directory (config.json, *.safetensors, tokenizer.json)",
+                    "{} is a file; give the checkpoint's directory (config.json, *.safetensors, tokenizer.json) or a .gguf file",
                     dir.display()
                 ),
             ));
