@@ -27,11 +27,13 @@ use burn::tensor::backend::Backend;
 use serde::Deserialize;
 use tita_core::{jsonl, Error, Result};
 
-use crate::benchmarks::{mme::Mme, pope::Pope, yesno::YesNo};
+use crate::benchmarks::{
+    gqa::Gqa, mme::Mme, pope::Pope, textvqa::TextVqa, vizwiz::VizWiz, vqav2::Vqav2, yesno::YesNo,
+};
 use crate::eval::{answer_all, EvalConfig, MethodSpeed, Models, QuestionSet, SHORT_ANSWER};
 
 /// Every benchmark the tools know, by [`Benchmark::name`]. A new benchmark adds its line here.
-pub static REGISTRY: &[&dyn Benchmark] = &[&Pope, &Mme, &YesNo];
+pub static REGISTRY: &[&dyn Benchmark] = &[&Pope, &Mme, &YesNo, &Vqav2, &Gqa, &VizWiz, &TextVqa];
 
 /// A benchmark: its question sets, prompts, answer reading, scoring and reports.
 pub trait Benchmark: Sync {

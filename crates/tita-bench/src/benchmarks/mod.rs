@@ -1,5 +1,10 @@
 //! The benchmarks, one file each; [`crate::benchmark::REGISTRY`] lists them.
 
+pub mod gqa;
 pub mod mme;
 pub mod pope;
+pub mod textvqa;
+pub mod vizwiz;
+pub mod vqa_eval;
+pub mod vqav2;
 pub mod yesno;

@@ -3,4 +3,8 @@
 //! `fixtures/benchmarks/` (`expected.json`), prompts against LLaVA's, and bad input.
 
 mod common;
+mod gqa;
 mod pope_mme;
+mod textvqa;
+mod vizwiz;
+mod vqav2;
