@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use tita_bench::benchmark::by_name;
 
 use crate::common::{assert_matches, data, expected, score};
-use crate::vqav2::{check_prompts, lines, write};
+use crate::vqav2::{check_prompts, check_report_run, lines, write};
 
 fn answers() -> PathBuf {
     data().join("gqa/answers/llava_gqa_testdev_balanced/llava-v1.5-7b/merge.jsonl")
@@ -100,4 +100,13 @@ fn bad_gqa_input_names_file_line_and_field() {
         e.contains("testdev_balanced_questions.json: invalid JSON: missing field `answer`"),
         "{e}"
     );
+}
+
+#[test]
+fn gqa_run_report_writes_answers_llavas_converter_takes() {
+    let (ours, theirs, scores) = check_report_run("gqa", &data().join("gqa"), &answers());
+    assert_eq!(ours.printed, theirs.printed);
+    assert_eq!(ours.files, theirs.files);
+    let accuracy = &expected()["gqa"]["eval_py"]["scores"]["accuracy"];
+    assert_matches(&scores["accuracy"], accuracy, "accuracy");
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use tita_bench::benchmark::by_name;
 
 use crate::common::{assert_matches, data, expected, score};
-use crate::vqav2::{check_prompts, lines, write};
+use crate::vqav2::{check_prompts, check_report_run, lines, write};
 
 fn answers() -> PathBuf {
     data().join("textvqa/answers/llava-v1.5-7b.jsonl")
@@ -78,4 +78,17 @@ fn bad_textvqa_input_names_file_line_and_field() {
             && e.contains("\"5464cd36bd24fd1a\" and question \"what is the cost?\""),
         "{e}"
     );
+}
+
+#[test]
+fn textvqa_run_report_writes_answers_eval_textvqa_takes() {
+    let (ours, theirs, scores) = check_report_run("textvqa", &data().join("textvqa"), &answers());
+    assert_eq!(
+        ours.metrics["eval_textvqa"]["per_question"],
+        theirs.metrics["eval_textvqa"]["per_question"]
+    );
+    let accuracy = expected()["textvqa"]["eval_textvqa"]["accuracy"]
+        .as_f64()
+        .unwrap();
+    assert!((scores["accuracy"].as_f64().unwrap() - 100.0 * accuracy).abs() < 1e-9);
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use tita_bench::benchmark::by_name;
 
 use crate::common::{assert_matches, data, expected, score};
-use crate::vqav2::{check_prompts, lines, write};
+use crate::vqav2::{check_prompts, check_report_run, lines, write};
 
 fn answers() -> PathBuf {
     data().join("vizwiz/answers/llava-v1.5-7b.jsonl")
@@ -93,4 +93,16 @@ fn bad_vizwiz_input_names_file_line_and_field() {
         .unwrap()
         .to_string();
     assert!(e.contains("no llava_test.jsonl or llava_val.jsonl"), "{e}");
+}
+
+#[test]
+fn vizwiz_run_report_writes_answers_llavas_converter_takes() {
+    let (ours, theirs, scores) = check_report_run("vizwiz", &data().join("vizwiz"), &answers());
+    assert_eq!(ours.files[0].1, theirs.files[0].1);
+    let key = "lmms_eval_vizwiz_vqa_val";
+    assert_eq!(ours.metrics[key], theirs.metrics[key]);
+    let mean = expected()["vizwiz"][key]["exact_match_mean"]
+        .as_f64()
+        .unwrap();
+    assert!((scores["accuracy"].as_f64().unwrap() - 100.0 * mean).abs() < 1e-9);
 }

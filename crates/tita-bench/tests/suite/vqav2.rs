@@ -4,8 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::{BTreeMap, HashMap};
+
 use serde_json::Value;
-use tita_bench::benchmark::{by_name, DataSpec};
+use tita_bench::benchmark::{by_name, DataSpec, RunOutput, Scorecard};
+use tita_bench::eval::{answers_path, EvalConfig, Method};
+use tita_bench::pope::Answer;
 
 use crate::common::{assert_matches, data, expected, score};
 
@@ -53,6 +57,86 @@ pub fn check_prompts(name: &str, prompts_key: &str, dir: &Path) {
         })
         .unwrap();
     assert_eq!(limited[0].questions.len(), 2);
+}
+
+/// A run of `name` on the fixture folder whose greedy answers are the fixture's answers (the
+/// later of two, lines that are not JSON skipped): `report_run` writes its report and the
+/// answers in LLaVA's format, which `score` takes; returns that scorecard, the scorecard of the
+/// fixture's own answers, and the run's `results.json`.
+pub fn check_report_run(
+    name: &str,
+    dir: &Path,
+    fixture_answers: &Path,
+) -> (Scorecard, Scorecard, Value) {
+    let bench = by_name(name).unwrap();
+    let sets = bench
+        .question_sets(&DataSpec {
+            paths: vec![dir.to_path_buf()],
+            ..DataSpec::default()
+        })
+        .unwrap();
+    let mut text: HashMap<(String, String), String> = HashMap::new();
+    for line in lines(fixture_answers) {
+        if let Ok(v) = serde_json::from_str::<Value>(&line) {
+            let key = (
+                v["question_id"].to_string(),
+                v["prompt"].as_str().unwrap().to_string(),
+            );
+            text.insert(key, v["text"].as_str().unwrap().to_string());
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path();
+    let config = EvalConfig {
+        methods: vec![Method::Greedy],
+        ..EvalConfig::default()
+    };
+    for set in &sets {
+        let mut body = String::new();
+        for q in &set.questions {
+            let prompt = format!("{}\n{}", q.text, bench.instruction());
+            let label: Value = serde_json::from_str(&q.label).unwrap();
+            let Some(t) = text.get(&(label["id"].to_string(), prompt.clone())) else {
+                continue;
+            };
+            let a = Answer {
+                question_id: q.question_id.unwrap(),
+                prompt,
+                text: t.clone(),
+                model_id: "llava-v1.5-7b".into(),
+            };
+            body.push_str(&serde_json::to_string(&a).unwrap());
+            body.push('\n');
+        }
+        let path = answers_path(out, &Method::Greedy, &set.name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, body).unwrap();
+    }
+    let report = bench
+        .report_run(&RunOutput {
+            out,
+            sets: &sets,
+            config: &config,
+            speed: BTreeMap::new(),
+        })
+        .unwrap();
+    assert!(report.contains("| greedy |"), "{report}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("report.md")).unwrap(),
+        report
+    );
+    let results: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let llava = out
+        .join("llava/greedy")
+        .join(format!("{}.jsonl", sets[0].name));
+    let ours = score(name, dir, &llava).unwrap();
+    let theirs = score(name, dir, fixture_answers).unwrap();
+    (
+        ours,
+        theirs,
+        results["scores"][&sets[0].name]["greedy"].clone(),
+    )
 }
 
 pub fn write(p: &Path, text: &str) -> PathBuf {
@@ -127,6 +211,32 @@ fn vqav2_prompts_and_answer_reading_are_llavas() {
         b.parse_answer("The cat is on the couch."),
         "cat is on couch"
     );
+}
+
+#[test]
+fn vqav2_run_report_writes_answers_llavas_converter_takes() {
+    let dir = data().join("vqav2");
+    let (ours, theirs, scores) = check_report_run("vqav2", &dir, &answers());
+    assert_eq!(ours.files[0].1, theirs.files[0].1);
+    assert_eq!(ours.printed, theirs.printed);
+    assert_eq!(
+        ours.metrics["vqa_eval_on_submission"],
+        theirs.metrics["vqa_eval_on_submission"]
+    );
+    // The report's accuracy: the mean over the answered questions of what vqaEval gives each.
+    let per_question = &theirs.metrics["vqa_eval_on_submission"]["evalQA"];
+    let answered: Vec<f64> = ["100360000"]
+        .iter()
+        .fold(per_question.as_object().unwrap().clone(), |mut m, k| {
+            m.remove(*k);
+            m
+        })
+        .values()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(scores["answered"], 21);
+    let mean = answered.iter().sum::<f64>() / answered.len() as f64;
+    assert!((scores["accuracy"].as_f64().unwrap() - mean).abs() < 1e-9);
 }
 
 #[test]
