@@ -233,7 +233,7 @@ pub fn statistics_mean(values: &[f64]) -> Option<f64> {
     // that quotient (with the remainder as a sticky bit) to 53 bits, half to even.
     let shift = (magnitude.leading_zeros() as i32 - 1).max(0);
     let scaled = magnitude << shift;
-    let (mut q, sticky) = (scaled / n, scaled % n != 0);
+    let (mut q, sticky) = (scaled / n, !scaled.is_multiple_of(n));
     let bits = 128 - q.leading_zeros() as i32;
     let drop = bits - 53;
     let mut exp = emin - shift;

@@ -95,7 +95,7 @@ impl Benchmark for TextVqa {
             self.name(),
             "Accuracy: TextVQAAccuracyEvaluator's (EvalAI-normalised answers, leave-one-out soft score), where the folder had TextVQA_0.5.1_val.json.",
             run,
-            |answers, text| soft_score(answers, text),
+            soft_score,
         )
     }
 
