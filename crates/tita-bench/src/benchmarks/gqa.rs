@@ -62,10 +62,14 @@ impl Benchmark for Gqa {
         };
         let questions = vqa_eval::read_llava_questions(&file)?;
         let gqa_path = dir.join("data").join(format!("{TIER}_questions.json"));
-        let gqa = if gqa_path.is_file() {
-            Some(read_questions(&gqa_path)?)
+        let answers: HashMap<String, String> = if gqa_path.is_file() {
+            read_questions(&gqa_path)?
+                .0
+                .into_iter()
+                .map(|(id, q)| (id, q.answer))
+                .collect()
         } else {
-            None
+            HashMap::new()
         };
         let dirs = vqa_eval::image_dirs(
             data.images.as_deref(),
@@ -80,10 +84,7 @@ impl Benchmark for Gqa {
             let QuestionId::Str(id) = &q.id else {
                 return Vec::new();
             };
-            gqa.as_ref()
-                .and_then(|g| g.0.iter().find(|(k, _)| k == id))
-                .map(|(_, q)| vec![q.answer.clone()])
-                .unwrap_or_default()
+            answers.get(id).map(|a| vec![a.clone()]).unwrap_or_default()
         })?;
         Ok(vec![set])
     }
