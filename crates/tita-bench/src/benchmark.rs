@@ -29,7 +29,8 @@ use tita_core::{jsonl, Error, Result};
 
 use crate::benchmarks::mmbench::{MMBENCH, MMBENCH_CN};
 use crate::benchmarks::{
-    mme::Mme, pope::Pope, scienceqa::ScienceQa, seed_bench::SeedBench, yesno::YesNo,
+    gqa::Gqa, mme::Mme, pope::Pope, scienceqa::ScienceQa, seed_bench::SeedBench, textvqa::TextVqa,
+    vizwiz::VizWiz, vqav2::Vqav2, yesno::YesNo,
 };
 use crate::eval::{
     answer_queries, llava_answers, EvalConfig, MethodSpeed, Models, QuerySet, QuestionSet,
@@ -41,6 +42,10 @@ pub static REGISTRY: &[&dyn Benchmark] = &[
     &Pope,
     &Mme,
     &YesNo,
+    &Vqav2,
+    &Gqa,
+    &VizWiz,
+    &TextVqa,
     &ScienceQa,
     &SeedBench,
     &MMBENCH,

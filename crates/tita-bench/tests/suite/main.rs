@@ -3,7 +3,11 @@
 //! `fixtures/benchmarks/` (`expected.json`), prompts against LLaVA's, and bad input.
 
 mod common;
+mod gqa;
 mod mmbench;
 mod pope_mme;
 mod scienceqa;
 mod seed_bench;
+mod textvqa;
+mod vizwiz;
+mod vqav2;
