@@ -27,11 +27,14 @@ use burn::tensor::backend::Backend;
 use serde::Deserialize;
 use tita_core::{jsonl, Error, Result};
 
-use crate::benchmarks::{mme::Mme, pope::Pope, yesno::YesNo};
+use crate::benchmarks::{
+    llava_bench::LlavaBench, mm_vet::MmVet, mme::Mme, pope::Pope, yesno::YesNo,
+};
 use crate::eval::{answer_all, EvalConfig, MethodSpeed, Models, QuestionSet, SHORT_ANSWER};
+use crate::judge::{JudgeError, JudgeReply};
 
 /// Every benchmark the tools know, by [`Benchmark::name`]. A new benchmark adds its line here.
-pub static REGISTRY: &[&dyn Benchmark] = &[&Pope, &Mme, &YesNo];
+pub static REGISTRY: &[&dyn Benchmark] = &[&Pope, &Mme, &YesNo, &MmVet, &LlavaBench];
 
 /// A benchmark: its question sets, prompts, answer reading, scoring and reports.
 pub trait Benchmark: Sync {
@@ -150,9 +153,20 @@ pub fn run<B: Backend>(
     })
 }
 
-/// An external model that grades answers (LLaVA-Bench, MM-Vet): one chat completion per call.
+/// An external model that grades answers (LLaVA-Bench, MM-Vet): one chat completion per call
+/// ([`crate::judge::HttpJudge`] asks any OpenAI-compatible endpoint).
 pub trait Judge {
-    fn complete(&self, request: &JudgeRequest) -> Result<String>;
+    /// The model every request names, reported beside the scores.
+    fn model(&self) -> &str;
+
+    /// One attempt; a rate limit is told apart from other failures, as the official scripts
+    /// handle them differently.
+    fn complete(&self, request: &JudgeRequest) -> std::result::Result<JudgeReply, JudgeError>;
+
+    /// Waits before asking again, as the official scripts do (tests may skip the wait).
+    fn pause(&self, seconds: f64) {
+        std::thread::sleep(std::time::Duration::from_secs_f64(seconds));
+    }
 }
 
 /// One request to a [`Judge`], with the settings the official scripts pass.
@@ -161,7 +175,7 @@ pub struct JudgeRequest {
     pub model: String,
     pub system: Option<String>,
     pub user: String,
-    pub temperature: f32,
+    pub temperature: f64,
     pub max_tokens: usize,
 }
 
@@ -170,6 +184,8 @@ pub struct JudgeRequest {
 pub struct ScoreOptions<'a> {
     /// Needed by judge-scored benchmarks, which refuse to score without one.
     pub judge: Option<&'a dyn Judge>,
+    /// How many times the judge grades every answer (MM-Vet's `--num_run`; default 1).
+    pub judge_runs: Option<usize>,
 }
 
 /// The outcome of [`Benchmark::score`].

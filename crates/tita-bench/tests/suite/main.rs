@@ -3,4 +3,7 @@
 //! `fixtures/benchmarks/` (`expected.json`), prompts against LLaVA's, and bad input.
 
 mod common;
+mod judge_server;
+mod llava_bench;
+mod mm_vet;
 mod pope_mme;
