@@ -371,11 +371,9 @@ pub mod semantics {
             loop {
                 // LINEAR_PROBES = 9 neighbours when they fit before the table's end.
                 let probes = if i + 9 <= mask { 9 } else { 0 };
-                for j in i..=i + probes {
-                    if table[j].is_none() {
-                        table[j] = Some((key, hash));
-                        return;
-                    }
+                if let Some(slot) = table[i..=i + probes].iter_mut().find(|s| s.is_none()) {
+                    *slot = Some((key, hash));
+                    return;
                 }
                 perturb >>= 5;
                 i = (i

@@ -544,8 +544,8 @@ impl Capabilities {
             }
         }
         // Both sorts are stable, as most_common is and as argsort is on small arrays.
-        counts.sort_by(|a, b| b.1.cmp(&a.1));
-        combos.sort_by(|a, b| b.count.cmp(&a.count));
+        counts.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+        combos.sort_by_key(|c| std::cmp::Reverse(c.count));
         Capabilities {
             columns: counts,
             combos,

@@ -30,11 +30,14 @@ impl Received {
     }
 }
 
+/// Per `match`, the replies not yet given.
+type Script = Mutex<Vec<(String, VecDeque<Value>)>>;
+
 pub struct ScriptedJudge {
     /// The API base, `http://127.0.0.1:PORT/v1`.
     pub url: String,
     received: Arc<Mutex<Vec<Received>>>,
-    script: Arc<Mutex<Vec<(String, VecDeque<Value>)>>>,
+    script: Arc<Script>,
 }
 
 impl ScriptedJudge {
@@ -82,11 +85,7 @@ impl ScriptedJudge {
     }
 }
 
-fn serve(
-    stream: TcpStream,
-    received: &Mutex<Vec<Received>>,
-    script: &Mutex<Vec<(String, VecDeque<Value>)>>,
-) {
+fn serve(stream: TcpStream, received: &Mutex<Vec<Received>>, script: &Script) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut request_line = String::new();
     reader.read_line(&mut request_line).unwrap();
@@ -129,10 +128,7 @@ fn serve(
 
 /// The scripted reply for a request: the entry whose `match` sits last in the user message
 /// (MM-Vet's few-shot table holds one question's row too).
-fn answer(
-    request: &Received,
-    script: &Mutex<Vec<(String, VecDeque<Value>)>>,
-) -> (&'static str, Value) {
+fn answer(request: &Received, script: &Script) -> (&'static str, Value) {
     let user = request.user();
     let mut script = script.lock().unwrap();
     let entry = script

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use serde_json::Value;
-use tita_bench::benchmark::{by_name, ScoreOptions};
+use tita_bench::benchmark::{by_name, DataSpec, ScoreOptions};
 use tita_bench::judge::HttpJudge;
 
 use crate::common::{assert_matches, data, expected};
@@ -139,4 +139,26 @@ fn llava_bench_refuses_to_score_without_a_judge_or_with_unpaired_answers() {
         .to_string();
     assert!(e.contains("8 answers for 9 questions"), "{e}");
     assert!(server.received().is_empty());
+}
+
+#[test]
+fn llava_bench_questions_are_llava_s_prompts() {
+    let b = by_name("llava-bench-in-the-wild").unwrap();
+    assert_eq!((b.instruction(), b.max_new_tokens()), ("", 1024));
+    let sets = b
+        .question_sets(&DataSpec {
+            paths: vec![dir()],
+            ..DataSpec::default()
+        })
+        .unwrap();
+    let want = expected()["prompts"]["llava_bench"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(sets[0].questions.len(), want.len());
+    for ((q, image), w) in sets[0].questions.iter().zip(&sets[0].images).zip(&want) {
+        assert_eq!(Some(q.question_id.unwrap()), w["question_id"].as_u64());
+        assert_eq!(q.text, w["prompt"].as_str().unwrap());
+        assert!(image.is_file(), "{}", image.display());
+    }
 }

@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use serde_json::Value;
-use tita_bench::benchmark::{by_name, Judge, JudgeRequest, ScoreOptions};
+use tita_bench::benchmark::{by_name, DataSpec, Judge, JudgeRequest, RunOutput, ScoreOptions};
+use tita_bench::eval::{answers_path, EvalConfig};
 use tita_bench::judge::{HttpJudge, JudgeError};
 
 use crate::common::{assert_matches, data, expected};
@@ -263,4 +264,48 @@ fn mm_vet_score_through_the_binary_with_a_judge() {
         .path()
         .join("results/llava-v1.5-7b_gpt-4-0613-judge-calls-2runs.jsonl")
         .exists());
+}
+
+#[test]
+fn mm_vet_questions_are_llava_s_prompts_and_a_run_leaves_the_evaluator_s_results_file() {
+    let b = by_name("mm-vet").unwrap();
+    assert_eq!((b.instruction(), b.max_new_tokens()), ("", 1024));
+    let sets = b
+        .question_sets(&DataSpec {
+            paths: vec![dir()],
+            ..DataSpec::default()
+        })
+        .unwrap();
+    assert_eq!(sets.len(), 1);
+    let want = expected()["prompts"]["mmvet"].as_array().unwrap().clone();
+    assert_eq!(sets[0].questions.len(), want.len());
+    for ((q, image), w) in sets[0].questions.iter().zip(&sets[0].images).zip(&want) {
+        assert_eq!(Some(q.question_id.unwrap()), w["question_id"].as_u64());
+        assert_eq!(q.text, w["prompt"].as_str().unwrap());
+        assert!(image.is_file(), "{}", image.display());
+    }
+
+    // A run has no judge: it converts each method's answers as convert_mmvet_for_eval.py does
+    // and says how to score them.
+    let out = tempfile::tempdir().unwrap();
+    let config = EvalConfig::default();
+    for m in &config.methods {
+        let path = answers_path(out.path(), m, &sets[0].name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::copy(dir().join("answers/llava-v1.5-7b.jsonl"), &path).unwrap();
+    }
+    let text = b
+        .report_run(&RunOutput {
+            out: out.path(),
+            sets: &sets,
+            config: &config,
+            speed: Default::default(),
+        })
+        .unwrap();
+    assert!(text.contains("tita-bench score mm-vet"), "{text}");
+    let recorded = std::fs::read_to_string(dir().join("results/llava-v1.5-7b.json")).unwrap();
+    for m in &config.methods {
+        let written = out.path().join(format!("results/{}.json", m.name()));
+        assert_eq!(std::fs::read_to_string(written).unwrap(), recorded);
+    }
 }
