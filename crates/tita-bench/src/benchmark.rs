@@ -29,13 +29,14 @@ use tita_core::{jsonl, Error, Result};
 
 use crate::benchmarks::mmbench::{MMBENCH, MMBENCH_CN};
 use crate::benchmarks::{
-    gqa::Gqa, mme::Mme, pope::Pope, scienceqa::ScienceQa, seed_bench::SeedBench, textvqa::TextVqa,
-    vizwiz::VizWiz, vqav2::Vqav2, yesno::YesNo,
+    gqa::Gqa, llava_bench::LlavaBench, mm_vet::MmVet, mme::Mme, pope::Pope, scienceqa::ScienceQa,
+    seed_bench::SeedBench, textvqa::TextVqa, vizwiz::VizWiz, vqav2::Vqav2, yesno::YesNo,
 };
 use crate::eval::{
     answer_queries, llava_answers, EvalConfig, MethodSpeed, Models, QuerySet, QuestionSet,
     SHORT_ANSWER,
 };
+use crate::judge::{JudgeError, JudgeReply};
 
 /// Every benchmark the tools know, by [`Benchmark::name`]. A new benchmark adds its line here.
 pub static REGISTRY: &[&dyn Benchmark] = &[
@@ -50,6 +51,8 @@ pub static REGISTRY: &[&dyn Benchmark] = &[
     &SeedBench,
     &MMBENCH,
     &MMBENCH_CN,
+    &MmVet,
+    &LlavaBench,
 ];
 
 /// A benchmark: its question sets, prompts, answer reading, scoring and reports.
@@ -239,9 +242,20 @@ pub struct Headline {
     pub value: f64,
 }
 
-/// An external model that grades answers (LLaVA-Bench, MM-Vet): one chat completion per call.
+/// An external model that grades answers (LLaVA-Bench, MM-Vet): one chat completion per call
+/// ([`crate::judge::HttpJudge`] asks any OpenAI-compatible endpoint).
 pub trait Judge {
-    fn complete(&self, request: &JudgeRequest) -> Result<String>;
+    /// The model every request names, reported beside the scores.
+    fn model(&self) -> &str;
+
+    /// One attempt; a rate limit is told apart from other failures, as the official scripts
+    /// handle them differently.
+    fn complete(&self, request: &JudgeRequest) -> std::result::Result<JudgeReply, JudgeError>;
+
+    /// Waits before asking again, as the official scripts do (tests may skip the wait).
+    fn pause(&self, seconds: f64) {
+        std::thread::sleep(std::time::Duration::from_secs_f64(seconds));
+    }
 }
 
 /// One request to a [`Judge`], with the settings the official scripts pass.
@@ -250,7 +264,7 @@ pub struct JudgeRequest {
     pub model: String,
     pub system: Option<String>,
     pub user: String,
-    pub temperature: f32,
+    pub temperature: f64,
     pub max_tokens: usize,
 }
 
@@ -259,6 +273,8 @@ pub struct JudgeRequest {
 pub struct ScoreOptions<'a> {
     /// Needed by judge-scored benchmarks, which refuse to score without one.
     pub judge: Option<&'a dyn Judge>,
+    /// How many times the judge grades every answer (MM-Vet's `--num_run`; default 1).
+    pub judge_runs: Option<usize>,
 }
 
 /// The outcome of [`Benchmark::score`].

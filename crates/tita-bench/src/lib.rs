@@ -7,6 +7,7 @@ pub mod benchmark;
 pub mod benchmarks;
 pub mod demo;
 pub mod eval;
+pub mod judge;
 pub mod mme;
 pub mod pope;
 pub mod python;

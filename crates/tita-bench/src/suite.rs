@@ -25,6 +25,9 @@ pub enum Outcome {
         metric: String,
         values: BTreeMap<String, f64>,
     },
+    /// Answered, but no number came out: a judge-scored benchmark (score its answers with
+    /// `bench score NAME --judge-url ...`) or a split without ground truth (a test split).
+    Unscored { answers: PathBuf },
     /// No folder for it under the data root.
     Missing { expected: PathBuf },
     /// It ran into an error (message kept).
@@ -88,7 +91,12 @@ pub fn run<B: Backend>(
         let dest = out.join(b.name());
         let outcome = benchmark::run(b, models, &data, &dest, &config, progress)
             .and_then(|_| b.run_headlines(&dest))
-            .map(|h| scored(&h));
+            .map(|h| match h.is_empty() {
+                true => Outcome::Unscored {
+                    answers: dest.join("answers"),
+                },
+                false => scored(&h),
+            });
         rows.push((
             b.name().to_string(),
             outcome.unwrap_or_else(|e| Outcome::Failed {
@@ -147,6 +155,13 @@ pub fn table(report: &SuiteReport) -> String {
                         .map_or("–".into(), |(a, b)| format!("{:+.2}", a - b));
                     let _ = write!(md, " {diff} |");
                 }
+            }
+            Outcome::Unscored { answers } => {
+                let _ = write!(
+                    md,
+                    "| {name} | answered, not scored here (judge-scored or no ground truth): {} |",
+                    answers.display()
+                );
             }
             Outcome::Missing { expected } => {
                 let _ = write!(md, "| {name} | missing: no {} |", expected.display());

@@ -1,6 +1,8 @@
 //! The benchmarks, one file each; [`crate::benchmark::REGISTRY`] lists them.
 
 pub mod gqa;
+pub mod llava_bench;
+pub mod mm_vet;
 pub mod mmbench;
 pub mod mme;
 pub mod pope;

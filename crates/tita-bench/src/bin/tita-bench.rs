@@ -113,8 +113,12 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Also write the files the official code writes (converted answers, submissions) here.
+        /// With a judge they are always written (grades, reviews, every judge request and
+        /// reply): here, or by default into --data, where the official scripts put them.
         #[arg(long)]
         out: Option<PathBuf>,
+        #[command(flatten)]
+        judge: JudgeArgs,
     },
     /// Joins the answers of `run --shard K/N` runs into one run folder, byte for byte what
     /// one unsharded run writes, and scores it.
@@ -595,6 +599,25 @@ fn merge(
     Ok(())
 }
 
+/// The judge of judge-scored benchmarks (MM-Vet, LLaVA-Bench-in-the-Wild).
+#[derive(clap::Args, Debug)]
+struct JudgeArgs {
+    /// An OpenAI-compatible endpoint: the API base (`https://api.openai.com/v1`, a local
+    /// `tita-serve` or vLLM at `http://HOST:PORT/v1`) or its `/chat/completions` URL.
+    #[arg(long)]
+    judge_url: Option<String>,
+    /// The judge model to ask (the official scripts used gpt-4-0613 for MM-Vet and
+    /// gpt-4-0314 for LLaVA-Bench); it names the result files.
+    #[arg(long)]
+    judge_model: Option<String>,
+    /// The API key (else $TITA_JUDGE_KEY; local servers need none).
+    #[arg(long)]
+    judge_key: Option<String>,
+    /// How many times the judge grades every answer (MM-Vet's --num_run; its paper used 5).
+    #[arg(long, value_parser = tita_core::args::count)]
+    judge_runs: Option<usize>,
+}
+
 /// `score`: the official output on stdout (or the numbers as JSON), the official files in --out.
 fn score(
     name: &str,
@@ -602,10 +625,39 @@ fn score(
     answers: &std::path::Path,
     json: bool,
     out: Option<PathBuf>,
+    judge_args: JudgeArgs,
 ) -> anyhow::Result<()> {
-    let card = benchmark::by_name(name)?.score(data, answers, &ScoreOptions::default())?;
+    let judge = match (&judge_args.judge_url, &judge_args.judge_model) {
+        (Some(url), Some(model)) => Some(tita_bench::judge::HttpJudge::new(
+            url,
+            model,
+            tita_bench::judge::HttpJudge::key_or_env(judge_args.judge_key.clone()),
+        )),
+        (None, None) => None,
+        _ => bail!("--judge-url and --judge-model go together"),
+    };
+    let options = ScoreOptions {
+        judge: judge
+            .as_ref()
+            .map(|j| j as &dyn tita_bench::benchmark::Judge),
+        judge_runs: judge_args.judge_runs,
+    };
+    let card = benchmark::by_name(name)?.score(data, answers, &options)?;
+    // Judge calls cost time and money: their record is always kept.
+    let out = out.or_else(|| judge.as_ref().map(|_| data.to_path_buf()));
     if let Some(dir) = out {
         card.write_files(&dir)?;
+        if let Some(j) = &judge {
+            eprintln!(
+                "judge: {} at {} ({} calls, every request and reply in {}); {}",
+                tita_bench::benchmark::Judge::model(j),
+                j.endpoint(),
+                card.metrics["judge"]["calls"],
+                dir.join(card.metrics["judge"]["calls_file"].as_str().unwrap_or(""))
+                    .display(),
+                tita_bench::judge::NOT_COMPARABLE
+            );
+        }
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&card.metrics)?);
@@ -743,7 +795,8 @@ fn main() -> anyhow::Result<()> {
             answers,
             json,
             out,
-        } => score(&name, &data, &answers, json, out)?,
+            judge,
+        } => score(&name, &data, &answers, json, out, judge)?,
         Command::Suite { run, data, only } => {
             if run.suffix.is_some() || run.max_new_tokens.is_some() || run.shard.is_some() {
                 bail!("suite: each benchmark asks with its own instruction and answer length, unsharded; --suffix, --max-new-tokens and --shard are for `run`");

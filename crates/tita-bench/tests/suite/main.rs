@@ -4,6 +4,9 @@
 
 mod common;
 mod gqa;
+mod judge_server;
+mod llava_bench;
+mod mm_vet;
 mod mmbench;
 mod pope_mme;
 mod scienceqa;
