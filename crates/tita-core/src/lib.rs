@@ -17,6 +17,7 @@ pub mod progress;
 pub mod sampling;
 pub mod template;
 pub mod tokenizer;
+pub mod wheels;
 
 pub use config::Activation;
 pub use error::{Error, Result};

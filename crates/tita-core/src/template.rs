@@ -323,14 +323,31 @@ impl ChatTemplate {
         for (k, v) in kwargs {
             context.insert(k.clone(), v.clone());
         }
-        context.insert(
-            "messages".into(),
-            serde_json::to_value(messages).expect("messages serialise"),
-        );
         context.insert("add_generation_prompt".into(), add_generation_prompt.into());
-        template
-            .render(Value::from(Serde(&context)))
-            .map_err(|e| self.error(e))
+        // transformers hands the template the messages as the caller wrote them; ours always
+        // hold parts. A template that never looks at parts (ChatML's `'<|im_start|>' +
+        // message['content']`, as GGUF files carry) was written for string content, which a
+        // text-only message then is; otherwise parts. The other form is tried when the first
+        // fails on text-only messages.
+        let strings_first = !self.reads_content_parts() && messages.iter().all(|m| m.images() == 0);
+        let mut render = |as_strings: bool| {
+            context.insert("messages".into(), messages_value(messages, as_strings));
+            template.render(Value::from(Serde(&context)))
+        };
+        match render(strings_first) {
+            Ok(text) => Ok(text),
+            Err(e) if messages.iter().all(|m| m.images() == 0) => {
+                render(!strings_first).map_err(|_| self.error(e))
+            }
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    /// Whether the template inspects content parts (their `type`, or `selectattr` over them).
+    fn reads_content_parts(&self) -> bool {
+        ["'type'", "\"type\"", ".type", "selectattr"]
+            .iter()
+            .any(|k| self.source.contains(k))
     }
 
     fn error(&self, e: minijinja::Error) -> Error {
@@ -349,6 +366,26 @@ impl ChatTemplate {
             msg,
         }
     }
+}
+
+/// The messages as the template sees them: content as its parts, or (`as_strings`, for
+/// text-only messages) as the string its text parts make.
+fn messages_value(messages: &[Message], as_strings: bool) -> serde_json::Value {
+    let mut v = serde_json::to_value(messages).expect("messages serialise");
+    if as_strings {
+        for (m, out) in messages.iter().zip(v.as_array_mut().expect("a list")) {
+            let text: String = m
+                .content
+                .iter()
+                .map(|p| match p {
+                    Part::Text { text } => text.as_str(),
+                    Part::Image {} => "",
+                })
+                .collect();
+            out["content"] = text.into();
+        }
+    }
+    v
 }
 
 /// transformers' `{% generation %}...{% endgeneration %}` only marks assistant text for

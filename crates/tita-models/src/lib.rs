@@ -5,12 +5,14 @@
 
 pub mod cache;
 pub mod deepseek_vl2;
+pub mod dinov2;
 pub mod family;
 pub mod gguf;
 pub mod layers;
 pub mod llama;
 pub mod llava;
 pub mod mask;
+pub mod onnx;
 pub mod qwen2_5_vl;
 pub mod scope;
 pub mod state;

