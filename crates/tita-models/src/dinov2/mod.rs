@@ -232,8 +232,8 @@ impl<B: Backend> Dinov2Vision<B> {
             .reshape([b, ch, gh, p, gw, p])
             .permute([0, 2, 4, 1, 3, 5])
             .reshape([b, gh * gw, ch * p * p]);
-        let patch_emb = patches.matmul(weight.unsqueeze::<3>())
-            + self.patch_bias.val().unsqueeze::<3>();
+        let patch_emb =
+            patches.matmul(weight.unsqueeze::<3>()) + self.patch_bias.val().unsqueeze::<3>();
         let cls = self.cls_token.val().expand([b, 1, hid]);
         let x = Tensor::cat(vec![cls, patch_emb], 1) + self.position_table(gh, gw);
         let mut states = vec![x];
@@ -247,7 +247,10 @@ impl<B: Backend> Dinov2Vision<B> {
     /// `Dinov2Model(pixel_values, output_hidden_states=True)`.
     pub fn forward(&self, pixels: Tensor<B, 4>) -> Dinov2Output<B> {
         let hidden_states = self.hidden_states(pixels, self.layers.len());
-        let last = hidden_states.last().expect("at least the embeddings").clone();
+        let last = hidden_states
+            .last()
+            .expect("at least the embeddings")
+            .clone();
         let last_hidden_state = self.layernorm.forward(last);
         let [b, _, hid] = last_hidden_state.dims();
         let pooler_output = last_hidden_state
@@ -262,7 +265,11 @@ impl<B: Backend> Dinov2Vision<B> {
     }
 
     /// Preprocessed images (all the same size) as a `[batch, channels, height, width]` tensor.
-    pub fn pixels_tensor(&self, images: &[&PixelValues], device: &B::Device) -> Result<Tensor<B, 4>> {
+    pub fn pixels_tensor(
+        &self,
+        images: &[&PixelValues],
+        device: &B::Device,
+    ) -> Result<Tensor<B, 4>> {
         let ch = self.config.num_channels;
         let Some(first) = images.first() else {
             return Err(Error::argument("images", "no image given"));

@@ -39,7 +39,10 @@ fn backbone_prefix(file: &OnnxFile) -> Result<String> {
         )),
         many => Err(Error::checkpoint(
             file.path(),
-            format!("{} initializers named `…{CLS}` ({many:?}): which backbone is meant?", many.len()),
+            format!(
+                "{} initializers named `…{CLS}` ({many:?}): which backbone is meant?",
+                many.len()
+            ),
         )),
     }
 }
@@ -57,9 +60,7 @@ fn is_backbone(name: &str, prefix: &str) -> bool {
 
 fn backbone_weights(file: OnnxFile) -> Result<OnnxWeights> {
     let prefix = backbone_prefix(&file)?;
-    let ours = |name: &str| {
-        is_backbone(name, &prefix).then(|| name[prefix.len()..].to_string())
-    };
+    let ours = |name: &str| is_backbone(name, &prefix).then(|| name[prefix.len()..].to_string());
     let mut named = Vec::new();
     for (i, t) in file.initializers.iter().enumerate() {
         if let Some(hf) = ours(&t.name) {
@@ -145,9 +146,8 @@ fn position_parts(file: &OnnxFile, prefix: &str) -> Result<(usize, usize)> {
 fn infer_config(w: &OnnxWeights) -> Result<Dinov2Config> {
     let path = w.file.path();
     let shape = |name: &str| {
-        w.shape(name).ok_or_else(|| {
-            Error::tensor(path, name, "missing from the ONNX backbone")
-        })
+        w.shape(name)
+            .ok_or_else(|| Error::tensor(path, name, "missing from the ONNX backbone"))
     };
     let proj = shape("embeddings.patch_embeddings.projection.weight")?;
     let table = shape("embeddings.position_embeddings")?;
