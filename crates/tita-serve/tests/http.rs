@@ -48,6 +48,12 @@ fn serve(methods: Vec<Option<Fusion>>) -> String {
         methods,
         ..ServerConfig::default()
     };
+    serve_models(models, config)
+}
+
+/// Serves `models` under `config` on an ephemeral loopback port; its URL.
+fn serve_models(models: Models<B>, config: ServerConfig) -> String {
+    let header_timeout = config.header_timeout;
     let app = router(models, config);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -55,10 +61,28 @@ fn serve(methods: Vec<Option<Fusion>>) -> String {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
-            axum::serve(listener, app).await.unwrap();
+            let forever = std::future::pending();
+            tita_serve::serve(listener, app, header_timeout, forever)
+                .await
+                .unwrap();
         });
     });
     format!("http://{}", rx.recv().unwrap())
+}
+
+/// A server of the fixture target alone under `config` (the key is [`KEY`]); its URL.
+fn serve_target(config: ServerConfig) -> String {
+    let models = Models {
+        target: pipeline("llava-target"),
+        reward: None,
+        reference: None,
+    };
+    let config = ServerConfig {
+        model_name: "llava-target".into(),
+        api_key: Some(KEY.into()),
+        ..config
+    };
+    serve_models(models, config)
 }
 
 /// One server for most tests (the models load once), with no served methods.
