@@ -394,7 +394,10 @@ impl CompletionRequest {
             CompletionPrompt::One(p) => p,
             CompletionPrompt::Many(mut v) if v.len() == 1 => v.remove(0),
             CompletionPrompt::Many(_) => {
-                return Err(ApiError::bad("prompt", "one prompt per request is supported"))
+                return Err(ApiError::bad(
+                    "prompt",
+                    "one prompt per request is supported",
+                ))
             }
         };
         let settings = ChatRequest {
@@ -505,7 +508,10 @@ impl Metrics {
         use std::fmt::Write as _;
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         };
         let load = |a: &AtomicUsize| a.load(Ordering::Relaxed).to_string();
         metric(
@@ -1064,10 +1070,14 @@ async fn generate(
     let arrived = Instant::now();
     check_key(state, &headers)?;
     let (raw, req) = match endpoint {
-        Endpoint::Chat => (None, read_json::<ChatRequest>(&state.config, &headers, body).await?),
+        Endpoint::Chat => (
+            None,
+            read_json::<ChatRequest>(&state.config, &headers, body).await?,
+        ),
         Endpoint::Completions => {
-            let (prompt, req) =
-                read_json::<CompletionRequest>(&state.config, &headers, body).await?.split()?;
+            let (prompt, req) = read_json::<CompletionRequest>(&state.config, &headers, body)
+                .await?
+                .split()?;
             (Some(prompt), req)
         }
     };
