@@ -994,47 +994,47 @@ async fn answer(
     response
 }
 
-/// Reads a JSON body within the size limit and the body read timeout.
-async fn read_json<T: DeserializeOwned>(
-    config: &ServerConfig,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<T, ApiError> {
+/// Reads a JSON body within the size limit and the body read timeout. A body over the limit
+/// is read to its end (within the timeout) and dropped before the 413, so that a client that
+/// sends all of it before reading the answer gets the answer, not a broken pipe.
+async fn read_json<T: DeserializeOwned>(config: &ServerConfig, body: Body) -> Result<T, ApiError> {
     let limit = config.max_body_bytes;
-    let too_large = || {
-        ApiError::new(
+    let over = std::sync::atomic::AtomicBool::new(false);
+    let read = async {
+        let mut body = body;
+        let mut bytes = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::new(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
+            })?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            if bytes.len() + data.len() > limit {
+                over.store(true, Ordering::Relaxed);
+                bytes = Vec::new();
+            } else if !over.load(Ordering::Relaxed) {
+                bytes.extend_from_slice(data);
+            }
+        }
+        Ok::<_, ApiError>(bytes)
+    };
+    let read = tokio::time::timeout(config.body_timeout, read).await;
+    if over.load(Ordering::Relaxed) {
+        return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("the body is larger than this server's limit of {limit} bytes"),
-        )
-    };
-    let declared = (headers.get(header::CONTENT_LENGTH))
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
+        ));
     }
-    let read = http_body_util::Limited::new(body, limit).collect();
-    let bytes = tokio::time::timeout(config.body_timeout, read)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the body did not arrive within {} s",
-                    config.body_timeout.as_secs_f64()
-                ),
-            )
-        })?
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                too_large()
-            } else {
-                ApiError::new(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
-            }
-        })?
-        .to_bytes();
+    let bytes = read.map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body did not arrive within {} s",
+                config.body_timeout.as_secs_f64()
+            ),
+        )
+    })??;
     serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -1070,12 +1070,9 @@ async fn generate(
     let arrived = Instant::now();
     check_key(state, &headers)?;
     let (raw, req) = match endpoint {
-        Endpoint::Chat => (
-            None,
-            read_json::<ChatRequest>(&state.config, &headers, body).await?,
-        ),
+        Endpoint::Chat => (None, read_json::<ChatRequest>(&state.config, body).await?),
         Endpoint::Completions => {
-            let (prompt, req) = read_json::<CompletionRequest>(&state.config, &headers, body)
+            let (prompt, req) = read_json::<CompletionRequest>(&state.config, body)
                 .await?
                 .split()?;
             (Some(prompt), req)
