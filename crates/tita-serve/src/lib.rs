@@ -7,7 +7,8 @@
 //! The models live on one worker thread; HTTP handling, image decoding, tokenising and the
 //! limit checks run beside it (in parallel, on tokio's blocking pool), so a huge request never
 //! holds up a small one. Requests that queued up while the worker was busy are decoded
-//! together as one batch when their settings allow (greedy, same settings), the rest in turn.
+//! together as one batch when their settings are the same (sampled ones too: each row draws
+//! as it would alone), the rest in turn.
 //! Admitted requests not yet decoding are bounded (`max_queue`; past it, 429 with
 //! `Retry-After`). A client that goes away stops receiving at once and its generation stops at
 //! the next token (a batch stops when all of its clients have gone).
@@ -729,14 +730,16 @@ pub async fn serve(
     Ok(())
 }
 
-/// Requests decode together when everything but their prompts is the same, and greedy (so
-/// each row's tokens are what it gets alone).
-fn batch_key(job: &Job) -> Option<(GenerationConfig, Option<TitaConfig>, bool)> {
+/// Requests decode together when everything but their prompts is the same. Each row's tokens
+/// are what it gets alone: greedy rows by the batch's row independence, sampled rows also
+/// because each row draws from its own generator seeded with the (shared) seed, one number
+/// per token of its own (see `decode_loop`), so a row's draws are its solo draws.
+fn batch_key(job: &Job) -> (GenerationConfig, Option<TitaConfig>, bool) {
     let g = GenerationConfig {
         cancel: None,
         ..job.generation.clone()
     };
-    (g.sampling.temperature == 0.0).then(|| (g, job.tita.clone(), job.request.image.is_some()))
+    (g, job.tita.clone(), job.request.image.is_some())
 }
 
 /// The worker: takes what has queued up (at most [`MAX_BATCH`]), runs compatible requests as
@@ -752,15 +755,8 @@ fn worker<B: Backend>(models: &Models<B>, queue: mpsc::Receiver<Job>, counts: &M
         }
         while !pending.is_empty() {
             let key = batch_key(&pending[0]);
-            let (group, rest): (Vec<Job>, Vec<Job>) = match key {
-                None => {
-                    let mut it = pending.into_iter();
-                    (it.next().into_iter().collect(), it.collect())
-                }
-                Some(key) => pending
-                    .into_iter()
-                    .partition(|j| batch_key(j).as_ref() == Some(&key)),
-            };
+            let (group, rest): (Vec<Job>, Vec<Job>) =
+                pending.into_iter().partition(|j| batch_key(j) == key);
             pending = rest;
             let senders: Vec<_> = group.iter().map(|j| j.events.clone()).collect();
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

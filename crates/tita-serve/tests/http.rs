@@ -924,3 +924,53 @@ fn a_full_queue_answers_429_with_retry_after() {
     assert!(sample(&text, "tita_completion_tokens_total") >= 2.0);
     assert!(text.contains("# TYPE tita_request_duration_seconds histogram"));
 }
+
+/// Sampled requests with the same settings are decoded as one batch, and each answer equals
+/// the library's answer for that request alone (every row draws from its own generator).
+#[test]
+fn sampled_requests_batch_and_equal_their_solo_answers() {
+    let url = serve_target(ServerConfig::default());
+    let sampling = tita_decode::SamplingConfig {
+        temperature: 1.0,
+        top_p: Some(0.9),
+        seed: 11,
+        ..Default::default()
+    };
+    let prompts = ["Describe the image.", "What is in the picture?"];
+    let p = pipeline("llava-target");
+    let solo: Vec<String> = (prompts.iter())
+        .map(|prompt| {
+            let ids = p.request_prompt(&library_request(prompt)).unwrap();
+            let config = GenerationConfig {
+                sampling: sampling.clone(),
+                ..generation(8)
+            };
+            Generator::new(&p, config).generate(&ids).unwrap().text
+        })
+        .collect();
+    let greedy: Vec<String> = prompts.iter().map(|p| expected_greedy(p, 8).0).collect();
+    assert_ne!(solo, greedy, "the fixture must tell sampling from greedy");
+    let handles: Vec<_> = (0..6)
+        .map(|i| {
+            let mut body = chat(prompts[i % 2], 8);
+            body["temperature"] = json!(1.0);
+            body["top_p"] = json!(0.9);
+            body["seed"] = json!(11);
+            let url = url.clone();
+            std::thread::spawn(move || post_to(&url, &body))
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let (status, v) = h.join().unwrap();
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(content(&v), solo[i % 2], "request {i}");
+    }
+    let health: Value = agent()
+        .get(format!("{url}/health"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    assert!(health["largest_batch"].as_u64().unwrap() >= 2, "{health}");
+}
