@@ -990,10 +990,10 @@ async fn answer(
     response
 }
 
-/// Reads a JSON body within the size limit and the body read timeout. A body over the limit
+/// Reads a body within the size limit and the body read timeout. A body over the limit
 /// is read to its end (within the timeout) and dropped before the 413, so that a client that
 /// sends all of it before reading the answer gets the answer, not a broken pipe.
-async fn read_json<T: DeserializeOwned>(config: &ServerConfig, body: Body) -> Result<T, ApiError> {
+async fn read_body(config: &ServerConfig, body: Body) -> Result<Vec<u8>, ApiError> {
     let limit = config.max_body_bytes;
     let over = std::sync::atomic::AtomicBool::new(false);
     let read = async {
@@ -1022,7 +1022,7 @@ async fn read_json<T: DeserializeOwned>(config: &ServerConfig, body: Body) -> Re
             format!("the body is larger than this server's limit of {limit} bytes"),
         ));
     }
-    let bytes = read.map_err(|_| {
+    read.map_err(|_| {
         ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             format!(
@@ -1030,8 +1030,11 @@ async fn read_json<T: DeserializeOwned>(config: &ServerConfig, body: Body) -> Re
                 config.body_timeout.as_secs_f64()
             ),
         )
-    })??;
-    serde_json::from_slice(&bytes).map_err(|e| {
+    })?
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("Failed to deserialize the JSON body into the target type: {e}"),
@@ -1064,16 +1067,18 @@ async fn generate(
     endpoint: Endpoint,
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
+    // The body first, even for a request refused for its key: a client that sends all of it
+    // before reading gets the answer, not a broken pipe.
+    let bytes = read_body(&state.config, body).await?;
     check_key(state, &headers)?;
     let (raw, req) = match endpoint {
-        Endpoint::Chat => (None, read_json::<ChatRequest>(&state.config, body).await?),
+        Endpoint::Chat => (None, parse_json::<ChatRequest>(&bytes)?),
         Endpoint::Completions => {
-            let (prompt, req) = read_json::<CompletionRequest>(&state.config, body)
-                .await?
-                .split()?;
+            let (prompt, req) = parse_json::<CompletionRequest>(&bytes)?.split()?;
             (Some(prompt), req)
         }
     };
+    drop(bytes);
     let slot = admit(state)?;
     let stream = req.stream;
     let with_logprobs = req.logprobs;
