@@ -90,6 +90,39 @@ fn run_binary(package: &str, bin: &str, args: &[String]) -> Result<()> {
         .args(args))
 }
 
+/// [`run_binary`] for a long-running server: on Unix xtask becomes `cargo run` (which in turn
+/// execs the binary), so the process a supervisor started is the server and its SIGTERM and
+/// Ctrl-C's SIGINT reach the server itself (a child would outlive a stopped xtask).
+fn exec_binary(package: &str, bin: &str, args: &[String]) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        let features = backend_features(args)? + ",cli";
+        let mut cmd = cargo();
+        cmd.args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            package,
+            "--no-default-features",
+            "--features",
+            &features,
+            "--bin",
+            bin,
+            "--",
+        ])
+        .args(args)
+        .current_dir(root());
+        eprintln!("$ {cmd:?}");
+        // Returns only when the exec failed.
+        let error = cmd.exec();
+        Err(error).with_context(|| format!("starting {cmd:?}"))
+    }
+    #[cfg(not(unix))]
+    run_binary(package, bin, args)
+}
+
 /// Whether a Vulkan driver (lavapipe on CPU-only machines) is installed for the wgpu tests.
 fn has_vulkan_driver() -> bool {
     ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"]
@@ -268,7 +301,7 @@ fn main() -> Result<()> {
             };
             run_binary("tita-bench", "tita-bench", &rest)
         }
-        "serve" => run_binary("tita-serve", "tita-serve", rest),
+        "serve" => exec_binary("tita-serve", "tita-serve", rest),
         "ci" => ci(rest),
         other => bail!("unknown command `{other}` (expected generate, train, bench, serve or ci)"),
     }

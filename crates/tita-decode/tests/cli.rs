@@ -233,3 +233,84 @@ fn poison(path: &Path, pattern: &str, value: f32) -> String {
     std::fs::write(path, bytes).unwrap();
     name
 }
+
+/// A text-only prompt to a checkpoint that ships a chat template (the Qwen2.5-VL fixture) is
+/// rendered by it by default, as transformers' chat pipeline and llama.cpp do: its ids are the
+/// tokens of the template fixture's rendering. `--raw` sends the text as it is; a checkpoint
+/// without a template (the LLaVA fixture) keeps plain prompts plain.
+#[test]
+fn text_prompts_use_the_checkpoints_chat_template_unless_raw() {
+    let cases: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("templates/cases.json")).unwrap(),
+    )
+    .unwrap();
+    let case = (cases["cases"].as_array().unwrap().iter())
+        .find(|c| {
+            c["template"] == "chatml_vl"
+                && c["conversation"] == "text only, unicode"
+                && c["add_generation_prompt"] == true
+        })
+        .expect("the chatml_vl text-only case");
+    let prompt = case["messages"][0]["content"][0]["text"].as_str().unwrap();
+    let rendered = case["text"].as_str().unwrap();
+    let model = fixture("qwen2_5_vl/model");
+    let tokenizer = tita_core::Tokenizer::from_file(&fixtures().join("qwen2_5_vl/model")).unwrap();
+    let ids = |extra: &[&str]| {
+        let mut args = vec![
+            "--model",
+            &model,
+            "--prompt",
+            prompt,
+            "--max-new-tokens",
+            "1",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = generate(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let ids: Vec<u32> = serde_json::from_value(v["prompt_ids"].clone()).unwrap();
+        (ids, v["template"].clone())
+    };
+    let (templated, name) = ids(&[]);
+    assert_eq!(templated, tokenizer.encode(rendered, true).unwrap());
+    assert!(
+        name.as_str().unwrap().ends_with("chat_template.jinja"),
+        "{name}"
+    );
+    let (raw, name) = ids(&["--raw"]);
+    assert_eq!(raw, tokenizer.encode(prompt, true).unwrap());
+    assert!(name.is_null());
+    refused(
+        &[
+            "--model",
+            &model,
+            "--prompt",
+            "Hi",
+            "--raw",
+            "--template",
+            "vicuna_v1",
+        ],
+        "--template",
+    );
+    // No template in the LLaVA fixture: the prompt is tokenised as given.
+    let llava = fixture("llava-target");
+    let out = generate(&[
+        "--model",
+        &llava,
+        "--prompt",
+        prompt,
+        "--max-new-tokens",
+        "1",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let llava_tokenizer =
+        tita_core::Tokenizer::from_file(&fixtures().join("llava-target")).unwrap();
+    let ids: Vec<u32> = serde_json::from_value(v["prompt_ids"].clone()).unwrap();
+    assert_eq!(ids, llava_tokenizer.encode(prompt, true).unwrap());
+}

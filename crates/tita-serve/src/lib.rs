@@ -1,35 +1,43 @@
 //! tita-serve: an OpenAI-compatible HTTP API over loaded models, with TITA as an extra body
 //! field. `GET /v1/models`, `POST /v1/chat/completions` (OpenAI's message format, `image_url`
 //! parts as `data:` URLs or files under an allowed folder, `stream: true` as server-sent
-//! events ending with `data: [DONE]`).
+//! events ending with `data: [DONE]`), `POST /v1/completions` (a raw prompt, tokenised as
+//! given), `GET /metrics` (Prometheus text) and `GET /health`.
 //!
-//! The models live on one worker thread; HTTP handling, image decoding and validation run on
-//! tokio beside it. Requests that queued up while the worker was busy are decoded together as
-//! one batch when their settings allow (greedy, same settings), the rest in turn. A client that
-//! goes away stops receiving at once and its generation stops at the next token (a batch
-//! stops when all of its clients have gone).
+//! The models live on one worker thread; HTTP handling, image decoding, tokenising and the
+//! limit checks run beside it (in parallel, on tokio's blocking pool), so a huge request never
+//! holds up a small one. Requests that queued up while the worker was busy are decoded
+//! together as one batch when their settings are the same (sampled ones too: each row draws
+//! as it would alone), the rest in turn.
+//! Admitted requests not yet decoding are bounded (`max_queue`; past it, 429 with
+//! `Retry-After`). A client that goes away stops receiving at once and its generation stops at
+//! the next token (a batch stops when all of its clients have gone).
 
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use burn::tensor::backend::Backend;
+use http_body_util::BodyExt as _;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tita_core::template::{Message, Part};
 use tita_decode::{
     guidance::GuideModel, Cancel, FinishReason, Fusion, GenerationConfig, Generator, ImageInput,
-    Knobs, Pipeline, Request, SamplingConfig, Tita, TitaConfig, TokenExplanation,
+    Knobs, Pipeline, Prompt, Request, SamplingConfig, Tita, TitaConfig, TokenExplanation,
 };
 use tokio::sync::mpsc as tmpsc;
 
@@ -55,6 +63,13 @@ pub struct ServerConfig {
     /// `model_name` (or no `model`) gets. A request's `tita` field overrides the choice.
     /// Empty: plain decoding unless the request has a `tita` field.
     pub methods: Vec<Option<Fusion>>,
+    /// Requests admitted and not yet decoding (being prepared or waiting for the model);
+    /// one more is answered 429 with `Retry-After`.
+    pub max_queue: usize,
+    /// A connection whose request headers are not complete by then is closed.
+    pub header_timeout: Duration,
+    /// A request whose body has not fully arrived by then is answered 408.
+    pub body_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -105,6 +120,9 @@ impl Default for ServerConfig {
             max_prompt_tokens: 4096,
             max_tokens: 512,
             methods: Vec::new(),
+            max_queue: 64,
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -181,18 +199,29 @@ impl ApiError {
     }
 
     fn body(&self) -> Value {
-        let kind = match self.status.as_u16() {
-            401 => "authentication_error",
-            413 | 400 | 404 | 422 => "invalid_request_error",
-            _ => "server_error",
+        let (kind, code) = match self.status.as_u16() {
+            401 => ("authentication_error", None),
+            408 | 413 | 400 | 404 | 422 => ("invalid_request_error", None),
+            // OpenAI's shape for a rate limit.
+            429 => ("requests", Some("rate_limit_exceeded")),
+            _ => ("server_error", None),
         };
-        json!({"error": {"message": self.message, "type": kind, "param": self.param, "code": null}})
+        json!({"error": {"message": self.message, "type": kind, "param": self.param, "code": code}})
     }
 }
 
+/// Seconds a client refused for a full queue is told to wait.
+const RETRY_AFTER_S: u64 = 1;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let mut response = (self.status, Json(self.body())).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
+        }
+        response
     }
 }
 
@@ -319,14 +348,92 @@ impl TitaOptions {
     }
 }
 
+/// The body of `POST /v1/completions`: a prompt tokenised as given (no chat template), with
+/// the settings chat requests take (log-probs excepted: the legacy shape is not served).
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a JSON object with `prompt` and OpenAI's completion fields"
+)]
+pub struct CompletionRequest {
+    #[serde(default)]
+    pub model: Option<String>,
+    pub prompt: CompletionPrompt,
+    #[serde(default)]
+    pub max_tokens: Option<usize>,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub stop: Option<Stop>,
+    #[serde(default)]
+    pub n: Option<usize>,
+    #[serde(default)]
+    pub stream: bool,
+    #[serde(default)]
+    pub stream_options: Option<Value>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub tita: Option<TitaOptions>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "a string, or a list of one string")]
+pub enum CompletionPrompt {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl CompletionRequest {
+    /// The prompt, and the request's settings in a chat request's terms.
+    fn split(self) -> Result<(String, ChatRequest), ApiError> {
+        let prompt = match self.prompt {
+            CompletionPrompt::One(p) => p,
+            CompletionPrompt::Many(mut v) if v.len() == 1 => v.remove(0),
+            CompletionPrompt::Many(_) => {
+                return Err(ApiError::bad(
+                    "prompt",
+                    "one prompt per request is supported",
+                ))
+            }
+        };
+        let settings = ChatRequest {
+            model: self.model,
+            messages: Vec::new(),
+            max_tokens: self.max_tokens,
+            max_completion_tokens: None,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+            stop: self.stop,
+            n: self.n,
+            stream: self.stream,
+            stream_options: self.stream_options,
+            user: self.user,
+            tita: self.tita,
+            logprobs: false,
+            top_logprobs: None,
+        };
+        Ok((prompt, settings))
+    }
+}
+
 /// One queued generation: what to run and where its events go.
 struct Job {
     request: Request,
+    /// The request's model inputs, made off the worker.
+    prompt: Prompt,
     generation: GenerationConfig,
     tita: Option<TitaConfig>,
     /// `Some(top)` when the client asked for log-probabilities.
     logprobs: Option<usize>,
     events: tmpsc::UnboundedSender<JobEvent>,
+    /// The request's place in the queue, given up when it starts decoding.
+    slot: Option<Slot>,
 }
 
 enum JobEvent {
@@ -343,68 +450,301 @@ struct Finished {
     explain: Vec<TokenExplanation>,
 }
 
-/// Counts of finished generations (`GET /health`).
+/// Upper bounds (seconds) of the latency histogram's buckets.
+const LATENCY_BUCKETS: [f64; 11] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    /// Per bucket of [`LATENCY_BUCKETS`], the observations up to its bound (not cumulative).
+    counts: [u64; LATENCY_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|&b| seconds <= b) {
+            self.counts[i] += 1;
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+}
+
+/// Counts behind `/metrics` and `/health`.
 #[derive(Debug, Default)]
-struct Stats {
+struct Metrics {
     completed: AtomicUsize,
     cancelled: AtomicUsize,
     failed: AtomicUsize,
     /// Most requests decoded together so far.
     largest_batch: AtomicUsize,
+    /// Requests in the batch decoding now.
+    batch_size: AtomicUsize,
+    /// Requests admitted and not yet decoding.
+    queued: AtomicUsize,
+    /// Requests refused because the queue was full.
+    queue_full: AtomicUsize,
+    prompt_tokens: AtomicU64,
+    completion_tokens: AtomicU64,
+    /// Answers by endpoint and status.
+    responses: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    /// Seconds from arrival to the last token, by method.
+    latency: Mutex<BTreeMap<String, Histogram>>,
 }
+
+impl Metrics {
+    fn count_response(&self, endpoint: &'static str, status: StatusCode) {
+        let mut r = self.responses.lock().unwrap_or_else(|e| e.into_inner());
+        *r.entry((endpoint, status.as_u16())).or_default() += 1;
+    }
+
+    fn observe_latency(&self, method: &str, seconds: f64) {
+        let mut l = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        l.entry(method.to_string()).or_default().observe(seconds);
+    }
+
+    /// The Prometheus text exposition of every count.
+    fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        let load = |a: &AtomicUsize| a.load(Ordering::Relaxed).to_string();
+        metric(
+            "tita_generations_completed_total",
+            "counter",
+            "Generations delivered in full.",
+            load(&self.completed),
+        );
+        metric(
+            "tita_generations_cancelled_total",
+            "counter",
+            "Generations stopped because their client left.",
+            load(&self.cancelled),
+        );
+        metric(
+            "tita_generations_failed_total",
+            "counter",
+            "Generations refused or failed on the worker.",
+            load(&self.failed),
+        );
+        metric(
+            "tita_queue_depth",
+            "gauge",
+            "Requests admitted and not yet decoding.",
+            load(&self.queued),
+        );
+        metric(
+            "tita_queue_full_total",
+            "counter",
+            "Requests answered 429 because the queue was full.",
+            load(&self.queue_full),
+        );
+        metric(
+            "tita_batch_size",
+            "gauge",
+            "Requests in the batch decoding now.",
+            load(&self.batch_size),
+        );
+        metric(
+            "tita_batch_size_max",
+            "gauge",
+            "Most requests decoded together so far.",
+            load(&self.largest_batch),
+        );
+        metric(
+            "tita_prompt_tokens_total",
+            "counter",
+            "Prompt tokens of decoded requests (image tokens included).",
+            self.prompt_tokens.load(Ordering::Relaxed).to_string(),
+        );
+        metric(
+            "tita_completion_tokens_total",
+            "counter",
+            "Tokens generated.",
+            self.completion_tokens.load(Ordering::Relaxed).to_string(),
+        );
+        let name = "tita_http_requests_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Answered requests by endpoint and status.\n# TYPE {name} counter"
+        );
+        for ((endpoint, status), n) in self
+            .responses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "{name}{{endpoint=\"{endpoint}\",status=\"{status}\"}} {n}"
+            );
+        }
+        let name = "tita_request_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Seconds from a request's arrival to its last token, by decoding method.\n# TYPE {name} histogram"
+        );
+        for (method, h) in self
+            .latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let mut cumulative = 0;
+            for (bound, n) in LATENCY_BUCKETS.iter().zip(h.counts) {
+                cumulative += n;
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{method=\"{method}\",le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{method=\"{method}\",le=\"+Inf\"}} {}\n{name}_sum{{method=\"{method}\"}} {}\n{name}_count{{method=\"{method}\"}} {}",
+                h.count, h.sum, h.count
+            );
+        }
+        out
+    }
+}
+
+/// A request's place in the bounded queue; given back when it is dropped (decoding started,
+/// or the request was refused or abandoned before).
+struct Slot(Arc<Metrics>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Makes a request's model inputs (template, tokens, image preprocessing) off the worker.
+type Inputs = Arc<dyn Fn(&Request) -> tita_core::Result<Prompt> + Send + Sync>;
 
 /// Shared state of the HTTP handlers.
 struct AppState {
     config: ServerConfig,
     jobs: mpsc::Sender<Job>,
-    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
+    inputs: Inputs,
+    /// The most characters one token of the target's vocabulary stands for: a prompt of `c`
+    /// characters is at least `c / (max_token_chars · NORMALIZER_SLACK)` tokens long.
+    max_token_chars: usize,
 }
+
+/// How many characters a tokenizer's normaliser may merge into one (NFC composes a Hangul
+/// syllable from three jamo): the cheap token bound divides by it so it never over-counts.
+const NORMALIZER_SLACK: usize = 4;
 
 /// Most requests decoded together in one batch.
 const MAX_BATCH: usize = 8;
 
-/// Starts the worker thread that owns `models` and returns the API's router.
+/// Starts the worker thread that owns `models` and returns the API's router. Serve it with
+/// [`serve`] (header read timeout, graceful shutdown).
 pub fn router<B: Backend>(models: Models<B>, config: ServerConfig) -> Router {
+    let models = Arc::new(models);
     let (jobs, queue) = mpsc::channel::<Job>();
-    let max_prompt = config.max_prompt_tokens;
-    let stats = Arc::new(Stats::default());
-    let counts = stats.clone();
+    let metrics = Arc::new(Metrics::default());
+    let counts = metrics.clone();
+    let worker_models = models.clone();
     std::thread::Builder::new()
         .name("tita-worker".into())
-        .spawn(move || worker(&models, queue, max_prompt, &counts))
+        .spawn(move || worker(&worker_models, queue, &counts))
         .expect("spawning the worker thread");
-    let limit = config.max_body_bytes;
+    let max_token_chars = (models.target.tokenizer.tokens().iter().flatten())
+        .map(|t| t.chars().count())
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let inputs: Inputs = Arc::new(move |request: &Request| models.target.request_prompt(request));
     let state = Arc::new(AppState {
         config,
         jobs,
-        stats,
+        metrics,
+        inputs,
+        max_token_chars,
     });
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
         .route("/v1/models", get(list_models))
         .route("/v1/chat/completions", post(chat_completions))
-        .layer(DefaultBodyLimit::max(limit))
+        .route("/v1/completions", post(completions))
         .with_state(state)
 }
 
-/// Requests decode together when everything but their prompts is the same, and greedy (so
-/// each row's tokens are what it gets alone).
-fn batch_key(job: &Job) -> Option<(GenerationConfig, Option<TitaConfig>, bool)> {
+/// Serves `app` on `listener` (HTTP/1.1) until `shutdown` completes. A connection whose
+/// request headers are not complete within `header_timeout` is closed. At shutdown the
+/// listener closes at once (new connections are refused) and the answers in flight, streams
+/// included, run to their end before this returns.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of file descriptors and the like: wait, and keep serving the others.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut stopped = stopped.clone();
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_timeout);
+        connections.spawn(async move {
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stopped.changed() => {
+                    // Finish the answer in flight, then close.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Requests decode together when everything but their prompts is the same. Each row's tokens
+/// are what it gets alone: greedy rows by the batch's row independence, sampled rows also
+/// because each row draws from its own generator seeded with the (shared) seed, one number
+/// per token of its own (see `decode_loop`), so a row's draws are its solo draws.
+fn batch_key(job: &Job) -> (GenerationConfig, Option<TitaConfig>, bool) {
     let g = GenerationConfig {
         cancel: None,
         ..job.generation.clone()
     };
-    (g.sampling.temperature == 0.0).then(|| (g, job.tita.clone(), job.request.image.is_some()))
+    (g, job.tita.clone(), job.request.image.is_some())
 }
 
 /// The worker: takes what has queued up (at most [`MAX_BATCH`]), runs compatible requests as
 /// one batch and the rest in turn, in arrival order.
-fn worker<B: Backend>(
-    models: &Models<B>,
-    queue: mpsc::Receiver<Job>,
-    max_prompt: usize,
-    counts: &Stats,
-) {
+fn worker<B: Backend>(models: &Models<B>, queue: mpsc::Receiver<Job>, counts: &Metrics) {
     while let Ok(first) = queue.recv() {
         let mut pending = vec![first];
         while pending.len() < MAX_BATCH {
@@ -415,20 +755,14 @@ fn worker<B: Backend>(
         }
         while !pending.is_empty() {
             let key = batch_key(&pending[0]);
-            let (group, rest): (Vec<Job>, Vec<Job>) = match key {
-                None => {
-                    let mut it = pending.into_iter();
-                    (it.next().into_iter().collect(), it.collect())
-                }
-                Some(key) => pending
-                    .into_iter()
-                    .partition(|j| batch_key(j).as_ref() == Some(&key)),
-            };
+            let (group, rest): (Vec<Job>, Vec<Job>) =
+                pending.into_iter().partition(|j| batch_key(j) == key);
             pending = rest;
             let senders: Vec<_> = group.iter().map(|j| j.events.clone()).collect();
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run_batch(models, group, max_prompt, counts)
+                run_batch(models, group, counts)
             }));
+            counts.batch_size.store(0, Ordering::Relaxed);
             if result.is_err() {
                 for tx in senders {
                     counts.failed.fetch_add(1, Ordering::Relaxed);
@@ -444,38 +778,18 @@ fn worker<B: Backend>(
 
 /// Runs one batch of compatible jobs; each row's tokens go to its client as they are chosen.
 /// A row whose client left is no longer sent; the batch stops when every client has left.
-fn run_batch<B: Backend>(models: &Models<B>, jobs: Vec<Job>, max_prompt: usize, counts: &Stats) {
+fn run_batch<B: Backend>(models: &Models<B>, mut ready: Vec<Job>, counts: &Metrics) {
     let target = &models.target;
     let fail = |job: &Job, e: ApiError| {
         counts.failed.fetch_add(1, Ordering::Relaxed);
         let _ = job.events.send(JobEvent::Failed(e));
     };
-    let mut ready = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let checked = target
-            .request_prompt(&job.request)
-            .map_err(from_library)
-            .and_then(|prompt| {
-                if prompt.ids.len() > max_prompt {
-                    Err(ApiError::bad(
-                        "messages",
-                        format!(
-                            "the prompt is {} tokens long (image tokens included); this server takes at most {max_prompt}",
-                            prompt.ids.len()
-                        ),
-                    ))
-                } else {
-                    Ok(prompt)
-                }
-            });
-        match checked {
-            Ok(prompt) => ready.push((job, prompt)),
-            Err(e) => fail(&job, e),
-        }
-    }
-    let Some((first, _)) = ready.first() else {
+    // Decoding starts: these leave the queue.
+    ready.iter_mut().for_each(|j| drop(j.slot.take()));
+    let Some(first) = ready.first() else {
         return;
     };
+    counts.batch_size.store(ready.len(), Ordering::Relaxed);
     counts
         .largest_batch
         .fetch_max(ready.len(), Ordering::Relaxed);
@@ -483,14 +797,14 @@ fn run_batch<B: Backend>(models: &Models<B>, jobs: Vec<Job>, max_prompt: usize, 
     let generation = GenerationConfig {
         cancel: Some(cancel.clone()),
         // Log-probs need each step's scores on the host; otherwise only the ids come back.
-        scores_on_host: ready.iter().any(|(job, _)| job.logprobs.is_some()),
+        scores_on_host: ready.iter().any(|job| job.logprobs.is_some()),
         ..first.generation.clone()
     };
     let tita = first.tita.clone();
     let mut open = vec![true; ready.len()];
     let tokenizer = &target.tokenizer;
     let mut on_token = |ev: tita_decode::TokenEvent| {
-        let (job, _) = &ready[ev.row];
+        let job = &ready[ev.row];
         let logprob = job
             .logprobs
             .zip(ev.scores)
@@ -506,7 +820,7 @@ fn run_batch<B: Backend>(models: &Models<B>, jobs: Vec<Job>, max_prompt: usize, 
     let outcome: Result<Vec<(tita_decode::Generation, Vec<TokenExplanation>)>, ApiError> =
         match tita {
             None => {
-                let prompts: Vec<_> = ready.iter().map(|(_, p)| p).collect();
+                let prompts: Vec<_> = ready.iter().map(|j| &j.prompt).collect();
                 Generator::new(target, generation)
                     .generate_batch_streaming(&prompts, &mut on_token)
                     .map(|gs| gs.into_iter().map(|g| (g, Vec::new())).collect())
@@ -521,7 +835,7 @@ fn run_batch<B: Backend>(models: &Models<B>, jobs: Vec<Job>, max_prompt: usize, 
             )
             .map_err(|e| ApiError::bad("tita", e.to_string()))
             .and_then(|tita| {
-                let requests: Vec<Request> = ready.iter().map(|(j, _)| j.request.clone()).collect();
+                let requests: Vec<Request> = ready.iter().map(|j| j.request.clone()).collect();
                 tita.generate_batch_streaming(&requests, &mut on_token)
                     .map(|gs| gs.into_iter().map(|g| (g.generation, g.explain)).collect())
                     .map_err(from_library)
@@ -529,12 +843,18 @@ fn run_batch<B: Backend>(models: &Models<B>, jobs: Vec<Job>, max_prompt: usize, 
         };
     match outcome {
         Err(e) => {
-            for (job, _) in &ready {
+            for job in &ready {
                 fail(job, e.clone());
             }
         }
         Ok(rows) => {
-            for ((job, _), (generation, explain)) in ready.iter().zip(rows) {
+            for (job, (generation, explain)) in ready.iter().zip(rows) {
+                counts
+                    .prompt_tokens
+                    .fetch_add(generation.prompt_tokens as u64, Ordering::Relaxed);
+                counts
+                    .completion_tokens
+                    .fetch_add(generation.generated_tokens as u64, Ordering::Relaxed);
                 let delivered = job
                     .events
                     .send(JobEvent::Done(Finished {
@@ -578,15 +898,28 @@ fn check_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 
 /// Liveness and counts of finished generations (not part of OpenAI's API).
 async fn health(State(state): State<Arc<AppState>>) -> Response {
-    let s = &state.stats;
+    let s = &state.metrics;
     Json(json!({
         "status": "ok",
         "completed": s.completed.load(Ordering::Relaxed),
         "cancelled": s.cancelled.load(Ordering::Relaxed),
         "failed": s.failed.load(Ordering::Relaxed),
         "largest_batch": s.largest_batch.load(Ordering::Relaxed),
+        "queued": s.queued.load(Ordering::Relaxed),
     }))
     .into_response()
+}
+
+/// Counts in Prometheus' text format (not part of OpenAI's API; no key, as `/health`).
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn list_models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
@@ -609,35 +942,149 @@ fn finish_reason(reason: FinishReason) -> &'static str {
     }
 }
 
-async fn chat_completions(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Json<ChatRequest>, JsonRejection>,
-) -> Response {
-    match chat(state, headers, body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
+/// The two generation endpoints and the shapes of their answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Chat,
+    Completions,
+}
+
+impl Endpoint {
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+        }
     }
 }
 
-async fn chat(
+async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    answer(state, headers, body, Endpoint::Chat).await
+}
+
+async fn completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    answer(state, headers, body, Endpoint::Completions).await
+}
+
+async fn answer(
     state: Arc<AppState>,
     headers: HeaderMap,
-    body: Result<Json<ChatRequest>, JsonRejection>,
+    body: Body,
+    endpoint: Endpoint,
+) -> Response {
+    let response = match generate(&state, headers, body, endpoint).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    state
+        .metrics
+        .count_response(endpoint.path(), response.status());
+    response
+}
+
+/// Reads a body within the size limit and the body read timeout. A body over the limit
+/// is read to its end (within the timeout) and dropped before the 413, so that a client that
+/// sends all of it before reading the answer gets the answer, not a broken pipe.
+async fn read_body(config: &ServerConfig, body: Body) -> Result<Vec<u8>, ApiError> {
+    let limit = config.max_body_bytes;
+    let over = std::sync::atomic::AtomicBool::new(false);
+    let read = async {
+        let mut body = body;
+        let mut bytes = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::new(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
+            })?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            if bytes.len() + data.len() > limit {
+                over.store(true, Ordering::Relaxed);
+                bytes = Vec::new();
+            } else if !over.load(Ordering::Relaxed) {
+                bytes.extend_from_slice(data);
+            }
+        }
+        Ok::<_, ApiError>(bytes)
+    };
+    let read = tokio::time::timeout(config.body_timeout, read).await;
+    if over.load(Ordering::Relaxed) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than this server's limit of {limit} bytes"),
+        ));
+    }
+    read.map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body did not arrive within {} s",
+                config.body_timeout.as_secs_f64()
+            ),
+        )
+    })?
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("Failed to deserialize the JSON body into the target type: {e}"),
+        )
+    })
+}
+
+/// Takes a place in the queue, or answers 429 when it is full.
+fn admit(state: &AppState) -> Result<Slot, ApiError> {
+    let m = &state.metrics;
+    let before = m.queued.fetch_add(1, Ordering::Relaxed);
+    let slot = Slot(m.clone());
+    if before >= state.config.max_queue {
+        m.queue_full.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "{} requests are waiting, as many as this server queues; retry after {RETRY_AFTER_S} s",
+                state.config.max_queue
+            ),
+        ));
+    }
+    Ok(slot)
+}
+
+async fn generate(
+    state: &Arc<AppState>,
+    headers: HeaderMap,
+    body: Body,
+    endpoint: Endpoint,
 ) -> Result<Response, ApiError> {
-    check_key(&state, &headers)?;
-    let Json(req) = body.map_err(|e| {
-        let status = match e.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        ApiError::new(status, e.body_text())
-    })?;
-    let config = state.config.clone();
+    let arrived = Instant::now();
+    // The body first, even for a request refused for its key: a client that sends all of it
+    // before reading gets the answer, not a broken pipe.
+    let bytes = read_body(&state.config, body).await?;
+    check_key(state, &headers)?;
+    let (raw, req) = match endpoint {
+        Endpoint::Chat => (None, parse_json::<ChatRequest>(&bytes)?),
+        Endpoint::Completions => {
+            let (prompt, req) = parse_json::<CompletionRequest>(&bytes)?.split()?;
+            (Some(prompt), req)
+        }
+    };
+    drop(bytes);
+    let slot = admit(state)?;
     let stream = req.stream;
     let with_logprobs = req.logprobs;
-    let (model, request, generation, tita, logprobs) =
-        tokio::task::spawn_blocking(move || prepare(req, &config))
+    let prep = state.clone();
+    let (model, request, prompt, generation, tita, logprobs) =
+        tokio::task::spawn_blocking(move || prepare(req, raw, &prep))
             .await
             .map_err(|_| {
                 ApiError::new(
@@ -645,15 +1092,20 @@ async fn chat(
                     "request preparation failed",
                 )
             })??;
+    let method = tita
+        .as_ref()
+        .map_or_else(|| "greedy".to_string(), |t| t.fusion.label());
     let (tx, mut rx) = tmpsc::unbounded_channel();
     state
         .jobs
         .send(Job {
             request,
+            prompt,
             generation,
             tita,
             logprobs,
             events: tx,
+            slot: Some(slot),
         })
         .map_err(|_| {
             ApiError::new(
@@ -661,10 +1113,15 @@ async fn chat(
                 "the server is shutting down",
             )
         })?;
-    let id = format!("chatcmpl-{:x}", rand_id());
+    let id = match endpoint {
+        Endpoint::Chat => format!("chatcmpl-{:x}", rand_id()),
+        Endpoint::Completions => format!("cmpl-{:x}", rand_id()),
+    };
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    let metrics = state.metrics.clone();
+    let observe = move || metrics.observe_latency(&method, arrived.elapsed().as_secs_f64());
     if !stream {
         let mut text = String::new();
         let mut logprobs = Vec::new();
@@ -676,13 +1133,22 @@ async fn chat(
                 }
                 JobEvent::Failed(e) => return Err(e),
                 JobEvent::Done(f) => {
-                    let mut body = json!({
-                        "id": id, "object": "chat.completion", "created": created, "model": model,
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                     "finish_reason": finish_reason(f.finish_reason),
-                                     "logprobs": if with_logprobs { json!({"content": logprobs}) } else { Value::Null }}],
-                        "usage": usage(&f),
-                    });
+                    observe();
+                    let finish = finish_reason(f.finish_reason);
+                    let mut body = match endpoint {
+                        Endpoint::Chat => json!({
+                            "id": id, "object": "chat.completion", "created": created, "model": model,
+                            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                         "finish_reason": finish,
+                                         "logprobs": if with_logprobs { json!({"content": logprobs}) } else { Value::Null }}],
+                            "usage": usage(&f),
+                        }),
+                        Endpoint::Completions => json!({
+                            "id": id, "object": "text_completion", "created": created, "model": model,
+                            "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": null}],
+                            "usage": usage(&f),
+                        }),
+                    };
                     if !f.explain.is_empty() {
                         body["tita_explain"] = json!(f.explain);
                     }
@@ -701,64 +1167,89 @@ async fn chat(
     if let Some(JobEvent::Failed(e)) = first {
         return Err(e);
     }
-    // One chunk: the delta, the finish reason, a token's log-prob entry, and top-level extras
-    // (`usage`, `tita_explain`) on the last one.
-    let chunk = move |delta: Value,
-                      finish: Option<&str>,
-                      logprob: Option<Value>,
-                      extra: Vec<(&str, Value)>| {
-        let logprobs = logprob.map_or(Value::Null, |v| json!({"content": [v]}));
-        let mut c = json!({
-            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}],
-        });
+    // One chunk: the piece (the role, text, or the finish reason), a token's log-prob entry,
+    // and top-level extras (`usage`, `tita_explain`) on the last one. Completions have no role.
+    let chunk = move |piece: Piece, logprob: Option<Value>, extra: Vec<(&str, Value)>| {
+        let finish = match piece {
+            Piece::Finish(reason) => Some(reason),
+            _ => None,
+        };
+        let mut c = match endpoint {
+            Endpoint::Chat => {
+                let logprobs = logprob.map_or(Value::Null, |v| json!({"content": [v]}));
+                let delta = match piece {
+                    Piece::Role => json!({"role": "assistant", "content": ""}),
+                    Piece::Text(t) => json!({"content": t}),
+                    Piece::Finish(_) => json!({}),
+                };
+                json!({
+                    "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}],
+                })
+            }
+            Endpoint::Completions => {
+                let text = match piece {
+                    Piece::Role => return None,
+                    Piece::Text(t) => t,
+                    Piece::Finish(_) => "",
+                };
+                json!({
+                    "id": id, "object": "text_completion", "created": created, "model": model,
+                    "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": null}],
+                })
+            }
+        };
         for (k, v) in extra {
             c[k] = v;
         }
-        Event::default().data(c.to_string())
+        Some(Event::default().data(c.to_string()))
     };
-    let events = async_stream(first, rx, chunk);
+    let events = async_stream(first, rx, chunk, observe);
     Ok(Sse::new(events).into_response())
 }
 
-/// The event stream of one streamed answer: a role chunk, content chunks, a final chunk with
-/// the finish reason and usage, then `[DONE]`.
+/// What one streamed chunk carries.
+#[derive(Debug, Clone, Copy)]
+enum Piece<'a> {
+    Role,
+    Text(&'a str),
+    Finish(&'static str),
+}
+
+/// The event stream of one streamed answer: (chat) a role chunk, content chunks, a final chunk
+/// with the finish reason and usage, then `[DONE]`.
 fn async_stream(
     first: Option<JobEvent>,
     mut rx: tmpsc::UnboundedReceiver<JobEvent>,
-    chunk: impl Fn(Value, Option<&str>, Option<Value>, Vec<(&str, Value)>) -> Event + Send + 'static,
+    chunk: impl Fn(Piece, Option<Value>, Vec<(&str, Value)>) -> Option<Event> + Send + 'static,
+    observe: impl FnOnce() + Send + 'static,
 ) -> impl tokio_stream::Stream<Item = Result<Event, std::convert::Infallible>> {
     let (tx, out) = tmpsc::unbounded_channel();
     tokio::spawn(async move {
-        let send = |e: Event| tx.send(Ok(e)).is_ok();
-        if !send(chunk(
-            json!({"role": "assistant", "content": ""}),
-            None,
-            None,
-            Vec::new(),
-        )) {
+        let send = |e: Option<Event>| e.is_none_or(|e| tx.send(Ok(e)).is_ok());
+        if !send(chunk(Piece::Role, None, Vec::new())) {
             return;
         }
         let mut next = first;
+        let mut observe = Some(observe);
         while let Some(ev) = next {
             let open = match ev {
                 JobEvent::Delta(d, None) if d.is_empty() => true,
-                JobEvent::Delta(d, lp) => send(chunk(json!({"content": d}), None, lp, Vec::new())),
+                JobEvent::Delta(d, lp) => send(chunk(Piece::Text(&d), lp, Vec::new())),
                 JobEvent::Failed(e) => {
-                    let _ = send(Event::default().data(e.body().to_string()));
+                    let _ = send(Some(Event::default().data(e.body().to_string())));
                     false
                 }
                 JobEvent::Done(f) => {
+                    if let Some(observe) = observe.take() {
+                        observe();
+                    }
                     let mut extra = vec![("usage", usage(&f))];
                     if !f.explain.is_empty() {
                         extra.push(("tita_explain", json!(f.explain)));
                     }
-                    let _ = send(chunk(
-                        json!({}),
-                        Some(finish_reason(f.finish_reason)),
-                        None,
-                        extra,
-                    ));
+                    let finish = Piece::Finish(finish_reason(f.finish_reason));
+                    let _ = send(chunk(finish, None, extra));
                     false
                 }
             };
@@ -767,7 +1258,7 @@ fn async_stream(
             }
             next = rx.recv().await;
         }
-        let _ = send(Event::default().data("[DONE]"));
+        let _ = send(Some(Event::default().data("[DONE]")));
         // Dropping `rx` here (or earlier, when the client left) tells the worker to stop.
     });
     tokio_stream::wrappers::UnboundedReceiverStream::new(out)
@@ -792,18 +1283,24 @@ fn rand_id() -> u64 {
     h.finish()
 }
 
-/// Checks a request and turns it into the library's terms; images are decoded here, so a bad
-/// one is answered before anything is queued.
-/// The served name answering, the request, its settings, TITA's and the logprob count.
+/// Checks a request and turns it into the library's terms: images decoded, the prompt
+/// templated and tokenised, its length checked (a cheap bound on the characters first, so a
+/// huge prompt is refused without tokenising it). Runs off the worker, in parallel with other
+/// requests' preparation.
+/// The served name answering, the request, its model inputs, its settings, TITA's and the
+/// logprob count.
 type Prepared = (
     String,
     Request,
+    Prompt,
     GenerationConfig,
     Option<TitaConfig>,
     Option<usize>,
 );
 
-fn prepare(req: ChatRequest, config: &ServerConfig) -> Result<Prepared, ApiError> {
+/// `raw`: a completion's prompt, tokenised as given (`req.messages` is then empty).
+fn prepare(req: ChatRequest, raw: Option<String>, state: &AppState) -> Result<Prepared, ApiError> {
+    let config = &state.config;
     let served = config.method_of(req.model.as_deref())?.cloned();
     let model = req
         .model
@@ -812,7 +1309,7 @@ fn prepare(req: ChatRequest, config: &ServerConfig) -> Result<Prepared, ApiError
     if req.n.unwrap_or(1) != 1 {
         return Err(ApiError::bad("n", "only n = 1 is supported"));
     }
-    if req.messages.is_empty() {
+    if raw.is_none() && req.messages.is_empty() {
         return Err(ApiError::bad("messages", "no messages"));
     }
     let max_tokens = req
@@ -833,6 +1330,34 @@ fn prepare(req: ChatRequest, config: &ServerConfig) -> Result<Prepared, ApiError
         if !(p > 0.0 && p <= 1.0) {
             return Err(ApiError::bad("top_p", "must be in (0, 1]"));
         }
+    }
+    let (param, chars) = match &raw {
+        Some(text) => ("prompt", text.chars().count()),
+        None => (
+            "messages",
+            (req.messages.iter())
+                .map(|m| match &m.content {
+                    Content::Text(t) => t.chars().count(),
+                    Content::Parts(parts) => (parts.iter())
+                        .map(|p| match p {
+                            ContentPart::Text { text } => text.chars().count(),
+                            ContentPart::ImageUrl { .. } => 0,
+                        })
+                        .sum(),
+                })
+                .sum(),
+        ),
+    };
+    let per_token = state.max_token_chars * NORMALIZER_SLACK;
+    let at_least = chars.div_ceil(per_token);
+    if at_least > config.max_prompt_tokens {
+        return Err(ApiError::bad(
+            param,
+            format!(
+                "the prompt is at least {at_least} tokens long ({chars} characters; one token stands for at most {per_token}); this server takes at most {}",
+                config.max_prompt_tokens
+            ),
+        ));
     }
     let mut image = None;
     let mut messages = Vec::with_capacity(req.messages.len());
@@ -925,14 +1450,31 @@ fn prepare(req: ChatRequest, config: &ServerConfig) -> Result<Prepared, ApiError
         (true, k) => Some(k.unwrap_or(0)),
         (false, None) => None,
     };
-    let request = Request {
-        prompt: String::new(),
-        image,
-        pad: false,
-        messages: Some(messages),
-        position: None,
+    let request = match raw {
+        Some(prompt) => Request {
+            prompt,
+            ..Request::default()
+        },
+        None => Request {
+            prompt: String::new(),
+            image,
+            pad: false,
+            messages: Some(messages),
+            position: None,
+        },
     };
-    Ok((model, request, generation, tita, logprobs))
+    let prompt = (state.inputs)(&request).map_err(from_library)?;
+    let max_prompt = config.max_prompt_tokens;
+    if prompt.ids.len() > max_prompt {
+        return Err(ApiError::bad(
+            param,
+            format!(
+                "the prompt is {} tokens long (image tokens included); this server takes at most {max_prompt}",
+                prompt.ids.len()
+            ),
+        ));
+    }
+    Ok((model, request, prompt, generation, tita, logprobs))
 }
 
 /// OpenAI's `logprobs.content` entry of `token` under the scores it was chosen from, with

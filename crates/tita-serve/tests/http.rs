@@ -48,6 +48,12 @@ fn serve(methods: Vec<Option<Fusion>>) -> String {
         methods,
         ..ServerConfig::default()
     };
+    serve_models(models, config)
+}
+
+/// Serves `models` under `config` on an ephemeral loopback port; its URL.
+fn serve_models(models: Models<B>, config: ServerConfig) -> String {
+    let header_timeout = config.header_timeout;
     let app = router(models, config);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -55,10 +61,28 @@ fn serve(methods: Vec<Option<Fusion>>) -> String {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
-            axum::serve(listener, app).await.unwrap();
+            let forever = std::future::pending();
+            tita_serve::serve(listener, app, header_timeout, forever)
+                .await
+                .unwrap();
         });
     });
     format!("http://{}", rx.recv().unwrap())
+}
+
+/// A server of the fixture target alone under `config` (the key is [`KEY`]); its URL.
+fn serve_target(config: ServerConfig) -> String {
+    let models = Models {
+        target: pipeline("llava-target"),
+        reward: None,
+        reference: None,
+    };
+    let config = ServerConfig {
+        model_name: "llava-target".into(),
+        api_key: Some(KEY.into()),
+        ..config
+    };
+    serve_models(models, config)
 }
 
 /// One server for most tests (the models load once), with no served methods.
@@ -649,4 +673,304 @@ fn served_methods_are_chosen_by_model_name() {
         404,
         "this server has `llava-target`, `llava-target+tita-0.3`",
     );
+}
+
+/// `/v1/completions` tokenises its prompt as given (no chat template), plain and streamed,
+/// and answers what `Generator` does for the raw prompt.
+#[test]
+fn completions_take_the_prompt_raw() {
+    let p = pipeline("llava-target");
+    let raw = "The capital of France is";
+    let prompt = p
+        .request_prompt(&Request::new(raw, None::<PathBuf>, false))
+        .unwrap();
+    assert_eq!(prompt.ids, p.tokenizer.encode(raw, true).unwrap());
+    let want = Generator::new(&p, generation(6)).generate(&prompt).unwrap();
+    let body = json!({"model": "llava-target", "prompt": raw, "max_tokens": 6});
+    let mut resp = agent()
+        .post(format!("{}/v1/completions", base()))
+        .header("Authorization", format!("Bearer {KEY}"))
+        .send_json(&body)
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let v: Value = resp.body_mut().read_json().unwrap();
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["choices"][0]["text"], want.text.as_str());
+    assert_eq!(v["usage"]["prompt_tokens"], prompt.ids.len());
+
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let resp = agent()
+        .post(format!("{}/v1/completions", base()))
+        .header("Authorization", format!("Bearer {KEY}"))
+        .send_json(&streamed)
+        .unwrap();
+    let lines: Vec<String> = BufReader::new(resp.into_body().into_reader())
+        .lines()
+        .map(Result::unwrap)
+        .filter_map(|l| l.strip_prefix("data: ").map(str::to_string))
+        .collect();
+    assert_eq!(lines.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = (lines[..lines.len() - 1].iter())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let text: String = (chunks.iter())
+        .map(|c| c["choices"][0]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, want.text);
+    assert!(chunks.iter().all(|c| c["object"] == "text_completion"));
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "length"
+    );
+    // The chat endpoint templates the same text: another prompt.
+    let (status, v) =
+        post(&json!({"max_tokens": 1, "messages": [{"role": "user", "content": raw}]}));
+    assert_eq!(status, 200, "{v}");
+    assert_ne!(v["usage"]["prompt_tokens"], prompt.ids.len());
+}
+
+fn text_chat(text: String, max_tokens: usize) -> Value {
+    json!({"max_tokens": max_tokens, "messages": [{"role": "user", "content": text}]})
+}
+
+/// Huge prompts are tokenised off the worker, in parallel, and refused there: a small request
+/// sent while they are being refused is answered before any of them. A prompt over the cheap
+/// bound (characters against the token cap) is refused without tokenising it.
+#[test]
+fn huge_prompts_never_hold_up_a_small_one() {
+    let url = serve_target(ServerConfig {
+        max_body_bytes: 8 << 20,
+        max_prompt_tokens: 100_000,
+        max_tokens: 16,
+        ..ServerConfig::default()
+    });
+    // Passes the cheap bound (100,000 tokens of up to 64 characters), then tokenises to
+    // more than 100,000 tokens.
+    let big = "hello world ".repeat(250_000);
+    let start = Instant::now();
+    let bigs: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, body) = (url.clone(), text_chat(big.clone(), 4));
+            std::thread::spawn(move || {
+                let answer = post_to(&url, &body);
+                (answer, start.elapsed())
+            })
+        })
+        .collect();
+    // Let the big bodies arrive first.
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, v) = post_to(&url, &text_chat("Hello".into(), 4));
+    let small_done = start.elapsed();
+    assert_eq!(status, 200, "{v}");
+    for h in bigs {
+        let ((status, v), done) = h.join().unwrap();
+        error_of(status, &v, 400, "tokens long (image tokens included)");
+        assert!(
+            small_done < done,
+            "the small request ({small_done:?}) waited for a big one ({done:?})"
+        );
+    }
+
+    let url = serve_target(ServerConfig {
+        max_body_bytes: 8 << 20,
+        max_prompt_tokens: 64,
+        ..ServerConfig::default()
+    });
+    let (status, v) = post_to(&url, &text_chat(big, 4));
+    error_of(status, &v, 400, "at least");
+    let (status, v) = post_to(&url, &text_chat("Hello".into(), 2));
+    assert_eq!(status, 200, "{v}");
+}
+
+/// A connection that never finishes its headers is closed after the header timeout; a body
+/// that stops arriving is answered 408 after the body timeout.
+#[test]
+fn unfinished_headers_and_bodies_time_out() {
+    use std::io::{Read, Write};
+    let timeout = Duration::from_millis(300);
+    let url = serve_target(ServerConfig {
+        header_timeout: timeout,
+        body_timeout: timeout,
+        ..ServerConfig::default()
+    });
+    let addr = url.strip_prefix("http://").unwrap();
+    let connect = || {
+        let s = std::net::TcpStream::connect(addr).unwrap();
+        // A server that never closes fails the test instead of hanging it.
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s
+    };
+    let mut s = connect();
+    let start = Instant::now();
+    s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    // Closed: end of stream (or a reset); a read timeout would be an error of another kind.
+    match s.read_to_end(&mut got) {
+        Ok(_) => {}
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+    assert!(start.elapsed() >= timeout, "{:?}", start.elapsed());
+    assert!(!String::from_utf8_lossy(&got).contains(" 200 "));
+
+    let mut s = connect();
+    s.write_all(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"messages\""
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive"), "{answer}");
+    // The server still answers.
+    let (status, v) = post_to(&url, &text_chat("Hello".into(), 2));
+    assert_eq!(status, 200, "{v}");
+}
+
+fn metrics(url: &str) -> String {
+    agent()
+        .get(format!("{url}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+}
+
+/// The value of a sample line of `/metrics` (name with its labels).
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{name} not in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// With the worker busy and the queue full, one more request is answered 429 with
+/// `Retry-After` in OpenAI's error shape; the queued one is answered once the worker is free.
+/// `/metrics` counts all of it.
+#[test]
+fn a_full_queue_answers_429_with_retry_after() {
+    let url = serve_target(ServerConfig {
+        max_queue: 1,
+        max_tokens: 2048,
+        ..ServerConfig::default()
+    });
+    // A long stream keeps the worker busy.
+    let mut long = text_chat("Hello".into(), 2048);
+    long["stream"] = json!(true);
+    let resp = agent()
+        .post(format!("{url}/v1/chat/completions"))
+        .header("Authorization", format!("Bearer {KEY}"))
+        .send_json(&long)
+        .unwrap();
+    let mut reader = BufReader::new(resp.into_body().into_reader());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("data: "), "{line}");
+    // One waits in the queue...
+    let queued = {
+        let url = url.clone();
+        std::thread::spawn(move || post_to(&url, &text_chat("Hi".into(), 2)))
+    };
+    let start = Instant::now();
+    while sample(&metrics(&url), "tita_queue_depth") < 1.0 {
+        assert!(start.elapsed() < Duration::from_secs(60), "nothing queued");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // ...and the next is refused.
+    let mut resp = agent()
+        .post(format!("{url}/v1/chat/completions"))
+        .header("Authorization", format!("Bearer {KEY}"))
+        .send_json(text_chat("Hi".into(), 2))
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    let v: Value = resp.body_mut().read_json().unwrap();
+    error_of(429, &v, 429, "retry after");
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+    drop(reader); // the stream's client leaves: the worker takes the queued request
+    let (status, v) = queued.join().unwrap();
+    assert_eq!(status, 200, "{v}");
+
+    let text = metrics(&url);
+    assert_eq!(sample(&text, "tita_queue_depth"), 0.0);
+    assert_eq!(sample(&text, "tita_queue_full_total"), 1.0);
+    let chat = "tita_http_requests_total{endpoint=\"/v1/chat/completions\"";
+    assert_eq!(sample(&text, &format!("{chat},status=\"429\"}}")), 1.0);
+    assert_eq!(sample(&text, &format!("{chat},status=\"200\"}}")), 2.0);
+    let latency = "tita_request_duration_seconds";
+    // The stream whose client left has no latency: it never finished.
+    assert_eq!(
+        sample(&text, &format!("{latency}_count{{method=\"greedy\"}}")),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("{latency}_bucket{{method=\"greedy\",le=\"+Inf\"}}")
+        ),
+        1.0
+    );
+    assert!(sample(&text, "tita_completion_tokens_total") >= 2.0);
+    assert!(text.contains("# TYPE tita_request_duration_seconds histogram"));
+}
+
+/// Sampled requests with the same settings are decoded as one batch, and each answer equals
+/// the library's answer for that request alone (every row draws from its own generator).
+#[test]
+fn sampled_requests_batch_and_equal_their_solo_answers() {
+    let url = serve_target(ServerConfig::default());
+    let sampling = tita_decode::SamplingConfig {
+        temperature: 1.0,
+        top_p: Some(0.9),
+        seed: 11,
+        ..Default::default()
+    };
+    let prompts = ["Describe the image.", "What is in the picture?"];
+    let p = pipeline("llava-target");
+    let solo: Vec<String> = (prompts.iter())
+        .map(|prompt| {
+            let ids = p.request_prompt(&library_request(prompt)).unwrap();
+            let config = GenerationConfig {
+                sampling: sampling.clone(),
+                ..generation(8)
+            };
+            Generator::new(&p, config).generate(&ids).unwrap().text
+        })
+        .collect();
+    let greedy: Vec<String> = prompts.iter().map(|p| expected_greedy(p, 8).0).collect();
+    assert_ne!(solo, greedy, "the fixture must tell sampling from greedy");
+    let handles: Vec<_> = (0..6)
+        .map(|i| {
+            let mut body = chat(prompts[i % 2], 8);
+            body["temperature"] = json!(1.0);
+            body["top_p"] = json!(0.9);
+            body["seed"] = json!(11);
+            let url = url.clone();
+            std::thread::spawn(move || post_to(&url, &body))
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let (status, v) = h.join().unwrap();
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(content(&v), solo[i % 2], "request {i}");
+    }
+    let health: Value = agent()
+        .get(format!("{url}/health"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    assert!(health["largest_batch"].as_u64().unwrap() >= 2, "{health}");
 }

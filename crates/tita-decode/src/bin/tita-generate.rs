@@ -38,9 +38,15 @@ struct Args {
     messages: Option<PathBuf>,
     /// Conversation template: the model directory's chat_template unless given; a built-in
     /// name (llava_1_5, vicuna_v1), a .jinja file, a JSON file with `chat_template`, or a
-    /// model directory. With it, text-only prompts are templated too.
+    /// model directory. Text-only prompts are templated too when the checkpoint ships a chat
+    /// template (as transformers' chat pipeline and llama.cpp do) or one is given here.
     #[arg(long)]
     template: Option<String>,
+    /// Tokenise a text-only prompt as it is, without the chat template (base models,
+    /// completions). A prompt with an image is still templated unless it holds the model's
+    /// image placeholder.
+    #[arg(long, conflicts_with_all = ["template", "system", "messages"])]
+    raw: bool,
     /// A system message before the prompt.
     #[arg(long)]
     system: Option<String>,
@@ -249,6 +255,11 @@ impl Args {
         if self.messages.is_none() {
             pipeline.system = self.system.clone();
         }
+        // A chat model's own template, not the built-in fallback for checkpoints without one.
+        let ships_template = ChatTemplate::builtin(&pipeline.template.name).is_none();
+        if ships_template && !self.raw {
+            pipeline.template_text_prompts = true;
+        }
         for arg in &self.template_args {
             let (key, value) = arg
                 .split_once('=')
@@ -356,7 +367,13 @@ impl BackendTask for Run {
             if let Some(f) = &fusion {
                 v["fusion"] = f.describe();
             }
-            v["template"] = pipeline.template.name.clone().into();
+            let templated = pipeline.template_text_prompts || request.image.is_some();
+            v["template"] = if templated || request.messages.is_some() {
+                pipeline.template.name.clone().into()
+            } else {
+                serde_json::Value::Null
+            };
+            v["prompt_ids"] = pipeline.request_prompt(&request)?.ids.into();
             v["timings"]["load_ms"] = load_ms.into();
             v["backend"] = serde_json::to_value(kind)?;
             v["model"] = a.model.display().to_string().into();

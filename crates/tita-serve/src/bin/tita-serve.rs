@@ -1,13 +1,14 @@
 //! `tita-serve`: what `cargo xtask serve` runs.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use burn::tensor::backend::Backend;
 use clap::Parser;
 use tita_decode::backend::{dispatch, BackendKind, BackendTask};
 use tita_decode::{Pipeline, Precision};
-use tita_serve::{router, Models, ServerConfig};
+use tita_serve::{router, serve, Models, ServerConfig};
 
 /// An OpenAI-compatible server (`/v1/models`, `/v1/chat/completions`) with TITA as the
 /// `tita` body field.
@@ -64,6 +65,15 @@ struct Args {
     /// string; repeatable), e.g. `--knob tau=0.1` or `--knob objects=detections.jsonl`.
     #[arg(long = "knob")]
     knobs: Vec<String>,
+    /// Requests admitted and not yet decoding; one more is answered 429 with `Retry-After`.
+    #[arg(long, value_parser = tita_core::args::count, default_value_t = 64)]
+    max_queue: usize,
+    /// Seconds a client has to send a request's headers before its connection is closed.
+    #[arg(long, value_parser = tita_core::args::positive, default_value_t = 30.0)]
+    header_timeout_s: f64,
+    /// Seconds a client has to send a request's body before it is answered 408.
+    #[arg(long, value_parser = tita_core::args::positive, default_value_t = 60.0)]
+    body_timeout_s: f64,
 }
 
 struct Serve(Args);
@@ -108,13 +118,20 @@ impl BackendTask for Serve {
             max_prompt_tokens: a.max_prompt_tokens,
             max_tokens: a.max_tokens,
             methods,
+            max_queue: a.max_queue,
+            header_timeout: Duration::from_secs_f64(a.header_timeout_s),
+            body_timeout: Duration::from_secs_f64(a.body_timeout_s),
         };
+        let header_timeout = config.header_timeout;
         let served: Vec<String> = (config.served_names().iter())
             .map(|n| format!("`{n}`"))
             .collect();
         let app = router(models, config);
         let rt = tokio::runtime::Runtime::new()?;
         rt.block_on(async move {
+            // Listening for the signals before the port opens: one sent as soon as the
+            // server answers is never missed.
+            let stop = shutdown()?;
             let addr = format!("{}:{}", a.host, a.port);
             let listener = tokio::net::TcpListener::bind(&addr)
                 .await
@@ -125,35 +142,31 @@ impl BackendTask for Serve {
                 listener.local_addr()?,
                 kind.feature()
             );
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown())
-                .await?;
+            serve(listener, app, header_timeout, stop).await?;
+            eprintln!("stopped");
             Ok(())
         })
     }
 }
 
-/// Ctrl-C or SIGTERM: stop accepting, finish the answers in flight.
-async fn shutdown() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves at Ctrl-C or SIGTERM: stop accepting, finish the answers in flight.
+fn shutdown() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    #[cfg(unix)]
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("listening for SIGINT")?;
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = interrupt.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    eprintln!("shutting down: finishing the answers in flight");
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("shutting down: finishing the answers in flight");
+    })
 }
 
 fn main() -> anyhow::Result<()> {
