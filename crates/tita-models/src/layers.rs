@@ -10,21 +10,22 @@ use tita_core::{Activation, Result};
 use crate::scope::Scope;
 use crate::weights::TensorSource;
 
-/// `nn::Linear` from the scope's PyTorch `[out, in]` `weight` (and `bias` when `bias`).
-pub fn linear<B: Backend>(
+/// `nn::Linear` from the scope's PyTorch `[out, in]` `weight` (and `bias` when `bias`), or what
+/// wraps one (a decoder projection that can carry a LoRA adapter: [`crate::lora::LoraLinear`]).
+pub fn linear<B: Backend, L: From<nn::Linear<B>>>(
     mut w: Scope<'_, impl TensorSource>,
     in_features: usize,
     out_features: usize,
     bias: bool,
     device: &B::Device,
-) -> Result<nn::Linear<B>> {
+) -> Result<L> {
     let weight = w.param_transposed("weight", &[out_features, in_features], device)?;
     let bias = if bias {
         Some(w.param("bias", [out_features], device)?)
     } else {
         None
     };
-    Ok(nn::Linear { weight, bias })
+    Ok(nn::Linear { weight, bias }.into())
 }
 
 /// `nn::LayerNorm` from the scope's `weight` and `bias`.

@@ -267,6 +267,15 @@ impl<B: Backend> Vlm<B> {
         })
     }
 
+    /// The language model (LoRA adapters attach to its projections: see [`crate::lora`]).
+    pub(crate) fn decoder(&self) -> &Llama<B> {
+        &self.text
+    }
+
+    pub(crate) fn decoder_mut(&mut self) -> &mut Llama<B> {
+        &mut self.text
+    }
+
     /// The float type the weights are held and computed in.
     pub fn dtype(&self) -> DType {
         self.text.embed_tokens.val().dtype()

@@ -175,3 +175,188 @@ fn half_precision_logits_stay_close_to_f32() {
         assert!(worst <= bound, "{precision}: max |Δ| {worst} > {bound}");
     }
 }
+
+/// The ids of `llama-text.json`'s cases (the LoRA fixtures' inputs).
+fn llama_text_ids() -> Vec<Vec<u32>> {
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("llama-text.json")).unwrap())
+            .unwrap();
+    let cases = meta["cases"].as_array().unwrap();
+    cases.iter().map(|c| ids_of(&c["input_ids"])).collect()
+}
+
+/// Asserts that `model` gives the logits PEFT gave for base + adapter `name` (fixtures/lora).
+fn assert_lora_logits(model: &Vlm<B>, name: &str, what: &str) {
+    let exp = fixtures().join("lora/expected.safetensors");
+    for (i, ids) in llama_text_ids().iter().enumerate() {
+        let logits = all_logits(model, ids, None, &mut model.new_cache(1));
+        let head = expected(&exp, &format!("{name}.case{i}.logits_head"));
+        let width = head.len() / ids.len();
+        for (pos, row) in logits.iter().enumerate() {
+            let d = max_abs_diff(&row[..width], &head[pos * width..(pos + 1) * width]);
+            assert!(
+                d <= TOL,
+                "{name} {what} case {i} position {pos}: max |Δ| {d}"
+            );
+        }
+        let last = expected(&exp, &format!("{name}.case{i}.logits_last"));
+        let d = max_abs_diff(logits.last().unwrap(), &last);
+        assert!(d <= TOL, "{name} {what} case {i} logits_last: max |Δ| {d}");
+    }
+}
+
+/// Every float parameter's values by id.
+fn param_values(model: &Vlm<B>) -> std::collections::HashMap<burn::module::ParamId, Vec<f32>> {
+    use burn::module::{Module, ModuleVisitor, Param};
+    struct Collect(std::collections::HashMap<burn::module::ParamId, Vec<f32>>);
+    impl ModuleVisitor<B> for Collect {
+        fn visit_float<const D: usize>(&mut self, p: &Param<burn::tensor::Tensor<B, D>>) {
+            self.0.insert(p.id, values(p.val()));
+        }
+    }
+    let mut c = Collect(Default::default());
+    model.visit(&mut c);
+    c.0
+}
+
+/// PEFT's adapters (fixtures/lora: all seven projections of the text LLaMA; rsLoRA on three of
+/// the LLaVA reward's language model) give PEFT's logits; merged, PEFT's merged weights and the
+/// same logits; saved by us, the same tensors under the same names, loading back to the same
+/// logits.
+#[test]
+fn peft_adapters_load_merge_and_save_as_peft() {
+    use tita_models::lora::module_path;
+    use tita_models::param_id;
+    let exp = fixtures().join("lora/expected.safetensors");
+    let expected_names: Vec<String> = {
+        let bytes = std::fs::read(&exp).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        st.names().into_iter().map(str::to_string).collect()
+    };
+    for (name, base, targets) in [
+        ("llama-text", "llama-text", 7),
+        ("llava", "llava-reward", 3),
+    ] {
+        let adapter = fixtures().join("lora").join(name);
+        let mut model = Vlm::<B>::load(&fixtures().join(base), &device()).unwrap();
+        let config = model.load_adapter(&adapter, &device()).unwrap();
+        assert_eq!(config.target_modules.len(), targets, "{config:?}");
+        assert_lora_logits(&model, name, "adapter");
+
+        // Saved by us: PEFT's names, shapes and values.
+        let dir = tempfile::tempdir().unwrap();
+        model
+            .save_adapter(&fixtures().join(base), dir.path())
+            .unwrap();
+        let read = |p: &std::path::Path| {
+            let bytes = std::fs::read(p.join("adapter_model.safetensors")).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let mut out: Vec<(String, Vec<usize>, Vec<u8>)> = st
+                .tensors()
+                .into_iter()
+                .map(|(n, t)| (n, t.shape().to_vec(), t.data().to_vec()))
+                .collect();
+            out.sort();
+            out
+        };
+        assert_eq!(
+            read(dir.path()),
+            read(&adapter),
+            "{name}: saved adapter differs"
+        );
+        let mut again = Vlm::<B>::load(&fixtures().join(base), &device()).unwrap();
+        assert_eq!(again.load_adapter(dir.path(), &device()).unwrap(), config);
+
+        // Merged: PEFT's merged weights (by module path), and the adapter's logits.
+        again.merge_lora();
+        assert!(again.lora_config().is_none());
+        let params = param_values(&again);
+        let mut compared = 0;
+        for t in &again.stored {
+            let path = module_path(t.name.trim_end_matches(".weight"), again.family());
+            let key = format!("{name}.merged.{path}.weight");
+            if !expected_names.contains(&key) {
+                continue;
+            }
+            let want = expected(&exp, &key);
+            let [rows, cols] = [t.shape[0], t.shape[1]];
+            let got = &params[&param_id(&t.name)];
+            // Held transposed ([in, out]).
+            let got: Vec<f32> = (0..rows * cols)
+                .map(|i| got[(i % cols) * rows + i / cols])
+                .collect();
+            let d = max_abs_diff(&got, &want);
+            assert!(d <= 1e-6, "{key}: max |Δ| {d}");
+            compared += 1;
+        }
+        let layers = again.config.text().num_hidden_layers;
+        assert_eq!(
+            compared,
+            targets * layers,
+            "{name}: merged weights compared"
+        );
+        assert_lora_logits(&again, name, "merged");
+    }
+}
+
+/// A fresh adapter leaves the model's output as it was (B = 0) and is saved with PEFT's names;
+/// bad adapter files are errors naming the file and field.
+#[test]
+fn fresh_adapters_and_bad_adapter_files() {
+    use tita_models::LoraConfig;
+    let dir = fixtures().join("llama-text");
+    let plain = Vlm::<B>::load(&dir, &device()).unwrap();
+    let mut model = Vlm::<B>::load(&dir, &device()).unwrap();
+    let mut config = LoraConfig::new(2, 4.0);
+    config.target_modules = vec!["all-linear".into()];
+    model.attach_lora(&config, 0, &device()).unwrap();
+    let ids = &llama_text_ids()[0];
+    let a = all_logits(&plain, ids, None, &mut plain.new_cache(1));
+    let b = all_logits(&model, ids, None, &mut model.new_cache(1));
+    assert_eq!(a, b);
+    let names: Vec<String> = model
+        .adapter_tensors()
+        .iter()
+        .map(|t| t.name.clone())
+        .collect();
+    assert_eq!(names.len(), 2 * 7 * 2);
+    assert_eq!(
+        names[0],
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    );
+    assert!(model.attach_lora(&config, 0, &device()).is_err());
+
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("adapter");
+    model.save_adapter(&dir, &out).unwrap();
+    let cfg_path = out.join("adapter_config.json");
+    let good = std::fs::read_to_string(&cfg_path).unwrap();
+    let load = || {
+        Vlm::<B>::load(&dir, &device())
+            .unwrap()
+            .load_adapter(&out, &device())
+    };
+    for (from, to, field) in [
+        ("\"use_dora\": false", "\"use_dora\": true", "use_dora"),
+        ("\"bias\": \"none\"", "\"bias\": \"all\"", "bias"),
+        (
+            "\"peft_type\": \"LORA\"",
+            "\"peft_type\": \"IA3\"",
+            "peft_type",
+        ),
+        ("\"r\": 2", "\"r\": 3", "lora_A"),
+    ] {
+        assert!(good.contains(from), "{from} in {good}");
+        std::fs::write(&cfg_path, good.replace(from, to)).unwrap();
+        let e = load().unwrap_err().to_string();
+        assert!(e.contains(field), "{field}: {e}");
+    }
+    // Adapter tensors for a model of other shapes: the text model's adapter on the LLaVA reward.
+    std::fs::write(&cfg_path, &good).unwrap();
+    let e = Vlm::<B>::load(&fixtures().join("llava-reward"), &device())
+        .unwrap()
+        .load_adapter(&out, &device())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("adapter_model.safetensors"), "{e}");
+}

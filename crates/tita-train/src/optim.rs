@@ -130,7 +130,8 @@ impl<B: Backend> AdamW<B> {
         A: AutodiffBackend<InnerBackend = B>,
         M: AutodiffModule<A>,
     {
-        let mut masters = collect_values(module);
+        // Only the trained parameters' values: a frozen base (LoRA) is not copied.
+        let mut masters = collect_values(module, |id| self.state.contains_key(id));
         let mut tensors: Vec<(String, Vec<u8>, usize)> = Vec::new();
         let bytes = |t: &Tensor<B, 1>| -> Vec<u8> {
             let v = t
@@ -257,13 +258,17 @@ impl<A: AutodiffBackend> ModuleMapper<A> for Update<'_, A::InnerBackend> {
     }
 }
 
-/// Every float parameter's values, flattened, by id.
+/// The values of the float parameters `keep` picks, flattened, by id.
 fn collect_values<A: AutodiffBackend, M: AutodiffModule<A>>(
     module: &M,
+    keep: impl Fn(&ParamId) -> bool,
 ) -> HashMap<ParamId, Vec<f32>> {
-    struct Collect(HashMap<ParamId, Vec<f32>>);
-    impl<A: AutodiffBackend> ModuleVisitor<A> for Collect {
+    struct Collect<F>(HashMap<ParamId, Vec<f32>>, F);
+    impl<A: AutodiffBackend, F: Fn(&ParamId) -> bool> ModuleVisitor<A> for Collect<F> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
+            if !(self.1)(&param.id) {
+                return;
+            }
             let v = param
                 .val()
                 .into_data()
@@ -273,7 +278,7 @@ fn collect_values<A: AutodiffBackend, M: AutodiffModule<A>>(
             self.0.insert(param.id, v);
         }
     }
-    let mut c = Collect(HashMap::new());
+    let mut c = Collect(HashMap::new(), keep);
     module.visit(&mut c);
     c.0
 }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
@@ -16,10 +17,12 @@ use serde::{Deserialize, Serialize};
 use tita_core::output::{claim_dir, Reuse};
 use tita_core::{jsonl, Error, Result};
 use tita_decode::Pipeline;
-use tita_models::Vlm;
+use tita_models::{LoraConfig, Vlm};
 
 use crate::data::Dataset;
 use crate::objective::{dpo_loss, response_logps, Sequence};
+use tita_models::lora::ADAPTER_WEIGHTS;
+
 use crate::optim::{clip_scale, cosine_with_warmup, global_grad_norm, AdamW, AdamWConfig};
 
 /// What is minimised.
@@ -56,6 +59,11 @@ pub struct TrainConfig {
     pub save_every: Option<usize>,
     /// Expand images to squares with the mean colour before preprocessing (LLaVA's eval).
     pub pad: bool,
+    /// Train only LoRA adapters on the decoder's projections, everything else frozen (PEFT's
+    /// `get_peft_model`): checkpoints hold the adapter in PEFT's layout, `final/` the merged
+    /// model and `final-adapter/` the adapter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraConfig>,
 }
 
 impl Default for TrainConfig {
@@ -74,6 +82,7 @@ impl Default for TrainConfig {
             freeze_projector: false,
             save_every: None,
             pad: false,
+            lora: None,
         }
     }
 }
@@ -203,8 +212,10 @@ impl Inputs {
 pub struct TrainSummary {
     pub steps: usize,
     pub total_steps: usize,
-    /// `out/final` once every step ran.
+    /// `out/final` once every step ran (with LoRA: the base with the adapter merged in).
     pub final_model: Option<PathBuf>,
+    /// `out/final-adapter` once every step of a LoRA run ran: the adapter in PEFT's layout.
+    pub adapter: Option<PathBuf>,
     pub metrics: Vec<StepMetrics>,
     /// Data lines left out: pairs whose chosen and rejected answers are the same.
     pub dropped_pairs: Vec<usize>,
@@ -267,6 +278,9 @@ impl TrainConfig {
             if v == Some(0) {
                 return bad(name, "0 is outside [1, ∞)".into());
             }
+        }
+        if let Some(lora) = &self.lora {
+            lora.validate()?;
         }
         Ok(())
     }
@@ -360,7 +374,10 @@ fn read_checkpoint(ckpt: &Path) -> Result<TrainerState> {
             "has no `optimizer.safetensors` (the optimiser's moments a resumed run needs)",
         ));
     }
-    tita_models::weights::Weights::open(ckpt)?;
+    match state.config.lora {
+        Some(_) => tita_models::weights::Weights::open(&ckpt.join(ADAPTER_WEIGHTS))?,
+        None => tita_models::weights::Weights::open(ckpt)?,
+    };
     tita_models::weights::Weights::open(&optimizer)?;
     Ok(state)
 }
@@ -478,9 +495,11 @@ pub fn train<A: AutodiffBackend>(
         Some(dir) => Some(resume_point(dir, paths, config, &inputs)?),
         None => None,
     };
-    let start_dir = resume
-        .as_ref()
-        .map_or(paths.model.clone(), |(c, _)| c.clone());
+    // A LoRA run's checkpoints hold the adapter only: it starts from the base every time.
+    let start_dir = match &resume {
+        Some((ckpt, _)) if config.lora.is_none() => ckpt.clone(),
+        _ => paths.model.clone(),
+    };
     let pipeline = Pipeline::<A>::load(&start_dir, device)?;
     let data = match config.objective {
         Objective::Dpo { .. } => {
@@ -498,19 +517,29 @@ pub fn train<A: AutodiffBackend>(
             data.dropped
         );
     }
-    let reference = match config.objective {
-        Objective::Dpo { .. } => {
-            let dir = paths.reference.as_ref().unwrap_or(&paths.model);
-            Some(Vlm::<A::InnerBackend>::load(dir, device)?)
+    let mut policy = freeze(pipeline.model, config);
+    if let Some(lora) = &config.lora {
+        match &resume {
+            Some((ckpt, _)) => {
+                policy.load_adapter(ckpt, device)?;
+            }
+            None => policy.attach_lora(lora, config.seed, device)?,
         }
-        Objective::Sft => None,
+    }
+    let reference = match (config.objective, &paths.reference, &config.lora) {
+        (Objective::Sft, _, _) => None,
+        (Objective::Dpo { .. }, Some(dir), _) => Some(Vlm::<A::InnerBackend>::load(dir, device)?),
+        // The frozen base under the adapter is the reference: no second copy of the model.
+        (Objective::Dpo { .. }, None, Some(_)) => Some(policy.valid().without_lora()),
+        (Objective::Dpo { .. }, None, None) => {
+            Some(Vlm::<A::InnerBackend>::load(&paths.model, device)?)
+        }
     };
 
     let n = data.len();
     let per_step = config.batch_size * config.grad_accum;
     let steps_per_epoch = n.div_ceil(per_step);
     let total = config.max_steps.unwrap_or(config.epochs * steps_per_epoch);
-    let mut policy = freeze(pipeline.model, config);
     let mut opt = AdamW::<A::InnerBackend>::new(config.optimizer);
     let mut start = 0;
     let metrics_path = paths.out.join("metrics.jsonl");
@@ -536,7 +565,7 @@ pub fn train<A: AutodiffBackend>(
                 ),
             ));
         }
-        let stored = policy.stored.clone();
+        let stored = trained_tensors(&policy, config);
         policy = opt.load(
             policy,
             &stored,
@@ -618,6 +647,7 @@ pub fn train<A: AutodiffBackend>(
                 steps: done,
                 total_steps: total,
                 final_model: None,
+                adapter: None,
                 metrics,
                 dropped_pairs: data.dropped.clone(),
             });
@@ -625,11 +655,27 @@ pub fn train<A: AutodiffBackend>(
     }
     bar.finish();
     let final_dir = paths.out.join("final");
-    learner.policy.save_pretrained(&paths.model, &final_dir)?;
+    let adapter = match config.lora {
+        Some(_) => {
+            let dir = paths.out.join("final-adapter");
+            learner
+                .policy
+                .save_adapter(&base_name(&paths.model), &dir)?;
+            let mut merged = learner.policy.valid();
+            merged.merge_lora();
+            merged.save_pretrained(&paths.model, &final_dir)?;
+            Some(dir)
+        }
+        None => {
+            learner.policy.save_pretrained(&paths.model, &final_dir)?;
+            None
+        }
+    };
     Ok(TrainSummary {
         steps: total,
         total_steps: total,
         final_model: Some(final_dir),
+        adapter,
         metrics,
         dropped_pairs: data.dropped.clone(),
     })
@@ -684,6 +730,10 @@ impl<A: AutodiffBackend> Learner<A> {
             mut ref_cache,
         } = self;
         let started = Instant::now();
+        if config.lora.as_ref().is_some_and(|l| l.lora_dropout > 0.0) {
+            // Dropout masks that depend on the step only, so a resumed run draws the same ones.
+            A::seed(device, config.seed.wrapping_add(step as u64));
+        }
         let mut acc = StepAccumulator::default();
         let mut grads_acc = GradientsAccumulator::<Vlm<A>>::new();
         let response_tokens: usize = batch
@@ -765,6 +815,10 @@ impl<A: AutodiffBackend> Learner<A> {
 fn freeze<A: AutodiffBackend>(mut model: Vlm<A>, config: &TrainConfig) -> Vlm<A> {
     use burn::module::Module;
     use tita_models::Vision;
+    if config.lora.is_some() {
+        // Only the adapters attached next are trained.
+        return model.no_grad();
+    }
     model.vision = model.vision.take().map(|v| match v {
         Vision::Llava(mut v) => {
             if config.freeze_vision {
@@ -947,8 +1001,30 @@ fn save_checkpoint<A: AutodiffBackend>(
     let dir = checkpoint_dir(out, state.step);
     // Config and tokenizer files come from the original model directory, not from the
     // checkpoint a run resumed from (which also holds trainer files).
-    policy.save_pretrained(&state.model, &dir)?;
-    opt.save(policy, &policy.stored, &dir.join("optimizer.safetensors"))?;
+    match state.config.lora {
+        Some(_) => policy.save_adapter(&base_name(&state.model), &dir)?,
+        None => policy.save_pretrained(&state.model, &dir)?,
+    }
+    let trained = trained_tensors(policy, &state.config);
+    opt.save(policy, &trained, &dir.join("optimizer.safetensors"))?;
     let text = serde_json::to_string_pretty(state).expect("plain data");
     jsonl::write_atomic(&dir.join("trainer_state.json"), text.as_bytes())
+}
+
+/// The tensors a run trains, by checkpoint name (what the optimiser's state is keyed by): the
+/// adapter's with LoRA, else the model's.
+fn trained_tensors<B: burn::tensor::backend::Backend>(
+    policy: &Vlm<B>,
+    config: &TrainConfig,
+) -> Vec<tita_models::StoredTensor> {
+    match config.lora {
+        Some(_) => policy.adapter_tensors(),
+        None => policy.stored.clone(),
+    }
+}
+
+/// The base model as an adapter's `base_model_name_or_path` records it: its absolute path
+/// when it can be resolved (PEFT resolves a relative one from the working directory).
+fn base_name(model: &Path) -> PathBuf {
+    std::fs::canonicalize(model).unwrap_or_else(|_| model.to_path_buf())
 }

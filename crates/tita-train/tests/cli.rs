@@ -43,7 +43,13 @@ fn help_lists_the_commands_and_output_flags() {
     let out = train(&["dpo", "--help"]);
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--resume", "--overwrite", "--save-total-limit", "--beta"] {
+    for flag in [
+        "--resume",
+        "--overwrite",
+        "--save-total-limit",
+        "--beta",
+        "--lora-r",
+    ] {
         assert!(help.contains(flag), "{flag} missing");
     }
 }
@@ -101,6 +107,14 @@ fn bad_runs_fail_before_writing() {
     refused(
         &with(&["--save-total-limit", "0"]),
         "invalid argument `save-total-limit`: 0 is outside [1, ∞)",
+    );
+    refused(
+        &with(&["--lora-r", "0"]),
+        "invalid argument `lora-r`: 0 is outside [1, ∞)",
+    );
+    refused(
+        &with(&["--lora-r", "4", "--lora-targets", "q_proj,lm_head"]),
+        "invalid argument `lora-targets`: `lm_head` is not a decoder projection",
     );
     assert!(!out.exists(), "a refused run creates nothing");
 

@@ -2,24 +2,24 @@
 //! values, and the gated (SwiGLU) MLP.
 
 use burn::module::Module;
-use burn::nn;
 use burn::tensor::{activation, backend::Backend, DType, Tensor};
 use tita_core::{Activation, Result};
 
 use crate::cache::{KvLayer, Room};
-use crate::layers::{activate, attend_fused, linear, project};
+use crate::layers::{activate, attend_fused, linear};
 use crate::llama::rope::Rotary;
 use crate::llama::LlamaConfig;
+use crate::lora::LoraLinear;
 use crate::mask::Mask;
 use crate::scope::Scope;
 use crate::weights::{cast, TensorSource};
 
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
-    pub q_proj: nn::Linear<B>,
-    pub k_proj: nn::Linear<B>,
-    pub v_proj: nn::Linear<B>,
-    pub o_proj: nn::Linear<B>,
+    pub q_proj: LoraLinear<B>,
+    pub k_proj: LoraLinear<B>,
+    pub v_proj: LoraLinear<B>,
+    pub o_proj: LoraLinear<B>,
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
@@ -69,20 +69,24 @@ impl<B: Backend> Attention<B> {
         let sp = self.split;
         let q = rope
             .0
-            .apply(project(&self.q_proj, x.clone(), sp).reshape([b, s, h, d]))
+            .apply(self.q_proj.forward(x.clone(), sp).reshape([b, s, h, d]))
             .swap_dims(1, 2);
         let k = rope
             .1
-            .apply(project(&self.k_proj, x.clone(), sp).reshape([b, s, kvh, d]))
+            .apply(self.k_proj.forward(x.clone(), sp).reshape([b, s, kvh, d]))
             .swap_dims(1, 2);
-        let v = project(&self.v_proj, x, sp)
+        let v = self
+            .v_proj
+            .forward(x, sp)
             .reshape([b, s, kvh, d])
             .swap_dims(1, 2);
         let (k, v) = kv.append(k, v, past, room);
         let t = k.dims()[2];
         if let Mask::Causal = mask {
             let out = attend_fused(q, k, v, true);
-            return project(&self.o_proj, out.swap_dims(1, 2).reshape([b, s, h * d]), sp);
+            return self
+                .o_proj
+                .forward(out.swap_dims(1, 2).reshape([b, s, h * d]), sp);
         }
 
         // Grouped-query attention without copying K/V: the `rep` query heads that share a KV
@@ -103,15 +107,15 @@ impl<B: Backend> Attention<B> {
             .reshape([b, h, s, d])
             .swap_dims(1, 2)
             .reshape([b, s, h * d]);
-        project(&self.o_proj, out, sp)
+        self.o_proj.forward(out, sp)
     }
 }
 
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
-    pub gate_proj: nn::Linear<B>,
-    pub up_proj: nn::Linear<B>,
-    pub down_proj: nn::Linear<B>,
+    pub gate_proj: LoraLinear<B>,
+    pub up_proj: LoraLinear<B>,
+    pub down_proj: LoraLinear<B>,
     #[module(skip)]
     pub act: Activation,
     pub split: usize,
@@ -137,7 +141,8 @@ impl<B: Backend> Mlp<B> {
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let sp = self.split;
-        let gate = activate(project(&self.gate_proj, x.clone(), sp), self.act);
-        project(&self.down_proj, gate * project(&self.up_proj, x, sp), sp)
+        let gate = activate(self.gate_proj.forward(x.clone(), sp), self.act);
+        self.down_proj
+            .forward(gate * self.up_proj.forward(x, sp), sp)
     }
 }

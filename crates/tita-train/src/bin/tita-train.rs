@@ -10,7 +10,7 @@ use clap::{Args as ClapArgs, Parser, Subcommand};
 use tita_core::output::{claim_dir, Reuse};
 use tita_decode::backend::{dispatch, BackendKind, BackendTask};
 use tita_decode::Pipeline;
-use tita_models::Vlm;
+use tita_models::{LoraConfig, Vlm};
 use tita_train::optim::AdamWConfig;
 use tita_train::report::write_training_plot;
 use tita_train::speed::{dpo_speed, reward_25m, synthetic_pairs};
@@ -155,6 +155,22 @@ struct Common {
     overwrite: bool,
     #[arg(long)]
     pad: bool,
+    /// Train LoRA adapters of this rank only (the model frozen, as PEFT does); checkpoints
+    /// and final-adapter/ hold the adapter in PEFT's layout, final/ the merged model.
+    #[arg(long)]
+    lora_r: Option<usize>,
+    /// LoRA's alpha: the delta is scaled by alpha / r (alpha / √r with --lora-rslora).
+    #[arg(long, default_value_t = 8.0)]
+    lora_alpha: f64,
+    #[arg(long, default_value_t = 0.0)]
+    lora_dropout: f64,
+    /// The decoder projections adapted, by PEFT's names (q_proj, k_proj, v_proj, o_proj,
+    /// gate_proj, up_proj, down_proj), comma-separated, or all-linear.
+    #[arg(long, value_delimiter = ',', default_value = "q_proj,v_proj")]
+    lora_targets: Vec<String>,
+    /// rsLoRA's scaling alpha / √r.
+    #[arg(long)]
+    lora_rslora: bool,
     #[arg(long, value_enum)]
     backend: Option<BackendKind>,
 }
@@ -182,6 +198,13 @@ impl Common {
             freeze_projector: self.freeze_projector,
             save_every: self.save_every,
             pad: self.pad,
+            lora: self.lora_r.map(|r| LoraConfig {
+                r,
+                lora_alpha: self.lora_alpha,
+                lora_dropout: self.lora_dropout,
+                use_rslora: self.lora_rslora,
+                target_modules: self.lora_targets.clone(),
+            }),
         }
     }
 
@@ -343,6 +366,9 @@ fn fit<B: Backend>(
         .metrics
         .last()
         .ok_or_else(|| anyhow!("no step ran"))?;
+    if let Some(adapter) = &summary.adapter {
+        eprintln!("LoRA adapter (PEFT layout): {}", adapter.display());
+    }
     eprintln!(
         "{} steps; last loss {:.4}; {} pair(s) left out (chosen = rejected); metrics {}, plot {}; model {}",
         summary.steps,
