@@ -96,6 +96,54 @@ fn sync<B: Backend>(device: &B::Device) {
     }
 }
 
+fn to_host<B: Backend>(t: Tensor<B, 2>) -> Vec<f32> {
+    t.cast(DType::F32)
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap_or_else(|e| {
+            eprintln!("reading a tensor back: {e:?}");
+            std::process::exit(1)
+        })
+}
+
+fn residual_host<B: Backend>(epi: &Epilogue<Tensor<B, 2>>) -> Option<Vec<f32>> {
+    match epi {
+        Epilogue::Residual(r) => Some(to_host(r.clone())),
+        _ => None,
+    }
+}
+
+/// `x · wᵀ` and its epilogue with f64 sums: `x` `[m, k]`, `w` `[rows, k]`.
+fn host_gemv(
+    x: &[f32],
+    w: &[f32],
+    residual: Option<&[f32]>,
+    m: usize,
+    k: usize,
+    gate_up: bool,
+) -> Vec<f32> {
+    let rows = w.len() / k;
+    let n = if gate_up { rows / 2 } else { rows };
+    let dot = |r: usize, o: usize| -> f64 {
+        let (xr, wr) = (&x[r * k..(r + 1) * k], &w[o * k..(o + 1) * k]);
+        xr.iter().zip(wr).map(|(&a, &b)| a as f64 * b as f64).sum()
+    };
+    let mut out = Vec::with_capacity(m * n);
+    for r in 0..m {
+        for o in 0..n {
+            let mut y = dot(r, o);
+            if gate_up {
+                y = y / (1.0 + (-y).exp()) * dot(r, n + o);
+            }
+            if let Some(res) = residual {
+                y += res[r * n + o] as f64;
+            }
+            out.push(y as f32);
+        }
+    }
+    out
+}
+
 #[allow(dead_code)] // one of the `run`s calls it
 fn bench<B: KernelBackend>(
     dtype: DType,
@@ -108,10 +156,12 @@ fn bench<B: KernelBackend>(
     println!(
         "gemv-bench {name} {dtype:?}, {iters} iterations; GB/s = weight + x + out bytes / time"
     );
+    println!("kernels: {}", B::describe(&device));
     println!(
-        "{:>6} {:>6} {:>13} {:>9} {:>9} {:>9} {:>9} {:>7}",
-        "K", "N out", "epilogue", "read", "gemv m1", "gemv m4", "burn m1", "m1/read"
+        "{:>6} {:>6} {:>13} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9}",
+        "K", "N out", "epilogue", "read", "gemv m1", "gemv m4", "burn m1", "m1/read", "max rel Δ"
     );
+    let mut failed = false;
     for (k, n, epilogue) in SHAPES {
         // N counts the weight's rows: a packed gate|up of 2 · 11008 gives 11008 outputs.
         let rows = n;
@@ -127,7 +177,9 @@ fn bench<B: KernelBackend>(
             (weight_bytes + (m * k + 2 * m * out_n) as f64 * elem) / secs / 1e9
         };
         let read = time::<B, _>(&device, iters, || read_all(w.clone()));
+        let w_host = to_host(w.clone());
         let mut per_m = Vec::new();
+        let mut worst = 0f32;
         for m in [1, 4] {
             let x = Tensor::<B, 2>::random([m, k], Distribution::Uniform(-1.0, 1.0), &device)
                 .cast(dtype);
@@ -146,17 +198,49 @@ fn bench<B: KernelBackend>(
                 })
             });
             per_m.push(gbps(m, secs));
+            // Parity at this shape: against the burn path in f32 on the same rounded inputs.
+            let epi = match epilogue {
+                "residual" => Epilogue::Residual(residual.clone()),
+                "silu-gate-up" => Epilogue::SiluGateUp,
+                _ => Epilogue::None,
+            };
+            let got = tita_kernels::gemv(x.clone(), w.clone(), epi.clone()).unwrap_or_else(|e| {
+                eprintln!("gemv: {e}");
+                std::process::exit(1)
+            });
+            // The exact result on the host (f64 sums): f32 matmuls on the device may use TF32.
+            let exact = host_gemv(
+                &to_host(x.clone()),
+                &w_host,
+                residual_host(&epi).as_deref(),
+                m,
+                k,
+                epilogue == "silu-gate-up",
+            );
+            let got = to_host(got);
+            for (a, b) in got.iter().zip(&exact) {
+                worst = worst.max((a - b).abs() / b.abs().max(1.0));
+            }
         }
         let x1 =
             Tensor::<B, 2>::random([1, k], Distribution::Uniform(-1.0, 1.0), &device).cast(dtype);
         let burn = time::<B, _>(&device, iters, || x1.clone().matmul(w_t.clone()));
         let read_gbps = weight_bytes / read / 1e9;
         println!(
-            "{k:>6} {out_n:>6} {epilogue:>13} {read_gbps:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6.0}%",
+            "{k:>6} {out_n:>6} {epilogue:>13} {read_gbps:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6.0}% {worst:>9.1e}",
             per_m[0],
             per_m[1],
             gbps(1, burn),
             100.0 * per_m[0] / read_gbps
         );
+        // One f16 rounding of an O(1) output is at most 4.9e-4; f32 agrees to rounding.
+        let bound = if dtype == DType::F32 { 1e-5 } else { 1e-3 };
+        if worst > bound {
+            eprintln!("parity FAILED at K={k} N={n}: max relative Δ {worst:e} > {bound:e}");
+            failed = true;
+        }
+    }
+    if failed {
+        std::process::exit(1);
     }
 }

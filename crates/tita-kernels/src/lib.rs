@@ -63,6 +63,28 @@ pub trait KernelBackend: Backend {
 
     /// `x` `[M, H]`, `weight` `[H]`; shapes already checked.
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
+
+    /// How the kernels run on `device`: the reduction (plane or shared memory, over how many
+    /// lanes) and the widest loads, for logs and benchmark headers.
+    fn describe(device: &Self::Device) -> String;
+}
+
+thread_local! {
+    static SHARED_REDUCTION: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with the kernels' shared-memory reduction even where the runtime has plane
+/// operations, so that tests cover both paths on one device.
+pub fn with_shared_reduction<T>(f: impl FnOnce() -> T) -> T {
+    let before = SHARED_REDUCTION.with(|c| c.replace(true));
+    let out = f();
+    SHARED_REDUCTION.with(|c| c.set(before));
+    out
+}
+
+#[allow(dead_code)] // only the cube kernels reduce
+pub(crate) fn shared_reduction_forced() -> bool {
+    SHARED_REDUCTION.with(Cell::get)
 }
 
 thread_local! {

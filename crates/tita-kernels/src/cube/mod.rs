@@ -12,7 +12,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use cubecl::features::Plane;
 use cubecl::prelude::*;
 
-use crate::{count_launch, Epilogue, KernelBackend};
+use crate::{count_launch, shared_reduction_forced, Epilogue, KernelBackend};
 use kernels::{gemv_kernel, rms_norm_kernel, EpilogueKind};
 
 /// Output rows of a GEMV that one cube computes (one group of `lanes` units each).
@@ -46,7 +46,8 @@ pub(crate) fn reduce_shape<R: Runtime>(
     let props = client.properties();
     let hw = &props.hardware;
     let fixed = hw.plane_size_min == hw.plane_size_max && hw.plane_size_max.is_power_of_two();
-    if props.features.plane.contains(Plane::Ops) && fixed && hw.plane_size_max >= 8 {
+    let planes = props.features.plane.contains(Plane::Ops) && fixed && hw.plane_size_max >= 8;
+    if planes && !shared_reduction_forced() {
         ReduceShape {
             lanes: hw.plane_size_max,
             plane: true,
@@ -163,5 +164,29 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> KernelBack
             dtype.into(),
         );
         out
+    }
+
+    fn describe(device: &R::Device) -> String {
+        let client = R::client(device);
+        let hw = &client.properties().hardware;
+        let reduce = reduce_shape(&client, NORM_UNITS);
+        format!(
+            "{}; planes of {}..{} units{}; loads of {} bits; {} SMs",
+            if reduce.plane {
+                "plane_sum reduction"
+            } else {
+                "shared-memory reduction"
+            },
+            hw.plane_size_min,
+            hw.plane_size_max,
+            if client.properties().features.plane.contains(Plane::Ops) {
+                " with plane ops"
+            } else {
+                ", no plane ops"
+            },
+            hw.load_width,
+            hw.num_streaming_multiprocessors
+                .map_or("unknown".to_string(), |s| s.to_string()),
+        )
     }
 }
