@@ -2,8 +2,9 @@
 //! the epilogue each shape has in the model) beside today's burn path (`x · w` on the stored
 //! `[in, out]` weight) and a read-only kernel over the same weight bytes (the bound).
 //!
-//!   gemv-bench [--dtype f16|f32] [--iters N]
+//!   gemv-bench [--dtype f16|f32] [--iters N] [--n-div D]
 //!
+//! `--n-div D` divides every N by D (a dry run on lavapipe, whose buffers stop at 128 MiB).
 //! Built by scripts/device-build.sh (`--features cuda`) and run by scripts/device-check.sh; with
 //! `--features wgpu` it runs (slowly) on lavapipe as a dry run.
 
@@ -46,13 +47,21 @@ fn main() {
             std::process::exit(2);
         }
     };
-    run(dtype, iters);
+    let n_div: usize = match value("--n-div").map(|v| v.parse()) {
+        None => 1,
+        Some(Ok(d)) if d > 0 => d,
+        Some(_) => {
+            eprintln!("--n-div: expected a positive integer");
+            std::process::exit(2);
+        }
+    };
+    run(dtype, iters, n_div);
 }
 
 #[cfg(feature = "cuda")]
-fn run(dtype: DType, iters: usize) {
+fn run(dtype: DType, iters: usize, n_div: usize) {
     type B = burn::backend::Cuda;
-    bench::<B>(dtype, iters, "cuda", |t| {
+    bench::<B>(dtype, iters, n_div, "cuda", |t| {
         Tensor::from_primitive(TensorPrimitive::Float(tita_kernels::bench::read_all(
             t.into_primitive().tensor(),
         )))
@@ -60,9 +69,9 @@ fn run(dtype: DType, iters: usize) {
 }
 
 #[cfg(all(feature = "wgpu", not(feature = "cuda")))]
-fn run(dtype: DType, iters: usize) {
+fn run(dtype: DType, iters: usize, n_div: usize) {
     type B = burn::backend::Wgpu;
-    bench::<B>(dtype, iters, "wgpu", |t| {
+    bench::<B>(dtype, iters, n_div, "wgpu", |t| {
         Tensor::from_primitive(TensorPrimitive::Float(tita_kernels::bench::read_all(
             t.into_primitive().tensor(),
         )))
@@ -70,7 +79,7 @@ fn run(dtype: DType, iters: usize) {
 }
 
 #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
-fn run(_dtype: DType, _iters: usize) {
+fn run(_dtype: DType, _iters: usize, _n_div: usize) {
     eprintln!("gemv-bench needs a runtime: build with --features cuda (or wgpu)");
     std::process::exit(2);
 }
@@ -148,6 +157,7 @@ fn host_gemv(
 fn bench<B: KernelBackend>(
     dtype: DType,
     iters: usize,
+    n_div: usize,
     name: &str,
     read_all: impl Fn(Tensor<B, 2>) -> Tensor<B, 1>,
 ) {
@@ -164,6 +174,7 @@ fn bench<B: KernelBackend>(
     let mut failed = false;
     for (k, n, epilogue) in SHAPES {
         // N counts the weight's rows: a packed gate|up of 2 · 11008 gives 11008 outputs.
+        let n = (n / n_div).max(2) & !1;
         let rows = n;
         let out_n = if epilogue == "silu-gate-up" { n / 2 } else { n };
         let scale = 1.0 / (k as f64).sqrt();

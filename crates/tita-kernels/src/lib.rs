@@ -133,7 +133,7 @@ pub fn gemv<B: KernelBackend>(
         ));
     }
     let n = match &epilogue {
-        Epilogue::SiluGateUp if rows % 2 != 0 => {
+        Epilogue::SiluGateUp if !rows.is_multiple_of(2) => {
             return Err(argument(
                 "w",
                 format!("a packed gate|up weight has an even number of rows, got {rows}"),
