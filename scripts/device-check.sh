@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # One prepared run on a lent NVIDIA machine (no cargo and no network there): CUDA parity on the
-# fixtures (f32, and the f16/bf16 deviation), LLaVA-1.5-7B shapes with random weights in f16
-# (decode, prefill of 600 tokens, seconds per POPE-shaped query for greedy / TITA / VCD), then
-# the same with kernel fusion when it was built, and PyTorch on the same shapes; Qwen2.5-VL's
-# CUDA parity and its 7B shapes (3B reward) in bf16 when QWEN=1.
+# fixtures (f32, and the f16/bf16 deviation), the decode GEMV kernel's parity and GB/s per 7B
+# shape against a read-only kernel and today's burn path (gemv-bench), LLaVA-1.5-7B shapes
+# with random weights in f16 (decode, prefill of 600 tokens, seconds per POPE-shaped query for
+# greedy / TITA / VCD), then the same with kernel fusion when it was built, and PyTorch on the
+# same shapes; Qwen2.5-VL's CUDA parity and its 7B shapes (3B reward) in bf16 when QWEN=1.
 #
 # Build on the development machine first (scripts/device-build.sh does it), which leaves
-# .devbin/devbin.tar.xz (tita-bench, tita-bench-fusion, parity) and .devbin/built-at; run with
+# .devbin/devbin.tar.xz (tita-bench, gemv-bench, tita-bench-fusion, parity) and
+# .devbin/built-at; run with
 #   device run --carry .devbin "bash scripts/device-check.sh"
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -28,6 +30,11 @@ timeout 90 "$BIN/parity" --test-threads 1 --nocapture 2>&1 | grep -E "^test |max
 if [ -x "$BIN/qwen" ]; then
   echo "== qwen2.5-vl parity (cuda, f32)"
   timeout 60 "$BIN/qwen" --test-threads 1 2>&1 | grep -E "^test |max \||panicked|Δ|test result" | head -12
+fi
+if [ -x "$BIN/gemv-bench" ]; then
+  # Exits non-zero when a shape's output leaves the f64 host result by more than one f16 rounding.
+  echo "== gemv kernels (f16): parity and GB/s per LLaVA-7B shape"
+  timeout 120 "$BIN/gemv-bench" --dtype f16 --iters 50 2>&1 | tee "$OUT/gemv-bench.txt"
 fi
 # In order of value: the 600 s a command may run leaves no room for all of them at worst.
 speed 7b-f16 tita-bench --preset llava-7b --dtype f16 --prompt-tokens 600 --new-tokens 64 --pope --queries 3
