@@ -23,6 +23,8 @@ use crate::vlm::{ImageFeatures, PixelBatch};
 use crate::weights::{TensorSource, Weights};
 
 /// What a checkpoint directory holds, by family.
+// One per model: boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelConfig {
     Llava(LlavaConfig),

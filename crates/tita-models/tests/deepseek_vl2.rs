@@ -1109,7 +1109,7 @@ fn image_cases_match(model: &str) {
                 grids: Vec::new(),
             }
         });
-        let x = m.embed(&[ids.clone()], features, &dev).unwrap();
+        let x = m.embed(std::slice::from_ref(&ids), features, &dev).unwrap();
         let mut state = m.new_cache(1).with_capacity(t + STEPS);
         let hidden = m.forward(x, &mut state).unwrap();
         let mut at = usizes(&per["other_positions"]);
@@ -1267,7 +1267,7 @@ fn left_padded_image_rows_equal_each_row_alone() {
     for (r, o) in prepared.iter().enumerate() {
         let mut alone = m.new_cache(1);
         let x = m
-            .embed(&[o.input_ids.clone()], Some(features(r)), &dev)
+            .embed(std::slice::from_ref(&o.input_ids), Some(features(r)), &dev)
             .unwrap();
         let want = rows(m.last_logits(m.forward(x, &mut alone).unwrap()));
         assert_eq!(want[0].len(), vocab);
