@@ -277,11 +277,11 @@ fn deepseek_vl2_generates_the_authors_tokens_and_takes_a_deepseek_reward() {
         image.to_str().unwrap(),
         "--prompt",
         prompt,
-        "--max-new-tokens",
-        &steps,
         "--json",
     ];
-    let out = generate(&base);
+    let mut args = base.to_vec();
+    args.extend(["--max-new-tokens", &steps]);
+    let out = generate(&args);
     assert!(
         out.status.success(),
         "{}",
