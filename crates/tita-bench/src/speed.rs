@@ -649,6 +649,7 @@ fn bench_image<B: Backend>(model: &Vlm<B>, seed: u32) -> Option<PixelValues> {
     let (height, width) = match &model.config {
         ModelConfig::Llava(c) => (c.vision.image_size, c.vision.image_size),
         ModelConfig::QwenVl(_) => (476, 644),
+        ModelConfig::DeepseekVl2(c) => (2 * c.vision.image_size, c.vision.image_size),
         ModelConfig::Llama(_) => return None,
     };
     let data = (0..3 * height * width)

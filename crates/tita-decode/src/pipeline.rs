@@ -6,22 +6,23 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use serde_json::Map;
-use tita_core::image::{ImageProcessor, PixelValues};
+use tita_core::image::PixelValues;
 use tita_core::template::{ChatTemplate, Message, Part};
 use tita_core::tokenizer::IMAGE_PLACEHOLDER;
 use tita_core::{Error, Result, Tokenizer};
 use tita_models::gguf::GgufSpec;
-use tita_models::{Precision, Vlm};
+use tita_models::{ImagePreprocessor, Precision, Vlm};
 
 /// Model, tokenizer and image processor of one checkpoint directory.
 pub struct Pipeline<B: Backend> {
     pub model: Vlm<B>,
     pub tokenizer: Tokenizer,
     /// `None` for a text-only checkpoint.
-    pub processor: Option<ImageProcessor>,
+    pub processor: Option<ImagePreprocessor>,
     pub device: B::Device,
     pub dir: PathBuf,
-    /// The conversation template: the directory's `chat_template`, else `llava_1_5`.
+    /// The conversation template: the directory's `chat_template`, else the family's own
+    /// (DeepSeek-VL2's `deepseek` format), else `llava_1_5`.
     pub template: ChatTemplate,
     /// A system message put before every prompt (`--system`).
     pub system: Option<String>,
@@ -111,8 +112,9 @@ pub struct Prompt {
 }
 
 impl<B: Backend> Pipeline<B> {
-    /// Loads `config.json`, the safetensors weights, `tokenizer.json` and (for LLaVA)
-    /// `preprocessor_config.json` from `dir`; or a llama.cpp GGUF checkpoint (a `.gguf` file,
+    /// Loads `config.json`, the safetensors weights, `tokenizer.json` and the image
+    /// processor's settings (`preprocessor_config.json`; DeepSeek-VL2: `processor_config.json`
+    /// where present) from `dir`; or a llama.cpp GGUF checkpoint (a `.gguf` file,
     /// or a directory with a language GGUF and its mmproj: see [`GgufSpec`]).
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self> {
         Self::load_in(dir, Precision::F32, device)
@@ -133,18 +135,27 @@ impl<B: Backend> Pipeline<B> {
                 (
                     ckpt.load(precision, device)?,
                     tokenizer,
-                    processor,
+                    processor.map(ImagePreprocessor::Resize),
                     template,
                 )
             }
             None => {
                 let model = Vlm::load_in(dir, precision, device)?;
-                let processor = match model.image_token_id() {
-                    Some(_) => Some(ImageProcessor::from_file(dir)?),
-                    None => None,
+                let tokenizer = Tokenizer::from_file(dir)?;
+                let processor = model.config.image_preprocessor(dir, &tokenizer)?;
+                let template = match (
+                    ChatTemplate::from_model_dir(dir)?,
+                    model.config.builtin_template(),
+                ) {
+                    (Some(t), _) => t,
+                    (None, Some((name, source))) => {
+                        let mut t = ChatTemplate::new(source.into(), name.into());
+                        t.read_special_tokens(&dir.join("tokenizer_config.json"))?;
+                        t
+                    }
+                    (None, None) => ChatTemplate::for_model(dir)?,
                 };
-                let template = ChatTemplate::for_model(dir)?;
-                (model, Tokenizer::from_file(dir)?, processor, template)
+                (model, tokenizer, processor, template)
             }
         };
         Ok(Pipeline {

@@ -314,3 +314,101 @@ fn text_prompts_use_the_checkpoints_chat_template_unless_raw() {
     let ids: Vec<u32> = serde_json::from_value(v["prompt_ids"].clone()).unwrap();
     assert_eq!(ids, llava_tokenizer.encode(prompt, true).unwrap());
 }
+
+/// A DeepSeek-VL2 fixture model as a checkpoint directory: its config and weights (linked)
+/// next to the family's tokenizer, which the fixture keeps once for all models.
+fn deepseek_checkpoint(root: &Path, model: &str) -> PathBuf {
+    let src = fixtures().join("deepseek_vl2");
+    let dir = root.join(model);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in std::fs::read_dir(src.join(model)).unwrap() {
+        let f = f.unwrap().path();
+        std::os::unix::fs::symlink(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(src.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    dir
+}
+
+/// The fixture's `small` case from the command line: the DeepSeek conversation format, the
+/// processor's tiling and image-token layout, and 12 greedy tokens and their text as the
+/// authors' code produced them; then TITA with a DeepSeek reward of the same tokenizer, and a
+/// reward whose tokenizer differs refused.
+#[test]
+fn deepseek_vl2_generates_the_authors_tokens_and_takes_a_deepseek_reward() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = deepseek_checkpoint(tmp.path(), "tiny-like");
+    let cases: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("deepseek_vl2/cases.json")).unwrap(),
+    )
+    .unwrap();
+    let case = &cases["cases"]["small"];
+    let want = &case["per_model"]["tiny-like"];
+    let image = fixtures()
+        .join("deepseek_vl2")
+        .join(case["conversation"][0]["images"][0].as_str().unwrap());
+    let prompt = case["conversation"][0]["content"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("<image>\n");
+    let steps = want["greedy_ids"].as_array().unwrap().len().to_string();
+    let base = [
+        "--model",
+        target.to_str().unwrap(),
+        "--image",
+        image.to_str().unwrap(),
+        "--prompt",
+        prompt,
+        "--json",
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--max-new-tokens", &steps]);
+    let out = generate(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["token_ids"], want["greedy_ids"], "{v}");
+    assert_eq!(v["text"], want["greedy_text"], "{v}");
+    assert_eq!(v["prompt_tokens"], case["num_tokens"], "{v}");
+    assert_eq!(v["template"], "deepseek_vl2");
+
+    let reward = deepseek_checkpoint(tmp.path(), "small-like");
+    let mut args = base.to_vec();
+    args.extend([
+        "--reward",
+        reward.to_str().unwrap(),
+        "--max-new-tokens",
+        "3",
+    ]);
+    let out = generate(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["generated_tokens"], 3, "{v}");
+
+    // The same model with one added token renamed: not the target's vocabulary.
+    let other = deepseek_checkpoint(&tmp.path().join("other"), "small-like");
+    let path = other.join("tokenizer.json");
+    let mut tok: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let added = tok["added_tokens"].as_array_mut().unwrap();
+    let eot = added
+        .iter_mut()
+        .find(|t| t["content"] == "<|EOT|>")
+        .unwrap();
+    eot["content"] = "<|EOT renamed|>".into();
+    std::fs::write(&path, tok.to_string()).unwrap();
+    let mut args = base.to_vec();
+    args.extend(["--reward", other.to_str().unwrap()]);
+    refused(&args, "TITA needs a shared vocabulary");
+    // A reward of another family.
+    let llava = fixture("llava-reward");
+    let mut args = base.to_vec();
+    args.extend(["--reward", &llava]);
+    refused(&args, "the guide must be of the target's family");
+}

@@ -1,19 +1,21 @@
 //! The one place that maps a checkpoint's `model_type` to a family: its config parser, where
 //! its tensors live (hub layout, or detected from the file), how its vision half loads and
 //! takes images, and how its config is written back. A new family is a folder beside
-//! `llava/` and `qwen2_5_vl/` plus one arm per `match` here.
+//! `llava/`, `qwen2_5_vl/` and `deepseek_vl2/` plus one arm per `match` here.
 
 use std::path::Path;
 
 use burn::module::Module;
 use burn::tensor::{backend::Backend, DType};
+use image::RgbImage;
 use serde_json::Value;
 use tita_core::config::{read_config, Fields};
-use tita_core::image::PixelValues;
-use tita_core::{Error, Result};
+use tita_core::image::{load_rgb, ImageProcessor, PixelValues};
+use tita_core::{Error, Result, Tokenizer};
 
+use crate::deepseek_vl2::{self, DeepseekV2, DeepseekVision, DeepseekVl2Config};
 use crate::llama::config::{parse_text, TextFamily};
-use crate::llama::{LlamaConfig, LlamaKeys, MropePositions};
+use crate::llama::{Llama, LlamaConfig, LlamaKeys, MropePositions};
 use crate::llava::{self, LlavaConfig, VisionPart};
 use crate::qwen2_5_vl::{self, batch_positions, QwenVision, QwenVlConfig};
 use crate::scope::Scope;
@@ -21,14 +23,17 @@ use crate::vlm::{ImageFeatures, PixelBatch};
 use crate::weights::{TensorSource, Weights};
 
 /// What a checkpoint directory holds, by family.
+// One per model: boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelConfig {
     Llava(LlavaConfig),
     Llama(LlamaConfig),
     QwenVl(QwenVlConfig),
+    DeepseekVl2(DeepseekVl2Config),
 }
 
-const SUPPORTED: &str = "`llava`, `llama` or `qwen2_5_vl`";
+const SUPPORTED: &str = "`llava`, `llama`, `qwen2_5_vl` or `deepseek_vl_v2`";
 
 impl ModelConfig {
     /// Reads and validates `config.json` (a file, or a directory that holds one).
@@ -50,6 +55,9 @@ impl ModelConfig {
             Some("qwen2_5_vl") => Ok(ModelConfig::QwenVl(qwen2_5_vl::config::parse_qwen_vl(
                 &root,
             )?)),
+            Some("deepseek_vl_v2") => Ok(ModelConfig::DeepseekVl2(DeepseekVl2Config::from_value(
+                value, path,
+            )?)),
             Some(other) => Err(root.err(
                 "model_type",
                 format!("`{other}` is not supported (expected {SUPPORTED})"),
@@ -65,6 +73,7 @@ impl ModelConfig {
             ModelConfig::Llama(c) => c.to_hf_json(),
             ModelConfig::Llava(c) => c.to_hf_json(),
             ModelConfig::QwenVl(c) => c.to_hf_json(),
+            ModelConfig::DeepseekVl2(c) => c.to_hf_json(),
         }
     }
 
@@ -74,15 +83,18 @@ impl ModelConfig {
             ModelConfig::Llava(_) => "llava",
             ModelConfig::Llama(_) => "llama",
             ModelConfig::QwenVl(_) => "qwen2_5_vl",
+            ModelConfig::DeepseekVl2(_) => "deepseek_vl_v2",
         }
     }
 
-    /// The language model's config.
+    /// The language model's config (DeepSeek-V2 as a LLaMA sees it: vocabulary, context,
+    /// special ids, rope).
     pub fn text(&self) -> &LlamaConfig {
         match self {
             ModelConfig::Llava(c) => &c.text,
             ModelConfig::Llama(c) => c,
             ModelConfig::QwenVl(c) => &c.text,
+            ModelConfig::DeepseekVl2(c) => &c.text,
         }
     }
 
@@ -91,6 +103,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Llava(c) => Some(c.image_token_id),
             ModelConfig::QwenVl(c) => Some(c.image_token_id),
+            ModelConfig::DeepseekVl2(_) => Some(deepseek_vl2::IMAGE_TOKEN_ID),
             ModelConfig::Llama(_) => None,
         }
     }
@@ -103,6 +116,7 @@ impl ModelConfig {
                 let layout = c.vision.patch_layout();
                 Some(layout.tokens(layout.grid(image.height, image.width)?))
             }
+            ModelConfig::DeepseekVl2(c) => Some(c.image_tokens(c.tiling_of(image)?)),
             ModelConfig::Llama(_) => None,
         })
     }
@@ -113,6 +127,7 @@ impl ModelConfig {
             ModelConfig::Llama(_) => crate::llama::hub_keys(),
             ModelConfig::Llava(_) => llava::hub_keys(),
             ModelConfig::QwenVl(_) => qwen2_5_vl::hub_keys(),
+            ModelConfig::DeepseekVl2(_) => deepseek_vl2::keys(),
         }
     }
 
@@ -122,6 +137,7 @@ impl ModelConfig {
             ModelConfig::Llama(_) => crate::llama::detect_keys(w),
             ModelConfig::Llava(_) => llava::detect_keys(w),
             ModelConfig::QwenVl(_) => qwen2_5_vl::detect_keys(w),
+            ModelConfig::DeepseekVl2(_) => deepseek_vl2::detect_keys(w),
         }
     }
 
@@ -135,7 +151,97 @@ impl ModelConfig {
     ) -> Result<Option<MropePositions>> {
         match self {
             ModelConfig::QwenVl(c) => batch_positions(c, ids, pad_left, grids).map(Some),
-            ModelConfig::Llava(_) | ModelConfig::Llama(_) => Ok(None),
+            ModelConfig::Llava(_) | ModelConfig::Llama(_) | ModelConfig::DeepseekVl2(_) => Ok(None),
+        }
+    }
+
+    /// How the checkpoint in `dir` turns images into pixels (None for a text-only model):
+    /// its `preprocessor_config.json` (LLaVA, Qwen2-VL), or DeepSeek-VL2's tiling processor
+    /// with its `processor_config.json` and `tokenizer`.
+    pub fn image_preprocessor(
+        &self,
+        dir: &Path,
+        tokenizer: &Tokenizer,
+    ) -> Result<Option<ImagePreprocessor>> {
+        Ok(match self {
+            ModelConfig::Llama(_) => None,
+            ModelConfig::Llava(_) | ModelConfig::QwenVl(_) => {
+                Some(ImagePreprocessor::Resize(ImageProcessor::from_file(dir)?))
+            }
+            ModelConfig::DeepseekVl2(c) => Some(ImagePreprocessor::Tiles(
+                deepseek_vl2::Tiler::from_dir(dir, c, tokenizer)?,
+            )),
+        })
+    }
+
+    /// The conversation template of a family whose checkpoints ship none (their processor
+    /// formats conversations); None where the directory's own or LLaVA-1.5's serves.
+    pub fn builtin_template(&self) -> Option<(&'static str, &'static str)> {
+        match self {
+            ModelConfig::DeepseekVl2(_) => Some(("deepseek_vl2", deepseek_vl2::CHAT_TEMPLATE)),
+            ModelConfig::Llava(_) | ModelConfig::Llama(_) | ModelConfig::QwenVl(_) => None,
+        }
+    }
+}
+
+/// The language model, by family: LLaMA (or Qwen2 with M-RoPE), or DeepSeek-V2.
+// One per model: boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum TextModel<B: Backend> {
+    Llama(Llama<B>),
+    DeepseekV2(DeepseekV2<B>),
+}
+
+impl<B: Backend> TextModel<B> {
+    /// The family's language model, from the tensors `keys.text` names.
+    pub fn load(
+        w: &mut impl TensorSource,
+        config: &ModelConfig,
+        keys: &KeyLayout,
+        device: &B::Device,
+    ) -> Result<Self> {
+        Ok(match config {
+            ModelConfig::Llava(_) | ModelConfig::Llama(_) | ModelConfig::QwenVl(_) => {
+                TextModel::Llama(Llama::load(w, &keys.text, config.text(), device)?)
+            }
+            ModelConfig::DeepseekVl2(c) => {
+                TextModel::DeepseekV2(DeepseekV2::load(w, &keys.text, &c.language, device)?)
+            }
+        })
+    }
+}
+
+/// How a family's images become pixels.
+pub enum ImagePreprocessor {
+    /// Resize, crop and normalise (`CLIPImageProcessor`, `Qwen2VLImageProcessor`).
+    Resize(ImageProcessor),
+    /// DeepSeek-VL2's global view and local tiles, as one band-layout image
+    /// (`deepseek_vl2::band`).
+    Tiles(deepseek_vl2::Tiler),
+}
+
+impl ImagePreprocessor {
+    /// One image's pixels. `pad` (LLaVA-1.5 evaluation: pad to a square first) concerns the
+    /// resizing processors; DeepSeek-VL2's tiling always pads, and tiles an image of a
+    /// request as the authors' processor tiles a conversation of at most two images.
+    pub fn preprocess(&self, img: &RgbImage, pad: bool) -> Result<PixelValues> {
+        match self {
+            ImagePreprocessor::Resize(p) => p.preprocess(img, pad),
+            ImagePreprocessor::Tiles(p) => p.pixels(img, true),
+        }
+    }
+
+    /// [`ImagePreprocessor::preprocess`] of an image file.
+    pub fn preprocess_file(&self, path: &Path, pad: bool) -> Result<PixelValues> {
+        self.preprocess(&load_rgb(path)?, pad)
+    }
+
+    /// The resizing processor's settings, None for a tiling one.
+    pub fn resize(&self) -> Option<&ImageProcessor> {
+        match self {
+            ImagePreprocessor::Resize(p) => Some(p),
+            ImagePreprocessor::Tiles(_) => None,
         }
     }
 }
@@ -189,6 +295,7 @@ pub(crate) fn not_found(w: &Weights, what: &str, tried: &[&str], suffix: &str) -
 pub enum Vision<B: Backend> {
     Llava(VisionPart<B>),
     Qwen(QwenVision<B>),
+    DeepseekVl2(DeepseekVision<B>),
 }
 
 impl<B: Backend> Vision<B> {
@@ -208,6 +315,9 @@ impl<B: Backend> Vision<B> {
                 &c.vision,
                 device,
             )?)),
+            ModelConfig::DeepseekVl2(c) => {
+                Some(Vision::DeepseekVl2(DeepseekVision::load(w, c, device)?))
+            }
         })
     }
 
@@ -224,6 +334,10 @@ impl<B: Backend> Vision<B> {
                 let (rows, grids) = v.pixels(images, dtype, device)?;
                 PixelBatch::Patches { rows, grids }
             }
+            Vision::DeepseekVl2(v) => {
+                let (tiles, crops) = v.pixels(images, dtype, device)?;
+                PixelBatch::Tiles { tiles, crops }
+            }
         })
     }
 
@@ -232,6 +346,7 @@ impl<B: Backend> Vision<B> {
         match (self, pixels) {
             (Vision::Llava(v), PixelBatch::Square(p)) => Ok(v.encode(p)),
             (Vision::Qwen(v), PixelBatch::Patches { rows, grids }) => Ok(v.encode(rows, grids)),
+            (Vision::DeepseekVl2(v), PixelBatch::Tiles { tiles, crops }) => v.encode(tiles, &crops),
             _ => Err(Error::argument(
                 "image",
                 "pixels of another model family (see Vlm::pixels_tensor)",

@@ -21,7 +21,7 @@ pub mod vlm;
 pub mod weights;
 
 pub use cache::{Cache, KvLayer, LayerCache, LayerCacheDyn, Room, SeqBuffer};
-pub use family::{KeyLayout, ModelConfig, Vision};
+pub use family::{ImagePreprocessor, KeyLayout, ModelConfig, TextModel, Vision};
 pub use llama::{LlamaConfig, LlamaKeys, MropePositions, Positions};
 pub use llava::{ClipVisionConfig, LlavaConfig, SelectStrategy};
 pub use lora::{LoraConfig, LoraLinear};

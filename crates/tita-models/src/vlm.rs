@@ -1,5 +1,6 @@
-//! The model above the families: a decoder (LLaMA, or Qwen2 with M-RoPE) and, for a VLM, its
-//! vision half (LLaVA's CLIP + projector, or Qwen2.5-VL's tower). Decoding and training code
+//! The model above the families: a decoder (LLaMA, Qwen2 with M-RoPE, or DeepSeek-V2 with MLA
+//! and experts) and, for a VLM, its vision half (LLaVA's CLIP + projector, Qwen2.5-VL's tower,
+//! or DeepSeek-VL2's tiled SigLIP + projector). Decoding and training code
 //! talks to this type only: pixels in, image features, embeddings of a prompt with its image
 //! features in place, a decoding state, hidden states, logits.
 
@@ -10,8 +11,8 @@ use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
 use tita_core::image::PixelValues;
 use tita_core::{Error, Result};
 
-use crate::family::{KeyLayout, ModelConfig, Vision};
-use crate::llama::{Llama, MropePositions};
+use crate::family::{KeyLayout, ModelConfig, TextModel, Vision};
+use crate::llama::MropePositions;
 use crate::state::DecodeState;
 use crate::weights::{
     save_safetensors, Precision, RandomWeights, Recorder, StoredTensor, TensorSource, Weights,
@@ -26,6 +27,12 @@ pub enum PixelBatch<B: Backend> {
     Patches {
         rows: Tensor<B, 2>,
         grids: Vec<[usize; 3]>,
+    },
+    /// DeepSeek-VL2: every image's global view and local tiles `[Σ tiles, C, S, S]`, and its
+    /// `[across, down]` local tiling (the authors' `images_spatial_crop`).
+    Tiles {
+        tiles: Tensor<B, 4>,
+        crops: Vec<[usize; 2]>,
     },
 }
 
@@ -119,7 +126,7 @@ impl TextLimits {
 /// A loaded checkpoint: the language model and, for a VLM, the vision part.
 #[derive(Module, Debug)]
 pub struct Vlm<B: Backend> {
-    text: Llama<B>,
+    text: TextModel<B>,
     pub vision: Option<Vision<B>>,
     #[module(skip)]
     limits: TextLimits,
@@ -253,7 +260,7 @@ impl<B: Backend> Vlm<B> {
             ));
         }
         let w = &mut Recorder::new(source, dtype);
-        let text = Llama::load(w, &keys.text, config.text(), device)?;
+        let text = TextModel::load(w, &config, &keys, device)?;
         let vision = Vision::load(w, &config, &keys, device)?;
         let stored = std::mem::take(&mut w.taken);
         Ok(Vlm {
@@ -278,7 +285,7 @@ impl<B: Backend> Vlm<B> {
 
     /// The float type the weights are held and computed in.
     pub fn dtype(&self) -> DType {
-        self.text.embed_tokens.val().dtype()
+        self.text.dtype()
     }
 
     /// The model family, as `model_type` names it.
@@ -293,7 +300,7 @@ impl<B: Backend> Vlm<B> {
 
     /// Whether the output projection is the embedding table (no `lm_head` of its own).
     pub fn ties_embeddings(&self) -> bool {
-        self.text.lm_head.is_none()
+        self.text.ties_embeddings()
     }
 
     /// Bytes of weights read by one batch-1 decode step of the language model.
@@ -476,5 +483,76 @@ impl<B: Backend> Vlm<B> {
         let [b, s, h] = hidden.dims();
         let last = hidden.slice([0..b, s - 1..s, 0..h]);
         self.logits(last).reshape([b, self.limits.vocab_size])
+    }
+}
+
+impl<B: Backend> TextModel<B> {
+    fn dtype(&self) -> DType {
+        match self {
+            TextModel::Llama(m) => m.embed_tokens.val().dtype(),
+            TextModel::DeepseekV2(m) => m.embed_tokens.val().dtype(),
+        }
+    }
+
+    fn ties_embeddings(&self) -> bool {
+        match self {
+            TextModel::Llama(m) => m.lm_head.is_none(),
+            TextModel::DeepseekV2(m) => m.lm_head.is_none(),
+        }
+    }
+
+    fn decode_params(&self) -> usize {
+        match self {
+            TextModel::Llama(m) => m.decode_params(),
+            TextModel::DeepseekV2(m) => m.decode_params(),
+        }
+    }
+
+    fn new_state(&self, pad_left: Vec<usize>) -> DecodeState<B> {
+        match self {
+            TextModel::Llama(m) => m.new_state(pad_left),
+            TextModel::DeepseekV2(m) => m.new_state(pad_left),
+        }
+    }
+
+    fn embed(&self, ids: &[Vec<u32>], device: &B::Device) -> Tensor<B, 3> {
+        match self {
+            TextModel::Llama(m) => m.embed(ids, device),
+            TextModel::DeepseekV2(m) => m.embed_rows(ids, device),
+        }
+    }
+
+    /// The final-normed hidden states. `positions` are a family's explicit rotary positions
+    /// (Qwen2-VL's M-RoPE); DeepSeek-V2 has none (`ModelConfig::rope_positions`).
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        positions: Option<&MropePositions>,
+        state: &mut DecodeState<B>,
+    ) -> Result<Tensor<B, 3>> {
+        match self {
+            TextModel::Llama(m) => m.forward(x, positions, state),
+            TextModel::DeepseekV2(m) => m.forward(x, state),
+        }
+    }
+
+    /// Every decoder layer's output (before the final norm).
+    fn layer_states(
+        &self,
+        x: Tensor<B, 3>,
+        positions: Option<&MropePositions>,
+        state: &mut DecodeState<B>,
+    ) -> Result<Vec<Tensor<B, 3>>> {
+        match self {
+            TextModel::Llama(m) => m.layer_states(x, positions, state),
+            TextModel::DeepseekV2(m) => m.layer_states(x, state),
+        }
+    }
+
+    fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        match self {
+            TextModel::Llama(m) => m.logits(hidden),
+            TextModel::DeepseekV2(m) => m.logits(hidden),
+        }
     }
 }

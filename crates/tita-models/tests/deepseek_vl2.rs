@@ -16,14 +16,15 @@ use burn::tensor::{Tensor, TensorData};
 use common::*;
 use serde_json::{json, Value};
 use tita_core::image::load_rgb;
+use tita_core::image::PixelValues;
 use tita_core::Tokenizer;
 use tita_models::deepseek_vl2::{
-    hub_keys, image_layout, tiles_used, AttentionKind, DeepseekV2, DeepseekVl2, DeepseekVl2Config,
-    FeedForward, GlobalViewPos, ImageRow, Message, MlaDims, MlaLayer, Processor, ProjectorType,
-    Scoring, TileTag, TopkMethod,
+    hub_keys, image_layout, tiles_used, AttentionKind, DeepseekV2, DeepseekVision,
+    DeepseekVl2Config, FeedForward, GlobalViewPos, ImageRow, Message, MlaDims, MlaLayer, Processor,
+    ProjectorType, Scoring, TileTag, TopkMethod,
 };
 use tita_models::weights::Recorder;
-use tita_models::Weights;
+use tita_models::{ImageFeatures, PixelBatch, Vision, Vlm, Weights};
 
 const MODELS: [&str; 3] = ["tiny-like", "small-like", "vl2-like"];
 const LOGITS_TOL: f32 = 1e-4;
@@ -727,21 +728,29 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
     })
 }
 
-/// The whole model of `model`, checking that it takes every tensor but the unused
-/// attention-pool head.
-fn load_vlm(model: &str) -> DeepseekVl2<B> {
+/// The whole model of `model` as any family loads, checking that it takes every tensor but
+/// the unused attention-pool head.
+fn load_vlm(model: &str) -> Vlm<B> {
     let path = dir().join(model);
-    let mut w = Weights::open(&path).unwrap();
-    let used: BTreeSet<String> = w
+    let used: BTreeSet<String> = Weights::open(&path)
+        .unwrap()
         .names()
         .filter(|n| !n.starts_with("vision.attn_pool."))
         .map(String::from)
         .collect();
-    let mut rec = Recorder::new(&mut w, burn::tensor::DType::F32);
-    let m = DeepseekVl2::load(&mut rec, &config(model), &device()).unwrap();
-    let taken: BTreeSet<String> = rec.taken.iter().map(|t| t.name.clone()).collect();
+    let m = Vlm::<B>::load(&path, &device()).unwrap();
+    assert_eq!(m.family(), "deepseek_vl_v2");
+    let taken: BTreeSet<String> = m.stored.iter().map(|t| t.name.clone()).collect();
     assert_eq!(taken, used, "{model}: tensors taken");
     m
+}
+
+/// The vision half of a loaded DeepSeek-VL2.
+fn vision_of(m: &Vlm<B>) -> &DeepseekVision<B> {
+    match &m.vision {
+        Some(Vision::DeepseekVl2(v)) => v,
+        other => panic!("not a DeepSeek-VL2 vision half: {other:?}"),
+    }
 }
 
 fn processor() -> Processor {
@@ -798,7 +807,8 @@ fn vision_tower_and_projector_match_on_the_stored_tiles() {
     let tiles = bytes.len() / (3 * s * s);
     let pixels: Vec<f32> = bytes.iter().map(|&b| lut[b as usize]).collect();
     for model in MODELS {
-        let m = load_vlm(model);
+        let vlm = load_vlm(model);
+        let m = vision_of(&vlm);
         let x =
             Tensor::<B, 4>::from_data(TensorData::new(pixels.clone(), [tiles, 3, s, s]), &device());
         let features = m.vision.forward(x).unwrap();
@@ -1044,22 +1054,24 @@ fn unsupported_layouts_are_refused_by_name() {
         let path = dir().join("tiny-like/config.json");
         let c = DeepseekVl2Config::from_value(&v, &path).unwrap();
         let mut w = Weights::open(&dir().join("tiny-like")).unwrap();
-        let err = DeepseekVl2::<B>::load(&mut w, &c, &device())
+        let err = DeepseekVision::<B>::load(&mut w, &c, &device())
             .unwrap_err()
             .to_string();
         assert!(err.contains(named), "{key}: {err}");
     }
 }
 
-/// Every case through the processor and the whole model: image features (1e-5), final hidden
+/// Every case through the processor and the whole model as [`Vlm`] runs any family: the
+/// band-layout pixels back to the processor's tiles, image features (1e-5), final hidden
 /// states (1e-5) and logits (1e-4) at the reference positions, then 12 greedy tokens through
-/// the cache with their log-probs and top-5 logits.
+/// the cache (prefill, then one step per token) with their log-probs and top-5 logits; for MLA
+/// the cache holds the latent only.
 fn image_cases_match(model: &str) {
     let dev = device();
     let m = load_vlm(model);
     let p = processor();
     let all = cases_json();
-    let vocab = m.config.language.vocab_size;
+    let vocab = m.text_limits().vocab_size;
     for case_name in CASES {
         let case = &all["cases"][case_name];
         let per = &case["per_model"][model];
@@ -1067,19 +1079,38 @@ fn image_cases_match(model: &str) {
         let out = p.process(&messages, &images).unwrap();
         let ids = out.input_ids.clone();
         let t = ids.len();
-        let tiles = out.tiles_tensor::<B>(&dev);
-        if let Some(tiles) = tiles.clone() {
+        let image_id = m.image_token_id();
+        let mask: Vec<bool> = ids.iter().map(|&i| Some(i) == image_id).collect();
+        assert_eq!(mask, out.images_seq_mask, "{case_name}: image positions");
+        let bands = out.images();
+        let features = (!bands.is_empty()).then(|| {
+            for (band, &n) in bands.iter().zip(&out.num_image_tokens) {
+                assert_eq!(m.image_tokens_for(band).unwrap(), n, "{case_name}");
+            }
+            let refs: Vec<&PixelValues> = bands.iter().collect();
+            let PixelBatch::Tiles { tiles, crops } = m.pixels_tensor(&refs, &dev).unwrap() else {
+                panic!("{case_name}: not DeepSeek-VL2 tiles");
+            };
+            assert_eq!(crops, out.images_spatial_crop, "{case_name}: tilings");
+            let want = out.tiles_tensor::<B>(&dev).unwrap();
+            assert_eq!(values(tiles.clone()), values(want), "{case_name}: tiles");
             assert_close(
                 &format!("{model} {case_name} projector_out"),
-                &values(m.encode_tiles(tiles).unwrap()),
+                &values(vision_of(&m).encode_tiles(tiles.clone()).unwrap()),
                 &exp(&format!("{model}.{case_name}.projector_out")),
                 HIDDEN_TOL,
             );
-        }
-        let x = m
-            .input_embeds(&ids, &out.images_seq_mask, tiles, &out.images_spatial_crop)
-            .unwrap();
-        let mut state = m.language.new_state(vec![0]).with_capacity(t + STEPS);
+            let f = m.encode_images(PixelBatch::Tiles { tiles, crops }).unwrap();
+            assert_eq!(f.counts, out.num_image_tokens, "{case_name}");
+            // The prompt's images fill its image positions in order: one run for the row.
+            ImageFeatures {
+                counts: vec![f.counts.iter().sum()],
+                rows: f.rows,
+                grids: Vec::new(),
+            }
+        });
+        let x = m.embed(std::slice::from_ref(&ids), features, &dev).unwrap();
+        let mut state = m.new_cache(1).with_capacity(t + STEPS);
         let hidden = m.forward(x, &mut state).unwrap();
         let mut at = usizes(&per["other_positions"]);
         at.push(t - 1);
@@ -1150,15 +1181,102 @@ fn image_cases_match(model: &str) {
                 top_diff = top_diff.max((step_logits[id as usize] as f64 - want).abs());
             }
             if step + 1 < STEPS {
-                let x = m.language.embed(&[vec![next as u32]], &dev).unwrap();
-                step_logits = values(m.logits(m.forward(x, &mut state).unwrap()));
+                let x = m.embed_text(&[vec![next as u32]], &dev);
+                step_logits = values(m.last_logits(m.forward(x, &mut state).unwrap()));
             }
         }
         assert_eq!(got, want_ids, "{model} {case_name}: greedy ids");
         eprintln!("{model} {case_name}: greedy log-probs |Δ| {lp_diff:.2e}, top-5 logits |Δ| {top_diff:.2e}");
         assert!(lp_diff <= LOGITS_TOL as f64 && top_diff <= LOGITS_TOL as f64);
         assert_eq!(state.len(), t + STEPS - 1);
+        assert_latent_cache(&m, &mut state);
     }
+}
+
+/// An MLA model's cache holds `kv_lora_rank + qk_rope_head_dim` values per position and
+/// layer (4 bytes each at f32), not per-head keys and values: MLA's point.
+fn assert_latent_cache(m: &Vlm<B>, state: &mut tita_models::DecodeState<B>) {
+    let tita_models::ModelConfig::DeepseekVl2(c) = &m.config else {
+        panic!("not DeepSeek-VL2");
+    };
+    let Some(d) = c.language.mla() else {
+        return;
+    };
+    let full_kv = c.language.num_attention_heads * (d.q_head_dim() + d.v_head_dim) * 4;
+    for i in 0..c.language.num_hidden_layers {
+        let layer = state.cache.layer::<MlaLayer<B>>(i).unwrap();
+        assert_eq!(
+            layer.bytes_per_position(),
+            d.latent_width() * 4,
+            "layer {i}"
+        );
+        assert!(layer.bytes_per_position() < full_kv);
+    }
+}
+
+/// Two image prompts of different lengths in one left-padded batch through [`Vlm`]: each
+/// row's last logits after the prefill and after one step equal the row run alone.
+#[test]
+fn left_padded_image_rows_equal_each_row_alone() {
+    let dev = device();
+    let m = load_vlm("small-like");
+    let p = processor();
+    let all = cases_json();
+    let vocab = m.text_limits().vocab_size;
+    let prepared: Vec<_> = ["small", "wide"]
+        .iter()
+        .map(|name| {
+            let (messages, images) = conversation(&all["cases"][name]);
+            p.process(&messages, &images).unwrap()
+        })
+        .collect();
+    let features = |i: usize| {
+        let bands = prepared[i].images();
+        let px = m.pixels_tensor(&[&bands[0]], &dev).unwrap();
+        m.encode_images(px).unwrap()
+    };
+    let len = prepared.iter().map(|o| o.input_ids.len()).max().unwrap();
+    let pad: Vec<usize> = prepared.iter().map(|o| len - o.input_ids.len()).collect();
+    let pad_id = m.text_limits().pad_token_id.unwrap_or(0);
+    let rows_ids: Vec<Vec<u32>> = prepared
+        .iter()
+        .zip(&pad)
+        .map(|(o, &n)| {
+            std::iter::repeat_n(pad_id, n)
+                .chain(o.input_ids.clone())
+                .collect()
+        })
+        .collect();
+    let both = {
+        let (a, b) = (features(0), features(1));
+        ImageFeatures {
+            rows: Tensor::cat(vec![a.rows, b.rows], 0),
+            counts: vec![a.counts[0], b.counts[0]],
+            grids: Vec::new(),
+        }
+    };
+    let mut batch = m.new_padded_cache(pad.clone()).with_capacity(len + 1);
+    let x = m.embed(&rows_ids, Some(both), &dev).unwrap();
+    let got = rows(m.last_logits(m.forward(x, &mut batch).unwrap()));
+    let step = rows(
+        m.last_logits(
+            m.forward(m.embed_text(&[vec![7], vec![7]], &dev), &mut batch)
+                .unwrap(),
+        ),
+    );
+    for (r, o) in prepared.iter().enumerate() {
+        let mut alone = m.new_cache(1);
+        let x = m
+            .embed(std::slice::from_ref(&o.input_ids), Some(features(r)), &dev)
+            .unwrap();
+        let want = rows(m.last_logits(m.forward(x, &mut alone).unwrap()));
+        assert_eq!(want[0].len(), vocab);
+        assert_close(&format!("row {r} prefill"), &got[r], &want[0], LOGITS_TOL);
+        let x = m.embed_text(&[vec![7]], &dev);
+        let want = rows(m.last_logits(m.forward(x, &mut alone).unwrap()));
+        assert_close(&format!("row {r} step"), &step[r], &want[0], LOGITS_TOL);
+    }
+    assert_latent_cache(&m, &mut batch);
 }
 
 #[test]

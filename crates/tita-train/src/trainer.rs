@@ -840,6 +840,18 @@ fn freeze<A: AutodiffBackend>(mut model: Vlm<A>, config: &TrainConfig) -> Vlm<A>
             }
             Vision::Qwen(v)
         }
+        // DeepSeek-VL2's layout embeddings go with its projector.
+        Vision::DeepseekVl2(mut v) => {
+            if config.freeze_vision {
+                v.vision = v.vision.no_grad();
+            }
+            if config.freeze_projector {
+                v.projector = v.projector.no_grad();
+                v.image_newline = v.image_newline.no_grad();
+                v.view_seperator = v.view_seperator.no_grad();
+            }
+            Vision::DeepseekVl2(v)
+        }
     });
     model
 }

@@ -870,6 +870,9 @@ fn main() -> anyhow::Result<()> {
                 (None, None, ModelConfig::Llava(_)) => ModelSpec::Preset(Preset::Llava25m),
                 (None, None, ModelConfig::QwenVl(_)) => ModelSpec::Preset(Preset::QwenVl3b),
                 (None, None, ModelConfig::Llama(_)) => ModelSpec::Preset(Preset::M25),
+                (None, None, ModelConfig::DeepseekVl2(_)) => bail!(
+                    "--reward: give a DeepSeek-VL2 reward checkpoint (the family has no preset)"
+                ),
             };
             let _claim = claim_dir(&out, Reuse::from_flags(false, overwrite)?)?;
             let kinds: Vec<Option<BackendKind>> = if backend.is_empty() {

@@ -7,9 +7,10 @@
 
 use std::path::Path;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use tita_core::config::{positive, read_config, Fields};
-use tita_core::{Activation, Result};
+use tita_core::image::PixelValues;
+use tita_core::{Activation, Error, Result};
 
 use crate::llama::LlamaConfig;
 
@@ -24,7 +25,14 @@ pub struct DeepseekVl2Config {
     pub candidate_resolutions: Vec<(usize, usize)>,
     pub tile_tag: TileTag,
     pub global_view_pos: GlobalViewPos,
+    /// The language model as every family's callers see it (vocabulary, context, special
+    /// ids, rope): [`DeepseekV2Config`] seen as a LLaMA, derived from `language`.
+    pub text: LlamaConfig,
 }
+
+/// `<image>`'s id in the DeepSeek-V3 tokenizer as the VL2 processor extends it (every public
+/// checkpoint); a pipeline checks its tokenizer agrees.
+pub const IMAGE_TOKEN_ID: u32 = 128_815;
 
 /// How image tokens are laid out around the tiles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,6 +249,7 @@ impl DeepseekVl2Config {
             ));
         }
         Ok(DeepseekVl2Config {
+            text: language.llama_view(),
             language,
             vision,
             projector,
@@ -273,8 +282,165 @@ impl DeepseekVl2Config {
     }
 }
 
+impl DeepseekVl2Config {
+    /// Feature rows per tile side after the projector: `⌈(size / patch) / ratio⌉`.
+    pub fn tokens_per_side(&self) -> usize {
+        self.vision.grid().div_ceil(self.projector.downsample_ratio)
+    }
+
+    /// Image tokens of one image tiled `[across, down]`: the global view's rows with their
+    /// newlines, the separator, the stitched local grid with a newline per row.
+    pub fn image_tokens(&self, [across, down]: [usize; 2]) -> usize {
+        let s = self.tokens_per_side();
+        s * (s + 1) + 1 + (down * s) * (across * s + 1)
+    }
+
+    /// The tiling `[across, down]` of an image in the processor's band layout
+    /// (`[3, (1 + down)·size, across·size]`, see `processor::band`), checked against the tile
+    /// size.
+    pub fn tiling_of(&self, image: &PixelValues) -> Result<[usize; 2]> {
+        let s = self.vision.image_size;
+        let (h, w) = (image.height, image.width);
+        if h % s != 0 || w % s != 0 || h < 2 * s || w == 0 || image.data.len() != 3 * h * w {
+            return Err(Error::argument(
+                "image",
+                format!(
+                    "preprocessed to {h}x{w} ({} values), not a DeepSeek-VL2 tiling of {s}-pixel \
+                     tiles (3 channels, a band of one tile over the local canvas)",
+                    image.data.len()
+                ),
+            ));
+        }
+        Ok([w / s, h / s - 1])
+    }
+
+    /// The config with every field explicit, in the hub's nesting.
+    pub fn to_hf_json(&self) -> Value {
+        let l = &self.language;
+        let mut language = json!({
+            "model_type": "deepseek_v2",
+            "architectures": ["DeepseekV2ForCausalLM"],
+            "vocab_size": l.vocab_size,
+            "hidden_size": l.hidden_size,
+            "intermediate_size": l.intermediate_size,
+            "num_hidden_layers": l.num_hidden_layers,
+            "num_attention_heads": l.num_attention_heads,
+            "num_key_value_heads": l.num_key_value_heads,
+            "hidden_act": l.hidden_act.hf_name(),
+            "max_position_embeddings": l.max_position_embeddings,
+            "rms_norm_eps": l.rms_norm_eps,
+            "rope_theta": l.rope_theta,
+            "attention_bias": l.attention_bias,
+            "tie_word_embeddings": l.tie_word_embeddings,
+            "bos_token_id": l.bos_token_id,
+            "eos_token_id": l.eos_token_ids,
+            "pad_token_id": l.pad_token_id,
+            "torch_dtype": l.dtype.clone().unwrap_or_else(|| "float32".into()),
+            "use_mla": l.mla().is_some(),
+            "n_routed_experts": Value::Null,
+        });
+        let m = language.as_object_mut().expect("an object");
+        match &l.attention {
+            AttentionKind::Mha => {
+                m.insert("q_lora_rank".into(), Value::Null);
+            }
+            AttentionKind::Mla(d) => {
+                m.insert("q_lora_rank".into(), json!(d.q_lora_rank));
+                m.insert("kv_lora_rank".into(), json!(d.kv_lora_rank));
+                m.insert("qk_nope_head_dim".into(), json!(d.qk_nope_head_dim));
+                m.insert("qk_rope_head_dim".into(), json!(d.qk_rope_head_dim));
+                m.insert("v_head_dim".into(), json!(d.v_head_dim));
+            }
+        }
+        if let Some(e) = &l.moe {
+            let (method, groups) = match e.topk_method {
+                TopkMethod::Greedy => ("greedy", None),
+                TopkMethod::GroupLimitedGreedy {
+                    n_group,
+                    topk_group,
+                } => ("group_limited_greedy", Some((n_group, topk_group))),
+                TopkMethod::NoauxTc {
+                    n_group,
+                    topk_group,
+                } => ("noaux_tc", Some((n_group, topk_group))),
+            };
+            for (k, v) in [
+                ("n_routed_experts", json!(e.n_routed_experts)),
+                ("num_experts_per_tok", json!(e.num_experts_per_tok)),
+                ("n_shared_experts", json!(e.n_shared_experts)),
+                ("moe_intermediate_size", json!(e.moe_intermediate_size)),
+                ("first_k_dense_replace", json!(e.first_k_dense_replace)),
+                ("moe_layer_freq", json!(e.moe_layer_freq)),
+                (
+                    "scoring_func",
+                    json!(match e.scoring {
+                        Scoring::Softmax => "softmax",
+                        Scoring::Sigmoid => "sigmoid",
+                    }),
+                ),
+                ("topk_method", json!(method)),
+                ("n_group", json!(groups.map(|g| g.0))),
+                ("topk_group", json!(groups.map(|g| g.1))),
+                ("norm_topk_prob", json!(e.norm_topk_prob)),
+                ("routed_scaling_factor", json!(e.routed_scaling_factor)),
+            ] {
+                m.insert(k.into(), v);
+            }
+        }
+        let v = &self.vision;
+        let p = &self.projector;
+        json!({
+            "model_type": "deepseek_vl_v2",
+            "architectures": ["DeepseekVLV2ForCausalLM"],
+            "language_config": language,
+            "vision_config": {
+                "model_type": "vision",
+                "model_name": v.model_name,
+                "image_size": v.image_size,
+                "patch_size": v.patch_size,
+                "width": v.width,
+                "layers": v.layers,
+                "heads": v.heads,
+                "mlp_ratio": v.mlp_ratio,
+                "global_pool": v.global_pool,
+                "ignore_head": v.ignore_head,
+                "class_token": v.class_token,
+            },
+            "projector_config": {
+                "model_type": "mlp_projector",
+                "projector_type": match p.projector_type {
+                    ProjectorType::Identity => "identity",
+                    ProjectorType::Linear => "linear",
+                    ProjectorType::MlpGelu => "mlp_gelu",
+                    ProjectorType::DownsampleMlpGelu => "downsample_mlp_gelu",
+                },
+                "input_dim": p.input_dim,
+                "n_embed": p.n_embed,
+                "depth": p.depth,
+                "mlp_ratio": p.mlp_ratio,
+                "downsample_ratio": p.downsample_ratio,
+                "token_pooling": p.token_pooling,
+            },
+            "candidate_resolutions": self
+                .candidate_resolutions
+                .iter()
+                .map(|&(w, h)| [w, h])
+                .collect::<Vec<_>>(),
+            "tile_tag": match self.tile_tag {
+                TileTag::TwoD => "2D",
+                TileTag::OneD => "1D",
+            },
+            "global_view_pos": match self.global_view_pos {
+                GlobalViewPos::Head => "head",
+                GlobalViewPos::Tail => "tail",
+            },
+            "torch_dtype": l.dtype.clone().unwrap_or_else(|| "float32".into()),
+        })
+    }
+}
+
 /// `candidate_resolutions`: a non-empty list of `[width, height]` pairs; default `[[384, 384]]`.
-fn parse_resolutions(root: &Fields) -> Result<Vec<(usize, usize)>> {
+pub(crate) fn parse_resolutions(root: &Fields) -> Result<Vec<(usize, usize)>> {
     let field = "candidate_resolutions";
     let Some(v) = root.get(field) else {
         return Ok(vec![(384, 384)]);

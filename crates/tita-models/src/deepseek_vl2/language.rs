@@ -202,13 +202,40 @@ impl<B: Backend> DeepseekV2<B> {
                 format!("token id {bad} is outside the vocabulary of {vocab}"),
             ));
         }
+        Ok(self.embed_rows(ids, device))
+    }
+
+    /// [`DeepseekV2::embed`] without the checks (ids already known to be in the vocabulary).
+    pub fn embed_rows(&self, ids: &[Vec<u32>], device: &B::Device) -> Tensor<B, 3> {
+        let (b, s) = (ids.len(), ids[0].len());
         let flat: Vec<i64> = ids.iter().flatten().map(|&t| t as i64).collect();
         let idx = Tensor::from_data(TensorData::new(flat, [b * s]), device);
-        Ok(self
-            .embed_tokens
+        self.embed_tokens
             .val()
             .select(0, idx)
-            .reshape([b, s, self.config.hidden_size]))
+            .reshape([b, s, self.config.hidden_size])
+    }
+
+    /// Parameters read by one decode step: all but an untied embedding table (gathered from,
+    /// not streamed) and the routed experts a token does not choose.
+    pub fn decode_params(&self) -> usize {
+        let embed = if self.lm_head.is_some() {
+            self.embed_tokens.val().dims().iter().product()
+        } else {
+            0
+        };
+        let idle: usize = self
+            .layers
+            .iter()
+            .map(|l| match &l.mlp {
+                FeedForward::Moe(m) => {
+                    let per = m.experts.first().map_or(0, |e| e.num_params());
+                    (m.experts.len() - m.gate.config.num_experts_per_tok) * per
+                }
+                FeedForward::Dense(_) => 0,
+            })
+            .sum();
+        self.num_params() - embed - idle
     }
 
     /// Runs `x` (`[batch, seq, hidden]` input embeddings) after what `state` holds and returns

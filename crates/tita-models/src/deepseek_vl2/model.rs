@@ -1,18 +1,19 @@
-//! The whole DeepSeek-VL2 (`DeepseekVLV2ForCausalLM`): tiles through the SigLIP tower and the
-//! projector, the image rows laid out with the `image_newline` and `view_seperator` (sic)
-//! parameters, written into the token embeddings where `images_seq_mask` is set, then the
-//! language model.
+//! DeepSeek-VL2's vision half (`DeepseekVLV2ForCausalLM` less its language model): tiles through
+//! the SigLIP tower and the projector, the image rows laid out with the `image_newline` and
+//! `view_seperator` (sic) parameters, one run of rows per image; [`crate::Vlm`] writes them into
+//! the token embeddings at the image positions (the authors' `images_seq_mask`) and runs the
+//! language model ([`super::DeepseekV2`]).
 
 use burn::module::{Module, Param};
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
+use tita_core::image::PixelValues;
 use tita_core::{Error, Result};
 
 use crate::deepseek_vl2::config::{DeepseekVl2Config, GlobalViewPos, TileTag};
-use crate::deepseek_vl2::language::{hub_keys, DeepseekV2};
 use crate::deepseek_vl2::projector::Projector;
 use crate::deepseek_vl2::vision::SiglipVit;
 use crate::scope::Scope;
-use crate::state::DecodeState;
+use crate::vlm::ImageFeatures;
 use crate::weights::TensorSource;
 
 /// One image-token row of the sequence.
@@ -68,21 +69,21 @@ pub fn tiles_used(spatial_crop: &[[usize; 2]]) -> usize {
         .sum()
 }
 
+/// The vision half: tower, projector and the two layout embeddings.
 #[derive(Module, Debug)]
-pub struct DeepseekVl2<B: Backend> {
+pub struct DeepseekVision<B: Backend> {
     pub vision: SiglipVit<B>,
     pub projector: Projector<B>,
     pub image_newline: Param<Tensor<B, 1>>,
     pub view_seperator: Param<Tensor<B, 1>>,
-    pub language: DeepseekV2<B>,
     #[module(skip)]
     pub config: DeepseekVl2Config,
 }
 
-impl<B: Backend> DeepseekVl2<B> {
-    /// Builds the model from a checkpoint (`vision.*`, `projector.*`, `image_newline`,
-    /// `view_seperator`, `language.*`). Layouts the authors' model does not build or this port
-    /// does not cover are refused by name.
+impl<B: Backend> DeepseekVision<B> {
+    /// Builds the vision half from a checkpoint (`vision.*`, `projector.*`, `image_newline`,
+    /// `view_seperator`). Layouts the authors' model does not build or this port does not
+    /// cover are refused by name.
     pub fn load(
         w: &mut impl TensorSource,
         c: &DeepseekVl2Config,
@@ -105,15 +106,11 @@ impl<B: Backend> DeepseekVl2<B> {
         let projector = Projector::load(Scope::new(w, "projector"), &c.projector, device)?;
         let n = c.projector.n_embed;
         let mut root = Scope::new(w, "");
-        let image_newline = root.param("image_newline", [n], device)?;
-        let view_seperator = root.param("view_seperator", [n], device)?;
-        let language = DeepseekV2::load(w, &hub_keys(), &c.language, device)?;
-        Ok(DeepseekVl2 {
+        Ok(DeepseekVision {
             vision,
             projector,
-            image_newline,
-            view_seperator,
-            language,
+            image_newline: root.param("image_newline", [n], device)?,
+            view_seperator: root.param("view_seperator", [n], device)?,
             config: c.clone(),
         })
     }
@@ -123,107 +120,90 @@ impl<B: Backend> DeepseekVl2<B> {
         self.projector.forward(self.vision.forward(tiles)?)
     }
 
-    /// Rows per side of one tile's image embeddings.
-    pub fn tile_side(&self) -> usize {
-        self.config
-            .vision
-            .grid()
-            .div_ceil(self.config.projector.downsample_ratio)
+    /// Images in the processor's band layout as the tower takes them: every image's global
+    /// view and local tiles `[Σ tiles, 3, size, size]`, and each image's `[across, down]`.
+    pub fn pixels(
+        &self,
+        images: &[&PixelValues],
+        dtype: DType,
+        device: &B::Device,
+    ) -> Result<(Tensor<B, 4>, Vec<[usize; 2]>)> {
+        let s = self.config.vision.image_size;
+        let mut data = Vec::new();
+        let mut crops = Vec::with_capacity(images.len());
+        for img in images {
+            let [across, down] = self.config.tiling_of(img)?;
+            let w = img.width;
+            let plane = img.height * w;
+            // The band's top row of tiles holds the global view in its first tile; the local
+            // canvas below is cut row by row.
+            let mut tile = |ty: usize, tx: usize| {
+                for c in 0..3 {
+                    for y in 0..s {
+                        let at = c * plane + (ty * s + y) * w + tx * s;
+                        data.extend_from_slice(&img.data[at..at + s]);
+                    }
+                }
+            };
+            tile(0, 0);
+            for ty in 1..=down {
+                for tx in 0..across {
+                    tile(ty, tx);
+                }
+            }
+            crops.push([across, down]);
+        }
+        let n = data.len() / (3 * s * s);
+        Ok((
+            Tensor::from_data(TensorData::new(data, [n, 3, s, s]), (device, dtype)),
+            crops,
+        ))
     }
 
-    /// Input embeddings `[1, T, hidden]` of one prompt: the token embeddings of `ids`, with the
-    /// image rows (from `tiles`, laid out by `spatial_crop`) at the positions `images_seq_mask`
-    /// sets. Without images (`spatial_crop` all zero, or `tiles` None) the tower is not run.
-    pub fn input_embeds(
-        &self,
-        ids: &[u32],
-        images_seq_mask: &[bool],
-        tiles: Option<Tensor<B, 4>>,
-        spatial_crop: &[[usize; 2]],
-    ) -> Result<Tensor<B, 3>> {
-        let device = self.image_newline.val().device();
-        let text = self.language.embed(&[ids.to_vec()], &device)?;
-        if images_seq_mask.len() != ids.len() {
-            return Err(Error::argument(
-                "images_seq_mask",
-                format!(
-                    "{} entries for {} token ids",
-                    images_seq_mask.len(),
-                    ids.len()
-                ),
-            ));
-        }
-        let layout = image_layout(spatial_crop, self.tile_side());
-        let marked = images_seq_mask.iter().filter(|&&m| m).count();
-        if marked != layout.len() {
-            return Err(Error::argument(
-                "images_seq_mask",
-                format!(
-                    "{marked} image positions, but the images {spatial_crop:?} make {} rows",
-                    layout.len()
-                ),
-            ));
-        }
-        if layout.is_empty() {
-            return Ok(text);
-        }
-        let Some(tiles) = tiles else {
-            return Err(Error::argument(
-                "pixels",
-                "the prompt has image positions but no tiles were given",
-            ));
-        };
-        let need = tiles_used(spatial_crop);
+    /// The image-token rows of every image, laid out as the prompt holds them (global view,
+    /// separator, local grid, newlines): `crops[i]`'s `config.image_tokens` rows per image.
+    pub fn encode(&self, tiles: Tensor<B, 4>, crops: &[[usize; 2]]) -> Result<ImageFeatures<B>> {
+        let need = tiles_used(crops);
         let have = tiles.dims()[0];
-        if have < need {
+        if crops.iter().any(|&[a, d]| a == 0 || d == 0) || have != need {
             return Err(Error::argument(
                 "pixels",
-                format!("{have} tiles for images {spatial_crop:?}, which need {need}"),
+                format!("{have} tiles for images tiled {crops:?}, which need {need}"),
             ));
         }
-        let [_, ch, hgt, wid] = tiles.dims();
-        let tiles = tiles.slice([0..need, 0..ch, 0..hgt, 0..wid]);
         let features = self.encode_tiles(tiles)?;
         let [n, per, hidden] = features.dims();
         let rows = n * per;
-        // One table: text rows, then features, newline, separator; each position picks its row.
+        // One table: features, newline, separator; each image-token row picks its row.
         let table = Tensor::cat(
             vec![
-                text.reshape([ids.len(), hidden]),
                 features.reshape([rows, hidden]),
                 self.image_newline.val().reshape([1, hidden]),
                 self.view_seperator.val().reshape([1, hidden]),
             ],
             0,
         );
-        let t = ids.len();
-        let mut image = layout.iter();
-        let index: Vec<i64> = images_seq_mask
-            .iter()
-            .enumerate()
-            .map(|(p, &m)| {
-                if !m {
-                    return p as i64;
-                }
-                match image.next().expect("counted above") {
-                    ImageRow::Feature(i) => (t + i) as i64,
-                    ImageRow::Newline => (t + rows) as i64,
-                    ImageRow::Separator => (t + rows + 1) as i64,
-                }
-            })
-            .collect();
-        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [t]), &device);
-        Ok(table.select(0, index).reshape([1, t, hidden]))
-    }
-
-    /// Runs input embeddings through the language model after what `state` holds; returns the
-    /// final-normed hidden states.
-    pub fn forward(&self, x: Tensor<B, 3>, state: &mut DecodeState<B>) -> Result<Tensor<B, 3>> {
-        self.language.forward(x, state)
-    }
-
-    /// Vocabulary logits of hidden states, in f32.
-    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.language.logits(hidden)
+        let side = self.config.tokens_per_side();
+        let mut index = Vec::new();
+        let mut counts = Vec::with_capacity(crops.len());
+        let mut first_tile = 0;
+        for &crop in crops {
+            let layout = image_layout(&[crop], side);
+            counts.push(layout.len());
+            index.extend(layout.iter().map(|r| match r {
+                ImageRow::Feature(i) => (first_tile * per + i) as i64,
+                ImageRow::Newline => rows as i64,
+                ImageRow::Separator => rows as i64 + 1,
+            }));
+            first_tile += tiles_used(&[crop]);
+        }
+        let len = index.len();
+        let device = table.device();
+        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [len]), &device);
+        Ok(ImageFeatures {
+            rows: table.select(0, index),
+            counts,
+            grids: Vec::new(),
+        })
     }
 }
