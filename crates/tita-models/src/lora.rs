@@ -297,7 +297,7 @@ impl<B: Backend> Vlm<B> {
         config.validate()?;
         self.check_no_adapter()?;
         let targets = config.targets();
-        let names: Vec<Vec<String>> = (self.decoder().layers.iter().enumerate())
+        let names: Vec<Vec<String>> = (self.lora_layers().iter().enumerate())
             .map(|(i, layer)| {
                 projections(layer)
                     .iter()
@@ -306,7 +306,7 @@ impl<B: Backend> Vlm<B> {
             })
             .collect();
         let r = config.r;
-        for (layer, names) in self.decoder_mut().layers.iter_mut().zip(names) {
+        for (layer, names) in self.lora_layers_mut().iter_mut().zip(names) {
             for ((_, name, proj), key) in projections_mut(layer).into_iter().zip(names) {
                 if !targets.contains(&name) {
                     continue;
@@ -331,6 +331,16 @@ impl<B: Backend> Vlm<B> {
     }
 
     fn check_no_adapter(&self) -> Result<()> {
+        if !self.takes_lora() {
+            return Err(Error::argument(
+                "lora",
+                format!(
+                    "{} is a {} model: LoRA adapters attach to LLaMA-style decoders only",
+                    self.name,
+                    self.family()
+                ),
+            ));
+        }
         if self.lora_config().is_some() {
             return Err(Error::argument(
                 "lora",
@@ -343,7 +353,7 @@ impl<B: Backend> Vlm<B> {
     /// Folds every adapter into its projection's weight (PEFT's `merge_and_unload`): the model
     /// is then a plain one, saved by [`Vlm::save_pretrained`].
     pub fn merge_lora(&mut self) {
-        for layer in &mut self.decoder_mut().layers {
+        for layer in self.lora_layers_mut() {
             for (_, _, proj) in projections_mut(layer) {
                 proj.merge();
             }
@@ -352,7 +362,7 @@ impl<B: Backend> Vlm<B> {
 
     /// The same model without its adapters (the base a LoRA run started from: DPO's reference).
     pub fn without_lora(mut self) -> Self {
-        for layer in &mut self.decoder_mut().layers {
+        for layer in self.lora_layers_mut() {
             for (_, _, proj) in projections_mut(layer) {
                 proj.lora = None;
             }
@@ -364,7 +374,7 @@ impl<B: Backend> Vlm<B> {
     pub fn lora_config(&self) -> Option<LoraConfig> {
         let mut config: Option<LoraConfig> = None;
         let mut found = BTreeSet::new();
-        for layer in &self.decoder().layers {
+        for layer in self.lora_layers() {
             for (part, proj) in projections(layer) {
                 if let Some(lora) = &proj.lora {
                     config.get_or_insert_with(|| lora.config.clone());
@@ -386,7 +396,7 @@ impl<B: Backend> Vlm<B> {
     /// layer order; empty without an adapter.
     pub fn adapter_tensors(&self) -> Vec<StoredTensor> {
         let mut out = Vec::new();
-        for (i, layer) in self.decoder().layers.iter().enumerate() {
+        for (i, layer) in self.lora_layers().iter().enumerate() {
             for (part, proj) in projections(layer) {
                 let Some(lora) = &proj.lora else { continue };
                 let key = self.adapter_names(i, part).remove(0);
@@ -484,15 +494,15 @@ impl<B: Backend> Vlm<B> {
         let r = config.r;
         let scaling = config.scaling();
         let mut found = false;
-        let names: Vec<Vec<Vec<String>>> = (0..self.decoder().layers.len())
+        let names: Vec<Vec<Vec<String>>> = (0..self.lora_layers().len())
             .map(|i| {
-                projections(&self.decoder().layers[i])
+                projections(&self.lora_layers()[i])
                     .iter()
                     .map(|(part, _)| self.adapter_names(i, part))
                     .collect()
             })
             .collect();
-        for (layer, names) in self.decoder_mut().layers.iter_mut().zip(names) {
+        for (layer, names) in self.lora_layers_mut().iter_mut().zip(names) {
             for ((_, _, proj), candidates) in projections_mut(layer).into_iter().zip(names) {
                 let Some(key) = candidates
                     .into_iter()

@@ -274,13 +274,24 @@ impl<B: Backend> Vlm<B> {
         })
     }
 
-    /// The language model (LoRA adapters attach to its projections: see [`crate::lora`]).
-    pub(crate) fn decoder(&self) -> &Llama<B> {
-        &self.text
+    /// The decoder layers LoRA adapters attach to (see [`crate::lora`]): a LLaMA-style
+    /// decoder's; none for DeepSeek-V2, whose MLA attention and experts take no adapters yet.
+    pub(crate) fn lora_layers(&self) -> &[crate::llama::DecoderLayer<B>] {
+        match &self.text {
+            TextModel::Llama(m) => &m.layers,
+            TextModel::DeepseekV2(_) => &[],
+        }
     }
 
-    pub(crate) fn decoder_mut(&mut self) -> &mut Llama<B> {
-        &mut self.text
+    pub(crate) fn takes_lora(&self) -> bool {
+        matches!(self.text, TextModel::Llama(_))
+    }
+
+    pub(crate) fn lora_layers_mut(&mut self) -> &mut [crate::llama::DecoderLayer<B>] {
+        match &mut self.text {
+            TextModel::Llama(m) => &mut m.layers,
+            TextModel::DeepseekV2(_) => &mut [],
+        }
     }
 
     /// The float type the weights are held and computed in.
