@@ -190,6 +190,27 @@ pub struct Query {
     pub image: Option<ImageInput>,
 }
 
+impl Query {
+    /// What the runner sends and records: the text, then `suffix` (the instruction) on a new
+    /// line unless it is empty.
+    pub fn prompt(&self, suffix: &str) -> String {
+        if suffix.is_empty() {
+            self.text.clone()
+        } else {
+            format!("{}\n{suffix}", self.text)
+        }
+    }
+
+    /// Whether an answer line that recorded `prompt` answers this question (asked with any
+    /// instruction): ids alone do not tell questions apart where a benchmark's file reuses
+    /// them (TextVQA's ids are image ids).
+    pub fn asked_as(&self, prompt: &str) -> bool {
+        prompt
+            .strip_prefix(self.text.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('\n'))
+    }
+}
+
 /// A named group of questions (a split, a category, a whole benchmark).
 #[derive(Debug, Clone)]
 pub struct QuerySet {
@@ -411,14 +432,15 @@ pub fn answer_queries<B: Backend>(
         .to_string();
     for set in sets {
         let mut files = Vec::new();
-        let mut done: Vec<HashSet<QuestionId>> = Vec::new();
+        // Answered (id, prompt) pairs per method: ids alone may repeat (TextVQA).
+        let mut done: Vec<HashSet<(QuestionId, String)>> = Vec::new();
         for m in &config.methods {
             let path = answers_path(out, m, &set.name);
             // A line cut short by a kill is dropped and asked again.
             let file = jsonl::open_resume(&path)?;
             let have = jsonl::read::<RunAnswer>(&path)?
                 .into_iter()
-                .map(|(_, a)| a.question_id)
+                .map(|(_, a)| (a.question_id, a.prompt))
                 .collect();
             done.push(have);
             files.push((file, path));
@@ -427,18 +449,15 @@ pub fn answer_queries<B: Backend>(
             if !mine(q) {
                 continue;
             }
+            let prompt = q.prompt(&config.suffix);
+            let key = (q.id.clone(), prompt.clone());
             let todo: Vec<usize> = (0..config.methods.len())
-                .filter(|&i| !done[i].contains(&q.id))
+                .filter(|&i| !done[i].contains(&key))
                 .collect();
             bar.inc(1);
             if todo.is_empty() {
                 continue;
             }
-            let prompt = if config.suffix.is_empty() {
-                q.text.clone()
-            } else {
-                format!("{}\n{}", q.text, config.suffix)
-            };
             let request = Request {
                 // MARINE draws its guidance template by the question's place in its file.
                 position: Some(position),
@@ -487,7 +506,8 @@ pub fn merge_shards(
     let mut merged = Merged::default();
     for m in methods {
         for set in sets {
-            let mut lines: HashMap<QuestionId, (String, PathBuf)> = HashMap::new();
+            // Per id, every distinct answer line (prompt, line, file it came from).
+            let mut lines: HashMap<QuestionId, Vec<(String, String, PathBuf)>> = HashMap::new();
             for part in parts {
                 let path = answers_path(part, m, &set.name);
                 if !path.exists() {
@@ -501,8 +521,9 @@ pub fn merge_shards(
                 {
                     let a: RunAnswer = serde_json::from_str(line)
                         .map_err(|e| Error::data(&path, i + 1, format!("malformed line: {e}")))?;
-                    match lines.get(&a.question_id) {
-                        Some((earlier, from)) if earlier != line => {
+                    let same = lines.entry(a.question_id.clone()).or_default();
+                    match same.iter().find(|(p, _, _)| *p == a.prompt) {
+                        Some((_, earlier, from)) if earlier != line => {
                             return Err(Error::data(
                                 &path,
                                 i + 1,
@@ -513,15 +534,16 @@ pub fn merge_shards(
                                 ),
                             ))
                         }
-                        _ => {
-                            lines.insert(a.question_id, (line.to_string(), path.clone()));
-                        }
+                        Some(_) => {}
+                        None => same.push((a.prompt, line.to_string(), path.clone())),
                     }
                 }
             }
             let mut text = String::new();
             for q in &set.queries {
-                let Some((line, _)) = lines.get(&q.id) else {
+                let found = (lines.get(&q.id).into_iter().flatten())
+                    .find(|(prompt, _, _)| q.asked_as(prompt));
+                let Some((_, line, _)) = found else {
                     return Err(Error::argument(
                         "merge",
                         format!(
@@ -541,6 +563,18 @@ pub fn merge_shards(
         }
     }
     Ok(merged)
+}
+
+/// Every answer line of `method` in `out`, all sets in order (a set not begun has none).
+pub fn run_answers(sets: &[QuerySet], method: &Method, out: &Path) -> Result<Vec<RunAnswer>> {
+    let mut all = Vec::new();
+    for set in sets {
+        let path = answers_path(out, method, &set.name);
+        if path.exists() {
+            all.extend(jsonl::read::<RunAnswer>(&path)?.into_iter().map(|(_, a)| a));
+        }
+    }
+    Ok(all)
 }
 
 /// Every answer of `method` in `out`, all sets in order, as one LLaVA answers file (what
