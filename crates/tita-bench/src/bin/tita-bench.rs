@@ -265,7 +265,7 @@ struct EvalArgs {
     /// Delete what --out holds first.
     #[arg(long)]
     overwrite: bool,
-    /// Conversation template: a built-in name (llava_1_5, vicuna_v1), a .jinja file, a JSON
+    /// Conversation template: a built-in name (llava_1_5, llava_v1, vicuna_v1), a .jinja file, a JSON
     /// file with `chat_template`, or a model directory. Default: the target directory's
     /// chat_template, else llava_1_5.
     #[arg(long)]

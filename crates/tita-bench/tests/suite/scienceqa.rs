@@ -205,5 +205,4 @@ fn a_runs_answers_are_scored_the_same_way() {
         report.contains(&format!(" | {img:.2} | ")) && report.contains(line),
         "{report}"
     );
-
 }
