@@ -116,6 +116,11 @@ pub struct EvalConfig {
     pub system: Option<String>,
     /// Answer only this part of every set.
     pub shard: Option<Shard>,
+    /// Questions decoded together per method (1: one at a time, sharing prefills across
+    /// methods). Answers do not depend on it, so it is no setting of the run (not recorded,
+    /// free to change on resume).
+    #[serde(skip)]
+    pub batch: usize,
 }
 
 impl Default for EvalConfig {
@@ -129,6 +134,7 @@ impl Default for EvalConfig {
             template: String::new(),
             system: None,
             shard: None,
+            batch: 1,
         }
     }
 }
@@ -393,6 +399,37 @@ impl<'a, B: Backend> Answerer<'a, B> {
     }
 }
 
+impl<B: Backend> Answerer<'_, B> {
+    /// The answers of method `i` to `requests`, decoded as one batch (each row as decoding it
+    /// alone gives), with the seconds spent on each (the batch's time split evenly).
+    fn answer_batch(&self, requests: &[Request], i: usize) -> Result<Vec<(Generation, f64)>> {
+        let t = Instant::now();
+        let gens = match &self.solo[i] {
+            Some(tita) => (tita.generate_batch(requests)?.into_iter())
+                .map(|g| g.generation)
+                .collect(),
+            None => {
+                let prompts = (requests.iter())
+                    .map(|r| self.target.request_prompt(r))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                self.plain
+                    .generate_batch(&prompts.iter().collect::<Vec<_>>())?
+            }
+        };
+        let each = t.elapsed().as_secs_f64() / requests.len().max(1) as f64;
+        Ok(gens.into_iter().map(|g| (g, each)).collect())
+    }
+}
+
+/// A question waiting for its batch: its place in the set, the query, the prompt sent and the
+/// methods still to answer it.
+struct Pending<'q> {
+    position: usize,
+    query: &'q Query,
+    prompt: String,
+    todo: Vec<usize>,
+}
+
 /// Answers every question of every yes/no set with every method ([`answer_queries`]).
 pub fn answer_all<B: Backend>(
     models: &Models<B>,
@@ -445,6 +482,57 @@ pub fn answer_queries<B: Backend>(
             done.push(have);
             files.push((file, path));
         }
+        let mut pending: Vec<Pending> = Vec::new();
+        // Answers the pending questions and appends every answer, each method's in question
+        // order, so a file does not depend on the batch size.
+        let flush = |pending: &mut Vec<Pending>,
+                     files: &mut Vec<(std::fs::File, PathBuf)>,
+                     speed: &mut BTreeMap<String, MethodSpeed>|
+         -> Result<()> {
+            let request = |p: &Pending| Request {
+                // MARINE draws its guidance template by the question's place in its file.
+                position: Some(p.position),
+                ..Request::new(p.prompt.clone(), p.query.image.clone(), config.pad)
+            };
+            let mut answers: Vec<(usize, &Pending, Generation, f64)> = Vec::new();
+            if config.batch <= 1 {
+                for p in pending.iter() {
+                    for (i, g, secs) in answerer.answer(&request(p), &p.todo)? {
+                        answers.push((i, p, g, secs));
+                    }
+                }
+            } else {
+                for i in 0..config.methods.len() {
+                    let rows: Vec<&Pending> =
+                        pending.iter().filter(|p| p.todo.contains(&i)).collect();
+                    if rows.is_empty() {
+                        continue;
+                    }
+                    let requests: Vec<Request> = rows.iter().map(|p| request(p)).collect();
+                    for (p, (g, secs)) in rows.into_iter().zip(answerer.answer_batch(&requests, i)?)
+                    {
+                        answers.push((i, p, g, secs));
+                    }
+                }
+            }
+            for (i, p, g, secs) in answers {
+                let m = &config.methods[i];
+                let answer = RunAnswer {
+                    question_id: p.query.id.clone(),
+                    prompt: p.prompt.clone(),
+                    text: g.text.trim().to_string(),
+                    model_id: format!("{model_id}:{}", m.name()),
+                };
+                let (file, path) = &mut files[i];
+                jsonl::append(file, path, &answer)?;
+                let s = speed.entry(m.name()).or_default();
+                s.answers += 1;
+                s.generated_tokens += g.generated_tokens;
+                s.seconds += secs;
+            }
+            pending.clear();
+            Ok(())
+        };
         for (position, q) in set.queries.iter().enumerate() {
             if !mine(q) {
                 continue;
@@ -458,29 +546,18 @@ pub fn answer_queries<B: Backend>(
             if todo.is_empty() {
                 continue;
             }
-            let request = Request {
-                // MARINE draws its guidance template by the question's place in its file.
-                position: Some(position),
-                ..Request::new(prompt.clone(), q.image.clone(), config.pad)
-            };
-            let results = answerer.answer(&request, &todo)?;
-            for (i, g, secs) in results {
-                let m = &config.methods[i];
-                let answer = RunAnswer {
-                    question_id: q.id.clone(),
-                    prompt: prompt.clone(),
-                    text: g.text.trim().to_string(),
-                    model_id: format!("{model_id}:{}", m.name()),
-                };
-                let (file, path) = &mut files[i];
-                jsonl::append(file, path, &answer)?;
-                let s = speed.entry(m.name()).or_default();
-                s.answers += 1;
-                s.generated_tokens += g.generated_tokens;
-                s.seconds += secs;
+            pending.push(Pending {
+                position,
+                query: q,
+                prompt,
+                todo,
+            });
+            if pending.len() >= config.batch.max(1) {
+                flush(&mut pending, &mut files, &mut speed)?;
             }
             bar.set_message(set.name.clone());
         }
+        flush(&mut pending, &mut files, &mut speed)?;
     }
     bar.finish();
     Ok(speed)
