@@ -531,10 +531,40 @@ fn suite_with_a_judge_scores_the_judge_scored_benchmarks() {
     let name = "llava-bench-in-the-wild";
     let fixture = fixtures().join("benchmarks").join(name);
     std::os::unix::fs::symlink(&fixture, root.join(name)).unwrap();
-    let replies: serde_json::Value =
+    // The fixture's replies are keyed on LLaVA's answers (Assistant 2); the run's answers are
+    // the fixture model's, so each is keyed here on its question's reference answer
+    // (Assistant 1) instead.
+    let read = |name: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(fixture.join(name))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let llava = read("answers/llava-v1.5-7b.jsonl");
+    let reference = read("answers_gpt4.jsonl");
+    let block = |n: u8, text: &serde_json::Value| {
+        format!(
+            "[Assistant {n}]\n{}\n\n[End of Assistant {n}]",
+            text.as_str().unwrap()
+        )
+    };
+    let scripted: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture.join("judge_replies.json")).unwrap())
             .unwrap();
-    let judge = judge_server::ScriptedJudge::start(&replies);
+    let replies: Vec<serde_json::Value> = (scripted.as_array().unwrap().iter())
+        .map(|entry| {
+            let asked = llava
+                .iter()
+                .find(|a| block(2, &a["text"]) == entry["match"].as_str().unwrap())
+                .unwrap();
+            let reference = (reference.iter())
+                .find(|r| r["question_id"] == asked["question_id"])
+                .unwrap();
+            serde_json::json!({"match": block(1, &reference["text"]), "replies": entry["replies"]})
+        })
+        .collect();
+    let judge = judge_server::ScriptedJudge::start(&serde_json::Value::Array(replies));
     let suite = dir.path().join("suite");
     let target = fixtures().join("llava-target").display().to_string();
     let out = bench(&[
@@ -582,6 +612,9 @@ fn suite_with_a_judge_scores_the_judge_scored_benchmarks() {
     assert!(received
         .iter()
         .all(|r| r.path.ends_with("/chat/completions")
+            && r.authorization
+                .as_deref()
+                .is_none_or(|a| a.starts_with("Bearer "))
             && r.system() == Some(tita_bench::benchmarks::llava_bench::SYSTEM)));
     let judged = suite.join(name).join("judged/greedy");
     let kept: Vec<_> = walk(&judged);
