@@ -508,9 +508,24 @@ pub fn answer_queries<B: Backend>(
                     if rows.is_empty() {
                         continue;
                     }
-                    let requests: Vec<Request> = rows.iter().map(|p| request(p)).collect();
-                    for (p, (g, secs)) in rows.into_iter().zip(answerer.answer_batch(&requests, i)?)
-                    {
+                    // A batch holds image questions or text-only ones, not both: each kind
+                    // is decoded apart and the answers put back in question order.
+                    let mut done: Vec<Option<(Generation, f64)>> =
+                        (0..rows.len()).map(|_| None).collect();
+                    for with_image in [true, false] {
+                        let at: Vec<usize> = (0..rows.len())
+                            .filter(|&r| rows[r].query.image.is_some() == with_image)
+                            .collect();
+                        if at.is_empty() {
+                            continue;
+                        }
+                        let requests: Vec<Request> = at.iter().map(|&r| request(rows[r])).collect();
+                        for (r, g) in at.into_iter().zip(answerer.answer_batch(&requests, i)?) {
+                            done[r] = Some(g);
+                        }
+                    }
+                    for (p, g) in rows.into_iter().zip(done) {
+                        let (g, secs) = g.expect("every row answered");
                         answers.push((i, p, g, secs));
                     }
                 }
