@@ -3,8 +3,9 @@
 //! `benchmarks/` plus its line in [`REGISTRY`].
 //!
 //! What a benchmark owns:
-//! - its data: [`Benchmark::question_sets`] reads the benchmark's own layout into the question
-//!   sets the runner asks ([`crate::eval::answer_all`]);
+//! - its data: [`Benchmark::queries`] reads the benchmark's own layout into the questions the
+//!   runner asks ([`crate::eval::answer_queries`]), under the ids its answer files carry
+//!   (POPE and MME also give yes/no [`Benchmark::question_sets`] with labels);
 //! - its prompts: a set question's `text` is the question as the benchmark words it (options
 //!   included, for multiple choice); the runner sends `text + "\n" + instruction`, LLaVA's
 //!   layout, with [`Benchmark::instruction`] as the default instruction;
@@ -92,6 +93,11 @@ pub trait Benchmark: Sync {
             .iter()
             .map(QuestionSet::queries)
             .collect())
+    }
+
+    /// Whether a [`Judge`] scores it (the suite then scores a run's answers when given one).
+    fn judged(&self) -> bool {
+        false
     }
 
     /// The folder under the suite's `--data` that holds this benchmark (LLaVA's

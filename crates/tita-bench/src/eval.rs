@@ -116,6 +116,11 @@ pub struct EvalConfig {
     pub system: Option<String>,
     /// Answer only this part of every set.
     pub shard: Option<Shard>,
+    /// Questions decoded together per method (1: one at a time, sharing prefills across
+    /// methods). Answers do not depend on it, so it is no setting of the run (not recorded,
+    /// free to change on resume).
+    #[serde(skip)]
+    pub batch: usize,
 }
 
 impl Default for EvalConfig {
@@ -129,6 +134,7 @@ impl Default for EvalConfig {
             template: String::new(),
             system: None,
             shard: None,
+            batch: 1,
         }
     }
 }
@@ -188,6 +194,27 @@ pub struct Query {
     pub text: String,
     /// None for a text-only question.
     pub image: Option<ImageInput>,
+}
+
+impl Query {
+    /// What the runner sends and records: the text, then `suffix` (the instruction) on a new
+    /// line unless it is empty.
+    pub fn prompt(&self, suffix: &str) -> String {
+        if suffix.is_empty() {
+            self.text.clone()
+        } else {
+            format!("{}\n{suffix}", self.text)
+        }
+    }
+
+    /// Whether an answer line that recorded `prompt` answers this question (asked with any
+    /// instruction): ids alone do not tell questions apart where a benchmark's file reuses
+    /// them (TextVQA's ids are image ids).
+    pub fn asked_as(&self, prompt: &str) -> bool {
+        prompt
+            .strip_prefix(self.text.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('\n'))
+    }
 }
 
 /// A named group of questions (a split, a category, a whole benchmark).
@@ -372,6 +399,37 @@ impl<'a, B: Backend> Answerer<'a, B> {
     }
 }
 
+impl<B: Backend> Answerer<'_, B> {
+    /// The answers of method `i` to `requests`, decoded as one batch (each row as decoding it
+    /// alone gives), with the seconds spent on each (the batch's time split evenly).
+    fn answer_batch(&self, requests: &[Request], i: usize) -> Result<Vec<(Generation, f64)>> {
+        let t = Instant::now();
+        let gens = match &self.solo[i] {
+            Some(tita) => (tita.generate_batch(requests)?.into_iter())
+                .map(|g| g.generation)
+                .collect(),
+            None => {
+                let prompts = (requests.iter())
+                    .map(|r| self.target.request_prompt(r))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                self.plain
+                    .generate_batch(&prompts.iter().collect::<Vec<_>>())?
+            }
+        };
+        let each = t.elapsed().as_secs_f64() / requests.len().max(1) as f64;
+        Ok(gens.into_iter().map(|g| (g, each)).collect())
+    }
+}
+
+/// A question waiting for its batch: its place in the set, the query, the prompt sent and the
+/// methods still to answer it.
+struct Pending<'q> {
+    position: usize,
+    query: &'q Query,
+    prompt: String,
+    todo: Vec<usize>,
+}
+
 /// Answers every question of every yes/no set with every method ([`answer_queries`]).
 pub fn answer_all<B: Backend>(
     models: &Models<B>,
@@ -411,45 +469,72 @@ pub fn answer_queries<B: Backend>(
         .to_string();
     for set in sets {
         let mut files = Vec::new();
-        let mut done: Vec<HashSet<QuestionId>> = Vec::new();
+        // Answered (id, prompt) pairs per method: ids alone may repeat (TextVQA).
+        let mut done: Vec<HashSet<(QuestionId, String)>> = Vec::new();
         for m in &config.methods {
             let path = answers_path(out, m, &set.name);
             // A line cut short by a kill is dropped and asked again.
             let file = jsonl::open_resume(&path)?;
             let have = jsonl::read::<RunAnswer>(&path)?
                 .into_iter()
-                .map(|(_, a)| a.question_id)
+                .map(|(_, a)| (a.question_id, a.prompt))
                 .collect();
             done.push(have);
             files.push((file, path));
         }
-        for (position, q) in set.queries.iter().enumerate() {
-            if !mine(q) {
-                continue;
-            }
-            let todo: Vec<usize> = (0..config.methods.len())
-                .filter(|&i| !done[i].contains(&q.id))
-                .collect();
-            bar.inc(1);
-            if todo.is_empty() {
-                continue;
-            }
-            let prompt = if config.suffix.is_empty() {
-                q.text.clone()
-            } else {
-                format!("{}\n{}", q.text, config.suffix)
-            };
-            let request = Request {
+        let mut pending: Vec<Pending> = Vec::new();
+        // Answers the pending questions and appends every answer, each method's in question
+        // order, so a file does not depend on the batch size.
+        let flush = |pending: &mut Vec<Pending>,
+                     files: &mut Vec<(std::fs::File, PathBuf)>,
+                     speed: &mut BTreeMap<String, MethodSpeed>|
+         -> Result<()> {
+            let request = |p: &Pending| Request {
                 // MARINE draws its guidance template by the question's place in its file.
-                position: Some(position),
-                ..Request::new(prompt.clone(), q.image.clone(), config.pad)
+                position: Some(p.position),
+                ..Request::new(p.prompt.clone(), p.query.image.clone(), config.pad)
             };
-            let results = answerer.answer(&request, &todo)?;
-            for (i, g, secs) in results {
+            let mut answers: Vec<(usize, &Pending, Generation, f64)> = Vec::new();
+            if config.batch <= 1 {
+                for p in pending.iter() {
+                    for (i, g, secs) in answerer.answer(&request(p), &p.todo)? {
+                        answers.push((i, p, g, secs));
+                    }
+                }
+            } else {
+                for i in 0..config.methods.len() {
+                    let rows: Vec<&Pending> =
+                        pending.iter().filter(|p| p.todo.contains(&i)).collect();
+                    if rows.is_empty() {
+                        continue;
+                    }
+                    // A batch holds image questions or text-only ones, not both: each kind
+                    // is decoded apart and the answers put back in question order.
+                    let mut done: Vec<Option<(Generation, f64)>> =
+                        (0..rows.len()).map(|_| None).collect();
+                    for with_image in [true, false] {
+                        let at: Vec<usize> = (0..rows.len())
+                            .filter(|&r| rows[r].query.image.is_some() == with_image)
+                            .collect();
+                        if at.is_empty() {
+                            continue;
+                        }
+                        let requests: Vec<Request> = at.iter().map(|&r| request(rows[r])).collect();
+                        for (r, g) in at.into_iter().zip(answerer.answer_batch(&requests, i)?) {
+                            done[r] = Some(g);
+                        }
+                    }
+                    for (p, g) in rows.into_iter().zip(done) {
+                        let (g, secs) = g.expect("every row answered");
+                        answers.push((i, p, g, secs));
+                    }
+                }
+            }
+            for (i, p, g, secs) in answers {
                 let m = &config.methods[i];
                 let answer = RunAnswer {
-                    question_id: q.id.clone(),
-                    prompt: prompt.clone(),
+                    question_id: p.query.id.clone(),
+                    prompt: p.prompt.clone(),
                     text: g.text.trim().to_string(),
                     model_id: format!("{model_id}:{}", m.name()),
                 };
@@ -460,8 +545,34 @@ pub fn answer_queries<B: Backend>(
                 s.generated_tokens += g.generated_tokens;
                 s.seconds += secs;
             }
+            pending.clear();
+            Ok(())
+        };
+        for (position, q) in set.queries.iter().enumerate() {
+            if !mine(q) {
+                continue;
+            }
+            let prompt = q.prompt(&config.suffix);
+            let key = (q.id.clone(), prompt.clone());
+            let todo: Vec<usize> = (0..config.methods.len())
+                .filter(|&i| !done[i].contains(&key))
+                .collect();
+            bar.inc(1);
+            if todo.is_empty() {
+                continue;
+            }
+            pending.push(Pending {
+                position,
+                query: q,
+                prompt,
+                todo,
+            });
+            if pending.len() >= config.batch.max(1) {
+                flush(&mut pending, &mut files, &mut speed)?;
+            }
             bar.set_message(set.name.clone());
         }
+        flush(&mut pending, &mut files, &mut speed)?;
     }
     bar.finish();
     Ok(speed)
@@ -487,7 +598,8 @@ pub fn merge_shards(
     let mut merged = Merged::default();
     for m in methods {
         for set in sets {
-            let mut lines: HashMap<QuestionId, (String, PathBuf)> = HashMap::new();
+            // Per id, every distinct answer line (prompt, line, file it came from).
+            let mut lines: HashMap<QuestionId, Vec<(String, String, PathBuf)>> = HashMap::new();
             for part in parts {
                 let path = answers_path(part, m, &set.name);
                 if !path.exists() {
@@ -501,8 +613,9 @@ pub fn merge_shards(
                 {
                     let a: RunAnswer = serde_json::from_str(line)
                         .map_err(|e| Error::data(&path, i + 1, format!("malformed line: {e}")))?;
-                    match lines.get(&a.question_id) {
-                        Some((earlier, from)) if earlier != line => {
+                    let same = lines.entry(a.question_id.clone()).or_default();
+                    match same.iter().find(|(p, _, _)| *p == a.prompt) {
+                        Some((_, earlier, from)) if earlier != line => {
                             return Err(Error::data(
                                 &path,
                                 i + 1,
@@ -513,15 +626,16 @@ pub fn merge_shards(
                                 ),
                             ))
                         }
-                        _ => {
-                            lines.insert(a.question_id, (line.to_string(), path.clone()));
-                        }
+                        Some(_) => {}
+                        None => same.push((a.prompt, line.to_string(), path.clone())),
                     }
                 }
             }
             let mut text = String::new();
             for q in &set.queries {
-                let Some((line, _)) = lines.get(&q.id) else {
+                let found = (lines.get(&q.id).into_iter().flatten())
+                    .find(|(prompt, _, _)| q.asked_as(prompt));
+                let Some((_, line, _)) = found else {
                     return Err(Error::argument(
                         "merge",
                         format!(
@@ -541,6 +655,18 @@ pub fn merge_shards(
         }
     }
     Ok(merged)
+}
+
+/// Every answer line of `method` in `out`, all sets in order (a set not begun has none).
+pub fn run_answers(sets: &[QuerySet], method: &Method, out: &Path) -> Result<Vec<RunAnswer>> {
+    let mut all = Vec::new();
+    for set in sets {
+        let path = answers_path(out, method, &set.name);
+        if path.exists() {
+            all.extend(jsonl::read::<RunAnswer>(&path)?.into_iter().map(|(_, a)| a));
+        }
+    }
+    Ok(all)
 }
 
 /// Every answer of `method` in `out`, all sets in order, as one LLaVA answers file (what

@@ -689,40 +689,42 @@ pub fn is_decimal(c: char) -> bool {
     i > 0 && c - DECIMAL_RUNS[i - 1] < 10
 }
 
+impl From<&serde_json::Value> for PyJson {
+    /// Objects keep the map's order; a number beyond `i64` (none in these files) is a float.
+    fn from(value: &serde_json::Value) -> Self {
+        use serde_json::Value;
+        match value {
+            Value::Null => PyJson::Null,
+            Value::Bool(b) => PyJson::Bool(*b),
+            Value::Number(n) => n.as_i64().map_or_else(
+                || PyJson::Float(n.as_f64().unwrap_or(f64::NAN)),
+                PyJson::Int,
+            ),
+            Value::String(s) => PyJson::Str(s.clone()),
+            Value::Array(items) => PyJson::List(items.iter().map(PyJson::from).collect()),
+            Value::Object(map) => {
+                PyJson::Dict(map.iter().map(|(k, v)| (k.clone(), v.into())).collect())
+            }
+        }
+    }
+}
+
 /// `json.dumps(value)` with the default separators (`", "`, `": "`) and `ensure_ascii`, keys
 /// in the map's order (Python writes a dict's insertion order: build the value with keys in
 /// that order, or use [`json_object`]). Floats print as `repr`.
 pub fn json_dumps_value(value: &serde_json::Value) -> String {
-    use serde_json::Value;
-    match value {
-        Value::Null => "null".into(),
-        Value::Bool(b) => if *b { "true" } else { "false" }.into(),
-        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
-            (Some(i), _, _) => i.to_string(),
-            (_, Some(u), _) => u.to_string(),
-            (_, _, Some(f)) if f.is_finite() => float(f),
-            (_, _, Some(f)) if f.is_nan() => "NaN".into(),
-            (_, _, Some(f)) => if f > 0.0 { "Infinity" } else { "-Infinity" }.into(),
-            _ => n.to_string(),
-        },
-        Value::String(s) => json_str(s),
-        Value::Array(items) => {
-            let parts: Vec<String> = items.iter().map(json_dumps_value).collect();
-            format!("[{}]", parts.join(", "))
-        }
-        Value::Object(map) => json_object(map.iter().map(|(k, v)| (k.as_str(), v))),
-    }
+    json_dumps(&value.into(), None)
 }
 
 /// `json.dumps` of a dict whose keys come in the given order.
 pub fn json_object<'a>(
     fields: impl IntoIterator<Item = (&'a str, &'a serde_json::Value)>,
 ) -> String {
-    let parts: Vec<String> = fields
+    let dict = fields
         .into_iter()
-        .map(|(k, v)| format!("{}: {}", json_str(k), json_dumps_value(v)))
+        .map(|(k, v)| (k.to_string(), v.into()))
         .collect();
-    format!("{{{}}}", parts.join(", "))
+    json_dumps(&PyJson::Dict(dict), None)
 }
 
 /// `round(x, digits)` of a float: the exact binary value rounded to `digits` decimals, half to

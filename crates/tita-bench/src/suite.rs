@@ -13,8 +13,8 @@ use burn::tensor::backend::Backend;
 use serde::Serialize;
 use tita_core::{jsonl, Error, Result};
 
-use crate::benchmark::{self, Benchmark, DataSpec, Headline, REGISTRY};
-use crate::eval::{EvalConfig, Models};
+use crate::benchmark::{self, Benchmark, DataSpec, Headline, Judge, ScoreOptions, REGISTRY};
+use crate::eval::{llava_answers, EvalConfig, Models};
 
 /// How one benchmark of the suite went.
 #[derive(Debug, Clone, Serialize)]
@@ -38,6 +38,8 @@ pub enum Outcome {
 #[derive(Debug, Clone, Serialize)]
 pub struct SuiteReport {
     pub methods: Vec<String>,
+    /// The judge model that scored the judge-scored benchmarks, if one was given.
+    pub judge: Option<String>,
     pub benchmarks: Vec<(String, Outcome)>,
 }
 
@@ -56,12 +58,15 @@ fn folder_of(benchmark: &dyn Benchmark, root: &Path) -> Option<PathBuf> {
 
 /// Runs every benchmark present under `root` (or only those named in `only`) with the methods
 /// of `config` (its instruction and answer length per benchmark: each benchmark's own), each
-/// into `out/<name>`, and writes `suite.md`, `suite.json` and `suite.png` into `out`.
+/// into `out/<name>`, and writes `suite.md`, `suite.json` and `suite.png` into `out`. With a
+/// judge in `judging`, the judge-scored benchmarks are scored too (their official files, every
+/// judge request and reply included, in `out/<name>/judged/<method>/`).
 pub fn run<B: Backend>(
     models: &Models<B>,
     root: &Path,
     only: &[String],
     config: &EvalConfig,
+    judging: &ScoreOptions,
     out: &Path,
     progress: bool,
 ) -> Result<SuiteReport> {
@@ -90,7 +95,12 @@ pub fn run<B: Backend>(
         };
         let dest = out.join(b.name());
         let outcome = benchmark::run(b, models, &data, &dest, &config, progress)
-            .and_then(|_| b.run_headlines(&dest))
+            .and_then(|_| match judging.judge {
+                Some(judge) if b.judged() => {
+                    judged_headlines(b, judge, judging, &data, &dest, &config)
+                }
+                _ => b.run_headlines(&dest),
+            })
             .map(|h| match h.is_empty() {
                 true => Outcome::Unscored {
                     answers: dest.join("answers"),
@@ -106,10 +116,35 @@ pub fn run<B: Backend>(
     }
     let report = SuiteReport {
         methods: config.methods.iter().map(|m| m.name()).collect(),
+        judge: judging.judge.map(|j| j.model().to_string()),
         benchmarks: rows,
     };
     write(&report, out)?;
     Ok(report)
+}
+
+/// Each method's answers of a finished run in `dest` scored by `judge` as `score` does it.
+fn judged_headlines(
+    b: &dyn Benchmark,
+    judge: &dyn Judge,
+    judging: &ScoreOptions,
+    data: &DataSpec,
+    dest: &Path,
+    config: &EvalConfig,
+) -> Result<BTreeMap<String, Headline>> {
+    let queries = b.queries(data)?;
+    let dir = data.single(b.name())?;
+    let mut all = BTreeMap::new();
+    for m in &config.methods {
+        let answers = llava_answers(&queries, m, dest)?;
+        let card = b.score(dir, &answers, judging)?;
+        card.write_files(&dest.join("judged").join(m.name()))?;
+        if let Some(h) = b.headline(&card.metrics) {
+            let metric = format!("{}, judge {}", h.metric, judge.model());
+            all.insert(m.name(), Headline { metric, ..h });
+        }
+    }
+    Ok(all)
 }
 
 fn scored(headlines: &BTreeMap<String, Headline>) -> Outcome {
@@ -183,8 +218,12 @@ fn write(report: &SuiteReport, out: &Path) -> Result<()> {
     jsonl::write_atomic(&out.join("suite.json"), json.as_bytes())?;
     let md = format!(
         "# Benchmark suite\n\nEach benchmark scored by its official rules; `–` where a method has no \
-         score. Judge-scored benchmarks name their judge in their own report: scores from \
-         different judges are not comparable.\n\n{}",
+         score. Judge-scored benchmarks name their judge: scores from different judges are not \
+         comparable.{}\n\n{}",
+        report
+            .judge
+            .as_ref()
+            .map_or(String::new(), |j| format!(" Judge: {j}.")),
         table(report)
     );
     jsonl::write_atomic(&out.join("suite.md"), md.as_bytes())?;

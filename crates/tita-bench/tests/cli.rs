@@ -437,3 +437,200 @@ fn suite_lists_missing_benchmarks_and_shards_merge_into_the_unsharded_run() {
         .unwrap()["sets"]["random"]["greedy"]["f1"]
     );
 }
+
+/// A run killed with SIGKILL part way (after some answers are written) and run again ends with
+/// the answers file of an uninterrupted run, byte for byte. TextVQA: its ids repeat (image
+/// ids), so resuming must tell its questions apart by prompt too.
+#[test]
+fn a_run_killed_with_sigkill_resumes_to_the_uninterrupted_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = fixtures().join("benchmarks/textvqa").display().to_string();
+    let target = fixtures().join("llava-target").display().to_string();
+    let args = |out: &str| -> Vec<String> {
+        [
+            "run",
+            "textvqa",
+            "--data",
+            &data,
+            "--target",
+            &target,
+            "--methods",
+            "greedy",
+            "--max-new-tokens",
+            "6",
+            "--out",
+            out,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let answers =
+        |out: &std::path::Path| out.join("answers/greedy/llava_textvqa_val_v051_ocr.jsonl");
+    let full = dir.path().join("full");
+    let run_to_end = |out: &std::path::Path, extra: &[&str]| {
+        let done = Command::new(env!("CARGO_BIN_EXE_tita-bench"))
+            .args(args(&out.display().to_string()))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            done.status.success(),
+            "{}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+    };
+    run_to_end(&full, &[]);
+    let want = std::fs::read(answers(&full)).unwrap();
+    let total = want.iter().filter(|b| **b == b'\n').count();
+
+    let killed = dir.path().join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tita-bench"))
+        .args(args(&killed.display().to_string()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let written = loop {
+        let n = std::fs::read(answers(&killed))
+            .map(|b| b.iter().filter(|c| **c == b'\n').count())
+            .unwrap_or(0);
+        if n >= 2 {
+            break n;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run ended first");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    assert!(child.try_wait().unwrap().is_none(), "the run ended first");
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    let left = std::fs::read(answers(&killed)).unwrap();
+    assert!(
+        written < total && left.len() < want.len(),
+        "{written} of {total}"
+    );
+
+    run_to_end(&killed, &["--resume"]);
+    assert_eq!(
+        String::from_utf8(std::fs::read(answers(&killed)).unwrap()).unwrap(),
+        String::from_utf8(want).unwrap()
+    );
+}
+
+#[path = "suite/judge_server.rs"]
+mod judge_server;
+
+/// `suite --judge-url/--judge-model` scores LLaVA-Bench-in-the-Wild over HTTP (the fixtures'
+/// scripted judge on 127.0.0.1, a rate limit and a server error among its replies), names the
+/// judge in the table, and keeps every judge request and reply beside the scores.
+#[test]
+fn suite_with_a_judge_scores_the_judge_scored_benchmarks() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("eval");
+    std::fs::create_dir(&root).unwrap();
+    let name = "llava-bench-in-the-wild";
+    let fixture = fixtures().join("benchmarks").join(name);
+    std::os::unix::fs::symlink(&fixture, root.join(name)).unwrap();
+    // The fixture's replies are keyed on LLaVA's answers (Assistant 2); the run's answers are
+    // the fixture model's, so each is keyed here on its question's reference answer
+    // (Assistant 1) instead.
+    let read = |name: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(fixture.join(name))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let llava = read("answers/llava-v1.5-7b.jsonl");
+    let reference = read("answers_gpt4.jsonl");
+    let block = |n: u8, text: &serde_json::Value| {
+        format!(
+            "[Assistant {n}]\n{}\n\n[End of Assistant {n}]",
+            text.as_str().unwrap()
+        )
+    };
+    let scripted: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("judge_replies.json")).unwrap())
+            .unwrap();
+    let replies: Vec<serde_json::Value> = (scripted.as_array().unwrap().iter())
+        .map(|entry| {
+            let asked = llava
+                .iter()
+                .find(|a| block(2, &a["text"]) == entry["match"].as_str().unwrap())
+                .unwrap();
+            let reference = (reference.iter())
+                .find(|r| r["question_id"] == asked["question_id"])
+                .unwrap();
+            serde_json::json!({"match": block(1, &reference["text"]), "replies": entry["replies"]})
+        })
+        .collect();
+    let judge = judge_server::ScriptedJudge::start(&serde_json::Value::Array(replies));
+    let suite = dir.path().join("suite");
+    let target = fixtures().join("llava-target").display().to_string();
+    let out = bench(&[
+        "suite",
+        "--data",
+        &root.display().to_string(),
+        "--only",
+        name,
+        "--target",
+        &target,
+        "--methods",
+        "greedy",
+        "--judge-url",
+        &judge.url,
+        "--judge-model",
+        "gpt-4-0314",
+        "--out",
+        &suite.display().to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(suite.join("suite.json")).unwrap()).unwrap();
+    assert_eq!(json["judge"], "gpt-4-0314");
+    let (bench_name, outcome) = (&json["benchmarks"][0][0], &json["benchmarks"][0][1]);
+    assert_eq!(bench_name, name);
+    assert_eq!(outcome["status"], "scored", "{outcome}");
+    assert!(
+        outcome["metric"]
+            .as_str()
+            .unwrap()
+            .contains("judge gpt-4-0314"),
+        "{outcome}"
+    );
+    assert!(outcome["values"]["greedy"].as_f64().unwrap().is_finite());
+    let md = std::fs::read_to_string(suite.join("suite.md")).unwrap();
+    assert!(md.contains("Judge: gpt-4-0314."), "{md}");
+    // Every question was reviewed once (the scripted replies all used), each request with the
+    // official system message, and the requests and replies kept.
+    assert_eq!(judge.unused(), 0);
+    let received = judge.received();
+    assert!(received
+        .iter()
+        .all(|r| r.path.ends_with("/chat/completions")
+            && r.authorization
+                .as_deref()
+                .is_none_or(|a| a.starts_with("Bearer "))
+            && r.system() == Some(tita_bench::benchmarks::llava_bench::SYSTEM)));
+    let judged = suite.join(name).join("judged/greedy");
+    let kept: Vec<_> = walk(&judged);
+    assert!(kept.len() >= 2, "{kept:?}");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            all.extend(walk(&path));
+        } else {
+            all.push(path);
+        }
+    }
+    all
+}

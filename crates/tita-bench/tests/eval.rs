@@ -327,6 +327,13 @@ fn pope_run_on_qwen_models() {
     }
 }
 
+/// The fixture target and reward models.
+fn target_and_reward() -> (Pipeline<Flex>, Pipeline<Flex>) {
+    let device = Default::default();
+    let load = |n: &str| Pipeline::<Flex>::load(&fixtures().join(n), &device).unwrap();
+    (load("llava-target"), load("llava-reward"))
+}
+
 /// Any benchmark's questions (string and number ids, text-only ones among them): shard runs
 /// joined by `merge_shards` give byte for byte the unsharded run's files, and a run killed
 /// mid-line resumes to the same files.
@@ -336,9 +343,7 @@ fn shards_merge_into_the_unsharded_run_and_a_cut_line_is_asked_again() {
     use tita_bench::eval::{answer_queries, merge_shards, Query, QuerySet, Shard};
     use tita_decode::ImageInput;
 
-    let device = Default::default();
-    let load = |n: &str| Pipeline::<Flex>::load(&fixtures().join(n), &device).unwrap();
-    let (target, reward) = (load("llava-target"), load("llava-reward"));
+    let (target, reward) = target_and_reward();
     let models = Models {
         target: &target,
         reward: Some(&reward),
@@ -437,4 +442,53 @@ fn shards_merge_into_the_unsharded_run_and_a_cut_line_is_asked_again() {
 
     assert!(Shard::parse("2/2").is_err() && Shard::parse("1/0").is_err());
     assert_eq!(Shard::parse("1/4").unwrap(), Shard { index: 1, count: 4 });
+}
+
+/// Batch invariance (lmms-eval#236: ScienceQA answers changed with the batch size): a fixture
+/// benchmark's answer files, image and text-only questions mixed, are byte for byte the same
+/// with batch 1, 3 and 8, for greedy and TITA.
+#[test]
+fn answers_do_not_depend_on_the_batch_size() {
+    use tita_bench::benchmark::{by_name, DataSpec};
+    use tita_bench::eval::answer_queries;
+
+    let (target, reward) = target_and_reward();
+    let models = Models {
+        target: &target,
+        reward: Some(&reward),
+        reference: None,
+    };
+    let bench = by_name("scienceqa").unwrap();
+    let sets = bench
+        .queries(&DataSpec {
+            paths: vec![fixtures().join("benchmarks/scienceqa")],
+            ..DataSpec::default()
+        })
+        .unwrap();
+    assert!(sets[0].queries.iter().any(|q| q.image.is_none()));
+    // VCD and M3ID contrast the image: text-only questions are not theirs (see the runner).
+    let methods: Vec<Method> = ["greedy", "tita:0.3", "tita:1"]
+        .iter()
+        .map(|m| Method::parse(m, &Knobs::new()).unwrap())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let files = |batch: usize| {
+        let out = dir.path().join(format!("batch{batch}"));
+        let config = EvalConfig {
+            methods: methods.clone(),
+            suffix: bench.instruction().into(),
+            max_new_tokens: 4,
+            batch,
+            ..EvalConfig::default()
+        };
+        answer_queries(&models, &sets, &out, &config, false).unwrap();
+        (methods.iter())
+            .map(|m| std::fs::read_to_string(answers_path(&out, m, &sets[0].name)).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let one = files(1);
+    assert_eq!(one[0].lines().count(), sets[0].queries.len());
+    for batch in [3, 8] {
+        assert_eq!(files(batch), one, "batch {batch}");
+    }
 }

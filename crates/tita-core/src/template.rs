@@ -21,13 +21,22 @@ use crate::error::{read_json, Error, Result};
 /// fallback for model directories without a template.
 const LLAVA_1_5: &str = "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}{# Render all text next #}{% if message['role'] != 'assistant' %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}";
 
-/// LLaVA's own evaluation conversation (`conv_vicuna_v1` / `llava_v1`): the system sentence,
-/// ` USER: ` / ` ASSISTANT: ` turns, `</s>` after each answer. The numbers the paper and the
-/// leaderboards quote are computed with it.
-const VICUNA_V1: &str = "{% set system = 'A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the human\\'s questions.' %}{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] if messages[0]['content'] is string else messages[0]['content'][0]['text'] %}{% endif %}{{ system }}{% for message in messages if message['role'] != 'system' %}{% if message['role'] == 'user' %}{{ ' USER: ' }}{% for c in message['content'] %}{% if c['type'] == 'image' %}{{ '<image>\n' }}{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% else %}{{ ' ASSISTANT: ' }}{% for c in message['content'] %}{{ c['text'] }}{% endfor %}{{ eos_token }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ ' ASSISTANT:' }}{% endif %}";
+/// LLaVA's `conv_vicuna_v1` (`llava/conversation.py`), the conversation its evaluation scripts
+/// use (`--conv-mode vicuna_v1`), rendered as its `SeparatorStyle.TWO` `get_prompt` does: the
+/// system sentence, a space, then `USER: {text} ` and `ASSISTANT: {text}</s>` turns, and
+/// `ASSISTANT:` to ask. The numbers the paper and the leaderboards quote are computed with it.
+const VICUNA_V1: &str = "{% set system = 'A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user\\'s questions.' %}{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] if messages[0]['content'] is string else messages[0]['content'][0]['text'] %}{% endif %}{{ system + ' ' }}{% for message in messages if message['role'] != 'system' %}{% if message['role'] == 'user' %}{{ 'USER: ' }}{% for c in message['content'] %}{% if c['type'] == 'image' %}{{ '<image>\\n' }}{% else %}{{ c['text'] }}{% endif %}{% endfor %}{{ ' ' }}{% else %}{{ 'ASSISTANT: ' }}{% for c in message['content'] %}{{ c['text'] }}{% endfor %}{{ eos_token }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}";
 
-/// The built-in templates by name.
-pub const BUILTIN: [(&str, &str); 2] = [("llava_1_5", LLAVA_1_5), ("vicuna_v1", VICUNA_V1)];
+/// LLaVA's `conv_llava_v1`: `vicuna_v1` with the system sentence saying "human" (LLaVA-1.5's
+/// training conversation; its evaluation uses `vicuna_v1`).
+const LLAVA_V1: &str = "{% set system = 'A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the human\\'s questions.' %}{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] if messages[0]['content'] is string else messages[0]['content'][0]['text'] %}{% endif %}{{ system + ' ' }}{% for message in messages if message['role'] != 'system' %}{% if message['role'] == 'user' %}{{ 'USER: ' }}{% for c in message['content'] %}{% if c['type'] == 'image' %}{{ '<image>\\n' }}{% else %}{{ c['text'] }}{% endif %}{% endfor %}{{ ' ' }}{% else %}{{ 'ASSISTANT: ' }}{% for c in message['content'] %}{{ c['text'] }}{% endfor %}{{ eos_token }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}";
+
+/// The built-in templates by name (LLaVA's conversation names where they are LLaVA's).
+pub const BUILTIN: [(&str, &str); 3] = [
+    ("llava_1_5", LLAVA_1_5),
+    ("llava_v1", LLAVA_V1),
+    ("vicuna_v1", VICUNA_V1),
+];
 
 /// One part of a message's content, in transformers' multimodal message format.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

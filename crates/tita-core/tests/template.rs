@@ -56,14 +56,20 @@ fn every_case_renders_transformers_text_and_ids() {
             tokenised += 1;
         }
     }
-    assert_eq!(rendered, 18);
-    assert_eq!(tokenised, 12);
+    assert_eq!(rendered, 24);
+    assert_eq!(tokenised, 8);
 }
 
 #[test]
-fn builtins_are_the_llava_hf_and_vicuna_v1_templates() {
+fn builtins_are_the_llava_hf_and_llavas_own_conversations() {
     let all = cases();
-    for (builtin, fixture) in [("llava_1_5", "llava_hf"), ("vicuna_v1", "vicuna_v1")] {
+    // llava_v1 / vicuna_v1: LLaVA's conv_llava_v1 / conv_vicuna_v1, the texts its own
+    // conversation code renders (fixtures/templates/gen_llava_conversations.py).
+    for (builtin, fixture) in [
+        ("llava_1_5", "llava_hf"),
+        ("llava_v1", "llava_v1"),
+        ("vicuna_v1", "vicuna_v1"),
+    ] {
         let template = ChatTemplate::builtin(builtin).unwrap();
         for case in all["cases"].as_array().unwrap() {
             if case["template"] != fixture {
@@ -155,7 +161,7 @@ fn model_directories_are_searched_as_transformers_does() {
         "J"
     );
     let err = ChatTemplate::resolve("vicuna").unwrap_err().to_string();
-    assert!(err.contains("llava_1_5, vicuna_v1"), "{err}");
+    assert!(err.contains("llava_1_5, llava_v1, vicuna_v1"), "{err}");
     // Conversations from JSON: a list, or {"messages": [...]}, content as string or parts.
     let conv = dir.join("conv.json");
     std::fs::write(&conv, r#"{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What?"}]}]}"#).unwrap();

@@ -160,7 +160,7 @@ fn bad_flags_name_the_flag_and_its_range() {
         ),
         (
             vec!["--template", "nope"],
-            "`nope` is neither a built-in template (llava_1_5, vicuna_v1)",
+            "`nope` is neither a built-in template (llava_1_5, llava_v1, vicuna_v1)",
         ),
     ];
     for (extra, want) in cases {

@@ -251,7 +251,7 @@ fn conversations_go_through_the_template() {
     let text = p.render(&messages).unwrap();
     assert_eq!(
         text,
-        "Answer briefly. USER: <image>\nWhat is this? ASSISTANT: A square.</s> USER: What colour is it? ASSISTANT:"
+        "Answer briefly. USER: <image>\nWhat is this? ASSISTANT: A square.</s>USER: What colour is it? ASSISTANT:"
     );
     let ids = p.chat_prompt(&messages, Some(&image), false).unwrap().ids;
     let want = p.tokenizer.encode_with_image(&text, 32000, 16).unwrap();

@@ -21,8 +21,8 @@ use tita_core::{Error, Result};
 use crate::benchmark::{
     expect_dir, Benchmark, DataSpec, QuestionId, RunOutput, ScoreOptions, Scorecard,
 };
-use crate::benchmarks::vqa_eval::{self, id_json, python_lines};
-use crate::eval::QuestionSet;
+use crate::benchmarks::vqa_eval::{self, id_json, python_lines, LlavaQuestion, VqaStyle};
+use crate::eval::QuerySet;
 use crate::python;
 
 pub struct Gqa;
@@ -52,41 +52,8 @@ impl Benchmark for Gqa {
         128
     }
 
-    fn question_sets(&self, data: &DataSpec) -> Result<Vec<QuestionSet>> {
-        let given = data.single("gqa")?;
-        let (dir, file) = if given.is_dir() {
-            (given.to_path_buf(), given.join(LLAVA_QUESTIONS))
-        } else {
-            let dir = given.parent().map(Path::to_path_buf).unwrap_or_default();
-            (dir, given.to_path_buf())
-        };
-        let questions = vqa_eval::read_llava_questions(&file)?;
-        let gqa_path = dir.join("data").join(format!("{TIER}_questions.json"));
-        let answers: HashMap<String, String> = if gqa_path.is_file() {
-            read_questions(&gqa_path)?
-                .0
-                .into_iter()
-                .map(|(id, q)| (id, q.answer))
-                .collect()
-        } else {
-            HashMap::new()
-        };
-        let dirs = vqa_eval::image_dirs(
-            data.images.as_deref(),
-            vec![dir.join("data").join("images"), dir.clone()],
-        );
-        let name = file
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("gqa")
-            .to_string();
-        let set = vqa_eval::question_set(&name, &file, &questions, &dirs, data.limit, |q| {
-            let QuestionId::Str(id) = &q.id else {
-                return Vec::new();
-            };
-            answers.get(id).map(|a| vec![a.clone()]).unwrap_or_default()
-        })?;
-        Ok(vec![set])
+    fn queries(&self, data: &DataSpec) -> Result<Vec<QuerySet>> {
+        vqa_eval::queries(self, data)
     }
 
     fn parse_answer(&self, text: &str) -> String {
@@ -101,13 +68,7 @@ impl Benchmark for Gqa {
     }
 
     fn report_run(&self, run: &RunOutput) -> Result<String> {
-        vqa_eval::report(
-            self.title(),
-            self.name(),
-            "Accuracy: exact match of the converted answer (convert_gqa_for_eval.py's `rstrip('.').lower()`) with GQA's answer, over every question with one in data/testdev_balanced_questions.json (eval.py counts balanced questions only).",
-            run,
-            |answers, text| f64::from(u8::from(answers.first() == Some(&convert(text)))),
-        )
+        vqa_eval::report(self, run)
     }
 
     fn score(&self, data: &Path, answers: &Path, _: &ScoreOptions) -> Result<Scorecard> {
@@ -151,6 +112,45 @@ impl Benchmark for Gqa {
                 bytes,
             )],
         })
+    }
+}
+
+impl VqaStyle for Gqa {
+    fn names(&self) -> (&'static str, &'static str) {
+        (self.name(), self.title())
+    }
+
+    fn files(&self, given: &Path) -> Result<(PathBuf, PathBuf)> {
+        Ok(vqa_eval::folder_and_file(given, LLAVA_QUESTIONS))
+    }
+
+    fn image_dirs(&self, dir: &Path, _: &Path) -> Vec<PathBuf> {
+        vec![dir.join("data").join("images"), dir.to_path_buf()]
+    }
+
+    fn truth(&self, dir: &Path, questions: &[LlavaQuestion]) -> Result<Vec<Vec<String>>> {
+        let path = dir.join("data").join(format!("{TIER}_questions.json"));
+        let answers: HashMap<String, String> = if path.is_file() {
+            (read_questions(&path)?.0.into_iter())
+                .map(|(id, q)| (id, q.answer))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        Ok((questions.iter())
+            .map(|q| match &q.id {
+                QuestionId::Str(id) => answers.get(id).cloned().into_iter().collect(),
+                QuestionId::Int(_) => Vec::new(),
+            })
+            .collect())
+    }
+
+    fn score_one(&self, truth: &[String], answer: &str) -> f64 {
+        f64::from(u8::from(truth.first() == Some(&convert(answer))))
+    }
+
+    fn how(&self) -> &'static str {
+        "Accuracy: exact match of the converted answer (convert_gqa_for_eval.py's `rstrip('.').lower()`) with GQA's answer, over every question with one in data/testdev_balanced_questions.json (eval.py counts balanced questions only)."
     }
 }
 

@@ -18,7 +18,8 @@ use serde_json::{json, Value};
 use tita_core::{jsonl, Error, Result};
 
 use crate::benchmark::{
-    expect_dir, Benchmark, DataSpec, Judge, JudgeRequest, RunOutput, ScoreOptions, Scorecard,
+    expect_dir, Benchmark, DataSpec, Headline, Judge, JudgeRequest, RunOutput, ScoreOptions,
+    Scorecard,
 };
 use crate::benchmarks::mm_vet::{judged_run_note, llava_question_set, no_judge};
 use crate::eval::QuestionSet;
@@ -79,6 +80,18 @@ impl Benchmark for LlavaBench {
     }
 
     // A run only answers: the judge scores later (`score --judge-url`), so no number yet.
+    fn judged(&self) -> bool {
+        true
+    }
+
+    // LLaVA's table: the relative score over all questions (model / reference, in %).
+    fn headline(&self, metrics: &Value) -> Option<Headline> {
+        Some(Headline {
+            metric: "relative score (judge-graded)".into(),
+            value: metrics["summary"]["all"]["relative_score"].as_f64()?,
+        })
+    }
+
     fn run_headlines(
         &self,
         _out: &Path,

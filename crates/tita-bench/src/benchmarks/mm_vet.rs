@@ -25,8 +25,8 @@ use serde_json::{json, Value};
 use tita_core::{jsonl, Error, Result};
 
 use crate::benchmark::{
-    expect_dir, read_answers, Benchmark, DataSpec, Judge, JudgeRequest, QuestionId, RunOutput,
-    ScoreOptions, Scorecard,
+    expect_dir, read_answers, Benchmark, DataSpec, Headline, Judge, JudgeRequest, QuestionId,
+    RunOutput, ScoreOptions, Scorecard,
 };
 use crate::eval::{answers_path, QuestionSet};
 use crate::judge::{file_part, judge_note, CallLog, JudgeError};
@@ -102,6 +102,18 @@ impl Benchmark for MmVet {
             &images,
             data.limit,
         )?])
+    }
+
+    fn judged(&self) -> bool {
+        true
+    }
+
+    // The evaluator's total: the mean over runs of the score of every question, in %.
+    fn headline(&self, metrics: &Value) -> Option<Headline> {
+        Some(Headline {
+            metric: "total score (judge-graded)".into(),
+            value: metrics["cap_score"]["total"].as_str()?.parse().ok()?,
+        })
     }
 
     // A run only answers: the judge scores later (`score --judge-url`), so no number yet.

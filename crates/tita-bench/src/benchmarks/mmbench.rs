@@ -25,14 +25,14 @@ use base64::Engine;
 use regex::Regex;
 use serde_json::{json, Map, Value};
 use tita_core::{jsonl, Error, Result};
+use tita_decode::ImageInput;
 
 use crate::benchmark::{
     headlines_in, read_answers, Benchmark, DataSpec, Headline, QuestionId, RunOutput, ScoreOptions,
     Scorecard,
 };
 use crate::benchmarks::scienceqa::{write_run_report, LETTER_INSTRUCTION};
-use crate::eval::{answers_path, QuestionSet};
-use crate::pope::{Answer, Question};
+use crate::eval::{answers_path, Query, QuerySet, RunAnswer};
 use crate::python;
 
 /// MMBench (English) or MMBench-CN: the same code, another instruction.
@@ -120,7 +120,7 @@ impl Benchmark for MmBench {
 
     /// Every row of the TSV (CircularEval's rotated copies included) as one set named after the
     /// TSV; the images are decoded into `--images` or `<split>_images/` beside the TSV.
-    fn question_sets(&self, data: &DataSpec) -> Result<Vec<QuestionSet>> {
+    fn queries(&self, data: &DataSpec) -> Result<Vec<QuerySet>> {
         let tsv_path = self.find_tsv(data.single(self.name())?, None)?;
         let table = Table::read(&tsv_path)?;
         let split = split_name(&tsv_path);
@@ -130,20 +130,15 @@ impl Benchmark for MmBench {
             .unwrap_or_else(|| images_dir(&tsv_path, &split));
         std::fs::create_dir_all(&images).map_err(|e| Error::io(&images, e))?;
         let image_col = table.column("image")?;
-        let answer_col = table.column("answer")?;
-        let mut set = QuestionSet {
+        let mut set = QuerySet {
             name: split,
-            questions: Vec::new(),
-            images: Vec::new(),
+            queries: Vec::new(),
         };
         for row in &table.rows {
-            if data.limit.is_some_and(|n| set.questions.len() >= n) {
+            if data.limit.is_some_and(|n| set.queries.len() >= n) {
                 break;
             }
             let index = table.index(row)?;
-            let id = u64::try_from(index).map_err(|_| {
-                Error::data(&tsv_path, row.line, "column `index`: expected a number ≥ 0")
-            })?;
             let bytes =
                 decode_image(row.cells[image_col].as_deref().unwrap_or("")).map_err(|msg| {
                     Error::data(&tsv_path, row.line, format!("column `image`: {msg}"))
@@ -162,15 +157,13 @@ impl Benchmark for MmBench {
             if std::fs::read(&file).ok().as_deref() != Some(&bytes[..]) {
                 jsonl::write_atomic(&file, &bytes)?;
             }
-            set.questions.push(Question {
-                question_id: Some(id),
-                image: name,
+            set.queries.push(Query {
+                id: QuestionId::Int(index),
                 text: table.prompt(row)?,
-                label: row.cells[answer_col].clone().unwrap_or_default(),
+                image: Some(ImageInput::Path(file)),
             });
-            set.images.push(file);
         }
-        if set.questions.is_empty() {
+        if set.queries.is_empty() {
             return Err(Error::checkpoint(&tsv_path, "no questions in this TSV"));
         }
         Ok(vec![set])
@@ -197,30 +190,16 @@ impl Benchmark for MmBench {
     fn report_run(&self, run: &RunOutput) -> Result<String> {
         let mut rows = Vec::new();
         let mut all = Map::new();
-        for set in run.sets {
-            let tsv = set
-                .images
-                .first()
-                .and_then(|i| i.parent())
-                .and_then(|d| d.parent())
-                .map(|d| d.join(format!("{}.tsv", set.name)))
-                .filter(|p| p.is_file())
-                .ok_or_else(|| {
-                    Error::argument(
-                        "data",
-                        format!(
-                            "{}.tsv is not beside the run's images; score the answers with `score {} --data TSV`",
-                            set.name,
-                            self.name()
-                        ),
-                    )
-                })?;
+        let tsv = self.find_tsv(run.data.single(self.name())?, None)?;
+        for set in run.queries {
             let table = Table::read(&tsv)?;
             for method in &run.config.methods {
                 let path = answers_path(run.out, method, &set.name);
                 let mut predictions = HashMap::new();
-                for (line, a) in jsonl::read::<Answer>(&path)? {
-                    predictions.insert(a.question_id as i64, (line, a.text));
+                for (line, a) in jsonl::read::<RunAnswer>(&path)? {
+                    if let QuestionId::Int(id) = a.question_id {
+                        predictions.insert(id, (line, a.text));
+                    }
                 }
                 let answered = predictions.len();
                 let xlsx = table.upload(&predictions, &path)?;

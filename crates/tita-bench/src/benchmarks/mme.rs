@@ -56,6 +56,11 @@ impl Benchmark for Mme {
          the release itself; score prints convert_answer_to_mme.py + calculation.py's output"
     }
 
+    // LLaVA's pope.sh / mme.sh leave model_vqa_loader's default.
+    fn max_new_tokens(&self) -> usize {
+        128
+    }
+
     fn question_sets(&self, data: &DataSpec) -> Result<Vec<QuestionSet>> {
         if data.limit.is_some() {
             // accuracy+ needs both questions of every image.

@@ -50,6 +50,11 @@ impl Benchmark for Pope {
          val2014/, llava_pope_test.jsonl) or split files; score prints eval_pope.py's output"
     }
 
+    // LLaVA's pope.sh / mme.sh leave model_vqa_loader's default.
+    fn max_new_tokens(&self) -> usize {
+        128
+    }
+
     fn question_sets(&self, data: &DataSpec) -> Result<Vec<QuestionSet>> {
         match data.paths.as_slice() {
             [dir] if dir.is_dir() => {

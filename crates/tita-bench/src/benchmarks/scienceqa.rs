@@ -1,4 +1,4 @@
-//! ScienceQA-IMG as a [`Benchmark`]: the image questions of LLaVA's `llava_test_CQM-A.json`
+//! ScienceQA-IMG as a [`Benchmark`]: every question of LLaVA's `llava_test_CQM-A.json`
 //! (LLaVA-1.5's prompt layout), and scoring of LLaVA answers files exactly as LLaVA's
 //! `llava/eval/eval_science_qa.py --split test` does it, prints it and writes it.
 //!
@@ -9,21 +9,21 @@
 //! prompt holds `<image>` (an unanswered problem's prompt is `Unknown`). Answers are matched by
 //! string `question_id`, as the script's dict lookup does.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 use tita_core::{jsonl, Error, Result};
+use tita_decode::ImageInput;
 
 use crate::benchmark::{
     expect_dir, headlines_in, read_answers, Benchmark, DataSpec, Headline, QuestionId, RunOutput,
     ScoreOptions, Scorecard,
 };
 use crate::benchmarks::mmbench::is_python_space;
-use crate::eval::{answers_path, QuestionSet};
-use crate::pope::{Answer, Question};
+use crate::eval::{run_answers, Query, QuerySet};
 use crate::python::{json_dumps, PyJson};
 
 pub struct ScienceQa;
@@ -62,58 +62,53 @@ impl Benchmark for ScienceQa {
         1024
     }
 
-    /// The image questions of `llava_test_CQM-A.json` (ScienceQA-IMG), as one set `test`; the
-    /// text-only ones need no image and are left out (they only count in eval_science_qa.py's
-    /// Total, never in IMG-Accuracy).
-    fn question_sets(&self, data: &DataSpec) -> Result<Vec<QuestionSet>> {
+    /// Every question of `llava_test_CQM-A.json` as one set `test`, under its string id, as
+    /// model_vqa_science.py asks it: image questions with their image, text-only ones without
+    /// (they count in eval_science_qa.py's Total; IMG-Accuracy counts the image ones).
+    fn queries(&self, data: &DataSpec) -> Result<Vec<QuerySet>> {
         let dir = expect_dir(data.single("scienceqa")?, "scienceqa", LAYOUT)?;
         let path = dir.join(QUESTIONS);
         let images = data
             .images
             .clone()
             .unwrap_or_else(|| dir.join("images").join(SPLIT));
-        let mut set = QuestionSet {
+        let mut set = QuerySet {
             name: SPLIT.into(),
-            questions: Vec::new(),
-            images: Vec::new(),
+            queries: Vec::new(),
         };
         for (i, entry) in read_json::<Vec<LlavaEntry>>(&path)?.into_iter().enumerate() {
-            if data.limit.is_some_and(|n| set.questions.len() >= n) {
+            if data.limit.is_some_and(|n| set.queries.len() >= n) {
                 break;
             }
-            let Some(image) = &entry.image else { continue };
             let at = |msg: String| {
                 Error::checkpoint(&path, format!("entry {} (id {:?}): {msg}", i + 1, entry.id))
             };
-            let id: u64 = entry
-                .id
-                .parse()
-                .map_err(|_| at("field `id`: expected a number".into()))?;
-            let (human, gpt) = match entry.conversations.as_slice() {
-                [h, g, ..] => (h, g),
-                _ => {
-                    return Err(at(
-                        "field `conversations`: expected the question and its answer".into(),
-                    ))
-                }
+            let Some(human) = entry.conversations.first() else {
+                return Err(at(
+                    "field `conversations`: expected the question turn".into()
+                ));
             };
-            let file = images.join(image);
-            if !file.is_file() {
-                return Err(at(format!(
-                    "image not found (looked for {})",
-                    file.display()
-                )));
-            }
-            set.questions.push(Question {
-                question_id: Some(id),
-                image: image.clone(),
+            let image = match &entry.image {
+                Some(name) => {
+                    let file = images.join(name);
+                    if !file.is_file() {
+                        return Err(at(format!(
+                            "image not found (looked for {})",
+                            file.display()
+                        )));
+                    }
+                    Some(ImageInput::Path(file))
+                }
+                None => None,
+            };
+            set.queries.push(Query {
+                id: QuestionId::Str(entry.id.clone()),
                 text: question_text(&human.value),
-                label: gpt.value.clone(),
+                image,
             });
-            set.images.push(file);
         }
-        if set.questions.is_empty() {
-            return Err(Error::checkpoint(&path, "no image questions here"));
+        if set.queries.is_empty() {
+            return Err(Error::checkpoint(&path, "no questions here"));
         }
         Ok(vec![set])
     }
@@ -135,24 +130,35 @@ impl Benchmark for ScienceQa {
     }
 
     fn report_run(&self, run: &RunOutput) -> Result<String> {
-        let dir = run_data_dir(run)?;
+        let dir = expect_dir(run.data.single("scienceqa")?, "scienceqa", LAYOUT)?;
         let truth = Truth::read(&dir)?;
+        let with_image: HashSet<&QuestionId> = (run.queries.iter())
+            .flat_map(|s| &s.queries)
+            .filter(|q| q.image.is_some())
+            .map(|q| &q.id)
+            .collect();
         let mut rows = Vec::new();
         let mut all = serde_json::Map::new();
         for method in &run.config.methods {
             let mut predictions = HashMap::new();
-            for set in run.sets {
-                let path = answers_path(run.out, method, &set.name);
-                for (_, a) in jsonl::read::<Answer>(&path)? {
-                    // The runner's prompt has no `<image>` line; every question it asks has one.
-                    predictions.insert(
-                        a.question_id.to_string(),
-                        Prediction {
-                            prompt: format!("<image>\n{}", a.prompt),
-                            text: a.text,
-                        },
-                    );
-                }
+            for a in run_answers(run.queries, method, run.out)? {
+                // model_vqa_science.py records `<image>\n` before an image question's prompt
+                // (the runner's template puts the image there itself).
+                let image = if with_image.contains(&a.question_id) {
+                    "<image>\n"
+                } else {
+                    ""
+                };
+                let QuestionId::Str(id) = a.question_id else {
+                    continue;
+                };
+                predictions.insert(
+                    id,
+                    Prediction {
+                        prompt: format!("{image}{}", a.prompt),
+                        text: a.text,
+                    },
+                );
             }
             let answered = predictions.len();
             let result = truth.evaluate(&predictions, &dir.join(QUESTIONS))?;
@@ -242,27 +248,6 @@ pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
         path: path.into(),
         source,
     })
-}
-
-/// The folder a run's questions came from: the one above the images of its first question
-/// (`images/test/<id>/image.png`).
-fn run_data_dir(run: &RunOutput) -> Result<PathBuf> {
-    let first = run
-        .sets
-        .first()
-        .and_then(|s| s.images.first())
-        .ok_or_else(|| Error::argument("data", "the run has no ScienceQA questions"))?;
-    first
-        .ancestors()
-        .find(|d| d.join(QUESTIONS).is_file() && d.join("problems.json").is_file())
-        .map(Path::to_path_buf)
-        .ok_or_else(|| {
-            Error::checkpoint(
-                first,
-                "no ScienceQA folder (problems.json, pid_splits.json) above this image; \
-                 score the answers with `score scienceqa --data FOLDER`",
-            )
-        })
 }
 
 #[derive(Deserialize)]

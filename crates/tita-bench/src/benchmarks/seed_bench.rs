@@ -8,12 +8,13 @@
 //! whose answered questions are all wrong, and a run without video (or image) questions divides
 //! by zero. Each failure is an error here, named after the converter's.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tita_core::{jsonl, Error, Result};
+use tita_decode::ImageInput;
 
 use crate::benchmark::{
     expect_dir, headlines_in, read_answers, Benchmark, DataSpec, Headline, QuestionId, RunOutput,
@@ -21,8 +22,7 @@ use crate::benchmark::{
 };
 use crate::benchmarks::mmbench::is_python_space;
 use crate::benchmarks::scienceqa::{read_json, write_run_report, LETTER_INSTRUCTION};
-use crate::eval::{answers_path, QuestionSet};
-use crate::pope::{Answer, Question};
+use crate::eval::{run_answers, Query, QuerySet};
 use crate::python::json_str;
 
 pub struct SeedBench;
@@ -67,24 +67,21 @@ impl Benchmark for SeedBench {
     /// The questions of `llava-seed-bench.jsonl` as one set, the letter instruction its texts
     /// end with taken off (the runner appends the benchmark's instruction), labels from
     /// `SEED-Bench.json`.
-    fn question_sets(&self, data: &DataSpec) -> Result<Vec<QuestionSet>> {
+    fn queries(&self, data: &DataSpec) -> Result<Vec<QuerySet>> {
         let dir = expect_dir(data.single("seed_bench")?, "seed_bench", LAYOUT)?;
         let annotations = Annotations::read(&dir.join(ANNOTATIONS))?;
-        let answer_of: HashMap<String, &str> = annotations
-            .questions
-            .iter()
-            .map(|q| (id_text(&q.question_id), q.answer.as_str()))
+        let known: HashSet<String> = (annotations.questions.iter())
+            .map(|q| id_text(&q.question_id))
             .collect();
         let path = dir.join(QUESTIONS);
         let images = data.images.as_deref().unwrap_or(&dir);
         let suffix = format!("\n{LETTER_INSTRUCTION}");
-        let mut set = QuestionSet {
+        let mut set = QuerySet {
             name: SET.into(),
-            questions: Vec::new(),
-            images: Vec::new(),
+            queries: Vec::new(),
         };
         for (line, q) in jsonl::read::<LlavaQuestion>(&path)? {
-            if data.limit.is_some_and(|n| set.questions.len() >= n) {
+            if data.limit.is_some_and(|n| set.queries.len() >= n) {
                 break;
             }
             let text = q.text.strip_suffix(&suffix).ok_or_else(|| {
@@ -94,23 +91,21 @@ impl Benchmark for SeedBench {
                     format!("field `text`: expected the question to end with {suffix:?}"),
                 )
             })?;
-            let label = answer_of.get(&q.question_id.to_string()).ok_or_else(|| {
-                Error::data(
+            if !known.contains(&q.question_id.to_string()) {
+                return Err(Error::data(
                     &path,
                     line,
                     format!("question_id {} is not in {ANNOTATIONS}", q.question_id),
-                )
-            })?;
-            set.images
-                .push(jsonl::resolve_image(&path, line, &q.image, Some(images))?);
-            set.questions.push(Question {
-                question_id: Some(q.question_id),
-                image: q.image,
+                ));
+            }
+            let image = jsonl::resolve_image(&path, line, &q.image, Some(images))?;
+            set.queries.push(Query {
+                id: QuestionId::Int(q.question_id as i64),
                 text: text.to_string(),
-                label: label.to_string(),
+                image: Some(ImageInput::Path(image)),
             });
         }
-        if set.questions.is_empty() {
+        if set.queries.is_empty() {
             return Err(Error::data(&path, 1, "no questions in this file"));
         }
         Ok(vec![set])
@@ -126,17 +121,15 @@ impl Benchmark for SeedBench {
     }
 
     fn report_run(&self, run: &RunOutput) -> Result<String> {
-        let dir = run_data_dir(run)?;
+        let dir = expect_dir(run.data.single("seed_bench")?, "seed_bench", LAYOUT)?;
         let annotations = Annotations::read(&dir.join(ANNOTATIONS))?;
         let mut rows = Vec::new();
         let mut all = serde_json::Map::new();
         for method in &run.config.methods {
-            let mut results = HashMap::new();
-            for set in run.sets {
-                for (_, a) in jsonl::read::<Answer>(&answers_path(run.out, method, &set.name))? {
-                    results.insert(QuestionId::Int(a.question_id as i64), a.text);
-                }
-            }
+            let results: HashMap<QuestionId, String> = (run_answers(run.queries, method, run.out)?)
+                .into_iter()
+                .map(|a| (a.question_id, a.text))
+                .collect();
             let answered = results.len();
             let acc = annotations.accuracies(&results, &dir.join(ANNOTATIONS))?;
             let pick = |name: &str| {
@@ -214,26 +207,6 @@ impl Benchmark for SeedBench {
             )],
         })
     }
-}
-
-/// The folder a run's questions came from (the one holding `SEED-Bench.json` above its first
-/// image).
-fn run_data_dir(run: &RunOutput) -> Result<PathBuf> {
-    let first = run
-        .sets
-        .first()
-        .and_then(|s| s.images.first())
-        .ok_or_else(|| Error::argument("data", "the run has no SEED-Bench questions"))?;
-    first
-        .ancestors()
-        .find(|d| d.join(ANNOTATIONS).is_file())
-        .map(Path::to_path_buf)
-        .ok_or_else(|| {
-            Error::checkpoint(
-                first,
-                "no SEED-Bench.json above this image; score the answers with `score seed_bench --data FOLDER`",
-            )
-        })
 }
 
 #[derive(Deserialize)]

@@ -16,9 +16,13 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tita_core::{Error, Result};
 
-use crate::benchmark::{expect_dir, Benchmark, DataSpec, RunOutput, ScoreOptions, Scorecard};
-use crate::benchmarks::vqa_eval::{self, leave_one_out, plain_mean, python_lines};
-use crate::eval::QuestionSet;
+use crate::benchmark::{
+    expect_dir, Benchmark, DataSpec, QuestionId, RunOutput, ScoreOptions, Scorecard,
+};
+use crate::benchmarks::vqa_eval::{
+    self, leave_one_out, plain_mean, python_lines, LlavaQuestion, VqaStyle,
+};
+use crate::eval::QuerySet;
 
 pub struct TextVqa;
 
@@ -47,42 +51,8 @@ impl Benchmark for TextVqa {
         128
     }
 
-    fn question_sets(&self, data: &DataSpec) -> Result<Vec<QuestionSet>> {
-        let given = data.single("textvqa")?;
-        let (dir, file) = if given.is_dir() {
-            (given.to_path_buf(), given.join(QUESTIONS))
-        } else {
-            let dir = given.parent().map(Path::to_path_buf).unwrap_or_default();
-            (dir, given.to_path_buf())
-        };
-        let questions = vqa_eval::read_llava_questions(&file)?;
-        let annotations_path = dir.join(ANNOTATIONS);
-        let annotations = if annotations_path.is_file() {
-            Some(read_annotations(&annotations_path)?)
-        } else {
-            None
-        };
-        let dirs = vqa_eval::image_dirs(
-            data.images.as_deref(),
-            vec![dir.join("train_images"), dir.clone()],
-        );
-        let name = file
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("textvqa")
-            .to_string();
-        let set = vqa_eval::question_set(&name, &file, &questions, &dirs, data.limit, |q| {
-            let key = match (&q.id, prompt_question(&q.text)) {
-                (crate::benchmark::QuestionId::Str(id), Some(question)) => (id.clone(), question),
-                _ => return Vec::new(),
-            };
-            annotations
-                .as_ref()
-                .and_then(|a| a.get(&key))
-                .map(|a| a.answers.clone())
-                .unwrap_or_default()
-        })?;
-        Ok(vec![set])
+    fn queries(&self, data: &DataSpec) -> Result<Vec<QuerySet>> {
+        vqa_eval::queries(self, data)
     }
 
     fn parse_answer(&self, text: &str) -> String {
@@ -97,13 +67,7 @@ impl Benchmark for TextVqa {
     }
 
     fn report_run(&self, run: &RunOutput) -> Result<String> {
-        vqa_eval::report(
-            self.title(),
-            self.name(),
-            "Accuracy: TextVQAAccuracyEvaluator's (EvalAI-normalised answers, leave-one-out soft score), where the folder had TextVQA_0.5.1_val.json.",
-            run,
-            soft_score,
-        )
+        vqa_eval::report(self, run)
     }
 
     fn score(&self, data: &Path, answers: &Path, _: &ScoreOptions) -> Result<Scorecard> {
@@ -206,6 +170,46 @@ impl Benchmark for TextVqa {
 }
 
 /// One line of the answers file, as eval_textvqa.py reads it.
+impl VqaStyle for TextVqa {
+    fn names(&self) -> (&'static str, &'static str) {
+        (self.name(), self.title())
+    }
+
+    fn files(&self, given: &Path) -> Result<(PathBuf, PathBuf)> {
+        Ok(vqa_eval::folder_and_file(given, QUESTIONS))
+    }
+
+    fn image_dirs(&self, dir: &Path, _: &Path) -> Vec<PathBuf> {
+        vec![dir.join("train_images"), dir.to_path_buf()]
+    }
+
+    // Found as eval_textvqa.py finds them: by (image id, lower-cased question).
+    fn truth(&self, dir: &Path, questions: &[LlavaQuestion]) -> Result<Vec<Vec<String>>> {
+        let path = dir.join(ANNOTATIONS);
+        let annotations = if path.is_file() {
+            read_annotations(&path)?
+        } else {
+            HashMap::new()
+        };
+        Ok((questions.iter())
+            .map(|q| match (&q.id, prompt_question(&q.text)) {
+                (QuestionId::Str(id), Some(question)) => annotations
+                    .get(&(id.clone(), question))
+                    .map_or_else(Vec::new, |a| a.answers.clone()),
+                _ => Vec::new(),
+            })
+            .collect())
+    }
+
+    fn score_one(&self, truth: &[String], answer: &str) -> f64 {
+        soft_score(truth, answer)
+    }
+
+    fn how(&self) -> &'static str {
+        "Accuracy: TextVQAAccuracyEvaluator's (EvalAI-normalised answers, leave-one-out soft score), where the folder had TextVQA_0.5.1_val.json."
+    }
+}
+
 #[derive(Deserialize)]
 struct AnswerLine {
     question_id: Value,

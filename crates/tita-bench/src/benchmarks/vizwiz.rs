@@ -15,8 +15,10 @@ use serde_json::{json, Map, Value};
 use tita_core::{Error, Result};
 
 use crate::benchmark::{expect_dir, Benchmark, DataSpec, RunOutput, ScoreOptions, Scorecard};
-use crate::benchmarks::vqa_eval::{self, id_key, plain_mean, ConverterAnswers, LlavaQuestion};
-use crate::eval::QuestionSet;
+use crate::benchmarks::vqa_eval::{
+    self, id_key, plain_mean, ConverterAnswers, LlavaQuestion, VqaStyle,
+};
+use crate::eval::QuerySet;
 use crate::python;
 
 pub struct VizWiz;
@@ -45,21 +47,8 @@ impl Benchmark for VizWiz {
         128
     }
 
-    fn question_sets(&self, data: &DataSpec) -> Result<Vec<QuestionSet>> {
-        let (dir, file) = question_file(data.single("vizwiz")?)?;
-        let questions = vqa_eval::read_llava_questions(&file)?;
-        let truth = annotations_if_any(&dir)?;
-        let split = split_of(&file);
-        let dirs = vqa_eval::image_dirs(data.images.as_deref(), vec![dir.join(split), dir.clone()]);
-        let name = format!("llava_{split}");
-        let set = vqa_eval::question_set(&name, &file, &questions, &dirs, data.limit, |q| {
-            truth
-                .as_ref()
-                .and_then(|t| t.get(&q.image))
-                .map(|a| a.answers())
-                .unwrap_or_default()
-        })?;
-        Ok(vec![set])
+    fn queries(&self, data: &DataSpec) -> Result<Vec<QuerySet>> {
+        vqa_eval::queries(self, data)
     }
 
     fn parse_answer(&self, text: &str) -> String {
@@ -74,13 +63,7 @@ impl Benchmark for VizWiz {
     }
 
     fn report_run(&self, run: &RunOutput) -> Result<String> {
-        vqa_eval::report(
-            self.title(),
-            self.name(),
-            "Accuracy: lmms-eval's VizWiz accuracy (EvalAI-normalised answers, leave-one-out over the ten human answers), where the folder had Annotations/val.json.",
-            run,
-            |answers, text| vqa_eval::lmms_accuracy(answers, text, vqa_eval::eval_ai),
-        )
+        vqa_eval::report(self, run)
     }
 
     fn score(&self, data: &Path, answers: &Path, _: &ScoreOptions) -> Result<Scorecard> {
@@ -130,6 +113,39 @@ impl Benchmark for VizWiz {
             metrics: Value::Object(metrics),
             files: vec![(upload, bytes)],
         })
+    }
+}
+
+impl VqaStyle for VizWiz {
+    fn names(&self) -> (&'static str, &'static str) {
+        (self.name(), self.title())
+    }
+
+    fn files(&self, given: &Path) -> Result<(PathBuf, PathBuf)> {
+        question_file(given)
+    }
+
+    fn image_dirs(&self, dir: &Path, file: &Path) -> Vec<PathBuf> {
+        vec![dir.join(split_of(file)), dir.to_path_buf()]
+    }
+
+    fn truth(&self, dir: &Path, questions: &[LlavaQuestion]) -> Result<Vec<Vec<String>>> {
+        let truth = annotations_if_any(dir)?.unwrap_or_default();
+        Ok((questions.iter())
+            .map(|q| {
+                truth
+                    .get(&q.image)
+                    .map_or_else(Vec::new, Annotation::answers)
+            })
+            .collect())
+    }
+
+    fn score_one(&self, truth: &[String], answer: &str) -> f64 {
+        vqa_eval::lmms_accuracy(truth, answer, vqa_eval::eval_ai)
+    }
+
+    fn how(&self) -> &'static str {
+        "Accuracy: lmms-eval's VizWiz accuracy (EvalAI-normalised answers, leave-one-out over the ten human answers), where the folder had Annotations/val.json."
     }
 }
 

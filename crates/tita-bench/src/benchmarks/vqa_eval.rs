@@ -12,13 +12,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tita_core::{jsonl, Error, Result};
 
-use crate::benchmark::{Headline, QuestionId, RunOutput};
-use crate::eval::{answers_path, QuestionSet, SHORT_ANSWER};
-use crate::pope::{Answer, Question};
+use tita_decode::ImageInput;
+
+use crate::benchmark::{DataSpec, Headline, QuestionId, RunOutput};
+use crate::eval::{answers_path, llava_answers, Query, QuerySet, RunAnswer, SHORT_ANSWER};
 use crate::python;
 
 /// The contractions both codes restore (the same 120 entries, `somebody'd` -> `somebodyd` too).
@@ -498,62 +498,80 @@ pub fn read_llava_questions(path: &Path) -> Result<Vec<LlavaQuestion>> {
     Ok(out)
 }
 
-/// What a run's report scores a question against, kept as JSON in the question's `label`
-/// (the runner files answers under their position, so the id of LLaVA's file rides here too).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Truth {
-    /// The question's id in LLaVA's question file.
-    pub id: Value,
-    /// The human answers (VQA accuracy) or the one answer (GQA); empty when the split has no
-    /// ground truth here (test splits).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub answers: Vec<String>,
+/// What a VQA-style benchmark (VQAv2, GQA, VizWiz, TextVQA) adds to the run code they share:
+/// where its files are, its ground truth and its per-question score.
+pub trait VqaStyle {
+    /// The benchmark's registry name and report title.
+    fn names(&self) -> (&'static str, &'static str);
+
+    /// The benchmark's folder and LLaVA's question file, for `--data` (the folder or the file).
+    fn files(&self, given: &Path) -> Result<(PathBuf, PathBuf)>;
+
+    /// The folders an image name is looked up in, first match wins.
+    fn image_dirs(&self, dir: &Path, file: &Path) -> Vec<PathBuf>;
+
+    /// The human answers (or GQA's one answer) of each of `questions`, in order; empty where
+    /// the folder holds none (a test split).
+    fn truth(&self, dir: &Path, questions: &[LlavaQuestion]) -> Result<Vec<Vec<String>>>;
+
+    /// One question's local score (0..1) against its ground truth.
+    fn score_one(&self, truth: &[String], answer: &str) -> f64;
+
+    /// What the report's accuracy is, in a sentence.
+    fn how(&self) -> &'static str;
 }
 
-impl Truth {
-    pub fn of(question: &Question) -> Truth {
-        serde_json::from_str(&question.label).unwrap_or_default()
+/// `given` as the benchmark's folder (holding `default`, LLaVA's question file) or a question
+/// file in it.
+pub fn folder_and_file(given: &Path, default: &str) -> (PathBuf, PathBuf) {
+    if given.is_dir() {
+        (given.to_path_buf(), given.join(default))
+    } else {
+        let dir = given.parent().map(Path::to_path_buf).unwrap_or_default();
+        (dir, given.to_path_buf())
     }
 }
 
-/// A question set from LLaVA's question file: each question's text without LLaVA's closing
-/// instruction line (the runner appends the benchmark's instruction, giving LLaVA's prompt back),
-/// its image found in the first of `image_dirs` that has it, and its [`Truth`] as the label.
-pub fn question_set(
-    name: &str,
-    path: &Path,
-    questions: &[LlavaQuestion],
-    image_dirs: &[PathBuf],
-    limit: Option<usize>,
-    truth: impl Fn(&LlavaQuestion) -> Vec<String>,
-) -> Result<QuestionSet> {
-    let mut set = QuestionSet {
-        name: name.to_string(),
-        questions: Vec::new(),
-        images: Vec::new(),
+/// The set a VQA-style run asks: every question of LLaVA's file (the first `limit`) under its
+/// own id, its text without the closing instruction line (the runner appends the benchmark's
+/// instruction, giving LLaVA's prompt back), its image found in the first folder that has it.
+/// The set is named after the question file.
+pub fn queries(style: &dyn VqaStyle, data: &DataSpec) -> Result<Vec<QuerySet>> {
+    let (name, _) = style.names();
+    let (dir, file) = style.files(data.single(name)?)?;
+    let questions = read_llava_questions(&file)?;
+    let dirs = match data.images.as_deref() {
+        Some(images) => vec![images.to_path_buf()],
+        None => style.image_dirs(&dir, &file),
     };
-    let take = limit.unwrap_or(usize::MAX);
-    for (i, q) in questions.iter().take(take).enumerate() {
+    let mut set = QuerySet {
+        name: file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or(name)
+            .to_string(),
+        queries: Vec::new(),
+    };
+    for q in questions.iter().take(data.limit.unwrap_or(usize::MAX)) {
         let text = q
             .text
             .strip_suffix(SHORT_ANSWER)
             .and_then(|t| t.strip_suffix('\n'))
             .ok_or_else(|| {
                 Error::data(
-                    path,
+                    &file,
                     q.line,
                     format!("field `text`: expected LLaVA's question text ending in \"\\n{SHORT_ANSWER}\""),
                 )
             })?;
-        let image = image_dirs
+        let image = dirs
             .iter()
             .map(|d| d.join(&q.image))
             .find(|p| p.is_file())
             .ok_or_else(|| {
-                let dirs: Vec<String> =
-                    image_dirs.iter().map(|d| d.display().to_string()).collect();
+                let dirs: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
                 Error::data(
-                    path,
+                    &file,
                     q.line,
                     format!(
                         "field `image`: `{}` is in none of {}",
@@ -562,46 +580,32 @@ pub fn question_set(
                     ),
                 )
             })?;
-        let label = Truth {
-            id: id_json(&q.id),
-            answers: truth(q),
-        };
-        set.questions.push(Question {
-            question_id: Some(i as u64 + 1),
-            image: q.image.clone(),
+        set.queries.push(Query {
+            id: q.id.clone(),
             text: text.to_string(),
-            label: serde_json::to_string(&label).expect("plain data"),
+            image: Some(ImageInput::Path(image)),
         });
-        set.images.push(image);
     }
-    if set.questions.is_empty() {
-        return Err(Error::data(path, 1, "no questions in this file"));
+    if set.queries.is_empty() {
+        return Err(Error::data(&file, 1, "no questions in this file"));
     }
-    Ok(set)
+    Ok(vec![set])
 }
 
-/// The folders images are looked for in: `--images` alone when given, else `defaults`.
-pub fn image_dirs(images: Option<&Path>, defaults: Vec<PathBuf>) -> Vec<PathBuf> {
-    match images {
-        Some(dir) => vec![dir.to_path_buf()],
-        None => defaults,
-    }
-}
-
-/// The report of a run of a VQA-style benchmark: every method's answers rewritten in LLaVA's
-/// format under `llava/<method>/<set>.jsonl` (with LLaVA's question ids, ready for `score`),
-/// and the local accuracy (`score_one`: 0..1 per question with ground truth) per set and
-/// method, in `scores.json` and `report.md`. Returns the report.
-pub fn report(
-    title: &str,
-    benchmark: &str,
-    how: &str,
-    run: &RunOutput,
-    score_one: fn(&[String], &str) -> f64,
-) -> Result<String> {
+/// The report of a run of a VQA-style benchmark: every method's answers as one LLaVA answers
+/// file (`llava/<method>.jsonl`, ready for `score`), and the local accuracy per set and method
+/// over the questions with ground truth, in `results.json` and `report.md`. Returns the report.
+pub fn report(style: &dyn VqaStyle, run: &RunOutput) -> Result<String> {
+    let (name, title) = style.names();
+    let (dir, file) = style.files(run.data.single(name)?)?;
+    let truth = style.truth(&dir, &read_llava_questions(&file)?)?;
     let mut scores = serde_json::Map::new();
-    let mut md = format!("# {title}\n\n{how}\n\n");
-    for set in run.sets {
+    let mut md = format!("# {title}\n\n{}\n\n", style.how());
+    let mut merged = serde_json::Map::new();
+    for m in &run.config.methods {
+        merged.insert(m.name(), json!(llava_answers(run.queries, m, run.out)?));
+    }
+    for set in run.queries {
         let _ = writeln!(
             md,
             "### {}\n\n| method | answered | with ground truth | accuracy (%) |\n|---|---|---|---|",
@@ -610,41 +614,25 @@ pub fn report(
         let mut per_method = serde_json::Map::new();
         for m in &run.config.methods {
             let path = answers_path(run.out, m, &set.name);
-            let mut text: HashMap<u64, Answer> = HashMap::new();
+            let mut text: HashMap<(QuestionId, String), String> = HashMap::new();
             if path.exists() {
-                for (_, a) in jsonl::read::<Answer>(&path)? {
-                    text.insert(a.question_id, a);
+                for (_, a) in jsonl::read::<RunAnswer>(&path)? {
+                    text.insert((a.question_id, a.prompt), a.text);
                 }
             }
-            let mut lines = String::new();
             let mut values = Vec::new();
             let mut answered = 0;
-            for q in &set.questions {
-                let Some(a) = text.get(&q.question_id.expect("set by question_set")) else {
+            // The set is the file's first questions, in order.
+            for (q, t) in set.queries.iter().zip(&truth) {
+                let key = (q.id.clone(), q.prompt(&run.config.suffix));
+                let Some(answer) = text.get(&key) else {
                     continue;
                 };
                 answered += 1;
-                let truth = Truth::of(q);
-                let metadata = json!({});
-                let fields = [
-                    ("question_id", &truth.id),
-                    ("prompt", &json!(a.prompt)),
-                    ("text", &json!(a.text)),
-                    ("model_id", &json!(a.model_id)),
-                    ("metadata", &metadata),
-                ];
-                lines.push_str(&python::json_object(fields));
-                lines.push('\n');
-                if !truth.answers.is_empty() {
-                    values.push(score_one(&truth.answers, &a.text));
+                if !t.is_empty() {
+                    values.push(style.score_one(t, answer));
                 }
             }
-            let llava = run
-                .out
-                .join("llava")
-                .join(m.name())
-                .join(format!("{}.jsonl", set.name));
-            jsonl::write_atomic(&llava, lines.as_bytes())?;
             let accuracy = plain_mean(&values).map(|a| a * 100.0);
             let shown = accuracy.map_or("–".to_string(), |a| format!("{a:.2}"));
             let _ = writeln!(
@@ -656,7 +644,7 @@ pub fn report(
             per_method.insert(
                 m.name(),
                 json!({ "answered": answered, "scored": values.len(), "accuracy": accuracy,
-                        "llava_answers": llava }),
+                        "llava_answers": merged[&m.name()] }),
             );
         }
         md.push('\n');
@@ -664,12 +652,12 @@ pub fn report(
     }
     let _ = writeln!(
         md,
-        "Official scoring of a method's answers: `tita-bench score {benchmark} --data DIR --answers OUT/llava/METHOD/SET.jsonl`.\n\n### speed (this invocation)\n\n| method | answers | generated tokens | seconds | tokens/s |\n|---|---|---|---|---|"
+        "Official scoring of a method's answers: `tita-bench score {name} --data DIR --answers OUT/llava/METHOD.jsonl`.\n\n### speed (this invocation)\n\n| method | answers | generated tokens | seconds | tokens/s |\n|---|---|---|---|---|"
     );
-    for (name, s) in &run.speed {
+    for (method, s) in &run.speed {
         let _ = writeln!(
             md,
-            "| {name} | {} | {} | {:.1} | {:.2} |",
+            "| {method} | {} | {} | {:.1} | {:.2} |",
             s.answers,
             s.generated_tokens,
             s.seconds,

@@ -21,9 +21,10 @@ use crate::benchmark::{
     expect_dir, Benchmark, DataSpec, QuestionId, RunOutput, ScoreOptions, Scorecard,
 };
 use crate::benchmarks::vqa_eval::{
-    self, flatten, id_json, id_key, leave_one_out, plain_mean, ConverterAnswers,
+    self, flatten, id_json, id_key, leave_one_out, plain_mean, ConverterAnswers, LlavaQuestion,
+    VqaStyle,
 };
-use crate::eval::QuestionSet;
+use crate::eval::QuerySet;
 use crate::python;
 
 pub struct Vqav2;
@@ -59,36 +60,8 @@ impl Benchmark for Vqav2 {
         128
     }
 
-    fn question_sets(&self, data: &DataSpec) -> Result<Vec<QuestionSet>> {
-        let given = data.single("vqav2")?;
-        let (dir, file) = if given.is_dir() {
-            (given.to_path_buf(), given.join(format!("{ASKED}.jsonl")))
-        } else {
-            let dir = given.parent().map(Path::to_path_buf).unwrap_or_default();
-            (dir, given.to_path_buf())
-        };
-        let questions = vqa_eval::read_llava_questions(&file)?;
-        let truth = annotations_if_any(&dir)?;
-        let dirs = vqa_eval::image_dirs(
-            data.images.as_deref(),
-            vec![dir.join("test2015"), dir.join("val2014"), dir.clone()],
-        );
-        let name = file
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or(ASKED)
-            .to_string();
-        let set =
-            vqa_eval::question_set(&name, &file, &questions, &dirs, data.limit, |q| {
-                match (&q.id, &truth) {
-                    (QuestionId::Int(id), Some(t)) => t
-                        .get(id)
-                        .map(|a| a.answers.iter().map(|x| x.answer.clone()).collect())
-                        .unwrap_or_default(),
-                    _ => Vec::new(),
-                }
-            })?;
-        Ok(vec![set])
+    fn queries(&self, data: &DataSpec) -> Result<Vec<QuerySet>> {
+        vqa_eval::queries(self, data)
     }
 
     fn parse_answer(&self, text: &str) -> String {
@@ -103,23 +76,7 @@ impl Benchmark for Vqav2 {
     }
 
     fn report_run(&self, run: &RunOutput) -> Result<String> {
-        vqa_eval::report(
-            self.title(),
-            self.name(),
-            "Accuracy: the VQA evaluation's on the converted answers, where the folder had VQA-format annotations for the questions.",
-            run,
-            |answers, text| {
-                let mut raw: Vec<RawAnswer> = answers
-                    .iter()
-                    .enumerate()
-                    .map(|(i, a)| RawAnswer {
-                        answer: a.clone(),
-                        rest: json!({ "answer_id": i }).as_object().cloned().unwrap_or_default(),
-                    })
-                    .collect();
-                vqa_accuracy(&mut raw, &vqa_eval::eval_ai(text)).unwrap_or(0.0)
-            },
-        )
+        vqa_eval::report(self, run)
     }
 
     fn score(&self, data: &Path, answers: &Path, _: &ScoreOptions) -> Result<Scorecard> {
@@ -183,6 +140,50 @@ impl Benchmark for Vqav2 {
             metrics: Value::Object(metrics),
             files: vec![(upload, bytes)],
         })
+    }
+}
+
+impl VqaStyle for Vqav2 {
+    fn names(&self) -> (&'static str, &'static str) {
+        (self.name(), self.title())
+    }
+
+    fn files(&self, given: &Path) -> Result<(PathBuf, PathBuf)> {
+        Ok(vqa_eval::folder_and_file(given, &format!("{ASKED}.jsonl")))
+    }
+
+    fn image_dirs(&self, dir: &Path, _: &Path) -> Vec<PathBuf> {
+        vec![dir.join("test2015"), dir.join("val2014"), dir.to_path_buf()]
+    }
+
+    fn truth(&self, dir: &Path, questions: &[LlavaQuestion]) -> Result<Vec<Vec<String>>> {
+        let annotations = annotations_if_any(dir)?.unwrap_or_default();
+        Ok((questions.iter())
+            .map(|q| match &q.id {
+                QuestionId::Int(id) => annotations.get(id).map_or_else(Vec::new, |a| {
+                    a.answers.iter().map(|x| x.answer.clone()).collect()
+                }),
+                QuestionId::Str(_) => Vec::new(),
+            })
+            .collect())
+    }
+
+    // The VQA evaluation's accuracy of the converted answer.
+    fn score_one(&self, truth: &[String], answer: &str) -> f64 {
+        let mut raw: Vec<RawAnswer> = (truth.iter().enumerate())
+            .map(|(i, a)| RawAnswer {
+                answer: a.clone(),
+                rest: json!({ "answer_id": i })
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            })
+            .collect();
+        vqa_accuracy(&mut raw, &vqa_eval::eval_ai(answer)).unwrap_or(0.0)
+    }
+
+    fn how(&self) -> &'static str {
+        "Accuracy: the VQA evaluation's on the converted answers, where the folder had VQA-format annotations for the questions."
     }
 }
 

@@ -97,6 +97,9 @@ enum Command {
         /// Only these benchmarks (comma separated; default: every one present).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Scores MM-Vet and LLaVA-Bench too (without one they are answered, not scored).
+        #[command(flatten)]
+        judge: JudgeArgs,
     },
     /// Scores an answers file in LLaVA's format and prints what the benchmark's official
     /// scoring code prints.
@@ -241,9 +244,14 @@ struct EvalArgs {
     /// POPE and MME LLaVA's "Answer the question using a single word or phrase.").
     #[arg(long)]
     suffix: Option<String>,
-    /// Default: the benchmark's (16 for yes/no answers).
+    /// Default: the benchmark's, as LLaVA's scripts (128 for short answers, 1024 for
+    /// ScienceQA, MMBench, MM-Vet and LLaVA-Bench).
     #[arg(long, value_parser = tita_core::args::count)]
     max_new_tokens: Option<usize>,
+    /// Questions decoded together per method (padded, masked: the answers are those of
+    /// batch 1, which shares prefills across methods instead).
+    #[arg(long, default_value_t = 1, value_parser = tita_core::args::count)]
+    batch: usize,
     /// Decode every method separately instead of sharing prefills (same answers, slower).
     #[arg(long)]
     no_shortcut: bool,
@@ -265,7 +273,7 @@ struct EvalArgs {
     /// Delete what --out holds first.
     #[arg(long)]
     overwrite: bool,
-    /// Conversation template: a built-in name (llava_1_5, vicuna_v1), a .jinja file, a JSON
+    /// Conversation template: a built-in name (llava_1_5, llava_v1, vicuna_v1), a .jinja file, a JSON
     /// file with `chat_template`, or a model directory. Default: the target directory's
     /// chat_template, else llava_1_5.
     #[arg(long)]
@@ -323,6 +331,7 @@ impl EvalArgs {
             pad: !self.no_pad,
             shortcut: !self.no_shortcut,
             shard: self.shard,
+            batch: self.batch,
             ..EvalConfig::default()
         })
     }
@@ -400,6 +409,7 @@ struct SuiteTask {
     run: EvalArgs,
     data: PathBuf,
     only: Vec<String>,
+    judge: JudgeArgs,
 }
 
 impl BackendTask for SuiteTask {
@@ -408,10 +418,26 @@ impl BackendTask for SuiteTask {
         let a = &self.run;
         let config = a.config(benchmark::by_name("pope")?)?;
         let _claim = claim_eval_dir(a, &config)?;
+        let judge = judge_of(&self.judge)?;
+        let judging = ScoreOptions {
+            judge: judge
+                .as_ref()
+                .map(|j| j as &dyn tita_bench::benchmark::Judge),
+            judge_runs: self.judge.judge_runs,
+        };
         let loaded = a.load::<B>(&device)?;
         let models = loaded.models();
-        let report =
-            tita_bench::suite::run(&models, &self.data, &self.only, &config, &a.out, true)?;
+        let report = tita_bench::suite::run(
+            &models, &self.data, &self.only, &config, &judging, &a.out, true,
+        )?;
+        if let Some(j) = &judge {
+            eprintln!(
+                "judge: {} at {}; {}",
+                tita_bench::benchmark::Judge::model(j),
+                j.endpoint(),
+                tita_bench::judge::NOT_COMPARABLE
+            );
+        }
         println!("{}", tita_bench::suite::table(&report));
         eprintln!("-> {}", a.out.join("suite.md").display());
         let failed: Vec<&str> = (report.benchmarks.iter())
@@ -618,6 +644,19 @@ struct JudgeArgs {
     judge_runs: Option<usize>,
 }
 
+/// The judge the flags name, if any.
+fn judge_of(args: &JudgeArgs) -> anyhow::Result<Option<tita_bench::judge::HttpJudge>> {
+    Ok(match (&args.judge_url, &args.judge_model) {
+        (Some(url), Some(model)) => Some(tita_bench::judge::HttpJudge::new(
+            url,
+            model,
+            tita_bench::judge::HttpJudge::key_or_env(args.judge_key.clone()),
+        )),
+        (None, None) => None,
+        _ => bail!("--judge-url and --judge-model go together"),
+    })
+}
+
 /// `score`: the official output on stdout (or the numbers as JSON), the official files in --out.
 fn score(
     name: &str,
@@ -627,15 +666,7 @@ fn score(
     out: Option<PathBuf>,
     judge_args: JudgeArgs,
 ) -> anyhow::Result<()> {
-    let judge = match (&judge_args.judge_url, &judge_args.judge_model) {
-        (Some(url), Some(model)) => Some(tita_bench::judge::HttpJudge::new(
-            url,
-            model,
-            tita_bench::judge::HttpJudge::key_or_env(judge_args.judge_key.clone()),
-        )),
-        (None, None) => None,
-        _ => bail!("--judge-url and --judge-model go together"),
-    };
+    let judge = judge_of(&judge_args)?;
     let options = ScoreOptions {
         judge: judge
             .as_ref()
@@ -797,7 +828,12 @@ fn main() -> anyhow::Result<()> {
             out,
             judge,
         } => score(&name, &data, &answers, json, out, judge)?,
-        Command::Suite { run, data, only } => {
+        Command::Suite {
+            run,
+            data,
+            only,
+            judge,
+        } => {
             if run.suffix.is_some() || run.max_new_tokens.is_some() || run.shard.is_some() {
                 bail!("suite: each benchmark asks with its own instruction and answer length, unsharded; --suffix, --max-new-tokens and --shard are for `run`");
             }
@@ -805,7 +841,18 @@ fn main() -> anyhow::Result<()> {
                 bail!("--data: {} is not a folder", data.display());
             }
             let backend = run.backend;
-            dispatch(backend, SuiteTask { run, data, only }).map_err(|e| anyhow!(e))??;
+            // A judge flag alone is refused before any model loads.
+            judge_of(&judge)?;
+            dispatch(
+                backend,
+                SuiteTask {
+                    run,
+                    data,
+                    only,
+                    judge,
+                },
+            )
+            .map_err(|e| anyhow!(e))??;
         }
         Command::Merge {
             name,

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use tita_bench::benchmark::by_name;
 
 use crate::common::{assert_matches, data, expected, score};
-use crate::vqav2::{check_prompts, check_report_run, lines, write};
+use crate::common::{lines, write};
+use crate::vqav2::{check_prompts, check_report_run};
 
 fn answers() -> PathBuf {
     data().join("gqa/answers/llava_gqa_testdev_balanced/llava-v1.5-7b/merge.jsonl")

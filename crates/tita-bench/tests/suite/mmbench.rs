@@ -3,14 +3,16 @@
 //! reading before PR #1552); the prompts are model_vqa_mmbench.py's; bad input is named.
 
 use std::io::Cursor;
-use std::path::Path;
 
 use calamine::{open_workbook_from_rs, Data, Reader, Xlsx};
 use serde_json::{json, Value};
 use tita_bench::benchmark::{by_name, DataSpec};
+use tita_decode::ImageInput;
 
-use crate::common::{assert_matches, data, expected, score};
-use crate::scienceqa::{copy_fixture, error_of};
+use crate::common::{
+    assert_matches, copy_fixture, data, error_of, expected, fixture_answers, queries, read_json,
+    report_run, score, write,
+};
 
 /// The sheet names and the cells of an .xlsx (empty cells as null, numbers as numbers).
 fn xlsx_cells(bytes: Vec<u8>) -> (Vec<String>, Value) {
@@ -120,28 +122,32 @@ fn prompts_and_images_are_llavas() {
         assert_eq!(bench.max_new_tokens(), 1024);
         let images = tmp.path().join(name);
         let sets = bench
-            .question_sets(&DataSpec {
+            .queries(&DataSpec {
                 paths: vec![data().join(name)],
                 images: Some(images.clone()),
                 ..DataSpec::default()
             })
             .unwrap();
         assert_eq!(sets.len(), 1);
-        let set = &sets[0];
         let want = all["prompts"][key].as_array().unwrap();
-        assert_eq!(set.questions.len(), want.len(), "{name}");
-        for ((q, image), w) in set.questions.iter().zip(&set.images).zip(want) {
+        let asked = &sets[0].queries;
+        assert_eq!(asked.len(), want.len(), "{name}");
+        for (q, w) in asked.iter().zip(want) {
             assert_eq!(
-                q.question_id.unwrap(),
-                w["question_id"].as_u64().unwrap(),
+                serde_json::to_value(&q.id).unwrap(),
+                w["question_id"],
                 "{name}"
             );
+            // The answers file records the question without the instruction line.
             assert_eq!(q.text, w["prompt"].as_str().unwrap());
-            let asked = format!("<image>\n{}\n{instruction}", q.text);
+            let model_sees = format!("<image>\n{}", q.prompt(bench.instruction()));
             assert!(
-                w["model_input"].as_str().unwrap().contains(&asked),
-                "{asked}"
+                w["model_input"].as_str().unwrap().contains(&model_sees),
+                "{model_sees}"
             );
+            let Some(ImageInput::Path(image)) = &q.image else {
+                panic!("{:?} has no image", q.id);
+            };
             assert!(image.starts_with(&images));
             let bytes = std::fs::read(image).unwrap();
             assert!(
@@ -154,10 +160,6 @@ fn prompts_and_images_are_llavas() {
     let mm = by_name("mmbench").unwrap();
     assert_eq!(mm.parse_answer("(D)"), "D");
     assert_eq!(mm.parse_answer("C or B"), "");
-}
-
-fn write(p: &Path, text: &str) {
-    std::fs::write(p, text).unwrap();
 }
 
 #[test]
@@ -205,7 +207,7 @@ fn bad_mmbench_input_names_file_line_and_field() {
     fields[9] = "not base64!".into();
     rows[1] = fields.join("\t");
     write(&tsv, &rows.join("\n"));
-    let e = error_of(by_name("mmbench").unwrap().question_sets(&DataSpec {
+    let e = error_of(by_name("mmbench").unwrap().queries(&DataSpec {
         paths: vec![tsv.clone()],
         images: Some(tmp.path().join("images")),
         ..DataSpec::default()
@@ -227,20 +229,15 @@ fn a_runs_answers_are_scored_the_same_way() {
     // The run's images go beside the TSV (the default), where the report finds the TSV again.
     let tmp = tempfile::tempdir().unwrap();
     let dir = copy_fixture("mmbench", tmp.path());
-    let sets = by_name("mmbench")
-        .unwrap()
-        .question_sets(&DataSpec {
-            paths: vec![dir.clone()],
-            ..DataSpec::default()
-        })
-        .unwrap();
+    let sets = queries("mmbench", &dir, None);
     assert!(dir.join("mmbench_dev_20230712_images/241.png").is_file());
-    let answers = crate::scienceqa::fixture_answers(
-        &dir.join("answers/mmbench_dev_20230712/llava-v1.5-7b.jsonl"),
-    );
+    let answers = fixture_answers(&dir.join("answers/mmbench_dev_20230712/llava-v1.5-7b.jsonl"));
     let out = tmp.path().join("run");
-    let (numbers, report) =
-        crate::scienceqa::report_run("mmbench", &sets, &answers, &out, "mmbench.json");
+    // model_vqa_mmbench.py records the question without the instruction the model saw.
+    let report = report_run("mmbench", &dir, &sets, &out, |q, _| {
+        answers.get(&(q.id.clone(), q.text.clone())).cloned()
+    });
+    let numbers = read_json(&out.join("mmbench.json"));
     let want = &expected()["mmbench"];
     assert_matches(
         &numbers["greedy/mmbench_dev_20230712"],

@@ -3,11 +3,11 @@
 //! `fixtures/benchmarks/expected.json`), with the same numbers; bad input names its file, line
 //! and field.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use tita_bench::benchmark::{by_name, DataSpec, REGISTRY};
 
-use crate::common::{assert_matches, data, expected, score};
+use crate::common::{assert_matches, data, expected, score, write};
 
 #[test]
 fn registry_lists_every_benchmark_and_refuses_unknown_names() {
@@ -129,11 +129,6 @@ fn question_sets_come_from_llava_folders() {
         .unwrap()
         .to_string();
     assert!(e.contains("`limit`"), "{e}");
-}
-
-fn write(p: &Path, text: &str) -> PathBuf {
-    std::fs::write(p, text).unwrap();
-    p.to_path_buf()
 }
 
 #[test]

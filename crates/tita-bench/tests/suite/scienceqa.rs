@@ -2,38 +2,16 @@
 //! and writes its two files byte for byte; the questions and prompts are LLaVA-1.5's; bad input
 //! names its file, line and field.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use tita_bench::benchmark::{by_name, DataSpec};
 use tita_bench::benchmarks::scienceqa::llava_prompts;
+use tita_decode::ImageInput;
 
-use crate::common::{assert_matches, data, expected, score};
-
-/// A copy of the fixture folder `name` under `to`, to break one file in.
-pub fn copy_fixture(name: &str, to: &Path) -> PathBuf {
-    fn copy(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let path = entry.unwrap().path();
-            let target = to.join(path.file_name().unwrap());
-            if path.is_dir() {
-                copy(&path, &target);
-            } else {
-                std::fs::copy(&path, &target).unwrap();
-            }
-        }
-    }
-    let dest = to.join(name);
-    copy(&data().join(name), &dest);
-    dest
-}
-
-pub fn error_of<T>(r: tita_core::Result<T>) -> String {
-    match r {
-        Ok(_) => panic!("expected an error"),
-        Err(e) => e.to_string(),
-    }
-}
+use crate::common::{
+    assert_matches, copy_fixture, data, error_of, expected, fixture_answers, queries, read_json,
+    report_run, score,
+};
 
 #[test]
 fn score_prints_and_writes_what_eval_science_qa_did() {
@@ -100,46 +78,36 @@ fn prompts_and_questions_are_llavas() {
 
     let bench = by_name("scienceqa").unwrap();
     assert_eq!(bench.max_new_tokens(), 1024);
-    let sets = bench
-        .question_sets(&DataSpec {
-            paths: vec![dir.clone()],
-            ..DataSpec::default()
-        })
-        .unwrap();
+    let sets = queries("scienceqa", &dir, None);
     assert_eq!(sets.len(), 1);
-    let set = &sets[0];
-    // Only image questions: 230 and 243 are text-only.
-    let ids: Vec<u64> = set
-        .questions
-        .iter()
-        .map(|q| q.question_id.unwrap())
-        .collect();
-    assert!(!ids.contains(&230) && !ids.contains(&243), "{ids:?}");
-    for (q, image) in set.questions.iter().zip(&set.images) {
-        assert!(image.is_file(), "{}", image.display());
-        let id = q.question_id.unwrap().to_string();
-        let w = want
-            .iter()
-            .find(|w| w["question_id"] == id.as_str())
-            .unwrap();
-        let asked = format!("<image>\n{}\n{}", q.text, bench.instruction());
-        assert_eq!(asked, w["prompt"].as_str().unwrap(), "{id}");
-        assert!(w["model_input"].as_str().unwrap().contains(&asked));
+    // Every question as model_vqa_science.py asks it: text-only ones (230, 243) without image.
+    let asked = &sets[0].queries;
+    assert_eq!(asked.len(), want.len());
+    for (q, w) in asked.iter().zip(&want) {
+        assert_eq!(serde_json::to_value(&q.id).unwrap(), w["question_id"]);
+        let prompt = q.prompt(bench.instruction());
+        let recorded = match &q.image {
+            Some(ImageInput::Path(image)) => {
+                assert!(image.is_file(), "{}", image.display());
+                format!("<image>\n{prompt}")
+            }
+            _ => prompt.clone(),
+        };
+        assert_eq!(recorded, w["prompt"].as_str().unwrap(), "{:?}", q.id);
+        let input = w["model_input"].as_str().unwrap();
+        assert!(
+            input.ends_with(&format!(": {recorded} ASSISTANT:")),
+            "{input}"
+        );
     }
+    assert!(asked.iter().any(|q| q.image.is_none()));
     assert_eq!(bench.parse_answer("A. sturgeon"), "A");
     assert_eq!(
         bench.parse_answer("The answer is A. The answer is A."),
         "FAILED"
     );
     assert_eq!(bench.parse_answer("The answer is Bx"), "B");
-    let limited = bench
-        .question_sets(&DataSpec {
-            paths: vec![dir],
-            limit: Some(2),
-            ..DataSpec::default()
-        })
-        .unwrap();
-    assert_eq!(limited[0].questions.len(), 2);
+    assert_eq!(queries("scienceqa", &dir, Some(2))[0].queries.len(), 2);
 }
 
 #[test]
@@ -194,7 +162,7 @@ fn bad_scienceqa_input_names_file_line_and_field() {
     assert!(e.contains("pid_splits.json: no `test` split"), "{e}");
 
     std::fs::remove_file(dir.join("images/test/100/image.png")).unwrap();
-    let e = error_of(by_name("scienceqa").unwrap().question_sets(&DataSpec {
+    let e = error_of(by_name("scienceqa").unwrap().queries(&DataSpec {
         paths: vec![dir.clone()],
         ..DataSpec::default()
     }));
@@ -209,89 +177,32 @@ fn bad_scienceqa_input_names_file_line_and_field() {
     );
 }
 
-/// Writes `answers` (question id -> text) as a greedy run over `sets` would have, lets `name`
-/// report the run, and returns the run folder's numbers file `json` and the report.
-pub fn report_run(
-    name: &str,
-    sets: &[tita_bench::eval::QuestionSet],
-    answers: &std::collections::HashMap<u64, String>,
-    out: &Path,
-    json: &str,
-) -> (serde_json::Value, String) {
-    use tita_bench::benchmark::RunOutput;
-    use tita_bench::eval::{answers_path, EvalConfig, Method};
-    let config = EvalConfig {
-        methods: vec![Method::Greedy],
-        ..EvalConfig::default()
-    };
-    for set in sets {
-        let path = answers_path(out, &Method::Greedy, &set.name);
-        let mut file = tita_core::jsonl::open_append(&path).unwrap();
-        for q in &set.questions {
-            let id = q.question_id.unwrap();
-            if let Some(text) = answers.get(&id) {
-                let answer = tita_bench::pope::Answer {
-                    question_id: id,
-                    prompt: format!("{}\n{}", q.text, config.suffix),
-                    text: text.clone(),
-                    model_id: "fixture:greedy".into(),
-                };
-                tita_core::jsonl::append(&mut file, &path, &answer).unwrap();
-            }
-        }
-    }
-    let report = by_name(name)
-        .unwrap()
-        .report_run(&RunOutput {
-            out,
-            sets,
-            queries: &sets.iter().map(|s| s.queries()).collect::<Vec<_>>(),
-            data: &Default::default(),
-            config: &config,
-            speed: Default::default(),
-        })
-        .unwrap();
-    let text = std::fs::read_to_string(out.join(json)).unwrap();
-    (serde_json::from_str(&text).unwrap(), report)
-}
-
-/// The answers of a LLaVA answers file by numeric question id.
-pub fn fixture_answers(path: &Path) -> std::collections::HashMap<u64, String> {
-    tita_bench::benchmark::read_answers(path)
-        .unwrap()
-        .into_iter()
-        .map(|(_, a)| {
-            let id = match a.question_id {
-                tita_bench::benchmark::QuestionId::Int(i) => i as u64,
-                tita_bench::benchmark::QuestionId::Str(s) => s.parse().unwrap(),
-            };
-            (id, a.text)
-        })
-        .collect()
-}
-
 #[test]
 fn a_runs_answers_are_scored_the_same_way() {
     let dir = data().join("scienceqa");
-    let sets = by_name("scienceqa")
-        .unwrap()
-        .question_sets(&DataSpec {
-            paths: vec![dir.clone()],
-            ..DataSpec::default()
-        })
-        .unwrap();
-    let answers = fixture_answers(&dir.join("answers/llava-v1.5-7b.jsonl"));
+    let sets = queries("scienceqa", &dir, None);
+    let fixture = dir.join("answers/llava-v1.5-7b.jsonl");
+    let answers = fixture_answers(&fixture);
     let tmp = tempfile::tempdir().unwrap();
-    let (numbers, report) = report_run("scienceqa", &sets, &answers, tmp.path(), "scienceqa.json");
-    // The run asks the image questions only: IMG counts are the official ones.
+    // The runner records the prompt without model_vqa_science.py's `<image>` line.
+    let report = report_run("scienceqa", &dir, &sets, tmp.path(), |q, prompt| {
+        let image = if q.image.is_some() { "<image>\n" } else { "" };
+        answers
+            .get(&(q.id.clone(), format!("{image}{prompt}")))
+            .cloned()
+    });
+    // Text-only questions are asked too: every count is the official one.
+    let numbers = read_json(&tmp.path().join("scienceqa.json"));
     let want = &expected()["scienceqa"]["eval_science_qa"];
     let greedy = &numbers["greedy"];
-    assert_eq!(greedy["img_correct"], want["img_correct"]);
-    assert_eq!(greedy["img_total"], want["img_total"]);
-    assert_eq!(greedy["count"], want["count"]);
+    for key in ["img_correct", "img_total", "count", "correct"] {
+        assert_eq!(greedy[key], want[key], "{key}");
+    }
+    assert_matches(&greedy["acc"], &want["acc"], "acc");
     let img = want["img_correct"].as_f64().unwrap() / want["img_total"].as_f64().unwrap() * 100.0;
+    let line = want["stdout"].as_str().unwrap().trim_end();
     assert!(
-        report.contains(&format!("| greedy | 12 | {img:.2} |")),
+        report.contains(&format!(" | {img:.2} | ")) && report.contains(line),
         "{report}"
     );
 }

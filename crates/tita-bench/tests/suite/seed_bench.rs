@@ -2,9 +2,12 @@
 //! byte for byte; its failure modes are named errors; the questions and prompts are LLaVA-1.5's.
 
 use tita_bench::benchmark::{by_name, DataSpec};
+use tita_decode::ImageInput;
 
-use crate::common::{assert_matches, data, expected, score};
-use crate::scienceqa::{copy_fixture, error_of};
+use crate::common::{
+    assert_matches, copy_fixture, data, error_of, expected, fixture_answers, queries, read_json,
+    report_run, score,
+};
 
 #[test]
 fn score_prints_and_writes_what_the_converter_did() {
@@ -45,28 +48,27 @@ fn prompts_and_questions_are_llavas() {
     let want = expected()["prompts"]["seed"].as_array().unwrap().clone();
     let bench = by_name("seed_bench").unwrap();
     assert_eq!(bench.max_new_tokens(), 128);
-    let sets = bench
-        .question_sets(&DataSpec {
-            paths: vec![dir.clone()],
-            ..DataSpec::default()
-        })
-        .unwrap();
+    let sets = queries("seed_bench", &dir, None);
     assert_eq!(sets.len(), 1);
-    let set = &sets[0];
-    assert_eq!(set.questions.len(), want.len());
-    for ((q, image), w) in set.questions.iter().zip(&set.images).zip(&want) {
-        assert_eq!(q.question_id.unwrap(), w["question_id"].as_u64().unwrap());
-        let asked = format!("{}\n{}", q.text, bench.instruction());
-        assert_eq!(asked, w["prompt"].as_str().unwrap());
+    let asked = &sets[0].queries;
+    assert_eq!(asked.len(), want.len());
+    let mut images = Vec::new();
+    for (q, w) in asked.iter().zip(&want) {
+        assert_eq!(serde_json::to_value(&q.id).unwrap(), w["question_id"]);
+        let prompt = q.prompt(bench.instruction());
+        assert_eq!(prompt, w["prompt"].as_str().unwrap());
         assert!(w["model_input"]
             .as_str()
             .unwrap()
-            .contains(&format!("<image>\n{asked}")));
+            .contains(&format!("<image>\n{prompt}")));
+        let Some(ImageInput::Path(image)) = &q.image else {
+            panic!("{:?} has no image", q.id);
+        };
         assert!(image.is_file(), "{}", image.display());
-        assert!(["A", "B", "C", "D"].contains(&q.label.as_str()));
+        images.push(image.clone());
     }
     // Video questions are asked on their middle frame.
-    assert!(set.images[14].ends_with("SEED-Bench-video-image/10_115795.png"));
+    assert!(images[14].ends_with("SEED-Bench-video-image/10_115795.png"));
 }
 
 #[test]
@@ -144,7 +146,7 @@ fn the_converters_failures_are_named_errors() {
     let questions = dir.join("llava-seed-bench.jsonl");
     let text = std::fs::read_to_string(&questions).unwrap();
     std::fs::write(&questions, text.replacen("directly.\"", "directly\"", 1)).unwrap();
-    let e = error_of(by_name("seed_bench").unwrap().question_sets(&DataSpec {
+    let e = error_of(by_name("seed_bench").unwrap().queries(&DataSpec {
         paths: vec![dir],
         ..DataSpec::default()
     }));
@@ -157,17 +159,13 @@ fn the_converters_failures_are_named_errors() {
 #[test]
 fn a_runs_answers_are_scored_the_same_way() {
     let dir = data().join("seed_bench");
-    let sets = by_name("seed_bench")
-        .unwrap()
-        .question_sets(&DataSpec {
-            paths: vec![dir.clone()],
-            ..DataSpec::default()
-        })
-        .unwrap();
-    let answers = crate::scienceqa::fixture_answers(&dir.join("answers/llava-v1.5-7b/merge.jsonl"));
+    let sets = queries("seed_bench", &dir, None);
+    let answers = fixture_answers(&dir.join("answers/llava-v1.5-7b/merge.jsonl"));
     let tmp = tempfile::tempdir().unwrap();
-    let (numbers, report) =
-        crate::scienceqa::report_run("seed_bench", &sets, &answers, tmp.path(), "seed_bench.json");
+    let report = report_run("seed_bench", &dir, &sets, tmp.path(), |q, prompt| {
+        answers.get(&(q.id.clone(), prompt.to_string())).cloned()
+    });
+    let numbers = read_json(&tmp.path().join("seed_bench.json"));
     let want = &expected()["seed_bench"]["llava_converter"]["printed_accuracy_percent"];
     for (name, value) in want.as_object().unwrap() {
         let got = numbers["greedy"][name].as_f64().unwrap();

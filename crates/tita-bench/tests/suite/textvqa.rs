@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use tita_bench::benchmark::by_name;
 
 use crate::common::{assert_matches, data, expected, score};
-use crate::vqav2::{check_prompts, check_report_run, lines, write};
+use crate::common::{lines, write};
+use crate::vqav2::{check_prompts, check_report_run};
 
 fn answers() -> PathBuf {
     data().join("textvqa/answers/llava-v1.5-7b.jsonl")

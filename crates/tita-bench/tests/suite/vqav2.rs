@@ -4,38 +4,33 @@
 
 use std::path::{Path, PathBuf};
 
-use std::collections::{BTreeMap, HashMap};
-
 use serde_json::Value;
-use tita_bench::benchmark::{by_name, DataSpec, RunOutput, Scorecard};
-use tita_bench::eval::{answers_path, EvalConfig, Method};
-use tita_bench::pope::Answer;
+use tita_bench::benchmark::{by_name, DataSpec, Scorecard};
+use tita_decode::ImageInput;
 
-use crate::common::{assert_matches, data, expected, score};
+use crate::common::{
+    assert_matches, data, error_of, expected, fixture_answers, lines, queries, read_json,
+    report_run, score, write,
+};
 
-/// The prompts `name`'s question sets give (question text, a newline, the instruction) are
-/// the recorded ones, in order and for the same LLaVA question ids; the model input is
-/// LLaVA's `vicuna_v1` turn around it.
+/// The prompts `name`'s queries give (question text, a newline, the instruction) are the
+/// recorded ones, in order and under the same LLaVA question ids; the model input is LLaVA's
+/// `vicuna_v1` turn around it.
 pub fn check_prompts(name: &str, prompts_key: &str, dir: &Path) {
     let bench = by_name(name).unwrap();
-    let sets = bench
-        .question_sets(&DataSpec {
-            paths: vec![dir.to_path_buf()],
-            ..DataSpec::default()
-        })
-        .unwrap();
+    let sets = queries(name, dir, None);
     let want = expected()["prompts"][prompts_key]
         .as_array()
         .unwrap()
         .clone();
-    let questions: Vec<_> = sets.iter().flat_map(|s| s.questions.iter()).collect();
-    assert_eq!(questions.len(), want.len(), "{name}: number of prompts");
-    for (q, w) in questions.iter().zip(&want) {
-        let prompt = format!("{}\n{}", q.text, bench.instruction());
+    let asked: Vec<_> = sets.iter().flat_map(|s| s.queries.iter()).collect();
+    assert_eq!(asked.len(), want.len(), "{name}: number of prompts");
+    for (q, w) in asked.iter().zip(&want) {
+        let prompt = q.prompt(bench.instruction());
         assert_eq!(prompt, w["prompt"].as_str().unwrap(), "{name}");
-        let label: Value = serde_json::from_str(&q.label).unwrap();
         assert_eq!(
-            label["id"], w["question_id"],
+            serde_json::to_value(&q.id).unwrap(),
+            w["question_id"],
             "{name}: question id of {prompt:?}"
         );
         let input = w["model_input"].as_str().unwrap();
@@ -43,85 +38,29 @@ pub fn check_prompts(name: &str, prompts_key: &str, dir: &Path) {
             input.ends_with(&format!(" USER: <image>\n{prompt} ASSISTANT:")),
             "{name}: {input:?}"
         );
-    }
-    for s in &sets {
-        assert!(s.images.iter().all(|i| i.is_file()), "{name}: images");
+        assert!(
+            matches!(&q.image, Some(ImageInput::Path(p)) if p.is_file()),
+            "{name}: image of {prompt:?}"
+        );
     }
     // LLaVA's scripts run model_vqa_loader with its default of 128 new tokens.
     assert_eq!(bench.max_new_tokens(), 128);
-    let limited = bench
-        .question_sets(&DataSpec {
-            paths: vec![dir.to_path_buf()],
-            limit: Some(2),
-            ..DataSpec::default()
-        })
-        .unwrap();
-    assert_eq!(limited[0].questions.len(), 2);
+    assert_eq!(queries(name, dir, Some(2))[0].queries.len(), 2);
 }
 
 /// A run of `name` on the fixture folder whose greedy answers are the fixture's answers (the
 /// later of two, lines that are not JSON skipped): `report_run` writes its report and the
 /// answers in LLaVA's format, which `score` takes; returns that scorecard, the scorecard of the
-/// fixture's own answers, and the run's `results.json`.
-pub fn check_report_run(
-    name: &str,
-    dir: &Path,
-    fixture_answers: &Path,
-) -> (Scorecard, Scorecard, Value) {
+/// fixture's own answers, and the run's numbers for its one set.
+pub fn check_report_run(name: &str, dir: &Path, fixture: &Path) -> (Scorecard, Scorecard, Value) {
     let bench = by_name(name).unwrap();
-    let sets = bench
-        .question_sets(&DataSpec {
-            paths: vec![dir.to_path_buf()],
-            ..DataSpec::default()
-        })
-        .unwrap();
-    let mut text: HashMap<(String, String), String> = HashMap::new();
-    for line in lines(fixture_answers) {
-        if let Ok(v) = serde_json::from_str::<Value>(&line) {
-            let key = (
-                v["question_id"].to_string(),
-                v["prompt"].as_str().unwrap().to_string(),
-            );
-            text.insert(key, v["text"].as_str().unwrap().to_string());
-        }
-    }
+    let sets = queries(name, dir, None);
+    let answers = fixture_answers(fixture);
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path();
-    let config = EvalConfig {
-        methods: vec![Method::Greedy],
-        ..EvalConfig::default()
-    };
-    for set in &sets {
-        let mut body = String::new();
-        for q in &set.questions {
-            let prompt = format!("{}\n{}", q.text, bench.instruction());
-            let label: Value = serde_json::from_str(&q.label).unwrap();
-            let Some(t) = text.get(&(label["id"].to_string(), prompt.clone())) else {
-                continue;
-            };
-            let a = Answer {
-                question_id: q.question_id.unwrap(),
-                prompt,
-                text: t.clone(),
-                model_id: "llava-v1.5-7b".into(),
-            };
-            body.push_str(&serde_json::to_string(&a).unwrap());
-            body.push('\n');
-        }
-        let path = answers_path(out, &Method::Greedy, &set.name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, body).unwrap();
-    }
-    let report = bench
-        .report_run(&RunOutput {
-            out,
-            sets: &sets,
-            queries: &sets.iter().map(|s| s.queries()).collect::<Vec<_>>(),
-            data: &Default::default(),
-            config: &config,
-            speed: BTreeMap::new(),
-        })
-        .unwrap();
+    let report = report_run(name, dir, &sets, out, |q, prompt| {
+        answers.get(&(q.id.clone(), prompt.to_string())).cloned()
+    });
     assert!(report.contains("| greedy |"), "{report}");
     // The suite's number: the same local accuracy.
     let headlines = bench.run_headlines(out).unwrap();
@@ -130,32 +69,14 @@ pub fn check_report_run(
         std::fs::read_to_string(out.join("report.md")).unwrap(),
         report
     );
-    let results: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
-    let llava = out
-        .join("llava/greedy")
-        .join(format!("{}.jsonl", sets[0].name));
-    let ours = score(name, dir, &llava).unwrap();
-    let theirs = score(name, dir, fixture_answers).unwrap();
+    let results = read_json(&out.join("results.json"));
+    let ours = score(name, dir, &out.join("llava/greedy.jsonl")).unwrap();
+    let theirs = score(name, dir, fixture).unwrap();
     (
         ours,
         theirs,
         results["scores"][&sets[0].name]["greedy"].clone(),
     )
-}
-
-pub fn write(p: &Path, text: &str) -> PathBuf {
-    std::fs::write(p, text).unwrap();
-    p.to_path_buf()
-}
-
-/// The fixture's answers file as lines.
-pub fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 fn answers() -> PathBuf {
@@ -331,15 +252,10 @@ fn bad_vqav2_input_names_file_line_and_field() {
         &copy.join("llava_vqav2_mscoco_test-dev2015.jsonl"),
         "{\"question_id\": 1, \"image\": \"x.jpg\", \"text\": \"What?\"}\n",
     );
-    let e = by_name("vqav2")
-        .unwrap()
-        .question_sets(&DataSpec {
-            paths: vec![copy.clone()],
-            ..DataSpec::default()
-        })
-        .err()
-        .unwrap()
-        .to_string();
+    let e = error_of(by_name("vqav2").unwrap().queries(&DataSpec {
+        paths: vec![copy.clone()],
+        ..DataSpec::default()
+    }));
     assert!(
         e.contains(
             "llava_vqav2_mscoco_test-dev2015.jsonl:1: field `text`: expected LLaVA's question text"
