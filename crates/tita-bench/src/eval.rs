@@ -75,6 +75,21 @@ impl Method {
         }
     }
 
+    /// Whether the method answers a question plainly (greedy), as the server does: one that
+    /// contrasts the image has nothing to contrast on a text-only question
+    /// ([`Fusion::plain_for`]).
+    pub fn plain_for(&self, has_image: bool) -> bool {
+        matches!(self, Method::Guided(f) if f.plain_for(has_image))
+    }
+
+    /// The fusion it decodes `request` with: greedy's for a question it answers plainly.
+    fn fusion_for(&self, request: &Request) -> Fusion {
+        match self.plain_for(request.image.is_some()) {
+            true => Method::Greedy.fusion(),
+            false => self.fusion(),
+        }
+    }
+
     /// λ of the interpolate family (greedy is λ = 0), for plots against λ.
     pub fn lambda(&self) -> Option<f32> {
         match self {
@@ -282,6 +297,9 @@ pub struct RunAnswer {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MethodSpeed {
     pub answers: usize,
+    /// Answers to text-only questions decoded plainly, as the method contrasts the image
+    /// ([`Method::plain_for`]); 0 for other methods.
+    pub plain_text_only: usize,
     pub generated_tokens: usize,
     pub seconds: f64,
 }
@@ -381,7 +399,9 @@ impl<'a, B: Backend> Answerer<'a, B> {
     fn answer(&self, request: &Request, todo: &[usize]) -> Result<Vec<(usize, Generation, f64)>> {
         if let Some(sweeper) = &self.sweeper {
             let t = Instant::now();
-            let fusions: Vec<Fusion> = todo.iter().map(|&i| self.methods[i].fusion()).collect();
+            let fusions: Vec<Fusion> = (todo.iter())
+                .map(|&i| self.methods[i].fusion_for(request))
+                .collect();
             let gens = sweeper.sweep(request, &fusions)?;
             let each = t.elapsed().as_secs_f64() / todo.len() as f64;
             return Ok(todo.iter().zip(gens).map(|(&i, g)| (i, g, each)).collect());
@@ -389,9 +409,10 @@ impl<'a, B: Backend> Answerer<'a, B> {
         todo.iter()
             .map(|&i| {
                 let t = Instant::now();
+                let plain = self.methods[i].plain_for(request.image.is_some());
                 let g = match &self.solo[i] {
-                    Some(tita) => tita.generate(request)?.generation,
-                    None => self.plain.generate(&self.target.request_prompt(request)?)?,
+                    Some(tita) if !plain => tita.generate(request)?.generation,
+                    _ => self.plain.generate(&self.target.request_prompt(request)?)?,
                 };
                 Ok((i, g, t.elapsed().as_secs_f64()))
             })
@@ -401,14 +422,17 @@ impl<'a, B: Backend> Answerer<'a, B> {
 
 impl<B: Backend> Answerer<'_, B> {
     /// The answers of method `i` to `requests`, decoded as one batch (each row as decoding it
-    /// alone gives), with the seconds spent on each (the batch's time split evenly).
+    /// alone gives), with the seconds spent on each (the batch's time split evenly). The
+    /// requests all have an image or all have none.
     fn answer_batch(&self, requests: &[Request], i: usize) -> Result<Vec<(Generation, f64)>> {
         let t = Instant::now();
+        let plain =
+            (requests.first()).is_some_and(|r| self.methods[i].plain_for(r.image.is_some()));
         let gens = match &self.solo[i] {
-            Some(tita) => (tita.generate_batch(requests)?.into_iter())
+            Some(tita) if !plain => (tita.generate_batch(requests)?.into_iter())
                 .map(|g| g.generation)
                 .collect(),
-            None => {
+            _ => {
                 let prompts = (requests.iter())
                     .map(|r| self.target.request_prompt(r))
                     .collect::<std::result::Result<Vec<_>, _>>()?;
@@ -542,6 +566,7 @@ pub fn answer_queries<B: Backend>(
                 jsonl::append(file, path, &answer)?;
                 let s = speed.entry(m.name()).or_default();
                 s.answers += 1;
+                s.plain_text_only += usize::from(m.plain_for(p.query.image.is_some()));
                 s.generated_tokens += g.generated_tokens;
                 s.seconds += secs;
             }

@@ -492,3 +492,81 @@ fn answers_do_not_depend_on_the_batch_size() {
         assert_eq!(files(batch), one, "batch {batch}");
     }
 }
+
+/// ScienceQA asks its text-only questions without an image, which VCD and M3ID contrast: as
+/// the server does, the runner answers those plainly (greedy's answers, counted in the run's
+/// speed record) and the image questions under the method, the same with the shortcut on or
+/// off and in batches.
+#[test]
+fn image_contrasting_methods_answer_text_only_questions_plainly() {
+    use std::collections::HashSet;
+    use tita_bench::benchmark::{by_name, DataSpec};
+    use tita_bench::eval::{answer_queries, RunAnswer};
+
+    let (target, reward) = target_and_reward();
+    let models = Models {
+        target: &target,
+        reward: Some(&reward),
+        reference: None,
+    };
+    let bench = by_name("scienceqa").unwrap();
+    let sets = bench
+        .queries(&DataSpec {
+            paths: vec![fixtures().join("benchmarks/scienceqa")],
+            ..DataSpec::default()
+        })
+        .unwrap();
+    let text_only: HashSet<_> = (sets[0].queries.iter())
+        .filter(|q| q.image.is_none())
+        .map(|q| q.id.clone())
+        .collect();
+    assert!(!text_only.is_empty() && text_only.len() < sets[0].queries.len());
+    let methods: Vec<Method> = ["greedy", "vcd:1", "m3id"]
+        .iter()
+        .map(|m| Method::parse(m, &Knobs::new()).unwrap())
+        .collect();
+    assert!(!methods[0].plain_for(false) && methods[1].plain_for(false));
+    assert!(!methods[1].plain_for(true));
+    let dir = tempfile::tempdir().unwrap();
+    let run = |shortcut: bool, batch: usize| {
+        let out = dir.path().join(format!("{shortcut}-{batch}"));
+        let config = EvalConfig {
+            methods: methods.clone(),
+            suffix: bench.instruction().into(),
+            max_new_tokens: 4,
+            shortcut,
+            batch,
+            ..EvalConfig::default()
+        };
+        let speed = answer_queries(&models, &sets, &out, &config, false).unwrap();
+        let answers: Vec<Vec<RunAnswer>> = (methods.iter())
+            .map(|m| {
+                let text = std::fs::read_to_string(answers_path(&out, m, &sets[0].name)).unwrap();
+                (text.lines())
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect()
+            })
+            .collect();
+        (speed, answers)
+    };
+    let (speed, answers) = run(true, 1);
+    assert_eq!(speed["greedy"].plain_text_only, 0);
+    for (m, got) in methods.iter().zip(&answers).skip(1) {
+        assert_eq!(got.len(), sets[0].queries.len(), "{}", m.name());
+        assert_eq!(speed[&m.name()].plain_text_only, text_only.len());
+        for (a, greedy) in got.iter().zip(&answers[0]) {
+            assert_eq!(a.question_id, greedy.question_id);
+            if text_only.contains(&a.question_id) {
+                assert_eq!(a.text, greedy.text, "{} {}", m.name(), a.question_id);
+            }
+        }
+    }
+    for (shortcut, batch) in [(false, 1), (false, 3)] {
+        let (speed_again, again) = run(shortcut, batch);
+        assert_eq!(again, answers, "shortcut {shortcut}, batch {batch}");
+        assert_eq!(
+            speed_again[&methods[1].name()].plain_text_only,
+            text_only.len()
+        );
+    }
+}

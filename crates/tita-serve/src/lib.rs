@@ -1423,7 +1423,7 @@ fn prepare(req: ChatRequest, raw: Option<String>, state: &AppState) -> Result<Pr
         (Some(options), _) => Some(options.config()?),
         // A served method that contrasts the image answers a text-only request as plain
         // decoding: harnesses mix both kinds in one run under one model name.
-        (None, Some(fusion)) if fusion.needs_image() && image.is_none() => None,
+        (None, Some(fusion)) if fusion.plain_for(image.is_some()) => None,
         (None, served) => served.map(|fusion| TitaConfig {
             fusion,
             explain: false,
@@ -1431,7 +1431,7 @@ fn prepare(req: ChatRequest, raw: Option<String>, state: &AppState) -> Result<Pr
     };
     if let Some(t) = tita
         .as_ref()
-        .filter(|t| t.fusion.needs_image() && image.is_none())
+        .filter(|t| t.fusion.plain_for(image.is_some()))
     {
         // Refused here, before it could share a batch with other requests.
         return Err(ApiError::bad(

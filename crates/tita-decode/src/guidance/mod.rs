@@ -256,6 +256,14 @@ impl Fusion {
         Vcd::new(alpha).into()
     }
 
+    /// Whether a request decodes plainly under this method: one that contrasts the image has
+    /// nothing to contrast on a text-only request. Harnesses mix both kinds of question under
+    /// one method (a served model name, a benchmark run), so both the server and the benchmark
+    /// runner answer those by plain decoding rather than refuse them.
+    pub fn plain_for(&self, has_image: bool) -> bool {
+        self.needs_image() && !has_image
+    }
+
     /// Short names method lists take beside the registered mode names.
     pub const ALIASES: &'static [(&'static str, &'static str)] =
         &[("tita", "interpolate"), ("vcd", "contrastive")];
