@@ -634,3 +634,75 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     }
     all
 }
+
+/// A DeepSeek-VL2 fixture model as a checkpoint directory: its config and weights (linked)
+/// next to the family's tokenizer, which the fixture keeps once for all models.
+fn deepseek_checkpoint(root: &std::path::Path, model: &str) -> PathBuf {
+    let src = fixtures().join("deepseek_vl2");
+    let dir = root.join(model);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in std::fs::read_dir(src.join(model)).unwrap() {
+        let f = f.unwrap().path();
+        std::os::unix::fs::symlink(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(src.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    dir
+}
+
+/// `bench pope` with a DeepSeek-VL2 target: the fixture POPE split answered by greedy decoding
+/// and by TITA with a DeepSeek reward, in DeepSeek's conversation format, and scored.
+#[test]
+fn pope_on_deepseek_vl2_with_a_deepseek_reward() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = deepseek_checkpoint(tmp.path(), "tiny-like");
+    let reward = deepseek_checkpoint(tmp.path(), "small-like");
+    let pope = fixtures().join("benchmarks/pope");
+    let questions = pope.join("coco/coco_pope_random.json");
+    let images = pope.join("val2014");
+    let out = tmp.path().join("out");
+    let run = bench(&[
+        "pope",
+        "--target",
+        target.to_str().unwrap(),
+        "--reward",
+        reward.to_str().unwrap(),
+        "--questions",
+        questions.to_str().unwrap(),
+        "--images",
+        images.to_str().unwrap(),
+        "--methods",
+        "greedy,tita:0.5",
+        "--max-new-tokens",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let ids: Vec<serde_json::Value> = std::fs::read_to_string(&questions)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["question_id"].clone())
+        .collect();
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["config"]["template"], "deepseek_vl2", "{results}");
+    for method in ["greedy", "tita-0.5"] {
+        let metrics = &results["sets"]["random"][method];
+        assert_eq!(metrics["count"], ids.len(), "{method}: {results}");
+        let accuracy = metrics["accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&accuracy), "{method}: {results}");
+        let answered: Vec<serde_json::Value> =
+            std::fs::read_to_string(out.join("answers").join(method).join("random.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["question_id"].clone()
+                })
+                .collect();
+        assert_eq!(answered, ids, "{method}");
+    }
+}

@@ -266,15 +266,33 @@ impl<B: Backend> Pipeline<B> {
         self.chat_prompt(&messages, None, request.pad)
     }
 
-    /// What separates the generation prompt from the answer in a rendered conversation: a
-    /// space after LLaVA's `ASSISTANT:`, nothing after a prompt that ends in a newline (ChatML's
-    /// `<|im_start|>assistant\n`).
-    pub fn answer_separator(&self) -> Result<&'static str> {
-        let prompt = self.render(&self.conversation("?", false))?;
-        Ok(if prompt.ends_with(char::is_whitespace) {
-            ""
-        } else {
-            " "
+    /// What separates the generation prompt from the answer in a rendered conversation, read
+    /// off the template: a space after LLaVA's `ASSISTANT:`, nothing after ChatML's
+    /// `<|im_start|>assistant\n` or DeepSeek-VL2's `<|Assistant|>:` (whose processor tokenises
+    /// the answer without the space its `sft_format` string shows). A template that renders an
+    /// answer turn otherwise than as its generation prompt continued falls back to a space
+    /// unless the prompt ends in whitespace.
+    pub fn answer_separator(&self) -> Result<String> {
+        const ANSWER: &str = "ANSWER";
+        let mut messages = self.conversation("?", false);
+        let prompt = self.render(&messages)?;
+        messages.push(Message {
+            role: "assistant".into(),
+            content: vec![Part::Text {
+                text: ANSWER.into(),
+            }],
+        });
+        let answered = self
+            .template
+            .render(&messages, false, &self.template_kwargs)?;
+        let between = (answered.strip_prefix(&prompt))
+            .and_then(|rest| rest.split_once(ANSWER))
+            .map(|(between, _)| between)
+            .filter(|between| between.trim().is_empty());
+        Ok(match between {
+            Some(between) => between.to_string(),
+            None if prompt.ends_with(char::is_whitespace) => String::new(),
+            None => " ".into(),
         })
     }
 

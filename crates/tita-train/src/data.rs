@@ -86,7 +86,8 @@ impl Record for SftRecord {
 }
 
 /// Token ids of a response as it follows the generation prompt in the chat (a leading space
-/// after LLaVA's `ASSISTANT:`, none after ChatML's `assistant\n`), no BOS, EOS appended (how
+/// after LLaVA's `ASSISTANT:`, none after ChatML's `assistant\n` or DeepSeek-VL2's
+/// `<|Assistant|>:`), no BOS, EOS appended (how
 /// transformers-based trainers tokenise the answer).
 /// `separator` is [`Pipeline::answer_separator`].
 pub fn response_ids<B: Backend>(
@@ -173,7 +174,7 @@ impl Dataset {
             let prompt = pipeline.image_prompt_ids(texts[0].1, &images[image])?;
             let mut responses = Vec::new();
             for (field, text) in &texts[1..] {
-                let ids = response_ids(pipeline, separator, text)?;
+                let ids = response_ids(pipeline, &separator, text)?;
                 if prompt.len() + ids.len() > context {
                     return Err(Error::data(
                         path,

@@ -273,3 +273,169 @@ fn a_run_killed_mid_checkpoint_resumes_to_the_same_final_weights() {
         "no step lost or written twice"
     );
 }
+
+/// A DeepSeek-VL2 fixture model as a checkpoint directory: its config and weights (linked)
+/// next to the family's tokenizer, which the fixture keeps once for all models.
+fn deepseek_checkpoint(root: &Path, model: &str) -> PathBuf {
+    let src = fixtures().join("deepseek_vl2");
+    let dir = root.join(model);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in std::fs::read_dir(src.join(model)).unwrap() {
+        let f = f.unwrap().path();
+        std::os::unix::fs::symlink(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(src.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    dir
+}
+
+/// A safetensors file's tensors as f32 values by name (bf16 widened).
+fn tensors_f32(path: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
+    use safetensors::{Dtype, SafeTensors};
+    let bytes = std::fs::read(path).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    (file.tensors().into_iter())
+        .map(|(name, view)| {
+            let data = view.data();
+            let values = match view.dtype() {
+                Dtype::F32 => (data.chunks_exact(4))
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+                Dtype::BF16 => (data.chunks_exact(2))
+                    .map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
+                    .collect(),
+                other => panic!("{name}: unexpected dtype {other:?}"),
+            };
+            (name, values)
+        })
+        .collect()
+}
+
+/// `train dpo` on a DeepSeek-VL2 reward: the answers tokenised as the authors' processor lays
+/// them out after `<|Assistant|>:` (no space; cases.json's multi-turn case), a few steps, the
+/// result saved in the hub layout under the checkpoint's own tensor names, loaded back and
+/// generating.
+#[test]
+fn dpo_trains_a_deepseek_vl2_reward_that_loads_back_and_generates() {
+    use burn::backend::Flex;
+    use tita_decode::{GenerationConfig, Generator, ImageInput, Pipeline, Request};
+
+    let dir = tempfile::tempdir().unwrap();
+    let model = deepseek_checkpoint(dir.path(), "tiny-like");
+    let data = dir.path().join("pairs.jsonl");
+    let pairs = [
+        r#"{"image": "images/square56.png", "prompt": "Is there a cat?", "chosen": "No, a square.", "rejected": "Yes, a cat."}"#,
+        r#"{"image": "images/square56.png", "prompt": "What shape is this?", "chosen": "A square.", "rejected": "A circle on a skateboard."}"#,
+    ];
+    std::fs::write(&data, pairs.join("\n")).unwrap();
+    let out = dir.path().join("out");
+    let images = fixtures().display().to_string();
+    let run = train(&[
+        "dpo",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--images",
+        &images,
+        "--out",
+        out.to_str().unwrap(),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--lr",
+        "0.01",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 2, "{metrics}");
+    for line in metrics.lines() {
+        let m: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(m["loss"].as_f64().unwrap().is_finite(), "{line}");
+    }
+
+    // The hub layout: one model.safetensors under the checkpoint's names, config and tokenizer.
+    let saved = out.join("final");
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        assert!(
+            saved.join(f).is_file(),
+            "{f} missing: {:?}",
+            listing(&saved)
+        );
+    }
+    let before = tensors_f32(&model.join("model.safetensors"));
+    let after = tensors_f32(&saved.join("model.safetensors"));
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>()
+    );
+    assert!(
+        before.iter().any(|(name, v)| after[name] != *v),
+        "training changed no weight"
+    );
+
+    let device = Default::default();
+    let vlm = tita_models::Vlm::<Flex>::load(&saved, &device).unwrap();
+    assert_eq!(vlm.stored.len(), after.len());
+    drop(vlm);
+    let pipeline = Pipeline::<Flex>::load(&saved, &device).unwrap();
+    assert_eq!(pipeline.template.name, "deepseek_vl2");
+
+    // The authors' processor: the first answer of the multi-turn case right after
+    // `<|Assistant|>:`, EOS appended.
+    let cases: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("deepseek_vl2/cases.json")).unwrap(),
+    )
+    .unwrap();
+    let case = &cases["cases"]["two_images"];
+    let answer = case["conversation"][1]["content"].as_str().unwrap();
+    let assistant = pipeline.tokenizer.encode("<|Assistant|>:", false).unwrap();
+    let ids: Vec<u32> = (case["input_ids"].as_array().unwrap().iter())
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let at = (ids.windows(assistant.len()))
+        .position(|w| w == assistant.as_slice())
+        .unwrap()
+        + assistant.len();
+    let separator = pipeline.answer_separator().unwrap();
+    assert_eq!(separator, "");
+    let response = tita_train::data::response_ids(&pipeline, &separator, answer).unwrap();
+    assert_eq!(response, ids[at..at + response.len()]);
+
+    // The prompt as training tokenises it: the authors' ids of the fixture's `small` case.
+    let small = &cases["cases"]["small"];
+    let image = fixtures()
+        .join("deepseek_vl2")
+        .join(small["conversation"][0]["images"][0].as_str().unwrap());
+    let text = small["conversation"][0]["content"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("<image>\n");
+    let pixels = (pipeline.processor.as_ref().unwrap())
+        .preprocess_file(&image, false)
+        .unwrap();
+    let want: Vec<u32> = (small["input_ids"].as_array().unwrap().iter())
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(pipeline.image_prompt_ids(text, &pixels).unwrap(), want);
+
+    let image = ImageInput::Path(fixtures().join("images/square56.png"));
+    let prompt = pipeline
+        .request_prompt(&Request::new("Is there a cat?", Some(image), false))
+        .unwrap();
+    let generation = GenerationConfig {
+        max_new_tokens: 3,
+        ..Default::default()
+    };
+    let g = Generator::new(&pipeline, generation)
+        .generate(&prompt)
+        .unwrap();
+    assert!(
+        (1..=3).contains(&g.generated_tokens) && g.token_ids.len() == g.generated_tokens,
+        "{g:?}"
+    );
+}
