@@ -466,7 +466,7 @@ fn answers_do_not_depend_on_the_batch_size() {
         })
         .unwrap();
     assert!(sets[0].queries.iter().any(|q| q.image.is_none()));
-    // VCD and M3ID contrast the image: text-only questions are not theirs (see the runner).
+    // VCD and M3ID answer text-only questions plainly (the next test).
     let methods: Vec<Method> = ["greedy", "tita:0.3", "tita:1"]
         .iter()
         .map(|m| Method::parse(m, &Knobs::new()).unwrap())

@@ -369,9 +369,15 @@ fn dpo_trains_a_deepseek_vl2_reward_that_loads_back_and_generates() {
     }
     let before = tensors_f32(&model.join("model.safetensors"));
     let after = tensors_f32(&saved.join("model.safetensors"));
-    assert_eq!(
-        before.keys().collect::<Vec<_>>(),
-        after.keys().collect::<Vec<_>>()
+    // Every tensor under its name in the source; only the vision tower's attention-pool head,
+    // which the model skips at load (`ignore_head`), is not written.
+    assert!(after.keys().all(|k| before.contains_key(k)));
+    let left_out: Vec<_> = (before.keys())
+        .filter(|k| !after.contains_key(*k))
+        .collect();
+    assert!(
+        left_out.iter().all(|k| k.starts_with("vision.attn_pool.")),
+        "{left_out:?}"
     );
     assert!(
         before.iter().any(|(name, v)| after[name] != *v),
